@@ -1,0 +1,84 @@
+//! Code objects: names, file, first line and line table, read once per code object and
+//! cached by address. A cached entry is checked against the object's name and file
+//! pointers before use, so a code object freed and another allocated at the same
+//! address is caught.
+
+use super::layout::Layout;
+use super::linetable;
+use super::strings::{read_bytes, read_unicode};
+use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct CodeInfo {
+    /// co_qualname (3.11+) or co_name
+    pub name: String,
+    pub filename: String,
+    pub first_line: i32,
+    linetable: Vec<u8>,
+    /// Where the bytecode starts in memory (3.11+), so an instruction pointer becomes an offset.
+    pub bytecode_start: u64,
+    /// Byte offset before which a 3.11+ frame has not started running yet.
+    pub first_traceable: i64,
+    /// The name and file object pointers this entry was read from (its identity).
+    identity: (u64, u64),
+}
+
+impl CodeInfo {
+    pub fn line(&self, layout: &Layout, offset: i64) -> i32 {
+        linetable::line_for(layout.model.line_table, &self.linetable, self.first_line, offset)
+            .unwrap_or(self.first_line)
+    }
+}
+
+#[derive(Default)]
+pub struct CodeCache {
+    entries: HashMap<u64, Arc<CodeInfo>>,
+}
+
+/// How much of a code object we read at once: every field we use lies below this.
+fn header_len(layout: &Layout) -> usize {
+    let c = &layout.code;
+    let max = [c.filename, c.name, c.qualname.unwrap_or(0), c.firstlineno, c.linetable, c.firsttraceable.unwrap_or(0), layout.object.ob_type]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    (max + 8) as usize
+}
+
+impl CodeCache {
+    /// Reads (or finds) the code object at `addr`. `code_type` is PyCode_Type: anything
+    /// else at that address is not a code object (3.13+ frames may hold other executables).
+    pub fn get(&mut self, mem: &Memory, layout: &Layout, code_type: u64, addr: u64) -> ReadResult<Arc<CodeInfo>> {
+        let mut head = [0u8; 512];
+        let n = header_len(layout).min(head.len());
+        mem.read(addr, &mut head[..n])?;
+        let head = &head[..n];
+        if head.u64_at(layout.object.ob_type) != code_type {
+            return Err(ReadError::Fault);
+        }
+        let c = &layout.code;
+        let name_ptr = head.u64_at(c.qualname.unwrap_or(c.name));
+        let file_ptr = head.u64_at(c.filename);
+        if let Some(hit) = self.entries.get(&addr) {
+            if hit.identity == (name_ptr, file_ptr) {
+                return Ok(hit.clone());
+            }
+        }
+        let info = Arc::new(CodeInfo {
+            name: read_unicode(mem, layout, name_ptr)?,
+            filename: read_unicode(mem, layout, file_ptr)?,
+            first_line: head.i32_at(c.firstlineno),
+            linetable: read_bytes(mem, layout, head.u64_at(c.linetable))?,
+            bytecode_start: c.code_adaptive.map(|o| addr + o).unwrap_or(0),
+            first_traceable: c.firsttraceable.map(|o| head.i32_at(o) as i64 * 2).unwrap_or(0),
+            identity: (name_ptr, file_ptr),
+        });
+        if self.entries.len() > 100_000 {
+            self.entries.clear(); // bound memory on programs that generate code endlessly
+        }
+        self.entries.insert(addr, info.clone());
+        Ok(info)
+    }
+}

@@ -1,0 +1,151 @@
+//! Finding the interpreter inside a process: which binary holds the runtime, where
+//! `_PyRuntime` is in memory, which version it is, and its layout.
+
+use super::debug_offsets;
+use super::layout::Layout;
+use super::version::Version;
+use crate::error::{Error, Result};
+use crate::process::elf::ElfInfo;
+use crate::process::{MapEntry, Process};
+
+/// Everything the reader needs to know about the target's interpreter.
+pub struct Target {
+    pub version: Version,
+    pub layout: Layout,
+    pub runtime: u64,
+    /// Address of PyCode_Type: a frame's code object must have this type.
+    pub code_type: u64,
+    /// The executable as the target sees it.
+    pub executable: String,
+    /// The libpython the runtime lives in, when it is not the executable.
+    pub libpython: Option<String>,
+    /// Differences between our table and the target's _Py_DebugOffsets (for --verbose).
+    pub notes: Vec<String>,
+}
+
+struct Candidate<'a> {
+    map: &'a MapEntry,
+    elf: ElfInfo,
+    is_lib: bool,
+}
+
+pub fn discover(process: &Process) -> Result<Target> {
+    let candidates = candidates(process)?;
+    let exe_display = process.exe.trim_end_matches(" (deleted)").to_string();
+    let Some((cand, runtime_vaddr)) = candidates.iter().find_map(|c| runtime_vaddr(&c.elf).map(|r| (c, r))) else {
+        if let Some(c) = candidates.first() {
+            // A Python binary without symbols: say what we know instead of guessing.
+            if let Some(v) = version_from_name(c.map.file_name()) {
+                return Err(Error::UnsupportedVersion {
+                    version: format!("{}.{}", v.0, v.1),
+                    why: format!("{} has no _PyRuntime symbol or .PyRuntime section", c.map.path),
+                });
+            }
+        }
+        return Err(Error::NotPython { pid: process.pid, comm: process.comm.clone(), exe: exe_display });
+    };
+    let base = cand.map.start;
+    let runtime = cand.elf.to_memory(runtime_vaddr, base);
+    let mem = &process.memory;
+
+    let version = if let Some((vaddr, _)) = cand.elf.symbol("Py_Version") {
+        let hex = mem.read_u64(cand.elf.to_memory(vaddr, base)).map_err(|e| e.into_error(process.pid))?;
+        Version::from_hex(hex & 0xffff_ffff)
+    } else {
+        let minor = version_from_name(cand.map.file_name()).map(|v| v.1);
+        let text = cand.elf.find_version_string(minor).ok_or_else(|| Error::UnsupportedVersion {
+            version: "unknown".into(),
+            why: format!("no version information found in {}", cand.map.path),
+        })?;
+        Version::parse(&text).ok_or_else(|| Error::UnsupportedVersion { version: text.clone(), why: "unparsable".into() })?
+    };
+    if version.major != 3 {
+        return Err(Error::UnsupportedVersion { version: version.to_string(), why: "not CPython 3".into() });
+    }
+    let mut layout = Layout::for_minor(version.major, version.minor).ok_or_else(|| Error::UnsupportedVersion {
+        version: version.to_string(),
+        why: "no layout table for this minor version".into(),
+    })?;
+    if !version.is_final() && !layout.model.debug_offsets {
+        return Err(Error::UnsupportedVersion {
+            version: version.to_string(),
+            why: "pre-releases change layouts and this one does not describe itself (_Py_DebugOffsets is 3.13+)"
+                .into(),
+        });
+    }
+    let mut notes = Vec::new();
+    if layout.model.debug_offsets {
+        notes = debug_offsets::apply(mem, runtime, &version, &mut layout).map_err(|e| match e {
+            debug_offsets::Problem::Read(r) => r.into_error(process.pid),
+            debug_offsets::Problem::Refuse(why) => Error::UnsupportedVersion { version: version.to_string(), why },
+        })?;
+    }
+    let code_type = cand
+        .elf
+        .symbol("PyCode_Type")
+        .map(|(v, _)| cand.elf.to_memory(v, base))
+        .ok_or_else(|| Error::UnsupportedVersion {
+            version: version.to_string(),
+            why: format!("{} does not export PyCode_Type", cand.map.path),
+        })?;
+    Ok(Target {
+        version,
+        layout,
+        runtime,
+        code_type,
+        executable: exe_display,
+        libpython: cand.is_lib.then(|| cand.map.path.trim_end_matches(" (deleted)").to_string()),
+        notes,
+    })
+}
+
+/// The runtime lives in libpython when one is loaded (shared builds, embedders),
+/// otherwise in the executable. Each candidate is the mapping of file offset 0.
+fn candidates(process: &Process) -> Result<Vec<Candidate<'_>>> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let libs = process.maps.iter().filter(|m| m.offset == 0 && is_libpython(m.file_name()));
+    let exe = process.maps.iter().filter(|m| m.offset == 0 && m.path == process.exe);
+    for (map, is_lib) in libs.map(|m| (m, true)).chain(exe.map(|m| (m, false))) {
+        if !seen.insert(&map.path) {
+            continue;
+        }
+        let path = process.file_path(map);
+        match ElfInfo::open(&path) {
+            Ok(elf) => out.push(Candidate { map, elf, is_lib }),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(Error::PermissionDenied { pid: process.pid, what: format!("{}", path.display()) })
+            }
+            Err(_) => continue,
+        }
+    }
+    Ok(out)
+}
+
+fn runtime_vaddr(elf: &ElfInfo) -> Option<u64> {
+    elf.symbol("_PyRuntime").map(|s| s.0).or_else(|| elf.section(".PyRuntime").map(|s| s.0))
+}
+
+fn is_libpython(name: &str) -> bool {
+    name.starts_with("libpython3.") && name.contains(".so")
+}
+
+/// (3, 11) from "python3.11", "libpython3.11.so.1.0", "python3.13t".
+fn version_from_name(name: &str) -> Option<(u32, u32)> {
+    let i = name.find("python3.")?;
+    let rest = &name[i + "python3.".len()..];
+    let n = rest.bytes().take_while(|c| c.is_ascii_digit()).count();
+    Some((3, rest[..n].parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names() {
+        assert_eq!(super::version_from_name("libpython3.11.so.1.0"), Some((3, 11)));
+        assert_eq!(super::version_from_name("python3.9"), Some((3, 9)));
+        assert_eq!(super::version_from_name("python"), None);
+        assert!(super::is_libpython("libpython3.11.so.1.0"));
+        assert!(!super::is_libpython("libpthread.so.0"));
+    }
+}

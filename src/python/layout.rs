@@ -1,0 +1,353 @@
+//! The per-version layout tables (python_versions/3.X.toml), compiled in. This is the
+//! one place that knows which minor versions exist and how they differ; everything
+//! else reads a `Layout`.
+
+use serde::Deserialize;
+
+macro_rules! tables {
+    ($($minor:literal),*) => {
+        &[$(($minor, include_str!(concat!("../../python_versions/", $minor, ".toml")))),*]
+    };
+}
+const TABLES: &[(&str, &str)] = tables!("3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.15");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct About {
+    pub minor: String,
+    pub headers: String,
+    pub source: String,
+    pub tested: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameModel {
+    /// 3.8-3.10: PyFrameObject linked by f_back, position in f_lasti.
+    FrameObject,
+    /// 3.11+: _PyInterpreterFrame linked by previous, position as an instruction pointer.
+    InterpreterFrame,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineTable {
+    Lnotab,
+    Linetable310,
+    Locations,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GilHome {
+    Runtime,
+    Interp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DictModel {
+    Legacy,
+    Compact,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongModel {
+    ObSize,
+    LvTag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceAttrs {
+    /// a dict pointer at tp_dictoffset
+    InstanceDict,
+    /// 3.11: values pointer at -4 words, dict pointer at -3 words
+    ValuesPointer,
+    /// 3.12: one tagged word at -3 words: values (low bit set) or dict
+    DictOrValues,
+    /// 3.13+: values inline after the object, dict pointer at -3 words
+    InlineValues,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Model {
+    pub frames: FrameModel,
+    pub line_table: LineTable,
+    pub lasti_unit: u64,
+    pub frame_via_cframe: bool,
+    pub gil: GilHome,
+    pub debug_offsets: bool,
+    pub dict: DictModel,
+    pub long: LongModel,
+    pub instance_attrs: InstanceAttrs,
+    #[serde(default)]
+    pub owner_generator: Option<u8>,
+    #[serde(default)]
+    pub owner_first_non_python: Option<u8>,
+    #[serde(default)]
+    pub stackref_tag_mask: u64,
+    #[serde(default)]
+    pub tp_flags_managed_dict: u64,
+    #[serde(default)]
+    pub tp_flags_inline_values: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RuntimeOffsets {
+    pub interpreters_head: u64,
+    pub interpreters_main: u64,
+    #[serde(default)]
+    pub gil_locked: Option<u64>,
+    #[serde(default)]
+    pub gil_holder: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InterpOffsets {
+    pub next: u64,
+    pub threads_head: u64,
+    pub modules: u64,
+    #[serde(default)]
+    pub gil_locked: Option<u64>,
+    #[serde(default)]
+    pub gil_holder: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TstateOffsets {
+    pub next: u64,
+    pub interp: u64,
+    pub frame: u64,
+    #[serde(default)]
+    pub cframe_current_frame: Option<u64>,
+    pub thread_id: u64,
+    #[serde(default)]
+    pub native_thread_id: Option<u64>,
+    #[serde(default)]
+    pub datastack_chunk: Option<u64>,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ChunkOffsets {
+    pub previous: u64,
+    pub size: u64,
+    pub top: u64,
+    pub data: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FrameOffsets {
+    pub previous: u64,
+    pub code: u64,
+    #[serde(default)]
+    pub lasti: Option<u64>,
+    #[serde(default)]
+    pub instr: Option<u64>,
+    #[serde(default)]
+    pub owner: Option<u64>,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CodeOffsets {
+    pub filename: u64,
+    pub name: u64,
+    #[serde(default)]
+    pub qualname: Option<u64>,
+    pub firstlineno: u64,
+    pub linetable: u64,
+    #[serde(default)]
+    pub code_adaptive: Option<u64>,
+    #[serde(default)]
+    pub firsttraceable: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ObjectOffsets {
+    pub ob_type: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TypeOffsets {
+    pub tp_flags: u64,
+    pub tp_basicsize: u64,
+    pub tp_dictoffset: u64,
+    pub ht_cached_keys: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BytesOffsets {
+    pub size: u64,
+    pub data: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UnicodeOffsets {
+    pub length: u64,
+    pub state: u64,
+    pub ascii_data: u64,
+    pub compact_data: u64,
+    pub legacy_data: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LongOffsets {
+    pub digits: u64,
+    pub size: u64,
+    pub digit_bits: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModuleOffsets {
+    pub dict: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DictOffsets {
+    pub used: u64,
+    pub keys: u64,
+    pub values: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DictKeysOffsets {
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub log2_size: Option<u64>,
+    #[serde(default)]
+    pub log2_index_bytes: Option<u64>,
+    #[serde(default)]
+    pub kind: Option<u64>,
+    pub nentries: u64,
+    pub indices: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct DictValuesOffsets {
+    pub values: u64,
+    #[serde(default)]
+    pub valid: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DebugHeader {
+    pub cookie: u64,
+    pub version: u64,
+    pub free_threaded: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Layout {
+    pub about: About,
+    pub model: Model,
+    pub runtime: RuntimeOffsets,
+    pub interp: InterpOffsets,
+    pub tstate: TstateOffsets,
+    #[serde(default)]
+    pub chunk: ChunkOffsets,
+    pub frame: FrameOffsets,
+    pub code: CodeOffsets,
+    pub object: ObjectOffsets,
+    #[serde(rename = "type")]
+    pub type_: TypeOffsets,
+    pub bytes: BytesOffsets,
+    pub unicode: UnicodeOffsets,
+    pub long: LongOffsets,
+    pub module: ModuleOffsets,
+    pub dict: DictOffsets,
+    pub dictkeys: DictKeysOffsets,
+    #[serde(default)]
+    pub dictvalues: DictValuesOffsets,
+    #[serde(default)]
+    pub debug: Option<DebugHeader>,
+    /// field name ("tstate.next") -> offset in _PyRuntime of the u64 that holds it
+    #[serde(default)]
+    pub debug_offsets: std::collections::BTreeMap<String, u64>,
+}
+
+impl Layout {
+    pub fn for_minor(major: u32, minor: u32) -> Option<Layout> {
+        let key = format!("{major}.{minor}");
+        let (_, text) = TABLES.iter().find(|(m, _)| *m == key)?;
+        Some(toml::from_str(text).unwrap_or_else(|e| panic!("python_versions/{key}.toml is malformed: {e}")))
+    }
+
+    /// Mutable access to a field by its table name, for overlaying the target's own offsets.
+    pub fn field_mut(&mut self, name: &str) -> Option<&mut u64> {
+        let (sec, f) = name.split_once('.')?;
+        Some(match (sec, f) {
+            ("runtime", "interpreters_head") => &mut self.runtime.interpreters_head,
+            ("interp", "next") => &mut self.interp.next,
+            ("interp", "threads_head") => &mut self.interp.threads_head,
+            ("interp", "modules") => &mut self.interp.modules,
+            ("interp", "gil_locked") => self.interp.gil_locked.get_or_insert(0),
+            ("interp", "gil_holder") => self.interp.gil_holder.get_or_insert(0),
+            ("tstate", "next") => &mut self.tstate.next,
+            ("tstate", "interp") => &mut self.tstate.interp,
+            ("tstate", "frame") => &mut self.tstate.frame,
+            ("tstate", "thread_id") => &mut self.tstate.thread_id,
+            ("tstate", "native_thread_id") => self.tstate.native_thread_id.get_or_insert(0),
+            ("tstate", "datastack_chunk") => self.tstate.datastack_chunk.get_or_insert(0),
+            ("tstate", "size") => &mut self.tstate.size,
+            ("frame", "previous") => &mut self.frame.previous,
+            ("frame", "code") => &mut self.frame.code,
+            ("frame", "instr") => self.frame.instr.get_or_insert(0),
+            ("frame", "owner") => self.frame.owner.get_or_insert(0),
+            ("frame", "size") => &mut self.frame.size,
+            ("code", "filename") => &mut self.code.filename,
+            ("code", "name") => &mut self.code.name,
+            ("code", "qualname") => self.code.qualname.get_or_insert(0),
+            ("code", "firstlineno") => &mut self.code.firstlineno,
+            ("code", "linetable") => &mut self.code.linetable,
+            ("code", "code_adaptive") => self.code.code_adaptive.get_or_insert(0),
+            ("object", "ob_type") => &mut self.object.ob_type,
+            ("type", "tp_flags") => &mut self.type_.tp_flags,
+            ("dict", "keys") => &mut self.dict.keys,
+            ("dict", "values") => &mut self.dict.values,
+            ("bytes", "size") => &mut self.bytes.size,
+            ("bytes", "data") => &mut self.bytes.data,
+            ("unicode", "state") => &mut self.unicode.state,
+            ("unicode", "length") => &mut self.unicode.length,
+            ("unicode", "ascii_data") => &mut self.unicode.ascii_data,
+            ("long", "size") => &mut self.long.size,
+            ("long", "digits") => &mut self.long.digits,
+            _ => return None,
+        })
+    }
+}
+
+/// Every minor version we have a table for, with how it was checked.
+pub fn all() -> Vec<Layout> {
+    TABLES
+        .iter()
+        .map(|(m, _)| {
+            let (a, b) = m.split_once('.').unwrap();
+            Layout::for_minor(a.parse().unwrap(), b.parse().unwrap()).unwrap()
+        })
+        .collect()
+}
+
+pub fn supported_list() -> String {
+    let first = TABLES.first().map(|t| t.0).unwrap_or("");
+    let last = TABLES.last().map(|t| t.0).unwrap_or("");
+    format!("CPython {first} to {last}, default (GIL) builds, final releases (see `vizattach versions`)")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_table_parses_and_names_its_minor() {
+        for (m, _) in super::TABLES {
+            let (a, b) = m.split_once('.').unwrap();
+            let l = super::Layout::for_minor(a.parse().unwrap(), b.parse().unwrap()).unwrap();
+            assert_eq!(&l.about.minor, m);
+            for k in l.debug_offsets.keys() {
+                let mut l2 = l.clone();
+                assert!(l2.field_mut(k).is_some(), "{m}: debug offset {k} has no field");
+            }
+        }
+    }
+}

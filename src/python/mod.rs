@@ -1,0 +1,15 @@
+//! The interpreter model: from a process's memory to threads and their Python stacks.
+
+pub mod code;
+pub mod debug_offsets;
+pub mod discover;
+pub mod layout;
+pub mod linetable;
+pub mod objects;
+pub mod snapshot;
+pub mod stack;
+pub mod strings;
+pub mod thread_ids;
+pub mod thread_names;
+pub mod threads;
+pub mod version;

@@ -1,0 +1,123 @@
+//! A consistent picture of every thread's stack at one moment: what `vizattach dump`
+//! prints. Reads run while the target runs; a read that tears (the stack changed under
+//! us) is detected and retried, never shown.
+
+use super::code::{CodeCache, CodeInfo};
+use super::discover::{discover, Target};
+use super::stack::{self, RawFrame};
+use super::thread_ids::ThreadIds;
+use super::{thread_names, threads};
+use crate::error::{Error, Result};
+use crate::process::memory::{ReadError, ReadResult};
+use crate::process::tasks::Tasks;
+use crate::process::Process;
+use std::sync::Arc;
+
+pub struct Frame {
+    pub code: Arc<CodeInfo>,
+    pub line: i32,
+}
+
+pub struct ThreadStack {
+    pub tid: Option<i32>,
+    pub thread_id: u64,
+    pub name: Option<String>,
+    pub holds_gil: bool,
+    /// innermost first
+    pub frames: Vec<Frame>,
+}
+
+pub struct Reader {
+    pub process: Process,
+    pub target: Target,
+    pub codes: CodeCache,
+    pub ids: ThreadIds,
+}
+
+const ATTEMPTS: usize = 200;
+
+impl Reader {
+    pub fn attach(pid: i32) -> Result<Reader> {
+        let process = Process::open(pid)?;
+        let target = discover(&process)?;
+        let ids = ThreadIds::new(pid);
+        Ok(Reader { process, target, codes: CodeCache::default(), ids })
+    }
+
+    pub fn snapshot(&mut self) -> Result<Vec<ThreadStack>> {
+        let mut last = ReadError::Fault;
+        for attempt in 0..ATTEMPTS {
+            match self.try_snapshot() {
+                Ok(s) => return Ok(s),
+                Err(ReadError::Fault) => {
+                    last = ReadError::Fault;
+                    if !self.process.is_alive() {
+                        return Err(Error::TargetExited(self.process.pid));
+                    }
+                    // Back off a little more each time: a stack changing this often will
+                    // hold still between two of its own steps sooner or later.
+                    std::thread::sleep(std::time::Duration::from_micros(50 * attempt as u64));
+                }
+                Err(e) => return Err(e.into_error(self.process.pid)),
+            }
+        }
+        Err(match last {
+            ReadError::Fault => Error::Inconsistent(format!(
+                "process {}: the thread list or a stack changed during each of {ATTEMPTS} reads; try again",
+                self.process.pid
+            )),
+            e => e.into_error(self.process.pid),
+        })
+    }
+
+    fn try_snapshot(&mut self) -> ReadResult<Vec<ThreadStack>> {
+        let mem = self.process.memory;
+        let t: &Target = &self.target;
+        let mut out = Vec::new();
+        self.ids.refresh(self.process.pid);
+        for interp in threads::interpreters(&mem, t)? {
+            let states = threads::thread_states(&mem, t, interp)?;
+            let holder = threads::gil_holder(&mem, t, interp)?;
+            let names = thread_names::read(&mem, t, interp).unwrap_or_default();
+            let tids = self.ids.resolve(&mem, &states);
+            for (ts, tid) in states.iter().zip(tids) {
+                let frames = read_stack(&mem, t, &mut self.codes, ts.addr)?;
+                let name = names.get(&ts.thread_id).cloned().or_else(|| {
+                    let tid = tid?;
+                    if tid == self.process.pid {
+                        return Some("MainThread".to_string());
+                    }
+                    Tasks::comm(self.process.pid, tid).filter(|c| *c != self.process.comm)
+                });
+                out.push(ThreadStack { tid, thread_id: ts.thread_id, name, holds_gil: holder == Some(ts.addr), frames });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One thread's stack, resolved; Fault if it changed while we read it.
+pub fn read_stack(
+    mem: &crate::process::Memory,
+    t: &Target,
+    codes: &mut CodeCache,
+    tstate: u64,
+) -> ReadResult<Vec<Frame>> {
+    let top = stack::top_frame(mem, t, tstate)?;
+    let mut raw: Vec<RawFrame> = Vec::new();
+    stack::walk(mem, t, top, &mut raw, |code| {
+        let info = codes.get(mem, &t.layout, t.code_type, code)?;
+        Ok((info.bytecode_start, info.first_traceable))
+    })?;
+    // The walk is only good if the thread is still where it was when we started.
+    if stack::top_frame(mem, t, tstate)? != top {
+        return Err(ReadError::Fault);
+    }
+    raw.iter()
+        .map(|f| {
+            let code = codes.get(mem, &t.layout, t.code_type, f.code)?;
+            let line = code.line(&t.layout, f.offset);
+            Ok(Frame { code, line })
+        })
+        .collect()
+}

@@ -1,0 +1,89 @@
+//! Walking one thread's Python frames, innermost first. The walk yields raw frames
+//! (code address, frame address, bytecode offset); names and lines are resolved
+//! separately, through the code cache, so a sampler can keep raw frames only.
+
+use super::discover::Target;
+use super::layout::FrameModel;
+use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
+
+/// Deeper than this is a loop in what we read, not a real stack (CPython's own C stack
+/// limits keep real Python stacks far shallower).
+pub const MAX_DEPTH: usize = 50_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawFrame {
+    pub code: u64,
+    pub frame: u64,
+    /// byte offset of the current instruction in the bytecode
+    pub offset: i64,
+}
+
+/// The thread's innermost frame pointer, as the thread state holds it now.
+pub fn top_frame(mem: &Memory, t: &Target, tstate: u64) -> ReadResult<u64> {
+    let l = &t.layout;
+    let p = mem.read_u64(tstate + l.tstate.frame)?;
+    match l.tstate.cframe_current_frame {
+        Some(off) if l.model.frame_via_cframe => {
+            if p == 0 {
+                Ok(0)
+            } else {
+                mem.read_u64(p + off)
+            }
+        }
+        _ => Ok(p),
+    }
+}
+
+/// Reads the stack starting at `frame`. Errors mean the memory changed under us.
+pub fn walk(
+    mem: &Memory,
+    t: &Target,
+    mut frame: u64,
+    out: &mut Vec<RawFrame>,
+    mut code_start: impl FnMut(u64) -> ReadResult<(u64, i64)>,
+) -> ReadResult<()> {
+    out.clear();
+    let l = &t.layout;
+    let f = &l.frame;
+    let mut buf = [0u8; 128];
+    let len = (f.size as usize).clamp(8, buf.len());
+    let mut seen = 0usize;
+    while frame != 0 {
+        seen += 1;
+        if seen > MAX_DEPTH {
+            return Err(ReadError::Fault);
+        }
+        mem.read(frame, &mut buf[..len])?;
+        let b = &buf[..len];
+        let previous = b.u64_at(f.previous);
+        let code = b.u64_at(f.code) & !l.model.stackref_tag_mask;
+        match l.model.frames {
+            FrameModel::FrameObject => {
+                let lasti = b.i32_at(f.lasti.unwrap_or(0)) as i64;
+                out.push(RawFrame { code, frame, offset: lasti * l.model.lasti_unit as i64 });
+            }
+            FrameModel::InterpreterFrame => {
+                let owner = b.u8_at(f.owner.unwrap_or(0));
+                let non_python = l.model.owner_first_non_python.is_some_and(|first| owner >= first);
+                if !non_python && code != 0 {
+                    // (start of bytecode, first traceable offset) or Fault if not a code object
+                    match code_start(code) {
+                        Ok((start, first_traceable)) => {
+                            let offset = b.u64_at(f.instr.unwrap_or(0)).wrapping_sub(start) as i64;
+                            let incomplete =
+                                Some(owner) != l.model.owner_generator && offset < first_traceable;
+                            if !incomplete {
+                                out.push(RawFrame { code, frame, offset });
+                            }
+                        }
+                        // 3.13+ frames may execute something that is not a code object
+                        Err(ReadError::Fault) if l.model.debug_offsets => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        frame = previous;
+    }
+    Ok(())
+}
