@@ -73,31 +73,42 @@ fn dump_churn() {
         let fixture_dir = target.target_path("");
         let mut problems = Vec::new();
         let (mut transient_seen, mut transient_empty) = (0, 0);
+        let mut bad_runs = Vec::new();
         for run in 0..CHURN_DUMPS {
+            let problems_before = problems.len();
             let got = dump(target.pid).map_err(|e| format!("run {run}: {e}"))?;
             for d in diff_threads(&expected.threads, &got.threads, true) {
                 problems.push(format!("run {run}: {d}"));
             }
-            let holders = got.gil_holders();
-            if holders.len() > 1 {
-                problems.push(format!("run {run}: several GIL holders {holders:?}"));
+            for p in dump_sanity(&got) {
+                problems.push(format!("run {run}: {p}"));
             }
             if got.pid != expected.pid {
                 problems.push(format!("run {run}: pid {} instead of {}", got.pid, expected.pid));
             }
-            for t in got.threads.iter().filter(|t| !stable.contains(&t.tid)) {
+            for t in got.threads.iter().filter(|t| t.tid.map_or(true, |tid| !stable.contains(&tid))) {
                 transient_seen += 1;
+                // No OS thread (yet, or any more) is only possible for thread_id 0.
+                if t.tid.is_none() && t.thread_id != Some(0) {
+                    problems.push(format!(
+                        "run {run}: thread_id {:?} {:?} has a null tid but is bound to a thread",
+                        t.thread_id, t.name
+                    ));
+                }
                 if t.frames.is_empty() {
                     transient_empty += 1;
                     if !TRANSIENT_EMPTY_STACKS_ALLOWED {
-                        problems.push(format!("run {run}: thread {} {:?} has no frames", t.tid, t.name));
+                        problems.push(format!("run {run}: thread {:?} {:?} has no frames", t.tid, t.name));
                     }
                 }
                 for (i, f) in t.frames.iter().enumerate() {
                     if let Err(why) = plausible_churn_frame(f, &fixture_dir) {
-                        problems.push(format!("run {run}: thread {} {:?} frame #{i} {f}: {why}", t.tid, t.name));
+                        problems.push(format!("run {run}: thread {:?} {:?} frame #{i} {f}: {why}", t.tid, t.name));
                     }
                 }
+            }
+            if problems.len() > problems_before {
+                bad_runs.push(run);
             }
         }
         eprintln!(
@@ -107,8 +118,13 @@ fn dump_churn() {
         if problems.is_empty() {
             Ok(())
         } else {
+            let total = problems.len();
             problems.truncate(40);
-            Err(problems.join("\n"))
+            Err(format!(
+                "{} of {CHURN_DUMPS} runs wrong (runs {bad_runs:?}), {total} problems; the first ones:\n{}",
+                bad_runs.len(),
+                problems.join("\n")
+            ))
         }
     });
 }

@@ -52,18 +52,32 @@ pub fn discover(process: &Process) -> Result<Target> {
         let hex = mem.read_u64(cand.elf.to_memory(vaddr, base)).map_err(|e| e.into_error(process.pid))?;
         Version::from_hex(hex & 0xffff_ffff)
     } else {
-        let minor = version_from_name(cand.map.file_name()).map(|v| v.1);
-        let text = cand.elf.find_version_string(minor).ok_or_else(|| Error::UnsupportedVersion {
-            version: "unknown".into(),
-            why: format!("no version information found in {}", cand.map.path),
-        })?;
-        Version::parse(&text).ok_or_else(|| Error::UnsupportedVersion { version: text.clone(), why: "unparsable".into() })?
+        // Before 3.11 nothing exports the version: the file name or PY_VERSION in .rodata
+        // give the minor (enough to pick a layout), sys.version gives the rest.
+        let rodata = cand.elf.find_version_string(version_from_name(cand.map.file_name()).map(|v| v.1));
+        let minor = version_from_name(cand.map.file_name())
+            .or_else(|| rodata.as_deref().and_then(Version::parse).map(|v| (v.major, v.minor)))
+            .ok_or_else(|| Error::UnsupportedVersion {
+                version: "unknown".into(),
+                why: format!("no version information found in {}", cand.map.path),
+            })?;
+        let from_sys = Layout::for_minor(minor.0, minor.1)
+            .and_then(|l| sys_version(mem, &l, runtime))
+            .filter(|v| (v.major, v.minor) == minor);
+        from_sys.or_else(|| rodata.as_deref().and_then(Version::parse)).unwrap_or(Version {
+            major: minor.0,
+            minor: minor.1,
+            micro: 0,
+            level: 0xF,
+            serial: 0,
+        })
     };
     if version.major != 3 {
         return Err(Error::UnsupportedVersion { version: version.to_string(), why: "not CPython 3".into() });
     }
     let mut layout = Layout::for_minor(version.major, version.minor).ok_or_else(|| Error::UnsupportedVersion {
-        version: version.to_string(),
+        // without a table we could not read sys.version, so only the minor is known
+        version: format!("{}.{}", version.major, version.minor),
         why: "no layout table for this minor version".into(),
     })?;
     if !version.is_final() && !layout.model.debug_offsets {
@@ -120,6 +134,18 @@ fn candidates(process: &Process) -> Result<Vec<Candidate<'_>>> {
         }
     }
     Ok(out)
+}
+
+/// sys.version of the main interpreter, read through sys.modules.
+fn sys_version(mem: &crate::process::Memory, l: &Layout, runtime: u64) -> Option<Version> {
+    use super::objects::dict_get;
+    let interp = mem.read_u64(runtime + l.runtime.interpreters_main).ok()?;
+    let modules = mem.read_u64(interp + l.interp.modules).ok()?;
+    let sys = dict_get(mem, l, modules, "sys").ok()??;
+    let sys_dict = mem.read_u64(sys + l.module.dict).ok()?;
+    let v = dict_get(mem, l, sys_dict, "version").ok()??;
+    let text = super::strings::read_unicode(mem, l, v).ok()?;
+    Version::parse(text.split_whitespace().next()?)
 }
 
 fn runtime_vaddr(elf: &ElfInfo) -> Option<u64> {

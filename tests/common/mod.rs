@@ -462,7 +462,7 @@ pub struct RunOutput {
 
 impl RunOutput {
     pub fn describe(&self) -> String {
-        format!("exit {}\nstderr: {}\nstdout: {}", self.status, self.stderr.trim_end(), truncate(&self.stdout, 2000))
+        format!("{}\nstderr: {}\nstdout: {}", self.status, self.stderr.trim_end(), truncate(&self.stdout, 2000))
     }
 }
 
@@ -533,8 +533,21 @@ pub fn dump(pid: u32) -> Result<Dump, String> {
 /// Dumps until the set of tids equals `tids` (e.g. the fixture's recorder thread has
 /// exited), for up to `timeout`. Any failing dump is an error right away.
 pub fn dump_until_tids(pid: u32, tids: &BTreeSet<i64>, timeout: Duration) -> Result<Dump, String> {
-    dump_until(pid, timeout, |d| &d.tids() == tids)
-        .map_err(|(last, e)| format!("{e}: wanted tids {tids:?}, last dump had {:?}", last.map(|d| d.tids())))
+    dump_until(pid, timeout, |d| &d.tids() == tids && d.threads.iter().all(|t| t.tid.is_some()))
+        .map_err(|(last, e)| match last {
+            Some(d) => {
+                let got = d.tids();
+                format!(
+                    "{e}: {} threads expected; the last dump lacked tids {:?}, had unexpected tids {:?} \
+                     and {} threads with a null tid",
+                    tids.len(),
+                    tids.difference(&got).collect::<Vec<_>>(),
+                    got.difference(tids).collect::<Vec<_>>(),
+                    d.threads.iter().filter(|t| t.tid.is_none()).count()
+                )
+            }
+            None => e,
+        })
 }
 
 /// Dumps until `done(dump)` holds, for up to `timeout`.
@@ -588,7 +601,9 @@ impl std::fmt::Display for Frame {
 
 #[derive(Clone, Debug)]
 pub struct ThreadStack {
-    pub tid: i64,
+    /// null in a dump for a thread state not bound to an OS thread (thread_id 0: not
+    /// started yet, or already torn down).
+    pub tid: Option<i64>,
     pub thread_id: Option<u64>,
     pub name: Option<String>,
     pub holds_gil: bool,
@@ -651,8 +666,12 @@ impl Dump {
             .ok_or("\"threads\" is not an array")?
             .iter()
             .map(|t| {
+                let tid = match get(t, "tid")? {
+                    Value::Null => None,
+                    v => Some(v.as_i64().ok_or("\"tid\" is neither an integer nor null")?),
+                };
                 Ok(ThreadStack {
-                    tid: get_i64(t, "tid")?,
+                    tid,
                     thread_id: Some(get(t, "thread_id")?.as_u64().ok_or("\"thread_id\" is not an unsigned integer")?),
                     name: get_opt_str(t, "name")?,
                     holds_gil: get(t, "holds_gil")?.as_bool().ok_or("\"holds_gil\" is not a bool")?,
@@ -669,15 +688,16 @@ impl Dump {
         })
     }
 
+    /// The known tids (threads with a null tid are left out).
     pub fn tids(&self) -> BTreeSet<i64> {
-        self.threads.iter().map(|t| t.tid).collect()
+        self.threads.iter().filter_map(|t| t.tid).collect()
     }
 
     pub fn thread(&self, tid: i64) -> Option<&ThreadStack> {
-        self.threads.iter().find(|t| t.tid == tid)
+        self.threads.iter().find(|t| t.tid == Some(tid))
     }
 
-    pub fn gil_holders(&self) -> Vec<i64> {
+    pub fn gil_holders(&self) -> Vec<Option<i64>> {
         self.threads.iter().filter(|t| t.holds_gil).map(|t| t.tid).collect()
     }
 }
@@ -690,7 +710,7 @@ impl Expected {
             .iter()
             .map(|t| {
                 Ok(ThreadStack {
-                    tid: get_i64(t, "tid")?,
+                    tid: Some(get_i64(t, "tid")?),
                     thread_id: get(t, "thread_id")?.as_u64(),
                     name: Some(get_str(t, "name")?),
                     holds_gil: false,
@@ -707,7 +727,7 @@ impl Expected {
     }
 
     pub fn tids(&self) -> BTreeSet<i64> {
-        self.threads.iter().map(|t| t.tid).collect()
+        self.threads.iter().filter_map(|t| t.tid).collect()
     }
 }
 
@@ -719,9 +739,9 @@ const MAX_FRAME_DIFFS: usize = 8;
 /// are fine (checked elsewhere); otherwise they are differences too.
 pub fn diff_threads(expected: &[ThreadStack], got: &[ThreadStack], extra_allowed: bool) -> Vec<String> {
     let mut diffs = Vec::new();
-    let got_by_tid: BTreeMap<i64, &ThreadStack> = got.iter().map(|t| (t.tid, t)).collect();
+    let got_by_tid: BTreeMap<Option<i64>, &ThreadStack> = got.iter().map(|t| (t.tid, t)).collect();
     for want in expected {
-        let label = format!("thread {} {:?}", want.tid, want.name.as_deref().unwrap_or("?"));
+        let label = format!("thread {:?} {:?}", want.tid.unwrap_or(-1), want.name.as_deref().unwrap_or("?"));
         let Some(have) = got_by_tid.get(&want.tid) else {
             diffs.push(format!("{label}: missing from the dump"));
             continue;
@@ -757,12 +777,42 @@ pub fn diff_threads(expected: &[ThreadStack], got: &[ThreadStack], extra_allowed
         }
     }
     if !extra_allowed {
-        let want: BTreeSet<i64> = expected.iter().map(|t| t.tid).collect();
+        let want: BTreeSet<Option<i64>> = expected.iter().map(|t| t.tid).collect();
         for t in got.iter().filter(|t| !want.contains(&t.tid)) {
-            diffs.push(format!("unexpected thread {} {:?} with {} frames", t.tid, t.name, t.frames.len()));
+            diffs.push(format!(
+                "unexpected thread tid {:?} thread_id {:?} {:?} with {} frames",
+                t.tid, t.thread_id, t.name, t.frames.len()
+            ));
         }
     }
     diffs
+}
+
+/// Internal consistency of any dump: positive tids, no thread listed twice (same tid or
+/// same non-zero thread_id), at most one GIL holder.
+pub fn dump_sanity(d: &Dump) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut tids = BTreeSet::new();
+    let mut idents = BTreeSet::new();
+    for t in &d.threads {
+        if let Some(tid) = t.tid {
+            if tid <= 0 {
+                problems.push(format!("thread {:?} (thread_id {:?}) has impossible tid {tid}", t.name, t.thread_id));
+            } else if !tids.insert(tid) {
+                problems.push(format!("tid {tid} listed twice ({:?})", t.name));
+            }
+        }
+        if let Some(ident) = t.thread_id.filter(|&i| i != 0) {
+            if !idents.insert(ident) {
+                problems.push(format!("thread_id {ident} listed twice ({:?})", t.name));
+            }
+        }
+    }
+    let holders = d.gil_holders();
+    if holders.len() > 1 {
+        problems.push(format!("{} threads claim to hold the GIL: {holders:?}", holders.len()));
+    }
+    problems
 }
 
 /// The full comparison for a settled fixture: pid, version, the exact threads and frames,
@@ -775,10 +825,7 @@ pub fn check_dump(expected: &Expected, got: &Dump) -> Result<(), String> {
     if got.version != expected.version {
         diffs.push(format!("python.version: expected {:?}, got {:?}", expected.version, got.version));
     }
-    let holders = got.gil_holders();
-    if holders.len() > 1 {
-        diffs.push(format!("{} threads claim to hold the GIL: {holders:?}", holders.len()));
-    }
+    diffs.extend(dump_sanity(got));
     diffs.extend(diff_threads(&expected.threads, &got.threads, false));
     if diffs.is_empty() {
         Ok(())
