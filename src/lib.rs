@@ -2,7 +2,12 @@
 //!
 //! Data flows one way: process memory -> interpreter model -> samples -> timeline -> writers.
 
+pub mod clock;
 pub mod dump;
 pub mod error;
+pub mod output;
 pub mod process;
 pub mod python;
+pub mod record;
+pub mod sampler;
+pub mod timeline;

@@ -1,26 +1,73 @@
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use vizattach::error::Error;
+use vizattach::output::Format;
 use vizattach::python::{layout, snapshot::Reader};
+use vizattach::record::{self, Rate};
 
 /// Attach to a running CPython process (3.8-3.15) and see what every thread is doing,
 /// without restarting it, changing its code or injecting anything into it.
 #[derive(Parser)]
 #[command(name = "vizattach", version, about, long_about = None, after_help = "\
 Examples:
+  vizattach --pid 1234 --duration 10s     record a timeline of every thread for 10 s
+  vizattach --pid 1234 -o trace.json.gz   record until Ctrl-C, gzipped
+  vizattach record -- python3 app.py      start app.py, record it until it exits
   vizattach dump --pid 1234           every thread's Python stack, innermost frame first
   vizattach dump --pid 1234 --json    the same as JSON, for scripts
   vizattach versions                  which CPython versions can be read, and how
 
 Reading another process needs root or CAP_SYS_PTRACE (docker: --cap-add SYS_PTRACE),
 or the same user with kernel.yama.ptrace_scope=0.")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    record: RecordArgs,
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// Process id of the running Python process to record
+    #[arg(long, short)]
+    pid: Option<i32>,
+    /// How long to record: 500ms, 10s, 2m, 1h [default: until Ctrl-C or the target exits]
+    #[arg(long, short, value_parser = record::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Samples per second, 1 to 1000000, or max (as fast as one core allows)
+    #[arg(long, short, default_value = "1000", value_parser = record::parse_rate)]
+    rate: Rate,
+    /// Output file; the extension picks the format (.json, .json.gz)
+    /// [default: vizattach-PID-TIMESTAMP.json in the current directory]
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Output format, overriding the extension: viztracer
+    #[arg(long, value_parser = parse_format)]
+    format: Option<Format>,
+    /// No progress line and no summary
+    #[arg(long, short)]
+    quiet: bool,
+    /// Launch mode: the program to start and record until it exits, after `--`
+    /// (vizattach exits with its exit status)
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::from_name(s).ok_or_else(|| format!("unknown format '{s}'; formats: {}", vizattach::output::FORMATS))
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Record a timeline (the default command: `vizattach --pid PID` is the same).
+    ///
+    /// Samples every thread's Python stack at --rate and turns the differences between
+    /// samples into entry/exit slices, VizTracer-style: one slice per function call seen,
+    /// named "qualname (file:first_line)", nested per thread. Two calls from the same line
+    /// with no sample between them look like one call: raise --rate to see short calls.
+    Record(RecordArgs),
     /// Print every thread's Python stack now: the stuck-process view.
     ///
     /// The target keeps running: stacks are read from its memory, and a read that
@@ -43,7 +90,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("vizattach: {e}");
             ExitCode::FAILURE
@@ -51,8 +98,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
-    match cli.command {
+fn run(cli: Cli) -> Result<i32, Error> {
+    match cli.command.unwrap_or(Command::Record(cli.record)) {
+        Command::Record(a) => {
+            let what = match (a.pid, a.command.is_empty()) {
+                (Some(p), true) => record::What::Pid(p),
+                (None, false) => record::What::Launch(a.command),
+                (Some(_), false) => return Err(Error::Usage("give either --pid or a command after --, not both".into())),
+                (None, true) => {
+                    return Err(Error::Usage(
+                        "nothing to record: give --pid PID, or a command after -- (see vizattach --help)".into(),
+                    ))
+                }
+            };
+            record::record(record::Options {
+                what,
+                duration: a.duration,
+                rate: a.rate,
+                output: a.output,
+                format: a.format,
+                quiet: a.quiet,
+            })
+        }
         Command::Dump { pid, json, verbose } => {
             let mut reader = Reader::attach(pid)?;
             if verbose {
@@ -73,7 +140,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 print!("{}", vizattach::dump::to_text(&reader, &threads));
             }
-            Ok(())
+            Ok(0)
         }
         Command::Versions => {
             println!("{:<6} {:<8} {:<7} layout source", "minor", "headers", "tested");
@@ -87,7 +154,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     if l.model.debug_offsets { "; the target's own _Py_DebugOffsets take precedence" } else { "" }
                 );
             }
-            Ok(())
+            Ok(0)
         }
     }
 }

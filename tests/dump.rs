@@ -86,7 +86,7 @@ fn dump_churn() {
             if got.pid != expected.pid {
                 problems.push(format!("run {run}: pid {} instead of {}", got.pid, expected.pid));
             }
-            for t in got.threads.iter().filter(|t| t.tid.map_or(true, |tid| !stable.contains(&tid))) {
+            for t in got.threads.iter().filter(|t| t.tid.is_none_or(|tid| !stable.contains(&tid))) {
                 transient_seen += 1;
                 // No OS thread (yet, or any more) is only possible for thread_id 0.
                 if t.tid.is_none() && t.thread_id != Some(0) {

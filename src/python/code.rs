@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct CodeInfo {
+    /// Small dense id, unique for the life of the cache: what samples carry.
+    pub id: u32,
     /// co_qualname (3.11+) or co_name
     pub name: String,
     pub filename: String,
@@ -35,6 +37,9 @@ impl CodeInfo {
 #[derive(Default)]
 pub struct CodeCache {
     entries: HashMap<u64, Arc<CodeInfo>>,
+    next_id: u32,
+    /// Entries created since the last `take_new`, for consumers that name ids.
+    fresh: Vec<Arc<CodeInfo>>,
 }
 
 /// How much of a code object we read at once: every field we use lies below this.
@@ -67,6 +72,7 @@ impl CodeCache {
             }
         }
         let info = Arc::new(CodeInfo {
+            id: self.next_id,
             name: read_unicode(mem, layout, name_ptr)?,
             filename: read_unicode(mem, layout, file_ptr)?,
             first_line: head.i32_at(c.firstlineno),
@@ -75,10 +81,23 @@ impl CodeCache {
             first_traceable: c.firsttraceable.map(|o| head.i32_at(o) as i64 * 2).unwrap_or(0),
             identity: (name_ptr, file_ptr),
         });
+        self.next_id += 1;
         if self.entries.len() > 100_000 {
             self.entries.clear(); // bound memory on programs that generate code endlessly
         }
         self.entries.insert(addr, info.clone());
+        self.fresh.push(info.clone());
         Ok(info)
+    }
+
+    /// Code objects first seen since the last call.
+    pub fn take_new(&mut self) -> Vec<Arc<CodeInfo>> {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// (start of bytecode, first traceable offset) of a cached code object, unvalidated:
+    /// for frames that were already seen alive, whose code cannot have been freed.
+    pub fn cached(&self, addr: u64) -> Option<&Arc<CodeInfo>> {
+        self.entries.get(&addr)
     }
 }

@@ -22,38 +22,48 @@ impl ThreadIds {
         self.tasks = Tasks::read(pid);
     }
 
-    /// Our tid for each thread state (None where it cannot be known).
+    /// Our tid for each thread state (None where it cannot be known: a thread that has
+    /// not started or has already finished has no OS thread of its own).
     pub fn resolve(&mut self, mem: &Memory, states: &[ThreadState]) -> Vec<Option<i32>> {
         if states.iter().any(|s| s.native_id.is_none()) && self.pthread_tid_offset.is_none() {
             self.pthread_tid_offset = self.find_offset(mem, states);
         }
+        let known = self.known_target_tids();
         states
             .iter()
             .map(|s| {
                 let inner = match s.native_id {
-                    Some(n) if n > 0 => Some(n),
-                    Some(_) => None, // not started yet / already finished
+                    Some(n) => n,
                     None => {
                         let off = self.pthread_tid_offset?;
-                        mem.read_u32(s.thread_id.checked_add(off)?).ok().map(|v| v as i32)
+                        mem.read_u32(s.thread_id.checked_add(off)?).ok()? as i32
                     }
                 };
-                inner.map(|t| self.tasks.to_ours(t))
+                known.contains(&inner).then(|| self.tasks.to_ours(inner))
             })
             .collect()
     }
 
+    fn known_target_tids(&self) -> std::collections::HashSet<i32> {
+        self.tasks.tids.iter().map(|&t| self.tasks.to_target(t)).collect()
+    }
+
+    /// The offset of the tid in struct pthread: the one where the most thread states hold
+    /// a live tid of this process, all different. Threads starting or ending while we
+    /// look may not match; live ones do.
     fn find_offset(&self, mem: &Memory, states: &[ThreadState]) -> Option<u64> {
-        let known: std::collections::HashSet<i32> = self.tasks.tids.iter().map(|&t| self.tasks.to_target(t)).collect();
+        let known = self.known_target_tids();
         let structs: Vec<Vec<u8>> =
             states.iter().filter(|s| s.thread_id != 0).filter_map(|s| mem.read_vec(s.thread_id, SCAN).ok()).collect();
-        if structs.is_empty() {
-            return None;
+        let mut best: Option<(usize, u64)> = None;
+        for off in (0..SCAN as u64 - 4).step_by(4) {
+            let hits: std::collections::HashSet<i32> =
+                structs.iter().map(|b| b.i32_at(off)).filter(|v| known.contains(v)).collect();
+            if hits.len() > best.map_or(0, |b| b.0) {
+                best = Some((hits.len(), off));
+            }
         }
-        (0..SCAN as u64 - 4).step_by(4).find(|&off| {
-            let vals: Vec<i32> = structs.iter().map(|b| b.i32_at(off)).collect();
-            let distinct: std::collections::HashSet<_> = vals.iter().collect();
-            distinct.len() == vals.len() && vals.iter().all(|v| known.contains(v))
-        })
+        // Most of the states must agree, or this is chance.
+        best.filter(|&(n, _)| n * 2 > structs.len()).map(|b| b.1)
     }
 }

@@ -52,7 +52,13 @@ pub fn thread_states(mem: &Memory, t: &Target, interp: u64) -> ReadResult<Vec<Th
         });
         addr = buf.u64_at(l.next);
     }
-    Ok(out)
+    // A thread state is created by the thread that starts the new thread and carries the
+    // creator's ids until the new thread runs (3.8-3.11). New states are linked at the
+    // head, so of several states with one thread id the last in the list is the real one.
+    let mut seen = std::collections::HashSet::new();
+    let mut keep: Vec<ThreadState> = out.into_iter().rev().filter(|s| s.thread_id == 0 || seen.insert(s.thread_id)).collect();
+    keep.reverse();
+    Ok(keep)
 }
 
 /// The thread state holding the GIL of `interp`, if it is held.

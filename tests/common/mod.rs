@@ -550,7 +550,8 @@ pub fn dump_until_tids(pid: u32, tids: &BTreeSet<i64>, timeout: Duration) -> Res
         })
 }
 
-/// Dumps until `done(dump)` holds, for up to `timeout`.
+/// Dumps until `done(dump)` holds, for up to `timeout`. The error carries the last dump.
+#[allow(clippy::result_large_err)]
 pub fn dump_until(
     pid: u32,
     timeout: Duration,

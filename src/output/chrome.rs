@@ -1,0 +1,139 @@
+//! Chrome Trace Event JSON in VizTracer's shape: complete ("X") events streamed as slices
+//! close, thread and process names as metadata ("M") events, then viztracer_metadata and
+//! file_info (the source of every file named, so vizviewer can show it).
+
+use super::{CaptureInfo, Sink};
+use crate::python::code::CodeInfo;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+/// Per-file and total caps on embedded source, so a capture of a huge program stays sane.
+const MAX_SOURCE_FILE: u64 = 8 << 20;
+const MAX_SOURCE_TOTAL: usize = 128 << 20;
+
+pub struct ChromeJson {
+    out: Box<dyn Write + Send>,
+    pid: i32,
+    /// the target's root (/proc/PID/root): its files are read through it
+    root: PathBuf,
+    /// JSON-escaped slice name per code id, built once
+    names: Vec<Option<String>>,
+    files: BTreeMap<String, Option<(String, usize)>>,
+    functions: BTreeMap<String, (String, i32)>,
+    source_bytes: usize,
+    written: u64,
+}
+
+impl ChromeJson {
+    pub fn new(mut out: Box<dyn Write + Send>, pid: i32, root: PathBuf, process_name: &str) -> io::Result<ChromeJson> {
+        let head = format!(
+            "{{\"traceEvents\":[\n{{\"ph\":\"M\",\"pid\":{pid},\"tid\":{pid},\"name\":\"process_name\",\"args\":{{\"name\":{}}}}}",
+            serde_json::to_string(process_name).unwrap_or_default()
+        );
+        out.write_all(head.as_bytes())?;
+        Ok(ChromeJson {
+            out,
+            pid,
+            root,
+            names: Vec::new(),
+            files: BTreeMap::new(),
+            functions: BTreeMap::new(),
+            source_bytes: 0,
+            written: head.len() as u64,
+        })
+    }
+
+    fn name(&mut self, code: &CodeInfo) -> &str {
+        let i = code.id as usize;
+        if self.names.len() <= i {
+            self.names.resize(i + 1, None);
+        }
+        if self.names[i].is_none() {
+            let name = slice_name(code);
+            self.functions.insert(name.clone(), (code.filename.clone(), code.first_line));
+            if !self.files.contains_key(&code.filename) {
+                let src = self.read_source(&code.filename);
+                self.files.insert(code.filename.clone(), src);
+            }
+            self.names[i] = Some(serde_json::to_string(&name).unwrap_or_default());
+        }
+        self.names[i].as_deref().unwrap_or("\"?\"")
+    }
+
+    /// Read now, while the target lives: at the end of capture its root may be gone.
+    fn read_source(&mut self, file: &str) -> Option<(String, usize)> {
+        if !file.starts_with('/') || self.source_bytes > MAX_SOURCE_TOTAL {
+            return None;
+        }
+        let path = self.root.join(file.trim_start_matches('/'));
+        let meta = std::fs::metadata(&path).ok()?;
+        if meta.len() > MAX_SOURCE_FILE {
+            return None;
+        }
+        let text = std::fs::read_to_string(&path).ok()?;
+        self.source_bytes += text.len();
+        let lines = text.lines().count();
+        Some((text, lines))
+    }
+
+    fn event(&mut self, s: &str) -> io::Result<()> {
+        self.out.write_all(b",\n")?;
+        self.out.write_all(s.as_bytes())?;
+        self.written += s.len() as u64 + 2;
+        Ok(())
+    }
+}
+
+/// VizTracer's convention: "qualname (file:first_line)".
+pub fn slice_name(code: &CodeInfo) -> String {
+    format!("{} ({}:{})", code.name, code.filename, code.first_line)
+}
+
+fn us(ns: u64) -> String {
+    format!("{}.{:03}", ns / 1000, ns % 1000)
+}
+
+impl Sink for ChromeJson {
+    fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
+        let e = format!(
+            "{{\"ph\":\"M\",\"pid\":{},\"tid\":{tid},\"name\":\"thread_name\",\"args\":{{\"name\":{}}}}}",
+            self.pid,
+            serde_json::to_string(name).unwrap_or_default()
+        );
+        self.event(&e)
+    }
+
+    fn close(&mut self, tid: i32, code: &CodeInfo, start_ns: u64, end_ns: u64) -> io::Result<()> {
+        let pid = self.pid;
+        let e = format!(
+            "{{\"ph\":\"X\",\"name\":{},\"ts\":{},\"dur\":{},\"pid\":{pid},\"tid\":{tid},\"cat\":\"python\"}}",
+            self.name(code),
+            us(start_ns),
+            us(end_ns - start_ns)
+        );
+        self.event(&e)
+    }
+
+    fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
+        let mut meta = serde_json::to_value(info).unwrap_or_default();
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("version".into(), format!("vizattach {}", info.vizattach_version).into());
+            m.insert("overflow".into(), false.into());
+        }
+        let files: serde_json::Map<String, serde_json::Value> = self
+            .files
+            .iter()
+            .filter_map(|(f, s)| s.as_ref().map(|(text, n)| (f.clone(), serde_json::json!([text, n]))))
+            .collect();
+        let tail = format!(
+            "\n],\n\"displayTimeUnit\":\"ns\",\n\"viztracer_metadata\":{},\n\"file_info\":{}}}\n",
+            meta,
+            serde_json::json!({ "files": files, "functions": self.functions })
+        );
+        self.out.write_all(tail.as_bytes())?;
+        self.out.flush()?;
+        self.written += tail.len() as u64;
+        Ok(self.written)
+    }
+}

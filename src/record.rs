@@ -1,0 +1,360 @@
+//! `vizattach record`: wiring of a capture. The sampler runs on this thread; the
+//! timeline and the writer run on another, behind a bounded channel.
+
+use crate::clock::now_ns;
+use crate::error::{Error, Result};
+use crate::output::{self, CaptureInfo, Format};
+use crate::python::snapshot::Reader;
+use crate::sampler::{Message, Sampler, Stats, StopReason};
+use crate::timeline::Timeline;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Rate {
+    Hz(u32),
+    Max,
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rate::Hz(n) => write!(f, "{n}"),
+            Rate::Max => write!(f, "max"),
+        }
+    }
+}
+
+pub enum What {
+    Pid(i32),
+    Launch(Vec<String>),
+}
+
+pub struct Options {
+    pub what: What,
+    pub duration: Option<Duration>,
+    pub rate: Rate,
+    pub output: Option<PathBuf>,
+    pub format: Option<Format>,
+    pub quiet: bool,
+}
+
+/// Records; returns the exit status to leave with (the program's, in launch mode).
+pub fn record(opts: Options) -> Result<i32> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| Error::Io(format!("cannot install signal handler: {e}")))?;
+    }
+    // The output must be writable before anything starts: an error after ten minutes of
+    // capture is no use to anyone.
+    let (format, gzip) = resolve_format(opts.output.as_deref(), opts.format)?;
+    if let Some(p) = &opts.output {
+        check_writable(p)?;
+    }
+    let mut child = None;
+    let pid = match &opts.what {
+        What::Pid(p) => *p,
+        What::Launch(argv) => {
+            let c = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .spawn()
+                .map_err(|e| Error::Usage(format!("cannot start {}: {e}", argv[0])))?;
+            let pid = c.id() as i32;
+            child = Some(c);
+            pid
+        }
+    };
+    let reader = match &mut child {
+        None => Reader::attach(pid)?,
+        Some(c) => attach_launched(pid, c)?,
+    };
+    let path = opts.output.clone().unwrap_or_else(|| default_name(pid, gzip));
+    let command_line = reader.process.cmdline();
+    let sink = output::create(&path, format, gzip, pid, PathBuf::from(format!("/proc/{pid}/root")), &command_line)
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
+    let python_version = reader.target.version.to_string();
+    let Reader { process, target, codes, ids } = reader;
+    let process_comm = process.comm.clone();
+    let mut sampler = Sampler::new(pid, process.memory, target, codes, ids);
+
+    let (tx, rx) = crossbeam_channel::bounded::<Message>(4096);
+    let stats = Arc::new(Stats::default());
+    let consumer = std::thread::Builder::new()
+        .name("timeline".into())
+        .spawn(move || {
+            let mut sink = sink;
+            let mut timeline = Timeline::default();
+            let mut error = None;
+            for msg in rx {
+                if error.is_none() {
+                    if let Err(e) = timeline.handle(msg, sink.as_mut()) {
+                        error = Some(e);
+                    }
+                }
+            }
+            (timeline, sink, error)
+        })
+        .map_err(|e| Error::Io(format!("cannot start the timeline thread: {e}")))?;
+
+    let show_progress = !opts.quiet && std::io::stderr().is_terminal();
+    let progress = show_progress.then(|| spawn_progress(stats.clone(), stop.clone()));
+    if !opts.quiet {
+        eprintln!(
+            "vizattach: recording process {pid} ({process_comm}, Python {python_version}) at {} samples/s{} -> {}",
+            opts.rate,
+            opts.duration.map(|d| format!(" for {}", humantime(d))).unwrap_or_else(|| ", Ctrl-C to stop".into()),
+            path.display()
+        );
+    }
+    let interval_ns = match opts.rate {
+        Rate::Hz(n) => 1_000_000_000 / n.max(1) as u64,
+        Rate::Max => 0,
+    };
+    let end_ns = opts.duration.map(|d| now_ns() + d.as_nanos() as u64);
+    let reason = sampler.run(&tx, interval_ns, end_ns, &stop, &stats);
+    drop(tx);
+    let done = Arc::new(AtomicBool::new(true));
+    if let Some(p) = progress {
+        stop.store(true, Ordering::Relaxed);
+        let _ = p.join();
+    }
+    let _ = done;
+    let (mut timeline, mut sink, error) = consumer.join().map_err(|_| Error::Io("the timeline thread failed".into()))?;
+    let stopped_ns = stats.last_sample_ns.load(Ordering::Relaxed);
+    let started_ns = stats.started_ns.load(Ordering::Relaxed);
+    let duration_s = stopped_ns.saturating_sub(started_ns) as f64 / 1e9;
+    let samples = timeline.samples;
+    let info = CaptureInfo {
+        vizattach_version: env!("CARGO_PKG_VERSION").into(),
+        python_version: python_version.clone(),
+        pid,
+        command_line,
+        rate_requested: opts.rate.to_string(),
+        rate_achieved: if duration_s > 0.0 { samples as f64 / duration_s } else { 0.0 },
+        samples,
+        missed_ticks: stats.missed_ticks.load(Ordering::Relaxed),
+        dropped_samples: stats.dropped.load(Ordering::Relaxed),
+        read_errors: stats.read_errors.load(Ordering::Relaxed),
+        longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,
+        duration_s,
+        clock: "CLOCK_MONOTONIC",
+    };
+    let comm_of = |tid: i32| {
+        crate::process::tasks::Tasks::comm(pid, tid).unwrap_or_else(|| format!("thread {tid}"))
+    };
+    let finished = match error {
+        Some(e) => Err(e),
+        None => timeline.finish(sink.as_mut(), &comm_of).and_then(|()| sink.finish(&info)),
+    };
+    drop(sink); // completes the gzip stream
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let exit = match child {
+        Some(mut c) => c.wait().map(|s| exit_code(s)).unwrap_or(1),
+        None => 0,
+    };
+    if let Err(e) = finished {
+        return Err(Error::Io(format!(
+            "writing {} failed after {samples} samples: {e}; the file is incomplete",
+            path.display()
+        )));
+    }
+    if !opts.quiet {
+        let why = match &reason {
+            StopReason::Requested => "stopped".to_string(),
+            StopReason::TargetExited => format!("process {pid} exited"),
+            StopReason::Failed(e) => format!("stopped on an error: {e}"),
+        };
+        eprintln!(
+            "vizattach: {why} after {:.2}s: {samples} samples ({:.0}/s, {} missed ticks, {} dropped, {} read errors), \
+             {} threads, {} slices, {} written to {}",
+            duration_s,
+            info.rate_achieved,
+            info.missed_ticks,
+            info.dropped_samples,
+            info.read_errors,
+            timeline.threads_seen(),
+            timeline.slices,
+            human_bytes(size),
+            path.display()
+        );
+        eprintln!(
+            "vizattach: open it with `vizviewer {}` (pip install viztracer), in https://ui.perfetto.dev, or in chrome://tracing",
+            path.display()
+        );
+    }
+    if let StopReason::Failed(e) = reason {
+        return Err(Error::Io(e));
+    }
+    Ok(exit)
+}
+
+/// In launch mode the interpreter is not there at once: retry until it is, without a
+/// fixed sleep, so a program that lives 50 ms is still seen.
+fn attach_launched(pid: i32, child: &mut std::process::Child) -> Result<Reader> {
+    let started = std::time::Instant::now();
+    loop {
+        match Reader::attach(pid) {
+            Ok(r) => return Ok(r),
+            Err(e @ (Error::PermissionDenied { .. } | Error::UnsupportedVersion { .. })) => return Err(e),
+            Err(e) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Error::Usage(format!(
+                        "the program exited (status {}) before its Python interpreter could be read: {e}",
+                        exit_code(status)
+                    )));
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+}
+
+fn exit_code(s: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+}
+
+fn resolve_format(path: Option<&Path>, forced: Option<Format>) -> Result<(Format, bool)> {
+    let from_path = path.map(|p| {
+        Format::from_path(p).ok_or_else(|| {
+            Error::Usage(format!(
+                "cannot tell the format of {} from its extension; formats: {}; or pass --format",
+                p.display(),
+                output::FORMATS
+            ))
+        })
+    });
+    match (forced, from_path) {
+        (Some(f), Some(Ok((_, gz)))) => Ok((f, gz)),
+        (Some(f), _) => Ok((f, path.is_some_and(|p| p.extension().is_some_and(|e| e == "gz")))),
+        (None, Some(r)) => r,
+        (None, None) => Ok((Format::Viztracer, false)),
+    }
+}
+
+fn check_writable(path: &Path) -> Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+fn default_name(pid: i32, gzip: bool) -> PathBuf {
+    let mut t: libc::time_t = 0;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: time and localtime_r write only into the values we pass.
+    unsafe {
+        libc::time(&mut t);
+        libc::localtime_r(&t, &mut tm);
+    }
+    PathBuf::from(format!(
+        "vizattach-{pid}-{:04}{:02}{:02}-{:02}{:02}{:02}.json{}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        if gzip { ".gz" } else { "" }
+    ))
+}
+
+fn spawn_progress(stats: Arc<Stats>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let start = now_ns();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            let el = (now_ns() - start) as f64 / 1e9;
+            let n = stats.ticks.load(Ordering::Relaxed);
+            eprint!(
+                "\r\x1b[K  {el:6.1}s  {n} samples  {:.0}/s  missed {}  lag max {:.1} ms  errors {}",
+                n as f64 / el.max(1e-9),
+                stats.missed_ticks.load(Ordering::Relaxed),
+                stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
+                stats.read_errors.load(Ordering::Relaxed)
+            );
+        }
+        eprint!("\r\x1b[K");
+    })
+}
+
+pub fn humantime(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// "500ms", "10s", "2m", "1h", or a plain number of seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration '{s}': use e.g. 500ms, 10s, 2m, 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in '{s}': use ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("invalid duration '{s}': must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn parse_rate(s: &str) -> std::result::Result<Rate, String> {
+    if s == "max" {
+        return Ok(Rate::Max);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(Rate::Hz(n)),
+        _ => Err(format!("invalid rate '{s}': samples per second from 1 to 1000000, or max")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(matches!(parse_rate("max"), Ok(Rate::Max)));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("1000001").is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! Stack deltas -> entry/exit slices, per thread (DESIGN.md section 3).
+//!
+//! Two consecutive samples share the frames that are the same call: same code object,
+//! same frame address, same call site in the parent. Frames that left are closed and
+//! frames that appeared are opened at the midpoint between the two samples. Slices nest
+//! strictly by construction: a thread's open slices are a stack.
+
+use crate::output::Sink;
+use crate::python::code::CodeInfo;
+use crate::sampler::{Message, StackFrame};
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::sync::Arc;
+
+struct Track {
+    tid: i32,
+    /// the last sample's stack, root first; open slice i is frames[i]
+    frames: Vec<StackFrame>,
+    starts: Vec<u64>,
+    last_ns: u64,
+}
+
+#[derive(Default)]
+pub struct Timeline {
+    codes: Vec<Option<Arc<CodeInfo>>>,
+    tracks: HashMap<u64, Track>,
+    pub slices: u64,
+    pub samples: u64,
+    pub first_ns: Option<u64>,
+    pub last_ns: u64,
+    tids: BTreeSet<i32>,
+    named: BTreeSet<i32>,
+}
+
+impl Timeline {
+    pub fn threads_seen(&self) -> usize {
+        self.tids.len()
+    }
+
+    pub fn handle(&mut self, msg: Message, sink: &mut dyn Sink) -> io::Result<()> {
+        match msg {
+            Message::Codes(codes) => {
+                for c in codes {
+                    let i = c.id as usize;
+                    if self.codes.len() <= i {
+                        self.codes.resize(i + 1, None);
+                    }
+                    self.codes[i] = Some(c);
+                }
+            }
+            Message::ThreadName { tid, name, .. } => {
+                if self.named.insert(tid) {
+                    sink.thread(tid, &name)?;
+                }
+            }
+            Message::Sample { time_ns, threads } => {
+                self.samples += 1;
+                self.first_ns.get_or_insert(time_ns);
+                self.last_ns = time_ns;
+                // Threads that vanished end halfway between their last sample and this one.
+                let gone: Vec<u64> =
+                    self.tracks.keys().filter(|k| !threads.iter().any(|t| t.key == **k)).copied().collect();
+                for key in gone {
+                    let mut track = self.tracks.remove(&key).unwrap();
+                    let at = midpoint(track.last_ns, time_ns);
+                    self.close_from(&mut track, 0, at, sink)?;
+                }
+                for t in threads {
+                    let Some(frames) = t.frames else { continue };
+                    self.tids.insert(t.tid);
+                    let track = self.tracks.entry(t.key).or_insert_with(|| Track {
+                        tid: t.tid,
+                        frames: Vec::new(),
+                        starts: Vec::new(),
+                        last_ns: t.time_ns,
+                    });
+                    let mut track = std::mem::replace(
+                        track,
+                        Track { tid: 0, frames: Vec::new(), starts: Vec::new(), last_ns: 0 },
+                    );
+                    let at = if track.frames.is_empty() && track.starts.is_empty() && track.last_ns == t.time_ns {
+                        t.time_ns // first sight: nothing is known before this moment
+                    } else {
+                        midpoint(track.last_ns, t.time_ns)
+                    };
+                    let keep = common_calls(&track.frames, &frames);
+                    self.close_from(&mut track, keep, at, sink)?;
+                    for f in &frames[keep..] {
+                        if let Some(code) = self.code(f.code_id) {
+                            sink.open(track.tid, &code, at)?;
+                        }
+                        track.starts.push(at);
+                    }
+                    track.frames = frames;
+                    track.last_ns = t.time_ns;
+                    self.tracks.insert(t.key, track);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes everything still open at each thread's last sample, and names threads that
+    /// never got a name from Python.
+    pub fn finish(&mut self, sink: &mut dyn Sink, fallback_name: &dyn Fn(i32) -> String) -> io::Result<()> {
+        let keys: Vec<u64> = self.tracks.keys().copied().collect();
+        for key in keys {
+            let mut track = self.tracks.remove(&key).unwrap();
+            let at = track.last_ns;
+            self.close_from(&mut track, 0, at, sink)?;
+        }
+        for tid in self.tids.clone() {
+            if !self.named.contains(&tid) {
+                sink.thread(tid, &fallback_name(tid))?;
+                self.named.insert(tid);
+            }
+        }
+        Ok(())
+    }
+
+    fn code(&self, id: u32) -> Option<Arc<CodeInfo>> {
+        self.codes.get(id as usize).cloned().flatten()
+    }
+
+    /// Closes open slices from depth `keep` inward, innermost first, at `at`.
+    fn close_from(&mut self, track: &mut Track, keep: usize, at: u64, sink: &mut dyn Sink) -> io::Result<()> {
+        while track.frames.len() > keep {
+            let f = track.frames.pop().unwrap();
+            let start = track.starts.pop().unwrap_or(at);
+            if let Some(code) = self.code(f.code_id) {
+                sink.close(track.tid, &code, start, at.max(start))?;
+                self.slices += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn midpoint(a: u64, b: u64) -> u64 {
+    a + (b.saturating_sub(a)) / 2
+}
+
+/// How many frames, from the root, are the same calls in both stacks.
+pub fn common_calls(old: &[StackFrame], new: &[StackFrame]) -> usize {
+    let mut n = 0;
+    while n < old.len() && n < new.len() {
+        let (a, b) = (&old[n], &new[n]);
+        let same_site = n == 0 || old[n - 1].offset == new[n - 1].offset;
+        if a.code_id != b.code_id || a.frame != b.frame || !same_site {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    fn f(code_id: u32, frame: u64, offset: i64) -> StackFrame {
+        StackFrame { code_id, code: code_id as u64 * 16, frame, offset }
+    }
+    #[test]
+    fn a_line_change_keeps_the_call_a_new_call_site_does_not() {
+        let a = [f(1, 100, 10), f(2, 200, 4)];
+        // same child, parent moved on and called it again from elsewhere
+        assert_eq!(common_calls(&a, &[f(1, 100, 12), f(2, 200, 4)]), 1);
+        // the child moved lines: still the same call
+        assert_eq!(common_calls(&a, &[f(1, 100, 10), f(2, 200, 8)]), 2);
+        // a different frame address is a different call
+        assert_eq!(common_calls(&a, &[f(1, 100, 10), f(2, 208, 4)]), 1);
+    }
+}
