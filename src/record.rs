@@ -198,7 +198,14 @@ fn attach_launched(pid: i32, child: &mut std::process::Child) -> Result<Reader> 
     loop {
         match Reader::attach(pid) {
             Ok(r) => return Ok(r),
-            Err(e @ (Error::PermissionDenied { .. } | Error::UnsupportedVersion { .. })) => return Err(e),
+            Err(e @ Error::PermissionDenied { .. }) => return Err(e),
+            // Until the dynamic loader has mapped libpython the process looks like a
+            // Python without a runtime: give it a moment before believing that.
+            Err(e @ (Error::UnsupportedVersion { .. } | Error::NotPython { .. }))
+                if started.elapsed() > Duration::from_secs(2) =>
+            {
+                return Err(e)
+            }
             Err(e) => {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(Error::Usage(format!(

@@ -5,7 +5,8 @@ use goblin::elf::{program_header::PT_LOAD, Elf};
 use std::path::Path;
 
 pub struct ElfInfo {
-    data: Vec<u8>,
+    /// Mapped, not read: a libpython with debug info is tens of MB and we touch little of it.
+    data: memmap2::Mmap,
     /// (name, value, size) of the symbols we care about, from .dynsym and .symtab.
     symbols: Vec<(String, u64, u64)>,
     sections: Vec<(String, u64, u64, u64)>, // name, vaddr, size, file offset
@@ -17,7 +18,10 @@ const WANTED: &[&str] = &["_PyRuntime", "Py_Version", "PyCode_Type", "_Py_DebugO
 
 impl ElfInfo {
     pub fn open(path: &Path) -> std::io::Result<ElfInfo> {
-        let data = std::fs::read(path)?;
+        let file = std::fs::File::open(path)?;
+        // SAFETY: the mapping is read-only and private; a file changed under us can at
+        // worst give wrong bytes, which every reader of this data already tolerates.
+        let data = unsafe { memmap2::Mmap::map(&file)? };
         let (symbols, sections, first_load_vaddr) = {
             let elf = Elf::parse(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             let mut symbols = Vec::new();

@@ -80,7 +80,11 @@ impl Reader {
             let holder = threads::gil_holder(&mem, t, interp)?;
             let names = thread_names::read(&mem, t, interp).unwrap_or_default();
             let tids = self.ids.resolve(&mem, &states);
+            let tids_reliable = self.ids.can_resolve(&states);
             for (ts, tid) in states.iter().zip(tids) {
+                if tid.is_none() && tids_reliable {
+                    continue; // no live OS thread: not started yet, or already ended
+                }
                 let frames = read_stack(&mem, t, &mut self.codes, ts.addr)?;
                 let name = names.get(&ts.thread_id).cloned().or_else(|| {
                     let tid = tid?;

@@ -9,13 +9,14 @@ use crate::process::tasks::Tasks;
 const SCAN: usize = 2048;
 
 pub struct ThreadIds {
+    pid: i32,
     pub tasks: Tasks,
     pthread_tid_offset: Option<u64>,
 }
 
 impl ThreadIds {
     pub fn new(pid: i32) -> ThreadIds {
-        ThreadIds { tasks: Tasks::read(pid), pthread_tid_offset: None }
+        ThreadIds { pid, tasks: Tasks::read(pid), pthread_tid_offset: None }
     }
 
     pub fn refresh(&mut self, pid: i32) {
@@ -28,20 +29,29 @@ impl ThreadIds {
         if states.iter().any(|s| s.native_id.is_none()) && self.pthread_tid_offset.is_none() {
             self.pthread_tid_offset = self.find_offset(mem, states);
         }
-        let known = self.known_target_tids();
-        states
+        let inner: Vec<Option<i32>> = states
             .iter()
-            .map(|s| {
-                let inner = match s.native_id {
-                    Some(n) => n,
-                    None => {
-                        let off = self.pthread_tid_offset?;
-                        mem.read_u32(s.thread_id.checked_add(off)?).ok()? as i32
-                    }
-                };
-                known.contains(&inner).then(|| self.tasks.to_ours(inner))
+            .map(|s| match s.native_id {
+                Some(n) => Some(n),
+                None => {
+                    let off = self.pthread_tid_offset?;
+                    Some(mem.read_u32(s.thread_id.checked_add(off)?).ok()? as i32)
+                }
             })
-            .collect()
+            .collect();
+        let mut known = self.known_target_tids();
+        if inner.iter().flatten().any(|t| !known.contains(t)) {
+            // A thread started since we listed the tasks, or one has ended: look again.
+            self.tasks = Tasks::read(self.pid);
+            known = self.known_target_tids();
+        }
+        inner.into_iter().map(|t| t.filter(|t| known.contains(t)).map(|t| self.tasks.to_ours(t))).collect()
+    }
+
+    /// Whether a thread state without a tid is one without a live OS thread (rather than
+    /// one we cannot map).
+    pub fn can_resolve(&self, states: &[ThreadState]) -> bool {
+        self.pthread_tid_offset.is_some() || states.iter().all(|s| s.native_id.is_some())
     }
 
     fn known_target_tids(&self) -> std::collections::HashSet<i32> {
