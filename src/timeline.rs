@@ -20,9 +20,26 @@ struct Track {
     last_ns: u64,
 }
 
+/// Code objects by id, as the sampler announced them.
+#[derive(Default)]
+pub struct CodeTable(Vec<Option<Arc<CodeInfo>>>);
+
+impl CodeTable {
+    pub fn get(&self, id: u32) -> Option<&Arc<CodeInfo>> {
+        self.0.get(id as usize).and_then(|c| c.as_ref())
+    }
+    fn insert(&mut self, c: Arc<CodeInfo>) {
+        let i = c.id as usize;
+        if self.0.len() <= i {
+            self.0.resize(i + 1, None);
+        }
+        self.0[i] = Some(c);
+    }
+}
+
 #[derive(Default)]
 pub struct Timeline {
-    codes: Vec<Option<Arc<CodeInfo>>>,
+    codes: CodeTable,
     tracks: HashMap<u64, Track>,
     pub slices: u64,
     pub samples: u64,
@@ -41,11 +58,7 @@ impl Timeline {
         match msg {
             Message::Codes(codes) => {
                 for c in codes {
-                    let i = c.id as usize;
-                    if self.codes.len() <= i {
-                        self.codes.resize(i + 1, None);
-                    }
-                    self.codes[i] = Some(c);
+                    self.codes.insert(c);
                 }
             }
             Message::ThreadName { tid, name, .. } => {
@@ -83,6 +96,7 @@ impl Timeline {
                     } else {
                         midpoint(track.last_ns, t.time_ns)
                     };
+                    sink.sample(t.tid, &frames, &self.codes)?;
                     let keep = common_calls(&track.frames, &frames);
                     self.close_from(&mut track, keep, at, sink)?;
                     for f in &frames[keep..] {
@@ -119,7 +133,7 @@ impl Timeline {
     }
 
     fn code(&self, id: u32) -> Option<Arc<CodeInfo>> {
-        self.codes.get(id as usize).cloned().flatten()
+        self.codes.get(id).cloned()
     }
 
     /// Closes open slices from depth `keep` inward, innermost first, at `at`.

@@ -6,6 +6,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::python::code::CodeInfo;
+use crate::sampler::StackFrame;
+use crate::timeline::CodeTable;
 
 /// What a capture was, for the formats that carry metadata.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -25,8 +27,14 @@ pub struct CaptureInfo {
     pub clock: &'static str,
 }
 
+/// What every writer is fed, in time order per thread: thread names, slice opens and
+/// closes (closes innermost first), and the raw samples for formats that count them.
 pub trait Sink {
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()>;
+    /// One thread's stack in one sample, root first.
+    fn sample(&mut self, _tid: i32, _stack: &[StackFrame], _codes: &CodeTable) -> io::Result<()> {
+        Ok(())
+    }
     fn open(&mut self, _tid: i32, _code: &CodeInfo, _start_ns: u64) -> io::Result<()> {
         Ok(())
     }
