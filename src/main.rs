@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vizattach::error::Error;
 use vizattach::output::Format;
-use vizattach::python::{layout, snapshot::Reader};
+use vizattach::python::{discover::Discovery, layout, snapshot::Reader};
 use vizattach::record::{self, Rate};
 
 /// Attach to a running CPython process (3.8-3.15) and see what every thread is doing,
@@ -82,6 +82,10 @@ enum Command {
         /// Also print how the interpreter was found and any layout differences
         #[arg(long, short)]
         verbose: bool,
+        /// Find the runtime by scanning memory even when symbols exist (what happens
+        /// for stripped binaries; for testing that path)
+        #[arg(long, hide = true)]
+        scan: bool,
     },
     /// List the CPython versions vizattach reads, and where each layout comes from.
     Versions,
@@ -120,8 +124,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 quiet: a.quiet,
             })
         }
-        Command::Dump { pid, json, verbose } => {
-            let mut reader = Reader::attach(pid)?;
+        Command::Dump { pid, json, verbose, scan } => {
+            let how = if scan { Discovery::Scan } else { Discovery::Symbols };
+            let mut reader = Reader::attach_with(pid, how)?;
             if verbose {
                 let t = &reader.target;
                 eprintln!(

@@ -57,8 +57,9 @@ pub struct Sampler {
     target: Target,
     codes: CodeCache,
     ids: ThreadIds,
-    /// (tstate, pthread id) -> our tid, resolved once per thread
-    tids: HashMap<(u64, u64), i32>,
+    /// (tstate, pthread id, native id) -> our tid, resolved once per thread (the native
+    /// id is part of the key: a starting thread's state shows its creator's for a moment)
+    tids: HashMap<(u64, u64, i32), i32>,
     /// last stack seen per thread (root first): frames found there again need no lookup
     previous: HashMap<u64, Vec<StackFrame>>,
     named: HashMap<u64, bool>,
@@ -150,18 +151,21 @@ impl Sampler {
         let mut new_threads = false;
         for interp in threads::interpreters(&mem, &self.target)? {
             let states = threads::thread_states(&mem, &self.target, interp)?;
-            if states.iter().any(|s| !self.tids.contains_key(&(s.addr, s.thread_id))) {
+            let key = |s: &threads::ThreadState| (s.addr, s.thread_id, s.native_id.unwrap_or(0));
+            if states.iter().any(|s| !self.tids.contains_key(&key(s))) {
                 self.ids.refresh(self.pid);
                 let tids = self.ids.resolve(&mem, &states);
+                self.tids.clear();
                 for (s, tid) in states.iter().zip(tids) {
                     if let Some(tid) = tid {
-                        new_threads |= self.tids.insert((s.addr, s.thread_id), tid).is_none();
+                        self.tids.insert(key(s), tid);
                     }
                 }
+                new_threads = true;
             }
             for s in &states {
                 // A thread without an OS tid has not started or has finished: nothing to show.
-                let Some(&tid) = self.tids.get(&(s.addr, s.thread_id)) else { continue };
+                let Some(&tid) = self.tids.get(&key(s)) else { continue };
                 let time_ns = now_ns();
                 let frames = match self.read_thread(s.addr) {
                     Ok(f) => Some(f),
@@ -212,7 +216,7 @@ impl Sampler {
             if self.named.get(&s.addr).copied().unwrap_or(false) {
                 continue;
             }
-            let Some(&tid) = self.tids.get(&(s.addr, s.thread_id)) else { continue };
+            let Some(&tid) = self.tids.get(&(s.addr, s.thread_id, s.native_id.unwrap_or(0))) else { continue };
             if let Some(name) = names.get(&s.thread_id) {
                 self.named.insert(s.addr, true);
                 let _ = tx.send(Message::ThreadName { key: s.addr, tid, name: name.clone() });

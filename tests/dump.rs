@@ -43,6 +43,21 @@ fn dump_main_fixture() {
     check_fixture_everywhere("main_fixture.py");
 }
 
+/// The last-resort discovery for stripped binaries (scanning the binary's data for a
+/// runtime whose structures hold together, PyCode_Type from a running frame) must find
+/// the same interpreter: same exact stacks as the expected ones.
+#[test]
+fn dump_by_scanning_for_the_runtime() {
+    let Some(targets) = dump_targets() else { return };
+    for_each_interpreter(&targets, WORKERS, |interp| {
+        let mut target = Target::start(interp, "main_fixture.py")?;
+        let expected = target.wait_expected()?;
+        dump_until_tids(target.pid, &expected.tids(), SETTLE)?;
+        let got = dump_with(target.pid, &["--scan"])?;
+        check_dump(&expected, &got)
+    });
+}
+
 /// 200 blocked threads (Event.wait and time.sleep) plus the main thread.
 #[test]
 fn dump_many_threads() {

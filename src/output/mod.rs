@@ -1,6 +1,10 @@
 //! Writers: one per format, all fed the same entry/exit stream by the timeline.
 
 pub mod chrome;
+pub mod collapsed;
+pub mod flamegraph;
+pub mod perfetto;
+pub mod speedscope;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -45,14 +49,23 @@ pub trait Sink {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Viztracer,
+    Perfetto,
+    Speedscope,
+    Collapsed,
+    Flamegraph,
 }
 
-pub const FORMATS: &str = "viztracer (.json, .json.gz)";
+pub const FORMATS: &str = "viztracer (.json), perfetto (.pftrace, .perfetto-trace), speedscope (.speedscope.json), \
+collapsed (.collapsed, .txt), flamegraph (.svg); add .gz to gzip any of them";
 
 impl Format {
     pub fn from_name(name: &str) -> Option<Format> {
         match name {
             "viztracer" | "json" | "chrome" => Some(Format::Viztracer),
+            "perfetto" | "pftrace" | "protobuf" => Some(Format::Perfetto),
+            "speedscope" => Some(Format::Speedscope),
+            "collapsed" | "folded" => Some(Format::Collapsed),
+            "flamegraph" | "svg" => Some(Format::Flamegraph),
             _ => None,
         }
     }
@@ -64,16 +77,45 @@ impl Format {
             Some(s) => (s, true),
             None => (name, false),
         };
-        if stem.ends_with(".json") {
-            return Some((Format::Viztracer, gz));
-        }
-        None
+        // longest suffix first: .speedscope.json is also a .json
+        const SUFFIXES: [(&str, Format); 7] = [
+            (".speedscope.json", Format::Speedscope),
+            (".json", Format::Viztracer),
+            (".pftrace", Format::Perfetto),
+            (".perfetto-trace", Format::Perfetto),
+            (".collapsed", Format::Collapsed),
+            (".txt", Format::Collapsed),
+            (".svg", Format::Flamegraph),
+        ];
+        SUFFIXES.iter().find(|(suffix, _)| stem.ends_with(suffix)).map(|&(_, f)| (f, gz))
     }
 }
 
+/// Test hook: `VIZATTACH_ALSO_WRITE=a.pftrace:b.svg` writes the same capture to those
+/// files too, each in the format of its extension, so one capture can be read back from
+/// every writer and compared slice for slice. Not a user-facing option.
+const ALSO_WRITE: &str = "VIZATTACH_ALSO_WRITE";
+
 /// Opens the output file now, so an unwritable path fails before any capture starts.
 pub fn create(path: &Path, format: Format, gzip: bool, pid: i32, root: PathBuf, process_name: &str) -> io::Result<Box<dyn Sink + Send>> {
+    let main = create_one(path, format, gzip, pid, root.clone(), process_name)?;
+    let Some(extra) = std::env::var_os(ALSO_WRITE) else { return Ok(main) };
+    let mut sinks = vec![main];
+    for p in std::env::split_paths(&extra) {
+        let (f, gz) = Format::from_path(&p)
+            .ok_or_else(|| io::Error::other(format!("{ALSO_WRITE}: unknown format of {}; formats: {FORMATS}", p.display())))?;
+        sinks.push(create_one(&p, f, gz, pid, root.clone(), process_name)?);
+    }
+    Ok(Box::new(Tee(sinks)))
+}
+
+fn create_one(path: &Path, format: Format, gzip: bool, pid: i32, root: PathBuf, process_name: &str) -> io::Result<Box<dyn Sink + Send>> {
     let file = std::fs::File::create(path)?;
+    if format == Format::Perfetto && !gzip {
+        // unbuffered: the writer batches whole packets itself, so that after a failed
+        // write it can cut the file back to the last complete packet
+        return Ok(Box::new(perfetto::Perfetto::new(Box::new(file.try_clone()?), Some(file), pid, process_name)?));
+    }
     let out: Box<dyn io::Write + Send> = if gzip {
         Box::new(flate2::write::GzEncoder::new(io::BufWriter::with_capacity(1 << 16, file), flate2::Compression::fast()))
     } else {
@@ -81,5 +123,42 @@ pub fn create(path: &Path, format: Format, gzip: bool, pid: i32, root: PathBuf, 
     };
     Ok(match format {
         Format::Viztracer => Box::new(chrome::ChromeJson::new(out, pid, root, process_name)?),
+        Format::Perfetto => Box::new(perfetto::Perfetto::new(out, None, pid, process_name)?),
+        Format::Speedscope => Box::new(speedscope::Speedscope::new(out, process_name)),
+        Format::Collapsed => Box::new(collapsed::Collapsed::new(out)),
+        Format::Flamegraph => Box::new(flamegraph::FlameGraph::new(out, process_name)),
     })
+}
+
+/// One capture fed to several writers.
+struct Tee(Vec<Box<dyn Sink + Send>>);
+
+impl Sink for Tee {
+    fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.thread(tid, name))
+    }
+    fn sample(&mut self, tid: i32, stack: &[StackFrame], codes: &CodeTable) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.sample(tid, stack, codes))
+    }
+    fn open(&mut self, tid: i32, code: &CodeInfo, start_ns: u64) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.open(tid, code, start_ns))
+    }
+    fn close(&mut self, tid: i32, code: &CodeInfo, start_ns: u64, end_ns: u64) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.close(tid, code, start_ns, end_ns))
+    }
+    fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
+        let mut first = 0;
+        for (i, s) in self.0.iter_mut().enumerate() {
+            let n = s.finish(info)?;
+            if i == 0 {
+                first = n;
+            }
+        }
+        Ok(first)
+    }
+}
+
+/// How a thread is labelled where one string must say both which thread and its name.
+pub fn thread_label(name: &str, tid: i32) -> String {
+    format!("{name} (tid {tid})")
 }

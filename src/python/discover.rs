@@ -1,7 +1,7 @@
 //! Finding the interpreter inside a process: which binary holds the runtime, where
 //! `_PyRuntime` is in memory, which version it is, and its layout.
 
-use super::debug_offsets;
+use super::{debug_offsets, scan};
 use super::layout::Layout;
 use super::version::Version;
 use crate::error::{Error, Result};
@@ -29,12 +29,34 @@ struct Candidate<'a> {
     is_lib: bool,
 }
 
-pub fn discover(process: &Process) -> Result<Target> {
+/// How to find `_PyRuntime`: by the binary's symbols and sections (and by scanning only
+/// if those are missing), or by scanning only (to exercise the fallback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    Symbols,
+    Scan,
+}
+
+pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
     let candidates = candidates(process)?;
     let exe_display = process.exe.trim_end_matches(" (deleted)").to_string();
-    let Some((cand, runtime_vaddr)) = candidates.iter().find_map(|c| runtime_vaddr(&c.elf).map(|r| (c, r))) else {
+    let by_symbol = match how {
+        Discovery::Symbols => candidates
+            .iter()
+            .find_map(|c| runtime_vaddr(&c.elf).map(|r| (c, c.elf.to_memory(r, c.map.start)))),
+        Discovery::Scan => None,
+    };
+    let found = by_symbol.or_else(|| {
+        // A stripped Python: look for a runtime whose structures hold together.
+        candidates.iter().find_map(|c| {
+            let (major, minor) = minor_hint(&process.memory, c)?;
+            let layout = Layout::for_minor(major, minor)?;
+            scan::find_runtime(process, c.map, &layout).map(|r| (c, r))
+        })
+    });
+    let Some((cand, runtime)) = found else {
         if let Some(c) = candidates.first() {
-            // A Python binary without symbols: say what we know instead of guessing.
+            // A Python binary we cannot read: say what we know instead of guessing.
             if let Some(v) = version_from_name(c.map.file_name()) {
                 return Err(Error::UnsupportedVersion {
                     version: format!("{}.{}", v.0, v.1),
@@ -45,7 +67,6 @@ pub fn discover(process: &Process) -> Result<Target> {
         return Err(Error::NotPython { pid: process.pid, comm: process.comm.clone(), exe: exe_display });
     };
     let base = cand.map.start;
-    let runtime = cand.elf.to_memory(runtime_vaddr, base);
     let mem = &process.memory;
 
     let version = if let Some((vaddr, _)) = cand.elf.symbol("Py_Version") {
@@ -94,14 +115,15 @@ pub fn discover(process: &Process) -> Result<Target> {
             debug_offsets::Problem::Refuse(why) => Error::UnsupportedVersion { version: version.to_string(), why },
         })?;
     }
-    let code_type = cand
-        .elf
-        .symbol("PyCode_Type")
-        .map(|(v, _)| cand.elf.to_memory(v, base))
-        .ok_or_else(|| Error::UnsupportedVersion {
-            version: version.to_string(),
-            why: format!("{} does not export PyCode_Type", cand.map.path),
-        })?;
+    let code_type = match (how, cand.elf.symbol("PyCode_Type")) {
+        (Discovery::Symbols, Some((v, _))) => cand.elf.to_memory(v, base),
+        _ => scan::find_code_type(mem, &layout, runtime).ok_or_else(|| {
+            Error::Inconsistent(format!(
+                "{} exports no PyCode_Type and no running frame showed it; try again while the program runs Python code",
+                cand.map.path
+            ))
+        })?,
+    };
     Ok(Target {
         version,
         layout,
@@ -134,6 +156,18 @@ fn candidates(process: &Process) -> Result<Vec<Candidate<'_>>> {
         }
     }
     Ok(out)
+}
+
+/// The version a candidate binary says it is, before any layout is known.
+fn minor_hint(mem: &crate::process::Memory, c: &Candidate) -> Option<(u32, u32)> {
+    if let Some((vaddr, _)) = c.elf.symbol("Py_Version") {
+        if let Ok(hex) = mem.read_u64(c.elf.to_memory(vaddr, c.map.start)) {
+            let v = Version::from_hex(hex & 0xffff_ffff);
+            return Some((v.major, v.minor));
+        }
+    }
+    version_from_name(c.map.file_name())
+        .or_else(|| c.elf.find_version_string(None).as_deref().and_then(Version::parse).map(|v| (v.major, v.minor)))
 }
 
 /// sys.version of the main interpreter, read through sys.modules.

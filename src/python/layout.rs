@@ -171,6 +171,7 @@ pub struct ObjectOffsets {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct TypeOffsets {
+    pub tp_name: u64,
     pub tp_flags: u64,
     pub tp_basicsize: u64,
     pub tp_dictoffset: u64,

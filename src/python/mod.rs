@@ -6,6 +6,7 @@ pub mod discover;
 pub mod layout;
 pub mod linetable;
 pub mod objects;
+pub mod scan;
 pub mod snapshot;
 pub mod stack;
 pub mod strings;

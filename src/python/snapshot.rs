@@ -3,7 +3,7 @@
 //! us) is detected and retried, never shown.
 
 use super::code::{CodeCache, CodeInfo};
-use super::discover::{discover, Target};
+use super::discover::{discover, Discovery, Target};
 use super::stack::{self, RawFrame};
 use super::thread_ids::ThreadIds;
 use super::{thread_names, threads};
@@ -38,8 +38,12 @@ const ATTEMPTS: usize = 200;
 
 impl Reader {
     pub fn attach(pid: i32) -> Result<Reader> {
+        Self::attach_with(pid, Discovery::Symbols)
+    }
+
+    pub fn attach_with(pid: i32, how: Discovery) -> Result<Reader> {
         let process = Process::open(pid)?;
-        let target = discover(&process)?;
+        let target = discover(&process, how)?;
         let ids = ThreadIds::new(pid);
         Ok(Reader { process, target, codes: CodeCache::default(), ids })
     }
@@ -78,9 +82,14 @@ impl Reader {
         for interp in threads::interpreters(&mem, t)? {
             let states = threads::thread_states(&mem, t, interp)?;
             let holder = threads::gil_holder(&mem, t, interp)?;
-            let names = thread_names::read(&mem, t, interp).unwrap_or_default();
+            // threading._active changes as threads come and go: a torn read of it makes
+            // the whole snapshot try again rather than show threads unnamed.
+            let names = thread_names::read(&mem, t, interp)?;
             let tids = self.ids.resolve(&mem, &states);
             let tids_reliable = self.ids.can_resolve(&states);
+            if tids_reliable && !states.is_empty() && tids.iter().all(|t| t.is_none()) {
+                return Err(ReadError::Fault); // every thread gone at once: a torn read, not the truth
+            }
             for (ts, tid) in states.iter().zip(tids) {
                 if tid.is_none() && tids_reliable {
                     continue; // no live OS thread: not started yet, or already ended

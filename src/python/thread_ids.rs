@@ -40,12 +40,26 @@ impl ThreadIds {
             })
             .collect();
         let mut known = self.known_target_tids();
-        if inner.iter().flatten().any(|t| !known.contains(t)) {
+        // The main thread's tid is the pid: a task list without it is a failed read.
+        if inner.iter().flatten().any(|t| !known.contains(t)) || self.tasks.tids.binary_search(&self.pid).is_err() {
             // A thread started since we listed the tasks, or one has ended: look again.
             self.tasks = Tasks::read(self.pid);
             known = self.known_target_tids();
         }
-        inner.into_iter().map(|t| t.filter(|t| known.contains(t)).map(|t| self.tasks.to_ours(t))).collect()
+        let mut tids: Vec<Option<i32>> =
+            inner.into_iter().map(|t| t.filter(|t| known.contains(t)).map(|t| self.tasks.to_ours(t))).collect();
+        // A new thread's state carries its creator's ids until the new thread has stored
+        // its own, one field at a time: of two states showing one tid, the later in the
+        // list (new states are linked at the head) is the one that owns it.
+        let mut seen = std::collections::HashSet::new();
+        for t in tids.iter_mut().rev() {
+            if let Some(tid) = *t {
+                if !seen.insert(tid) {
+                    *t = None;
+                }
+            }
+        }
+        tids
     }
 
     /// Whether a thread state without a tid is one without a live OS thread (rather than

@@ -521,7 +521,15 @@ pub fn run_vizattach(args: &[&str]) -> Result<RunOutput, String> {
 
 /// `vizattach dump --pid PID --json`, which must succeed and print a well-formed dump.
 pub fn dump(pid: u32) -> Result<Dump, String> {
-    let out = run_vizattach(&["dump", "--pid", &pid.to_string(), "--json"])?;
+    dump_with(pid, &[])
+}
+
+/// `dump` with extra arguments (e.g. the hidden `--scan`).
+pub fn dump_with(pid: u32, extra: &[&str]) -> Result<Dump, String> {
+    let pid_s = pid.to_string();
+    let mut args = vec!["dump", "--pid", &pid_s, "--json"];
+    args.extend_from_slice(extra);
+    let out = run_vizattach(&args)?;
     if !out.status.success() {
         return Err(format!("vizattach dump --pid {pid} --json failed: {}", out.describe()));
     }
@@ -832,5 +840,91 @@ pub fn check_dump(expected: &Expected, got: &Dump) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{} differences:\n{}", diffs.len(), diffs.join("\n")))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Record tests: work directories for launch mode, interpreter command lines
+// ---------------------------------------------------------------------------------------
+
+/// The targets the record tests run against: every supported manifest entry plus the
+/// libpython3.11 embedder (when it builds). None (after a skip note) without a manifest.
+pub fn record_targets() -> Option<Vec<Interpreter>> {
+    let mut all: Vec<Interpreter> =
+        load_manifest()?.into_iter().filter(|i| i.is_supported()).collect();
+    match embed_interpreter() {
+        Ok(i) => all.push(i),
+        Err(e) => missing_prerequisite(&format!("cannot build the libpython3.11 embedder: {e}")),
+    }
+    Some(all)
+}
+
+/// A work directory inside an interpreter's root holding a copy of the fixtures, for
+/// programs that something else (vizattach's launch mode) starts. Removed on drop.
+pub struct WorkDir {
+    pub interpreter: Interpreter,
+    host_dir: PathBuf,
+    target_dir: PathBuf,
+}
+
+impl WorkDir {
+    pub fn new(interp: &Interpreter) -> Result<WorkDir, String> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let unique = format!(
+            "{}-w{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            interp.name
+        );
+        let target_dir = Path::new(WORK_BASE).join(&unique);
+        let host_dir = rooted(&interp.root, &target_dir);
+        fs::create_dir_all(&host_dir).map_err(|e| format!("mkdir {}: {e}", host_dir.display()))?;
+        let dir = WorkDir { interpreter: interp.clone(), host_dir, target_dir };
+        copy_fixtures(&dir.host_dir)?;
+        Ok(dir)
+    }
+
+    /// Host-side path of a file in the work directory.
+    pub fn host_path(&self, name: &str) -> PathBuf {
+        self.host_dir.join(name)
+    }
+
+    /// The same file as the interpreter sees it (its co_filename for a fixture).
+    pub fn target_path(&self, name: &str) -> PathBuf {
+        self.target_dir.join(name)
+    }
+
+    /// The command line that runs fixture `name` with `args` under the interpreter:
+    /// `chroot ROOT EXE SCRIPT ARGS...` or `EXE SCRIPT ARGS...` (paths as the target sees them).
+    pub fn command_line(&self, name: &str, args: &[String]) -> Vec<String> {
+        let interp = &self.interpreter;
+        let mut argv = Vec::new();
+        if interp.in_chroot() {
+            argv.push("chroot".to_string());
+            argv.push(interp.root.display().to_string());
+        }
+        argv.push(interp.executable.display().to_string());
+        argv.push(self.target_path(name).display().to_string());
+        argv.extend(args.iter().cloned());
+        argv
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.host_dir);
+    }
+}
+
+impl Target {
+    /// Kills the target now (SIGKILL) and reaps it, as its parent would.
+    pub fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+        let _ = self.process.0.kill();
+        self.process.0.wait().ok()
+    }
+
+    /// The exit status if the target has exited (reaping it).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.process.exited()
     }
 }
