@@ -81,6 +81,9 @@ pub fn record(opts: Options) -> Result<i32> {
     let mut sampler = Sampler::new(pid, process.memory, target, codes, ids);
 
     let (tx, rx) = crossbeam_channel::bounded::<Message>(4096);
+    // Sample buffers travel back to the sampler once written, so it never allocates.
+    let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(64);
+    sampler.recycle_from(recycle_rx);
     let stats = Arc::new(Stats::default());
     let consumer = std::thread::Builder::new()
         .name("timeline".into())
@@ -90,9 +93,12 @@ pub fn record(opts: Options) -> Result<i32> {
             let mut error = None;
             for msg in rx {
                 if error.is_none() {
-                    if let Err(e) = timeline.handle(msg, sink.as_mut()) {
+                    if let Err(e) = timeline.handle(&msg, sink.as_mut()) {
                         error = Some(e);
                     }
+                }
+                if let Message::Sample(batch) = msg {
+                    let _ = recycle_tx.try_send(batch);
                 }
             }
             (timeline, sink, error)

@@ -1,15 +1,23 @@
 //! The clock: every tick reads every thread's stack and stamps it with the time of the
 //! read. It only reads memory and hands compact samples on; naming, timelines and
 //! writing happen on the consumer's side of the channel.
+//!
+//! Once warm, a tick is one process_vm_readv: the thread states, the used part of each
+//! thread's newest data-stack chunk (3.11+) and last tick's frames that live elsewhere
+//! (frame objects before 3.11, generators) are read together, and the walk runs on that
+//! copy. Only what moved since last tick costs more reads. Sample buffers come back from
+//! the consumer to be reused, so the loop does not allocate.
 
 use crate::clock::{now_ns, sleep_until_ns};
+use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
+use crate::process::prefetch::Prefetch;
 use crate::python::code::{CodeCache, CodeInfo};
 use crate::python::discover::Target;
+use crate::python::layout::FrameModel;
 use crate::python::stack::{self, RawFrame};
 use crate::python::thread_ids::ThreadIds;
 use crate::python::{thread_names, threads};
-use crate::process::memory::{Memory, ReadError, ReadResult};
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,12 +36,27 @@ pub struct ThreadSample {
     pub key: u64,
     pub tid: i32,
     pub time_ns: u64,
-    /// root first; None when the read tore twice this tick (keep the previous view)
-    pub frames: Option<Vec<StackFrame>>,
+    /// range of this thread's stack (root first) in the batch's frames; None when the
+    /// read tore this tick (keep the previous view)
+    pub frames: Option<(u32, u32)>,
+}
+
+/// One tick: every thread's stack, frames of all threads in one flat vector.
+#[derive(Default)]
+pub struct SampleBatch {
+    pub time_ns: u64,
+    pub threads: Vec<ThreadSample>,
+    pub frames: Vec<StackFrame>,
+}
+
+impl SampleBatch {
+    pub fn stack(&self, t: &ThreadSample) -> Option<&[StackFrame]> {
+        t.frames.and_then(|(a, b)| self.frames.get(a as usize..b as usize))
+    }
 }
 
 pub enum Message {
-    Sample { time_ns: u64, threads: Vec<ThreadSample> },
+    Sample(SampleBatch),
     Codes(Vec<Arc<CodeInfo>>),
     ThreadName { key: u64, tid: i32, name: String },
 }
@@ -51,20 +74,44 @@ pub struct Stats {
     pub last_sample_ns: AtomicU64,
 }
 
+/// What we remember of a thread between ticks.
+#[derive(Default)]
+struct ThreadCache {
+    tid: Option<i32>,
+    ids: (u64, i32),
+    named: bool,
+    /// last stack, root first
+    prev: Vec<StackFrame>,
+    cframe: u64,
+    chunk: u64,
+    chunk_len: usize,
+}
+
+/// Below this interval sleeping costs more than it saves: spin to the deadline.
+const SPIN_BELOW_NS: u64 = 60_000;
+/// Bytes of a data-stack chunk to read beyond the deepest frame seen last tick.
+const CHUNK_SLACK: usize = 2048;
+const CHUNK_FIRST_READ: usize = 4096;
+
 pub struct Sampler {
     pub pid: i32,
     mem: Memory,
     target: Target,
     codes: CodeCache,
     ids: ThreadIds,
-    /// (tstate, pthread id, native id) -> our tid, resolved once per thread (the native
-    /// id is part of the key: a starting thread's state shows its creator's for a moment)
-    tids: HashMap<(u64, u64, i32), i32>,
-    /// last stack seen per thread (root first): frames found there again need no lookup
-    previous: HashMap<u64, Vec<StackFrame>>,
-    named: HashMap<u64, bool>,
-    last_name_scan_ns: u64,
+    /// thread states per interpreter, in list order, as of last tick
+    interps: Vec<(u64, Vec<u64>)>,
+    threads: HashMap<u64, ThreadCache>,
+    pf: Prefetch,
     raw: Vec<RawFrame>,
+    last_name_scan_ns: u64,
+    recycled: Option<Receiver<SampleBatch>>,
+}
+
+fn spin_until(deadline: u64) {
+    while now_ns() < deadline {
+        std::hint::spin_loop();
+    }
 }
 
 pub enum StopReason {
@@ -81,12 +128,18 @@ impl Sampler {
             target,
             codes,
             ids,
-            tids: HashMap::new(),
-            previous: HashMap::new(),
-            named: HashMap::new(),
-            last_name_scan_ns: 0,
+            interps: Vec::new(),
+            threads: HashMap::new(),
+            pf: Prefetch::default(),
             raw: Vec::with_capacity(256),
+            last_name_scan_ns: 0,
+            recycled: None,
         }
+    }
+
+    /// Batches the consumer is done with, to be filled again.
+    pub fn recycle_from(&mut self, rx: Receiver<SampleBatch>) {
+        self.recycled = Some(rx);
     }
 
     /// Samples until `stop` is set, the deadline passes or the target exits.
@@ -99,15 +152,17 @@ impl Sampler {
         stop: &AtomicBool,
         stats: &Stats,
     ) -> StopReason {
+        // Sleeps wake on time, not up to 50 us late (the default timer slack).
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
         let start = now_ns();
         stats.started_ns.store(start, Ordering::Relaxed);
         let mut deadline = start;
+        let mut wake_late_ns: u64 = 0;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return StopReason::Requested;
             }
-            let now = now_ns();
-            if end_ns.is_some_and(|e| now >= e) {
+            if end_ns.is_some_and(|e| now_ns() >= e) {
                 return StopReason::Requested;
             }
             match self.tick(tx, stats) {
@@ -119,132 +174,210 @@ impl Sampler {
                         return StopReason::TargetExited;
                     }
                 }
+                Err(ReadError::Other(libc::EPIPE)) => return StopReason::Requested,
                 Err(e) => return StopReason::Failed(e.into_error(self.pid).to_string()),
             }
             stats.ticks.fetch_add(1, Ordering::Relaxed);
-            if interval_ns > 0 {
-                deadline += interval_ns;
-                let after = now_ns();
-                if after > deadline {
-                    // Behind: count the ticks that cannot be taken on time and skip them,
-                    // rather than bursting to catch up.
-                    let lag = after - deadline;
-                    stats.longest_lag_ns.fetch_max(lag, Ordering::Relaxed);
-                    let missed = lag / interval_ns;
-                    if missed > 0 {
-                        stats.missed_ticks.fetch_add(missed, Ordering::Relaxed);
-                        deadline += missed * interval_ns;
-                    }
+            if interval_ns == 0 {
+                continue;
+            }
+            deadline += interval_ns;
+            let after = now_ns();
+            if after > deadline {
+                // Behind: count the ticks that cannot be taken on time and skip them,
+                // rather than bursting to catch up.
+                let lag = after - deadline;
+                stats.longest_lag_ns.fetch_max(lag, Ordering::Relaxed);
+                let missed = lag / interval_ns;
+                if missed > 0 {
+                    stats.missed_ticks.fetch_add(missed, Ordering::Relaxed);
+                    deadline += missed * interval_ns;
                 }
-                if let Some(e) = end_ns {
-                    deadline = deadline.min(e);
+            }
+            if let Some(e) = end_ns {
+                deadline = deadline.min(e);
+            }
+            if interval_ns < SPIN_BELOW_NS {
+                spin_until(deadline);
+            } else {
+                // Sleep to just before the deadline and spin the rest: the margin follows
+                // how late wake-ups have been, capped so that spinning stays a small
+                // part of each interval (the CPU cost of a low rate stays near zero).
+                let margin = (wake_late_ns * 3 / 2).min(interval_ns / 16);
+                if deadline > now_ns() + margin {
+                    sleep_until_ns(deadline - margin);
+                    let late = now_ns().saturating_sub(deadline - margin);
+                    wake_late_ns = (wake_late_ns * 7 + late) / 8;
                 }
-                sleep_until_ns(deadline);
+                spin_until(deadline);
             }
         }
     }
 
     fn tick(&mut self, tx: &Sender<Message>, stats: &Stats) -> ReadResult<()> {
-        let mem = self.mem;
-        let tick_ns = now_ns();
-        let mut samples = Vec::new();
+        let t0 = now_ns();
+        self.prefetch()?;
+        if !self.list_still_valid() {
+            self.relist()?;
+            self.prefetch()?;
+        }
+        let t1 = now_ns();
+        let time_ns = t0 + (t1 - t0) / 2;
+        let mut batch = self.recycled.as_ref().and_then(|r| r.try_recv().ok()).unwrap_or_default();
+        batch.time_ns = time_ns;
+        batch.threads.clear();
+        batch.frames.clear();
         let mut new_threads = false;
-        for interp in threads::interpreters(&mem, &self.target)? {
-            let states = threads::thread_states(&mem, &self.target, interp)?;
-            let key = |s: &threads::ThreadState| (s.addr, s.thread_id, s.native_id.unwrap_or(0));
-            if states.iter().any(|s| !self.tids.contains_key(&key(s))) {
-                self.ids.refresh(self.pid);
-                let tids = self.ids.resolve(&mem, &states);
-                self.tids.clear();
-                for (s, tid) in states.iter().zip(tids) {
-                    if let Some(tid) = tid {
-                        self.tids.insert(key(s), tid);
-                    }
-                }
-                new_threads = true;
+        for i in 0..self.interps.len() {
+            for j in 0..self.interps[i].1.len() {
+                let tstate = self.interps[i].1[j];
+                new_threads |= self.sample_thread(tstate, time_ns, &mut batch, stats)?;
             }
-            for s in &states {
-                // A thread without an OS tid has not started or has finished: nothing to show.
-                let Some(&tid) = self.tids.get(&key(s)) else { continue };
-                let time_ns = now_ns();
-                let frames = match self.read_thread(s.addr) {
-                    Ok(f) => Some(f),
-                    Err(ReadError::Fault) => match self.read_thread(s.addr) {
-                        Ok(f) => Some(f),
-                        Err(ReadError::Fault) => {
-                            stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                            None
-                        }
-                        Err(e) => return Err(e),
-                    },
-                    Err(e) => return Err(e),
-                };
-                if let Some(f) = &frames {
-                    self.previous.insert(s.addr, f.clone());
-                }
-                samples.push(ThreadSample { key: s.addr, tid, time_ns, frames });
-            }
-            self.scan_names(tx, interp, &states, new_threads, tick_ns);
         }
         let fresh = self.codes.take_new();
         if !fresh.is_empty() {
             // Names must reach the consumer before the samples that use them: block.
             let _ = tx.send(Message::Codes(fresh));
         }
-        self.previous.retain(|k, _| samples.iter().any(|s| s.key == *k));
-        stats.last_sample_ns.store(tick_ns, Ordering::Relaxed);
-        match tx.try_send(Message::Sample { time_ns: tick_ns, threads: samples }) {
-            Ok(()) => {}
+        self.scan_names(tx, new_threads, t1);
+        stats.last_sample_ns.store(time_ns, Ordering::Relaxed);
+        match tx.try_send(Message::Sample(batch)) {
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
-            Err(TrySendError::Disconnected(_)) => return Err(ReadError::Other(libc::EPIPE)),
+            Err(TrySendError::Disconnected(_)) => Err(ReadError::Other(libc::EPIPE)),
         }
+    }
+
+    /// Asks for everything this tick is expected to need, in one read.
+    fn prefetch(&mut self) -> ReadResult<()> {
+        let l = &self.target.layout;
+        let frame_len = l.frame.size as usize;
+        self.pf.clear();
+        self.pf.want(self.target.runtime + l.runtime.interpreters_head, 8);
+        for (interp, states) in &self.interps {
+            self.pf.want(interp + l.interp.threads_head, 8);
+            for tstate in states {
+                self.pf.want(*tstate, l.tstate.size as usize);
+                let Some(c) = self.threads.get(tstate) else { continue };
+                if c.cframe != 0 {
+                    self.pf.want(c.cframe, l.tstate.cframe_current_frame.unwrap_or(0) as usize + 8);
+                }
+                if c.chunk != 0 {
+                    self.pf.want(c.chunk, c.chunk_len);
+                }
+                for f in &c.prev {
+                    let in_chunk = f.frame >= c.chunk && f.frame + frame_len as u64 <= c.chunk + c.chunk_len as u64;
+                    if !in_chunk {
+                        self.pf.want(f.frame, frame_len);
+                    }
+                }
+            }
+        }
+        self.pf.read(&self.mem)
+    }
+
+    /// Whether the interpreters and thread lists are what they were last tick.
+    fn list_still_valid(&self) -> bool {
+        let l = &self.target.layout;
+        let head = self.pf.get(self.target.runtime + l.runtime.interpreters_head, 8).map(|b| b.u64_at(0));
+        if self.interps.is_empty() || head != Some(self.interps[0].0) {
+            return false;
+        }
+        self.interps.iter().all(|(interp, states)| {
+            let mut next = match self.pf.get(interp + l.interp.threads_head, 8) {
+                Some(b) => b.u64_at(0),
+                None => return false,
+            };
+            for &s in states {
+                if next != s {
+                    return false;
+                }
+                next = match self.pf.get(s, l.tstate.size as usize) {
+                    Some(b) if b.u64_at(l.tstate.interp) == *interp => b.u64_at(l.tstate.next),
+                    _ => return false,
+                };
+            }
+            next == 0
+        })
+    }
+
+    /// Reads the interpreters and thread lists afresh (threads came or went).
+    fn relist(&mut self) -> ReadResult<()> {
+        let mut interps = Vec::new();
+        for interp in threads::interpreters(&self.mem, &self.target)? {
+            let states = threads::thread_states(&self.mem, &self.target, interp)?;
+            // OS tids for threads we have not seen (or whose ids changed as they started)
+            let unknown = states.iter().any(|s| {
+                self.threads.get(&s.addr).is_none_or(|c| c.ids != (s.thread_id, s.native_id.unwrap_or(0)) || c.tid.is_none())
+            });
+            if unknown {
+                let tids = self.ids.resolve(&self.mem, &states);
+                for (s, tid) in states.iter().zip(tids) {
+                    let c = self.threads.entry(s.addr).or_default();
+                    let ids = (s.thread_id, s.native_id.unwrap_or(0));
+                    if c.ids != ids || c.tid != tid {
+                        // a new thread, or a state reused for another thread
+                        *c = ThreadCache { tid, ids, ..Default::default() };
+                    }
+                }
+            }
+            interps.push((interp, states.iter().map(|s| s.addr).collect::<Vec<_>>()));
+        }
+        let live: std::collections::HashSet<u64> = interps.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+        self.threads.retain(|k, _| live.contains(k));
+        self.interps = interps;
         Ok(())
     }
 
-    /// Thread names come from Python objects; read them when threads appear and, for
-    /// threads still unnamed (not yet registered by threading), every 100 ms.
-    fn scan_names(&mut self, tx: &Sender<Message>, interp: u64, states: &[threads::ThreadState], new: bool, now: u64) {
-        let unnamed = states.iter().any(|s| !self.named.get(&s.addr).copied().unwrap_or(false));
-        if !(new || (unnamed && now.saturating_sub(self.last_name_scan_ns) > 100_000_000)) {
-            return;
-        }
-        self.last_name_scan_ns = now;
-        let names = thread_names::read(&self.mem, &self.target, interp).unwrap_or_default();
-        for s in states {
-            if self.named.get(&s.addr).copied().unwrap_or(false) {
-                continue;
-            }
-            let Some(&tid) = self.tids.get(&(s.addr, s.thread_id, s.native_id.unwrap_or(0))) else { continue };
-            if let Some(name) = names.get(&s.thread_id) {
-                self.named.insert(s.addr, true);
-                let _ = tx.send(Message::ThreadName { key: s.addr, tid, name: name.clone() });
-            }
-        }
-        self.named.retain(|k, _| states.iter().any(|s| s.addr == *k));
-    }
-
-    /// One thread's stack, root first, with code ids; Fault if it tore.
-    fn read_thread(&mut self, tstate: u64) -> ReadResult<Vec<StackFrame>> {
+    /// Reads one thread from the prefetched copy; true when it is new since last tick.
+    fn sample_thread(&mut self, tstate: u64, time_ns: u64, batch: &mut SampleBatch, stats: &Stats) -> ReadResult<bool> {
         let t = &self.target;
+        let l = &t.layout;
         let mem = self.mem;
-        let top = stack::top_frame(&mem, t, tstate)?;
+        let Some(ts) = self.pf.get(tstate, l.tstate.size as usize) else { return Ok(false) };
+        let ids = (ts.u64_at(l.tstate.thread_id), l.tstate.native_thread_id.map(|o| ts.i32_at(o)).unwrap_or(0));
+        let mut top = ts.u64_at(l.tstate.frame);
+        let chunk = l.tstate.datastack_chunk.map(|o| ts.u64_at(o)).unwrap_or(0);
+        let cache = self.threads.entry(tstate).or_default();
+        if cache.ids != ids {
+            // the thread's ids changed under us (it just started): resolve next tick
+            *cache = ThreadCache { ids, ..Default::default() };
+            self.interps.clear();
+            return Ok(false);
+        }
+        let Some(tid) = cache.tid else { return Ok(false) };
+        let is_new = cache.prev.is_empty() && !cache.named;
+        if let (true, Some(off)) = (l.model.frame_via_cframe, l.tstate.cframe_current_frame) {
+            let cframe = top;
+            top = if cframe == 0 {
+                0
+            } else {
+                match self.pf.get(cframe + off, 8).filter(|_| cframe == cache.cframe) {
+                    Some(b) => b.u64_at(0),
+                    None => mem.read_u64(cframe + off)?,
+                }
+            };
+            cache.cframe = cframe;
+        }
+        if chunk != cache.chunk {
+            cache.chunk = chunk;
+            cache.chunk_len = CHUNK_FIRST_READ;
+        }
         let codes = &mut self.codes;
         let mut raw = std::mem::take(&mut self.raw);
-        let walked = stack::walk(&mem, t, top, &mut raw, |code| {
+        let walked = stack::walk(&mem, t, top, &mut raw, &self.pf, |code| {
             let info = match codes.cached(code) {
                 Some(i) => i.clone(),
                 None => codes.get(&mem, &t.layout, t.code_type, code)?,
             };
             Ok((info.bytecode_start, info.first_traceable))
         });
+        let start = batch.frames.len();
         let result = walked.and_then(|()| {
-            if stack::top_frame(&mem, t, tstate)? != top {
-                return Err(ReadError::Fault);
-            }
-            let prev = self.previous.get(&tstate).map(|p| p.as_slice()).unwrap_or(&[]);
-            let mut out: Vec<StackFrame> = Vec::with_capacity(raw.len());
+            let prev = &cache.prev;
             let mut same_so_far = true;
             for (depth, f) in raw.iter().rev().enumerate() {
                 // The same call as last tick (same code, same frame, same call site in
@@ -254,21 +387,70 @@ impl Sampler {
                     .then(|| prev.get(depth))
                     .flatten()
                     .filter(|p| {
-                        p.code == f.code && p.frame == f.frame && (depth == 0 || prev[depth - 1].offset == out[depth - 1].offset)
+                        p.code == f.code
+                            && p.frame == f.frame
+                            && (depth == 0 || prev[depth - 1].offset == batch.frames[start + depth - 1].offset)
                     })
                     .map(|p| p.code_id);
                 let code_id = match known {
                     Some(id) => id,
                     None => {
                         same_so_far = false;
-                        self.codes.get(&mem, &t.layout, t.code_type, f.code)?.id
+                        codes.get(&mem, &t.layout, t.code_type, f.code)?.id
                     }
                 };
-                out.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset });
+                batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset });
             }
-            Ok(out)
+            Ok(())
         });
         self.raw = raw;
-        result
+        match result {
+            Ok(()) => {
+                let end = batch.frames.len();
+                cache.prev.clear();
+                cache.prev.extend_from_slice(&batch.frames[start..end]);
+                // Read next time as much of the chunk as this stack used, and a little more.
+                if chunk != 0 && l.model.frames == FrameModel::InterpreterFrame {
+                    let chunk_size = self.pf.get(chunk + l.chunk.size, 8).map(|b| b.u64_at(0) as usize).unwrap_or(0);
+                    let used = cache
+                        .prev
+                        .iter()
+                        .filter(|f| f.frame >= chunk && f.frame < chunk + chunk_size as u64)
+                        .map(|f| (f.frame - chunk) as usize + l.frame.size as usize)
+                        .max()
+                        .unwrap_or(0);
+                    cache.chunk_len = (used + CHUNK_SLACK).min(chunk_size.max(CHUNK_FIRST_READ));
+                }
+                batch.threads.push(ThreadSample { key: tstate, tid, time_ns, frames: Some((start as u32, end as u32)) });
+            }
+            Err(ReadError::Fault) => {
+                batch.frames.truncate(start);
+                stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                batch.threads.push(ThreadSample { key: tstate, tid, time_ns, frames: None });
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(is_new)
+    }
+
+    /// Thread names come from Python objects; read them when threads appear and, for
+    /// threads still unnamed (not yet registered by threading), every 100 ms.
+    fn scan_names(&mut self, tx: &Sender<Message>, new: bool, now: u64) {
+        let unnamed = self.threads.values().any(|c| c.tid.is_some() && !c.named);
+        if !(new || (unnamed && now.saturating_sub(self.last_name_scan_ns) > 100_000_000)) {
+            return;
+        }
+        self.last_name_scan_ns = now;
+        for (interp, states) in &self.interps {
+            let names = thread_names::read(&self.mem, &self.target, *interp).unwrap_or_default();
+            for s in states {
+                let Some(c) = self.threads.get_mut(s) else { continue };
+                let (Some(tid), false) = (c.tid, c.named) else { continue };
+                if let Some(name) = names.get(&c.ids.0) {
+                    c.named = true;
+                    let _ = tx.send(Message::ThreadName { key: *s, tid, name: name.clone() });
+                }
+            }
+        }
     }
 }

@@ -54,19 +54,20 @@ impl Timeline {
         self.tids.len()
     }
 
-    pub fn handle(&mut self, msg: Message, sink: &mut dyn Sink) -> io::Result<()> {
+    pub fn handle(&mut self, msg: &Message, sink: &mut dyn Sink) -> io::Result<()> {
         match msg {
             Message::Codes(codes) => {
                 for c in codes {
-                    self.codes.insert(c);
+                    self.codes.insert(c.clone());
                 }
             }
             Message::ThreadName { tid, name, .. } => {
-                if self.named.insert(tid) {
-                    sink.thread(tid, &name)?;
+                if self.named.insert(*tid) {
+                    sink.thread(*tid, name)?;
                 }
             }
-            Message::Sample { time_ns, threads } => {
+            Message::Sample(batch) => {
+                let (time_ns, threads) = (batch.time_ns, &batch.threads);
                 self.samples += 1;
                 self.first_ns.get_or_insert(time_ns);
                 self.last_ns = time_ns;
@@ -79,7 +80,7 @@ impl Timeline {
                     self.close_from(&mut track, 0, at, sink)?;
                 }
                 for t in threads {
-                    let Some(frames) = t.frames else { continue };
+                    let Some(frames) = batch.stack(t) else { continue };
                     self.tids.insert(t.tid);
                     let track = self.tracks.entry(t.key).or_insert_with(|| Track {
                         tid: t.tid,
@@ -96,8 +97,8 @@ impl Timeline {
                     } else {
                         midpoint(track.last_ns, t.time_ns)
                     };
-                    sink.sample(t.tid, &frames, &self.codes)?;
-                    let keep = common_calls(&track.frames, &frames);
+                    sink.sample(t.tid, frames, &self.codes)?;
+                    let keep = common_calls(&track.frames, frames);
                     self.close_from(&mut track, keep, at, sink)?;
                     for f in &frames[keep..] {
                         if let Some(code) = self.code(f.code_id) {
@@ -105,7 +106,8 @@ impl Timeline {
                         }
                         track.starts.push(at);
                     }
-                    track.frames = frames;
+                    track.frames.clear();
+                    track.frames.extend_from_slice(frames);
                     track.last_ns = t.time_ns;
                     self.tracks.insert(t.key, track);
                 }

@@ -130,7 +130,11 @@ impl Memory {
 }
 
 fn errno_to_read_error() -> ReadError {
-    match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
+    errno_to_read_error_code(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
+pub fn errno_to_read_error_code(e: i32) -> ReadError {
+    match e {
         libc::EFAULT | libc::EIO => ReadError::Fault,
         libc::ESRCH => ReadError::Gone,
         libc::EPERM | libc::EACCES => ReadError::Denied,

@@ -3,6 +3,7 @@
 pub mod elf;
 pub mod maps;
 pub mod memory;
+pub mod prefetch;
 pub mod tasks;
 
 use crate::error::{Error, Result};

@@ -9,6 +9,7 @@ use super::thread_ids::ThreadIds;
 use super::{thread_names, threads};
 use crate::error::{Error, Result};
 use crate::process::memory::{ReadError, ReadResult};
+use crate::process::prefetch::Prefetch;
 use crate::process::tasks::Tasks;
 use crate::process::Process;
 use std::sync::Arc;
@@ -118,7 +119,7 @@ pub fn read_stack(
 ) -> ReadResult<Vec<Frame>> {
     let top = stack::top_frame(mem, t, tstate)?;
     let mut raw: Vec<RawFrame> = Vec::new();
-    stack::walk(mem, t, top, &mut raw, |code| {
+    stack::walk(mem, t, top, &mut raw, &Prefetch::default(), |code| {
         let info = codes.get(mem, &t.layout, t.code_type, code)?;
         Ok((info.bytecode_start, info.first_traceable))
     })?;

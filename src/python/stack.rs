@@ -5,6 +5,7 @@
 use super::discover::Target;
 use super::layout::FrameModel;
 use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
+use crate::process::prefetch::Prefetch;
 
 /// Deeper than this is a loop in what we read, not a real stack (CPython's own C stack
 /// limits keep real Python stacks far shallower).
@@ -34,12 +35,14 @@ pub fn top_frame(mem: &Memory, t: &Target, tstate: u64) -> ReadResult<u64> {
     }
 }
 
-/// Reads the stack starting at `frame`. Errors mean the memory changed under us.
+/// Reads the stack starting at `frame`, taking frames from `local` where it holds them
+/// and reading the rest. Errors mean the memory changed under us.
 pub fn walk(
     mem: &Memory,
     t: &Target,
     mut frame: u64,
     out: &mut Vec<RawFrame>,
+    local: &Prefetch,
     mut code_start: impl FnMut(u64) -> ReadResult<(u64, i64)>,
 ) -> ReadResult<()> {
     out.clear();
@@ -53,8 +56,13 @@ pub fn walk(
         if seen > MAX_DEPTH {
             return Err(ReadError::Fault);
         }
-        mem.read(frame, &mut buf[..len])?;
-        let b = &buf[..len];
+        let b = match local.get(frame, len) {
+            Some(b) => b,
+            None => {
+                mem.read(frame, &mut buf[..len])?;
+                &buf[..len]
+            }
+        };
         let previous = b.u64_at(f.previous);
         let code = b.u64_at(f.code) & !l.model.stackref_tag_mask;
         match l.model.frames {
