@@ -223,6 +223,42 @@ fn error_unsupported_version() {
     });
 }
 
+/// A target that exits while it is being read: vizattach either prints a complete dump
+/// or says the process exited (or is gone), in one line, never garbage or a panic.
+#[test]
+fn target_exits_while_being_read() {
+    let Some(manifest) = load_manifest() else { return };
+    let Some(host) = manifest.iter().find(|i| i.is_supported() && !i.in_chroot()) else {
+        missing_prerequisite("no supported host interpreter in the manifest");
+        return;
+    };
+    let mut outcomes = std::collections::BTreeMap::new();
+    for i in 0..30u64 {
+        // Lives a few ms into its run, so dumps land before, during and after its exit.
+        let mut cmd = Command::new(&host.executable);
+        cmd.args(["-c", &format!("import time\ndef f(n):\n  return f(n-1) if n else time.sleep({})\nf(50)", (i % 10) as f64 * 0.004)]);
+        let child = KillOnDrop(cmd.spawn().expect("spawn python"));
+        std::thread::sleep(Duration::from_millis(25 + (i % 7) * 6));
+        let out = run_vizattach(&["dump", "--pid", &child.pid().to_string(), "--json"]).unwrap();
+        let outcome = if out.status.success() {
+            let v: serde_json::Value = serde_json::from_str(&out.stdout)
+                .unwrap_or_else(|e| panic!("run {i}: a successful dump must be JSON ({e}): {}", out.stdout));
+            assert!(v["threads"].is_array(), "run {i}: malformed dump {v}");
+            "complete dump"
+        } else {
+            let line = expect_error_line(&out).unwrap_or_else(|e| panic!("run {i}: {e}"));
+            let l = line.to_lowercase();
+            assert!(
+                l.contains("exited") || l.contains("no such process") || l.contains("not a python process"),
+                "run {i}: unexpected error for an exiting target: {line}"
+            );
+            if line.contains("exited") { "exit reported" } else { "gone before reading" }
+        };
+        *outcomes.entry(outcome).or_insert(0) += 1;
+    }
+    eprintln!("     outcomes over 30 racing dumps: {outcomes:?}");
+}
+
 #[test]
 fn error_permission_denied() {
     let Some(manifest) = load_manifest() else { return };
