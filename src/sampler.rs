@@ -103,6 +103,10 @@ pub struct Sampler {
     interps: Vec<(u64, Vec<u64>)>,
     threads: HashMap<u64, ThreadCache>,
     pf: Prefetch,
+    /// cached code objects met in new frames this tick: (index in batch.frames, address),
+    /// checked together in one read at the end of the tick
+    unchecked: Vec<(usize, u64)>,
+    pf_codes: Prefetch,
     raw: Vec<RawFrame>,
     last_name_scan_ns: u64,
     recycled: Option<Receiver<SampleBatch>>,
@@ -131,6 +135,8 @@ impl Sampler {
             interps: Vec::new(),
             threads: HashMap::new(),
             pf: Prefetch::default(),
+            unchecked: Vec::new(),
+            pf_codes: Prefetch::default(),
             raw: Vec::with_capacity(256),
             last_name_scan_ns: 0,
             recycled: None,
@@ -232,6 +238,14 @@ impl Sampler {
             for j in 0..self.interps[i].1.len() {
                 let tstate = self.interps[i].1[j];
                 new_threads |= self.sample_thread(tstate, time_ns, &mut batch, stats)?;
+            }
+        }
+        self.check_codes(&mut batch)?;
+        // What this tick saw is what the next one compares with.
+        for t in &batch.threads {
+            if let (Some(stack), Some(c)) = (batch.stack(t), self.threads.get_mut(&t.key)) {
+                c.prev.clear();
+                c.prev.extend_from_slice(stack);
             }
         }
         let fresh = self.codes.take_new();
@@ -396,7 +410,15 @@ impl Sampler {
                     Some(id) => id,
                     None => {
                         same_so_far = false;
-                        codes.get(&mem, &t.layout, t.code_type, f.code)?.id
+                        match codes.cached(f.code) {
+                            // a code object met before: check it is still the same one
+                            // with the others at the end of the tick
+                            Some(c) => {
+                                self.unchecked.push((batch.frames.len(), f.code));
+                                c.id
+                            }
+                            None => codes.get(&mem, &t.layout, t.code_type, f.code)?.id,
+                        }
                     }
                 };
                 batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset });
@@ -407,13 +429,10 @@ impl Sampler {
         match result {
             Ok(()) => {
                 let end = batch.frames.len();
-                cache.prev.clear();
-                cache.prev.extend_from_slice(&batch.frames[start..end]);
                 // Read next time as much of the chunk as this stack used, and a little more.
                 if chunk != 0 && l.model.frames == FrameModel::InterpreterFrame {
                     let chunk_size = self.pf.get(chunk + l.chunk.size, 8).map(|b| b.u64_at(0) as usize).unwrap_or(0);
-                    let used = cache
-                        .prev
+                    let used = batch.frames[start..end]
                         .iter()
                         .filter(|f| f.frame >= chunk && f.frame < chunk + chunk_size as u64)
                         .map(|f| (f.frame - chunk) as usize + l.frame.size as usize)
@@ -431,6 +450,39 @@ impl Sampler {
             Err(e) => return Err(e),
         }
         Ok(is_new)
+    }
+
+    /// One read for every cached code object that new frames used this tick; any that
+    /// changed identity (freed, address reused) is read afresh and gets a new id.
+    fn check_codes(&mut self, batch: &mut SampleBatch) -> ReadResult<()> {
+        if self.unchecked.is_empty() {
+            return Ok(());
+        }
+        let l = &self.target.layout;
+        let (off, len) = crate::python::code::identity_span(l);
+        self.pf_codes.clear();
+        for &(_, addr) in &self.unchecked {
+            self.pf_codes.want(addr + off, len);
+        }
+        self.pf_codes.read(&self.mem)?;
+        for &(i, addr) in &self.unchecked {
+            let same = match (self.codes.cached(addr), self.pf_codes.get(addr + off, len)) {
+                (Some(c), Some(b)) => c.identity_matches(l, b),
+                _ => false,
+            };
+            if !same {
+                let id = match self.codes.get(&self.mem, l, self.target.code_type, addr) {
+                    Ok(c) => c.id,
+                    Err(ReadError::Fault) => continue, // gone again: keep what we had
+                    Err(e) => return Err(e),
+                };
+                if let Some(f) = batch.frames.get_mut(i) {
+                    f.code_id = id;
+                }
+            }
+        }
+        self.unchecked.clear();
+        Ok(())
     }
 
     /// Thread names come from Python objects; read them when threads appear and, for

@@ -27,7 +27,26 @@ pub struct CodeInfo {
     identity: (u64, u64),
 }
 
+/// Where a code object's identity (its name and file pointers) lies: one small read
+/// tells whether a cached entry still describes the object at that address.
+pub fn identity_span(layout: &Layout) -> (u64, usize) {
+    let c = &layout.code;
+    let name = c.qualname.unwrap_or(c.name);
+    let lo = name.min(c.filename);
+    let hi = name.max(c.filename) + 8;
+    (lo, (hi - lo) as usize)
+}
+
 impl CodeInfo {
+    /// Whether `bytes`, read at the code object's identity span, are still this entry's.
+    pub fn identity_matches(&self, layout: &Layout, bytes: &[u8]) -> bool {
+        let c = &layout.code;
+        let (lo, _) = identity_span(layout);
+        let name = bytes.u64_at(c.qualname.unwrap_or(c.name) - lo);
+        let file = bytes.u64_at(c.filename - lo);
+        self.identity == (name, file)
+    }
+
     pub fn line(&self, layout: &Layout, offset: i64) -> i32 {
         linetable::line_for(layout.model.line_table, &self.linetable, self.first_line, offset)
             .unwrap_or(self.first_line)
