@@ -173,8 +173,93 @@ pub fn common_calls(old: &[StackFrame], new: &[StackFrame]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::CaptureInfo;
+    use crate::sampler::{SampleBatch, ThreadSample};
+
     fn f(code_id: u32, frame: u64, offset: i64) -> StackFrame {
         StackFrame { code_id, code: code_id as u64 * 16, frame, offset }
+    }
+
+    /// Records what the timeline emits: (tid, code id, start, end).
+    #[derive(Default)]
+    struct Recorder {
+        slices: Vec<(i32, u32, u64, u64)>,
+        threads: Vec<(i32, String)>,
+    }
+    impl Sink for Recorder {
+        fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
+            self.threads.push((tid, name.to_string()));
+            Ok(())
+        }
+        fn close(&mut self, tid: i32, code: &CodeInfo, start_ns: u64, end_ns: u64) -> io::Result<()> {
+            self.slices.push((tid, code.id, start_ns, end_ns));
+            Ok(())
+        }
+        fn finish(&mut self, _: &CaptureInfo) -> io::Result<u64> {
+            Ok(0)
+        }
+    }
+
+    fn codes(n: u32) -> Message {
+        Message::Codes((0..n).map(|id| Arc::new(CodeInfo::for_test(id, &format!("f{id}")))).collect())
+    }
+
+    /// A batch with one stack per (key, tid) thread, all stamped at `t`.
+    fn sample(t: u64, threads: &[(u64, i32, &[StackFrame])]) -> Message {
+        let mut b = SampleBatch { time_ns: t, ..Default::default() };
+        for (key, tid, stack) in threads {
+            let a = b.frames.len() as u32;
+            b.frames.extend_from_slice(stack);
+            b.threads.push(ThreadSample { key: *key, tid: *tid, time_ns: t, frames: Some((a, b.frames.len() as u32)) });
+        }
+        Message::Sample(b)
+    }
+
+    #[test]
+    fn boundaries_fall_halfway_between_samples_and_slices_nest() {
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        tl.handle(&codes(4), &mut r).unwrap();
+        let main = f(0, 100, 10);
+        tl.handle(&sample(1000, &[(1, 7, &[main, f(1, 200, 4)])]), &mut r).unwrap();
+        tl.handle(&sample(2000, &[(1, 7, &[main, f(1, 200, 8)])]), &mut r).unwrap(); // line change
+        tl.handle(&sample(3000, &[(1, 7, &[f(0, 100, 12), f(1, 200, 4)])]), &mut r).unwrap(); // new call site
+        tl.handle(&sample(4000, &[(1, 7, &[f(0, 100, 12)])]), &mut r).unwrap();
+        tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+        // f1 from the first call site: first seen at 1000 (first sight opens at the sample),
+        // left between 2000 and 3000; the second call: 2500..3500; main until the end.
+        assert_eq!(r.slices, vec![(7, 1, 1000, 2500), (7, 1, 2500, 3500), (7, 0, 1000, 4000)]);
+        assert_eq!(r.threads, vec![(7, "t7".to_string())]);
+        assert_eq!(tl.slices, 3);
+    }
+
+    #[test]
+    fn a_thread_that_vanishes_closes_halfway_and_one_that_appears_opens_at_first_sight() {
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        tl.handle(&codes(3), &mut r).unwrap();
+        let a: &[StackFrame] = &[f(0, 100, 2)];
+        let b: &[StackFrame] = &[f(1, 300, 2), f(2, 400, 6)];
+        tl.handle(&sample(1000, &[(1, 7, a)]), &mut r).unwrap();
+        tl.handle(&sample(2000, &[(1, 7, a), (2, 8, b)]), &mut r).unwrap();
+        tl.handle(&sample(3000, &[(1, 7, a)]), &mut r).unwrap();
+        tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+        assert_eq!(r.slices, vec![(8, 2, 2000, 2500), (8, 1, 2000, 2500), (7, 0, 1000, 3000)]);
+    }
+
+    #[test]
+    fn a_torn_read_keeps_the_previous_view() {
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        tl.handle(&codes(2), &mut r).unwrap();
+        let s: &[StackFrame] = &[f(0, 100, 2), f(1, 200, 2)];
+        tl.handle(&sample(1000, &[(1, 7, s)]), &mut r).unwrap();
+        let mut torn = SampleBatch { time_ns: 2000, ..Default::default() };
+        torn.threads.push(ThreadSample { key: 1, tid: 7, time_ns: 2000, frames: None });
+        tl.handle(&Message::Sample(torn), &mut r).unwrap();
+        tl.handle(&sample(3000, &[(1, 7, s)]), &mut r).unwrap();
+        tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+        assert_eq!(r.slices, vec![(7, 1, 1000, 3000), (7, 0, 1000, 3000)]);
     }
     #[test]
     fn a_line_change_keeps_the_call_a_new_call_site_does_not() {

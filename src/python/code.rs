@@ -38,6 +38,20 @@ pub fn identity_span(layout: &Layout) -> (u64, usize) {
 }
 
 impl CodeInfo {
+    #[cfg(test)]
+    pub fn for_test(id: u32, name: &str) -> CodeInfo {
+        CodeInfo {
+            id,
+            name: name.into(),
+            filename: "/t.py".into(),
+            first_line: 1,
+            linetable: Vec::new(),
+            bytecode_start: 0,
+            first_traceable: 0,
+            identity: (0, 0),
+        }
+    }
+
     /// Whether `bytes`, read at the code object's identity span, are still this entry's.
     pub fn identity_matches(&self, layout: &Layout, bytes: &[u8]) -> bool {
         let c = &layout.code;
