@@ -203,7 +203,20 @@ fn attach_launched(pid: i32, child: &mut std::process::Child) -> Result<Reader> 
     let started = std::time::Instant::now();
     loop {
         match Reader::attach(pid) {
-            Ok(r) => return Ok(r),
+            // Wait for the interpreter to be up: before that the process may still be
+            // exec'ing, and versions without Py_Version only tell their patch level
+            // through sys.version once it exists.
+            // (attach once more: the version read before initialization may be partial)
+            Ok(r) if r.initialized() => return Reader::attach(pid),
+            Ok(_) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Error::Usage(format!(
+                        "the program exited (status {}) before its Python interpreter started",
+                        exit_code(status)
+                    )));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
             Err(e @ Error::PermissionDenied { .. }) => return Err(e),
             // Until the dynamic loader has mapped libpython the process looks like a
             // Python without a runtime: give it a moment before believing that.

@@ -109,7 +109,18 @@ pub struct Sampler {
     pf_codes: Prefetch,
     raw: Vec<RawFrame>,
     last_name_scan_ns: u64,
+    /// set when a thread's ids changed: the lists are read afresh next tick
+    stale_list: bool,
     recycled: Option<Receiver<SampleBatch>>,
+}
+
+/// Anything but a vanished process, read where a code object was a moment ago, is the
+/// stack changing under us.
+fn torn(e: ReadError) -> ReadError {
+    match e {
+        ReadError::NotCode => ReadError::Fault,
+        e => e,
+    }
 }
 
 fn spin_until(deadline: u64) {
@@ -139,6 +150,7 @@ impl Sampler {
             pf_codes: Prefetch::default(),
             raw: Vec::with_capacity(256),
             last_name_scan_ns: 0,
+            stale_list: true,
             recycled: None,
         }
     }
@@ -173,10 +185,11 @@ impl Sampler {
             }
             match self.tick(tx, stats) {
                 Ok(()) => {}
-                Err(ReadError::Gone) => return StopReason::TargetExited,
-                Err(ReadError::Fault) => {
+                // The kernel refuses reads for a moment while the target execs, too: only
+                // a target that is really gone (or a zombie) ends the capture.
+                Err(ReadError::Gone | ReadError::Fault) => {
                     stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                    if !std::path::Path::new(&format!("/proc/{}/stat", self.pid)).exists() {
+                    if !crate::process::is_alive(self.pid) {
                         return StopReason::TargetExited;
                     }
                 }
@@ -223,8 +236,9 @@ impl Sampler {
     fn tick(&mut self, tx: &Sender<Message>, stats: &Stats) -> ReadResult<()> {
         let t0 = now_ns();
         self.prefetch()?;
-        if !self.list_still_valid() {
+        if self.stale_list || !self.list_still_valid() {
             self.relist()?;
+            self.stale_list = false;
             self.prefetch()?;
         }
         let t1 = now_ns();
@@ -359,7 +373,7 @@ impl Sampler {
         if cache.ids != ids {
             // the thread's ids changed under us (it just started): resolve next tick
             *cache = ThreadCache { ids, ..Default::default() };
-            self.interps.clear();
+            self.stale_list = true;
             return Ok(false);
         }
         let Some(tid) = cache.tid else { return Ok(false) };
@@ -417,7 +431,8 @@ impl Sampler {
                                 self.unchecked.push((batch.frames.len(), f.code));
                                 c.id
                             }
-                            None => codes.get(&mem, &t.layout, t.code_type, f.code)?.id,
+                            // it was a code object during the walk: anything else now is a tear
+                            None => codes.get(&mem, &t.layout, t.code_type, f.code).map_err(torn)?.id,
                         }
                     }
                 };
@@ -473,7 +488,7 @@ impl Sampler {
             if !same {
                 let id = match self.codes.get(&self.mem, l, self.target.code_type, addr) {
                     Ok(c) => c.id,
-                    Err(ReadError::Fault) => continue, // gone again: keep what we had
+                    Err(ReadError::Fault | ReadError::NotCode) => continue, // gone again: keep what we had
                     Err(e) => return Err(e),
                 };
                 if let Some(f) = batch.frames.get_mut(i) {

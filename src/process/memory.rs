@@ -10,6 +10,9 @@ pub enum ReadError {
     /// The process is gone.
     Gone,
     Denied,
+    /// Readable, but not the kind of object expected (3.13+ frames may run other things
+    /// than code objects).
+    NotCode,
     Other(i32),
 }
 
@@ -18,7 +21,9 @@ impl ReadError {
         match self {
             ReadError::Gone => Error::TargetExited(pid),
             ReadError::Denied => Error::PermissionDenied { pid, what: "memory".into() },
-            ReadError::Fault => Error::Inconsistent(format!("process {pid}: read an unmapped address")),
+            ReadError::Fault | ReadError::NotCode => {
+                Error::Inconsistent(format!("process {pid}: read an unmapped address"))
+            }
             ReadError::Other(e) => Error::Io(format!(
                 "reading memory of process {pid}: {}",
                 std::io::Error::from_raw_os_error(e)

@@ -78,8 +78,16 @@ impl Process {
     }
 
     pub fn is_alive(&self) -> bool {
-        std::path::Path::new(&format!("/proc/{}/stat", self.pid)).exists()
+        is_alive(self.pid)
     }
+}
+
+/// Running or sleeping: not gone, not a zombie waiting to be reaped.
+pub fn is_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // the state follows the command name, which is in parentheses and may hold anything
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X") | Some("x"))
 }
 
 pub fn io_error(pid: i32, what: &str, e: std::io::Error) -> Error {

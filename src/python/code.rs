@@ -94,7 +94,7 @@ impl CodeCache {
         mem.read(addr, &mut head[..n])?;
         let head = &head[..n];
         if head.u64_at(layout.object.ob_type) != code_type {
-            return Err(ReadError::Fault);
+            return Err(ReadError::NotCode);
         }
         let c = &layout.code;
         let name_ptr = head.u64_at(c.qualname.unwrap_or(c.name));

@@ -49,6 +49,16 @@ impl Reader {
         Ok(Reader { process, target, codes: CodeCache::default(), ids })
     }
 
+    /// Whether the interpreter is up: a main interpreter with a thread of its own.
+    pub fn initialized(&self) -> bool {
+        let (mem, t) = (&self.process.memory, &self.target);
+        let main = match mem.read_u64(t.runtime + t.layout.runtime.interpreters_main) {
+            Ok(m) if m != 0 => m,
+            _ => return false,
+        };
+        threads::thread_states(mem, t, main).is_ok_and(|s| !s.is_empty())
+    }
+
     pub fn snapshot(&mut self) -> Result<Vec<ThreadStack>> {
         let mut last = ReadError::Fault;
         for attempt in 0..ATTEMPTS {
@@ -129,7 +139,10 @@ pub fn read_stack(
     }
     raw.iter()
         .map(|f| {
-            let code = codes.get(mem, &t.layout, t.code_type, f.code)?;
+            let code = codes.get(mem, &t.layout, t.code_type, f.code).map_err(|e| match e {
+                ReadError::NotCode => ReadError::Fault, // it was a code object during the walk
+                e => e,
+            })?;
             let line = code.line(&t.layout, f.offset);
             Ok(Frame { code, line })
         })

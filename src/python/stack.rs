@@ -11,6 +11,8 @@ use crate::process::prefetch::Prefetch;
 /// limits keep real Python stacks far shallower).
 pub const MAX_DEPTH: usize = 50_000;
 
+const USER_SPACE_END: u64 = 0x8000_0000_0000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RawFrame {
     pub code: u64,
@@ -53,7 +55,9 @@ pub fn walk(
     let mut seen = 0usize;
     while frame != 0 {
         seen += 1;
-        if seen > MAX_DEPTH {
+        // Frames are aligned user-space addresses: anything else is a torn read, and
+        // following it would only read more garbage.
+        if seen > MAX_DEPTH || frame & 7 != 0 || frame >= USER_SPACE_END {
             return Err(ReadError::Fault);
         }
         let b = match local.get(frame, len) {
@@ -84,8 +88,10 @@ pub fn walk(
                                 out.push(RawFrame { code, frame, offset });
                             }
                         }
-                        // 3.13+ frames may execute something that is not a code object
-                        Err(ReadError::Fault) if l.model.debug_offsets => {}
+                        // 3.13+ frames may execute something that is not a code object;
+                        // an unreadable one means the stack changed under us.
+                        Err(ReadError::NotCode) if l.model.debug_offsets => {}
+                        Err(ReadError::NotCode) => return Err(ReadError::Fault),
                         Err(e) => return Err(e),
                     }
                 }
