@@ -39,11 +39,13 @@ struct RecordArgs {
     /// Samples per second, 1 to 1000000, or max (as fast as one core allows)
     #[arg(long, short, default_value = "1000", value_parser = record::parse_rate)]
     rate: Rate,
-    /// Output file; the extension picks the format (.json, .json.gz)
+    /// Output file; the extension picks the format: .json (VizTracer/Chrome JSON),
+    /// .pftrace or .perfetto-trace (Perfetto protobuf), .speedscope.json, .collapsed or .txt
+    /// (collapsed stacks), .svg (flame graph); add .gz to gzip
     /// [default: vizattach-PID-TIMESTAMP.json in the current directory]
     #[arg(long, short)]
     output: Option<PathBuf>,
-    /// Output format, overriding the extension: viztracer
+    /// Output format, overriding the extension: viztracer, perfetto, speedscope, collapsed, flamegraph
     #[arg(long, value_parser = parse_format)]
     format: Option<Format>,
     /// No progress line and no summary

@@ -23,6 +23,12 @@ pub struct ChromeJson {
     functions: BTreeMap<String, (String, i32)>,
     source_bytes: usize,
     written: u64,
+    /// Closes of one thread at one instant, innermost first as they arrive. They are written
+    /// outermost first: viewers (Perfetto's JSON importer among them) nest complete events
+    /// with the same start and duration in file order, so a parent must precede a child that
+    /// spans exactly the same interval.
+    pending: Vec<String>,
+    pending_at: (i32, u64),
 }
 
 impl ChromeJson {
@@ -41,6 +47,8 @@ impl ChromeJson {
             functions: BTreeMap::new(),
             source_bytes: 0,
             written: head.len() as u64,
+            pending: Vec::new(),
+            pending_at: (0, 0),
         })
     }
 
@@ -77,6 +85,13 @@ impl ChromeJson {
         Some((text, lines))
     }
 
+    fn flush_pending(&mut self) -> io::Result<()> {
+        while let Some(e) = self.pending.pop() {
+            self.event(&e)?;
+        }
+        Ok(())
+    }
+
     fn event(&mut self, s: &str) -> io::Result<()> {
         self.out.write_all(b",\n")?;
         self.out.write_all(s.as_bytes())?;
@@ -101,6 +116,7 @@ impl Sink for ChromeJson {
             self.pid,
             serde_json::to_string(name).unwrap_or_default()
         );
+        self.flush_pending()?;
         self.event(&e)
     }
 
@@ -112,10 +128,16 @@ impl Sink for ChromeJson {
             us(start_ns),
             us(end_ns - start_ns)
         );
-        self.event(&e)
+        if self.pending_at != (tid, end_ns) {
+            self.flush_pending()?;
+            self.pending_at = (tid, end_ns);
+        }
+        self.pending.push(e);
+        Ok(())
     }
 
     fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
+        self.flush_pending()?;
         let mut meta = serde_json::to_value(info).unwrap_or_default();
         if let Some(m) = meta.as_object_mut() {
             m.insert("version".into(), format!("vizattach {}", info.vizattach_version).into());

@@ -162,3 +162,20 @@ impl Sink for Tee {
 pub fn thread_label(name: &str, tid: i32) -> String {
     format!("{name} (tid {tid})")
 }
+
+/// Counts bytes on their way out, for writers that report how much they wrote.
+pub(crate) struct Counting<'a> {
+    pub inner: &'a mut (dyn io::Write + Send),
+    pub n: u64,
+}
+
+impl io::Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,92 @@
+//! Collapsed stacks, `thread;outer;...;inner count`: sample counts per distinct stack,
+//! the input of flamegraph.pl, inferno and speedscope. Counted in memory (one entry per
+//! distinct stack, not per sample) and written sorted at the end.
+
+use super::{CaptureInfo, Sink};
+use crate::sampler::StackFrame;
+use crate::timeline::CodeTable;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+
+/// Sample counts per (thread, stack of code ids); names are resolved once per code.
+#[derive(Default)]
+pub struct Counts {
+    stacks: HashMap<(i32, Vec<u32>), u64>,
+    frames: HashMap<u32, String>,
+    threads: HashMap<i32, String>,
+}
+
+impl Counts {
+    pub fn thread(&mut self, tid: i32, name: &str) {
+        self.threads.insert(tid, name.to_string());
+    }
+
+    pub fn sample(&mut self, tid: i32, stack: &[StackFrame], codes: &CodeTable) {
+        if stack.is_empty() {
+            return;
+        }
+        let ids: Vec<u32> = stack.iter().map(|f| f.code_id).collect();
+        for &id in &ids {
+            if let (false, Some(code)) = (self.frames.contains_key(&id), codes.get(id)) {
+                // ';' separates frames and a line ends a record: neither may appear in one
+                let name = super::chrome::slice_name(code).replace([';', '\n', '\r'], ":");
+                self.frames.insert(id, name);
+            }
+        }
+        *self.stacks.entry((tid, ids)).or_insert(0) += 1;
+    }
+
+    /// The `stack count` lines, sorted (the order flame graph tools expect).
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        for ((tid, ids), n) in &self.stacks {
+            let name = self.threads.get(tid).map(String::as_str).unwrap_or("thread");
+            let mut line = super::thread_label(name, *tid).replace([';', '\n', '\r'], ":");
+            for id in ids {
+                line.push(';');
+                line.push_str(self.frames.get(id).map(String::as_str).unwrap_or("?"));
+            }
+            *out.entry(line).or_insert(0) += n;
+        }
+        out.into_iter().map(|(stack, n)| format!("{stack} {n}")).collect()
+    }
+}
+
+pub struct Collapsed {
+    out: Box<dyn Write + Send>,
+    counts: Counts,
+}
+
+impl Collapsed {
+    pub fn new(out: Box<dyn Write + Send>) -> Collapsed {
+        Collapsed { out, counts: Counts::default() }
+    }
+}
+
+impl Sink for Collapsed {
+    fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
+        self.counts.thread(tid, name);
+        Ok(())
+    }
+
+    fn sample(&mut self, tid: i32, stack: &[StackFrame], codes: &CodeTable) -> io::Result<()> {
+        self.counts.sample(tid, stack, codes);
+        Ok(())
+    }
+
+    fn close(&mut self, _: i32, _: &crate::python::code::CodeInfo, _: u64, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The format has no room for metadata: flame graph tools reject any other line.
+    fn finish(&mut self, _info: &CaptureInfo) -> io::Result<u64> {
+        let mut written = 0;
+        for line in self.counts.lines() {
+            self.out.write_all(line.as_bytes())?;
+            self.out.write_all(b"\n")?;
+            written += line.len() as u64 + 1;
+        }
+        self.out.flush()?;
+        Ok(written)
+    }
+}
