@@ -186,10 +186,7 @@ pub fn record(opts: Options) -> Result<i32> {
             human_bytes(size),
             path.display()
         );
-        eprintln!(
-            "vizattach: open it with `vizviewer {}` (pip install viztracer), in https://ui.perfetto.dev, or in chrome://tracing",
-            path.display()
-        );
+        eprintln!("vizattach: open it with {}", output::how_to_open(format, &path));
     }
     if let StopReason::Failed(e) = reason {
         return Err(Error::Io(e));

@@ -396,13 +396,27 @@ impl Sampler {
         }
         let codes = &mut self.codes;
         let mut raw = std::mem::take(&mut self.raw);
-        let walked = stack::walk(&mem, t, top, &mut raw, &self.pf, |code| {
+        let mut code_start = |code| {
             let info = match codes.cached(code) {
                 Some(i) => i.clone(),
                 None => codes.get(&mem, &t.layout, t.code_type, code)?,
             };
             Ok((info.bytecode_start, info.first_traceable))
-        });
+        };
+        let mut walked = stack::walk(&mem, t, top, &mut raw, &self.pf, &mut code_start);
+        // A stack whose root changed is either a thread that really finished its outer
+        // call, or a read that tore and stopped early (a frame being freed or pushed while
+        // we copied): read that thread again, directly, before believing it.
+        let root = |r: &[RawFrame]| r.last().map(|f| (f.code, f.frame));
+        if walked.is_ok() && !cache.prev.is_empty() && root(&raw) != cache.prev.first().map(|f| (f.code, f.frame)) {
+            walked = stack::top_frame(&mem, t, tstate).and_then(|top| {
+                stack::walk(&mem, t, top, &mut raw, &Prefetch::default(), &mut code_start)?;
+                if stack::top_frame(&mem, t, tstate)? != top {
+                    return Err(ReadError::Fault);
+                }
+                Ok(())
+            });
+        }
         let start = batch.frames.len();
         let result = walked.and_then(|()| {
             let prev = &cache.prev;

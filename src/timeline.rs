@@ -58,6 +58,7 @@ impl Timeline {
         match msg {
             Message::Codes(codes) => {
                 for c in codes {
+                    sink.code(c)?;
                     self.codes.insert(c.clone());
                 }
             }

@@ -60,13 +60,17 @@ impl ChromeJson {
         if self.names[i].is_none() {
             let name = slice_name(code);
             self.functions.insert(name.clone(), (code.filename.clone(), code.first_line));
-            if !self.files.contains_key(&code.filename) {
-                let src = self.read_source(&code.filename);
-                self.files.insert(code.filename.clone(), src);
-            }
+            self.note_file(&code.filename);
             self.names[i] = Some(serde_json::to_string(&name).unwrap_or_default());
         }
         self.names[i].as_deref().unwrap_or("\"?\"")
+    }
+
+    fn note_file(&mut self, file: &str) {
+        if !self.files.contains_key(file) {
+            let src = self.read_source(file);
+            self.files.insert(file.to_string(), src);
+        }
     }
 
     /// Read now, while the target lives: at the end of capture its root may be gone.
@@ -110,6 +114,11 @@ fn us(ns: u64) -> String {
 }
 
 impl Sink for ChromeJson {
+    fn code(&mut self, code: &CodeInfo) -> io::Result<()> {
+        self.note_file(&code.filename);
+        Ok(())
+    }
+
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
         let e = format!(
             "{{\"ph\":\"M\",\"pid\":{},\"tid\":{tid},\"name\":\"thread_name\",\"args\":{{\"name\":{}}}}}",

@@ -35,6 +35,11 @@ pub struct CaptureInfo {
 /// closes (closes innermost first), and the raw samples for formats that count them.
 pub trait Sink {
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()>;
+    /// A code object met for the first time, before any slice uses it: the moment to
+    /// read anything about it from the target, which may be gone by the end.
+    fn code(&mut self, _code: &CodeInfo) -> io::Result<()> {
+        Ok(())
+    }
     /// One thread's stack in one sample, root first.
     fn sample(&mut self, _tid: i32, _stack: &[StackFrame], _codes: &CodeTable) -> io::Result<()> {
         Ok(())
@@ -137,6 +142,9 @@ impl Sink for Tee {
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.thread(tid, name))
     }
+    fn code(&mut self, code: &CodeInfo) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.code(code))
+    }
     fn sample(&mut self, tid: i32, stack: &[StackFrame], codes: &CodeTable) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.sample(tid, stack, codes))
     }
@@ -155,6 +163,22 @@ impl Sink for Tee {
             }
         }
         Ok(first)
+    }
+}
+
+/// How to open a file of this format, for the summary.
+pub fn how_to_open(format: Format, path: &std::path::Path) -> String {
+    let p = path.display();
+    match format {
+        Format::Viztracer => {
+            format!("`vizviewer {p}` (pip install viztracer), https://ui.perfetto.dev, or chrome://tracing")
+        }
+        Format::Perfetto => format!("https://ui.perfetto.dev (Open trace file: {p}), or `vizviewer {p}`"),
+        Format::Speedscope => format!("https://www.speedscope.app (drop {p} there), or `npx speedscope {p}`"),
+        Format::Collapsed => {
+            format!("`inferno-flamegraph < {p} > out.svg`, `flamegraph.pl {p}`, or https://www.speedscope.app")
+        }
+        Format::Flamegraph => format!("any web browser ({p})"),
     }
 }
 
