@@ -82,6 +82,8 @@ struct ThreadCache {
     named: bool,
     /// last stack, root first
     prev: Vec<StackFrame>,
+    /// every frame the last walk read (C-stack entry frames too)
+    visited: Vec<u64>,
     cframe: u64,
     chunk: u64,
     chunk_len: usize,
@@ -92,6 +94,9 @@ const SPIN_BELOW_NS: u64 = 60_000;
 /// Bytes of a data-stack chunk to read beyond the deepest frame seen last tick.
 const CHUNK_SLACK: usize = 2048;
 const CHUNK_FIRST_READ: usize = 4096;
+/// Frames this close together are read as one piece (cheaper than two iovecs).
+const MERGE_GAP: u64 = 512;
+const MAX_SPAN: u64 = 64 << 10;
 
 pub struct Sampler {
     pub pid: i32,
@@ -103,6 +108,10 @@ pub struct Sampler {
     interps: Vec<(u64, Vec<u64>)>,
     threads: HashMap<u64, ThreadCache>,
     pf: Prefetch,
+    /// scratch for prefetch(): frame addresses to read
+    spans: Vec<u64>,
+    /// scratch for the walk: frames it read
+    visited: Vec<u64>,
     /// cached code objects met in new frames this tick: (index in batch.frames, address),
     /// checked together in one read at the end of the tick
     unchecked: Vec<(usize, u64)>,
@@ -146,6 +155,8 @@ impl Sampler {
             interps: Vec::new(),
             threads: HashMap::new(),
             pf: Prefetch::default(),
+            spans: Vec::new(),
+            visited: Vec::new(),
             unchecked: Vec::new(),
             pf_codes: Prefetch::default(),
             raw: Vec::with_capacity(256),
@@ -296,11 +307,22 @@ impl Sampler {
                 if c.chunk != 0 {
                     self.pf.want(c.chunk, c.chunk_len);
                 }
-                for f in &c.prev {
-                    let in_chunk = f.frame >= c.chunk && f.frame + frame_len as u64 <= c.chunk + c.chunk_len as u64;
-                    if !in_chunk {
-                        self.pf.want(f.frame, frame_len);
+                // Frames outside the chunk window (older chunks, generators, C-stack entry
+                // frames), merged where they are close: one piece per region, not per frame.
+                self.spans.clear();
+                let window = c.chunk..c.chunk + c.chunk_len as u64;
+                self.spans.extend(c.visited.iter().filter(|&&f| !(window.contains(&f) && window.contains(&(f + frame_len as u64)))));
+                self.spans.sort_unstable();
+                let mut i = 0;
+                while i < self.spans.len() {
+                    let start = self.spans[i];
+                    let mut end = start + frame_len as u64;
+                    i += 1;
+                    while i < self.spans.len() && self.spans[i] <= end + MERGE_GAP && self.spans[i] + (frame_len as u64) - start <= MAX_SPAN {
+                        end = end.max(self.spans[i] + frame_len as u64);
+                        i += 1;
                     }
+                    self.pf.want(start, (end - start) as usize);
                 }
             }
         }
@@ -403,14 +425,15 @@ impl Sampler {
             };
             Ok((info.bytecode_start, info.first_traceable))
         };
-        let mut walked = stack::walk(&mem, t, top, &mut raw, &self.pf, &mut code_start);
+        let visited = &mut self.visited;
+        let mut walked = stack::walk(&mem, t, top, &mut raw, visited, &self.pf, &mut code_start);
         // A stack whose root changed is either a thread that really finished its outer
         // call, or a read that tore and stopped early (a frame being freed or pushed while
         // we copied): read that thread again, directly, before believing it.
         let root = |r: &[RawFrame]| r.last().map(|f| (f.code, f.frame));
         if walked.is_ok() && !cache.prev.is_empty() && root(&raw) != cache.prev.first().map(|f| (f.code, f.frame)) {
             walked = stack::top_frame(&mem, t, tstate).and_then(|top| {
-                stack::walk(&mem, t, top, &mut raw, &Prefetch::default(), &mut code_start)?;
+                stack::walk(&mem, t, top, &mut raw, visited, &Prefetch::default(), &mut code_start)?;
                 if stack::top_frame(&mem, t, tstate)? != top {
                     return Err(ReadError::Fault);
                 }
@@ -458,6 +481,8 @@ impl Sampler {
         match result {
             Ok(()) => {
                 let end = batch.frames.len();
+                cache.visited.clear();
+                cache.visited.extend_from_slice(&self.visited);
                 // Read next time as much of the chunk as this stack used, and a little more.
                 if chunk != 0 && l.model.frames == FrameModel::InterpreterFrame {
                     let chunk_size = self.pf.get(chunk + l.chunk.size, 8).map(|b| b.u64_at(0) as usize).unwrap_or(0);

@@ -129,7 +129,7 @@ pub fn read_stack(
 ) -> ReadResult<Vec<Frame>> {
     let top = stack::top_frame(mem, t, tstate)?;
     let mut raw: Vec<RawFrame> = Vec::new();
-    stack::walk(mem, t, top, &mut raw, &Prefetch::default(), |code| {
+    stack::walk(mem, t, top, &mut raw, &mut Vec::new(), &Prefetch::default(), |code| {
         let info = codes.get(mem, &t.layout, t.code_type, code)?;
         Ok((info.bytecode_start, info.first_traceable))
     })?;

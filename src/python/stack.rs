@@ -38,16 +38,19 @@ pub fn top_frame(mem: &Memory, t: &Target, tstate: u64) -> ReadResult<u64> {
 }
 
 /// Reads the stack starting at `frame`, taking frames from `local` where it holds them
-/// and reading the rest. Errors mean the memory changed under us.
+/// and reading the rest. `visited` gets every frame read, Python or not (entry frames
+/// on the C stack included), so a sampler can ask for all of them at once next time. Errors mean the memory changed under us.
 pub fn walk(
     mem: &Memory,
     t: &Target,
     mut frame: u64,
     out: &mut Vec<RawFrame>,
+    visited: &mut Vec<u64>,
     local: &Prefetch,
     mut code_start: impl FnMut(u64) -> ReadResult<(u64, i64)>,
 ) -> ReadResult<()> {
     out.clear();
+    visited.clear();
     let l = &t.layout;
     let f = &l.frame;
     let mut buf = [0u8; 128];
@@ -60,6 +63,7 @@ pub fn walk(
         if seen > MAX_DEPTH || frame & 7 != 0 || frame >= USER_SPACE_END {
             return Err(ReadError::Fault);
         }
+        visited.push(frame);
         let b = match local.get(frame, len) {
             Some(b) => b,
             None => {
