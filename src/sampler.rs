@@ -92,7 +92,7 @@ struct ThreadCache {
 /// Below this interval sleeping costs more than it saves: spin to the deadline.
 const SPIN_BELOW_NS: u64 = 60_000;
 /// Bytes of a data-stack chunk to read beyond the deepest frame seen last tick.
-const CHUNK_SLACK: usize = 2048;
+const CHUNK_SLACK: usize = 1024;
 const CHUNK_FIRST_READ: usize = 4096;
 /// Frames this close together are read as one piece (cheaper than two iovecs).
 const MERGE_GAP: u64 = 512;
@@ -186,7 +186,6 @@ impl Sampler {
         let start = now_ns();
         stats.started_ns.store(start, Ordering::Relaxed);
         let mut deadline = start;
-        let mut wake_late_ns: u64 = 0;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return StopReason::Requested;
@@ -230,16 +229,10 @@ impl Sampler {
             if interval_ns < SPIN_BELOW_NS {
                 spin_until(deadline);
             } else {
-                // Sleep to just before the deadline and spin the rest: the margin follows
-                // how late wake-ups have been, capped so that spinning stays a small
-                // part of each interval (the CPU cost of a low rate stays near zero).
-                let margin = (wake_late_ns * 3 / 2).min(interval_ns / 16);
-                if deadline > now_ns() + margin {
-                    sleep_until_ns(deadline - margin);
-                    let late = now_ns().saturating_sub(deadline - margin);
-                    wake_late_ns = (wake_late_ns * 7 + late) / 8;
-                }
-                spin_until(deadline);
+                // An absolute deadline: late wake-ups do not accumulate, and an idle
+                // sampler costs nothing. (Each sample is stamped when it is read, so a
+                // late wake-up moves a sample, it does not mislabel it.)
+                sleep_until_ns(deadline);
             }
         }
     }
