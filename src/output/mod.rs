@@ -173,7 +173,7 @@ pub fn how_to_open(format: Format, path: &std::path::Path) -> String {
         Format::Viztracer => {
             format!("`vizviewer {p}` (pip install viztracer), https://ui.perfetto.dev, or chrome://tracing")
         }
-        Format::Perfetto => format!("https://ui.perfetto.dev (Open trace file: {p}), or `vizviewer {p}`"),
+        Format::Perfetto => format!("https://ui.perfetto.dev (Open trace file: {p})"),
         Format::Speedscope => format!("https://www.speedscope.app (drop {p} there), or `npx speedscope {p}`"),
         Format::Collapsed => {
             format!("`inferno-flamegraph < {p} > out.svg`, `flamegraph.pl {p}`, or https://www.speedscope.app")
