@@ -38,19 +38,7 @@ impl Sink for FlameGraph {
         let lines = self.counts.lines();
         let mut opt = inferno::flamegraph::Options::default();
         opt.title = format!("vizattach: {}", self.process_name);
-        opt.subtitle = Some(format!(
-            "pid {}, Python {}, vizattach {}: {} samples in {:.2} s at {} asked ({:.0}/s achieved), {} missed ticks, {} dropped, {} read errors",
-            info.pid,
-            info.python_version,
-            info.vizattach_version,
-            info.samples,
-            info.duration_s,
-            info.rate_requested,
-            info.rate_achieved,
-            info.missed_ticks,
-            info.dropped_samples,
-            info.read_errors
-        ));
+        opt.subtitle = Some(info.summary());
         opt.count_name = "samples".into();
         let mut counting = super::Counting { inner: self.out.as_mut(), n: 0 };
         if lines.is_empty() {

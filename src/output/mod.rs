@@ -33,6 +33,25 @@ pub struct CaptureInfo {
 
 /// What every writer is fed, in time order per thread: thread names, slice opens and
 /// closes (closes innermost first), and the raw samples for formats that count them.
+impl CaptureInfo {
+    /// One line for formats that carry metadata only as text.
+    pub fn summary(&self) -> String {
+        format!(
+            "pid {}, Python {}; vizattach {}: {} samples in {:.2} s, {} asked, {:.0}/s achieved, {} missed ticks, {} dropped, {} read errors",
+            self.pid,
+            self.python_version,
+            self.vizattach_version,
+            self.samples,
+            self.duration_s,
+            self.rate_requested,
+            self.rate_achieved,
+            self.missed_ticks,
+            self.dropped_samples,
+            self.read_errors
+        )
+    }
+}
+
 pub trait Sink {
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()>;
     /// A code object met for the first time, before any slice uses it: the moment to

@@ -98,20 +98,7 @@ impl Sink for Speedscope {
 
     fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
         let base = self.profiles.iter().filter_map(|p| p.events.first()).map(|e| e.0).min().unwrap_or(0);
-        let name = format!(
-            "{} (pid {}, Python {}; vizattach {}: {} samples in {:.2} s, {} asked, {:.0}/s achieved, {} missed ticks, {} dropped, {} read errors)",
-            self.process_name,
-            info.pid,
-            info.python_version,
-            info.vizattach_version,
-            info.samples,
-            info.duration_s,
-            info.rate_requested,
-            info.rate_achieved,
-            info.missed_ticks,
-            info.dropped_samples,
-            info.read_errors
-        );
+        let name = format!("{} ({})", self.process_name, info.summary());
         let head = format!(
             "{{\"$schema\":\"{SCHEMA}\",\"name\":{},\"exporter\":{},\"activeProfileIndex\":0,\"shared\":{{\"frames\":{}}},\"profiles\":[",
             serde_json::to_string(&name).unwrap_or_default(),
