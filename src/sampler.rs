@@ -357,7 +357,7 @@ impl Sampler {
                 self.threads.get(&s.addr).is_none_or(|c| c.ids != (s.thread_id, s.native_id.unwrap_or(0)) || c.tid.is_none())
             });
             if unknown {
-                let tids = self.ids.resolve(&self.mem, &states);
+                let tids = self.ids.resolve(&self.mem, &states, false);
                 for (s, tid) in states.iter().zip(tids) {
                     let c = self.threads.entry(s.addr).or_default();
                     let ids = (s.thread_id, s.native_id.unwrap_or(0));

@@ -96,7 +96,7 @@ impl Reader {
             // threading._active changes as threads come and go: a torn read of it makes
             // the whole snapshot try again rather than show threads unnamed.
             let names = thread_names::read(&mem, t, interp)?;
-            let tids = self.ids.resolve(&mem, &states);
+            let tids = self.ids.resolve(&mem, &states, true);
             let tids_reliable = self.ids.can_resolve(&states);
             if tids_reliable && !states.is_empty() && tids.iter().all(|t| t.is_none()) {
                 return Err(ReadError::Fault); // every thread gone at once: a torn read, not the truth

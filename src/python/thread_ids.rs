@@ -10,13 +10,17 @@ const SCAN: usize = 2048;
 
 pub struct ThreadIds {
     pid: i32,
+    /// the target's pid namespace is ours: the tids it records need no translation
+    same_pid_namespace: bool,
     pub tasks: Tasks,
     pthread_tid_offset: Option<u64>,
 }
 
 impl ThreadIds {
     pub fn new(pid: i32) -> ThreadIds {
-        ThreadIds { pid, tasks: Tasks::read(pid), pthread_tid_offset: None }
+        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+        let same_pid_namespace = ns("self").is_some() && ns("self") == ns(&pid.to_string());
+        ThreadIds { pid, same_pid_namespace, tasks: Tasks::read(pid), pthread_tid_offset: None }
     }
 
     pub fn refresh(&mut self, pid: i32) {
@@ -25,7 +29,9 @@ impl ThreadIds {
 
     /// Our tid for each thread state (None where it cannot be known: a thread that has
     /// not started or has already finished has no OS thread of its own).
-    pub fn resolve(&mut self, mem: &Memory, states: &[ThreadState]) -> Vec<Option<i32>> {
+    /// `verify_live` checks every tid against /proc (a dump must not show a thread that
+    /// has ended); a sampler can skip that where tids need no translation.
+    pub fn resolve(&mut self, mem: &Memory, states: &[ThreadState], verify_live: bool) -> Vec<Option<i32>> {
         if states.iter().any(|s| s.native_id.is_none()) && self.pthread_tid_offset.is_none() {
             self.pthread_tid_offset = self.find_offset(mem, states);
         }
@@ -39,6 +45,13 @@ impl ThreadIds {
                 }
             })
             .collect();
+        if !verify_live && self.same_pid_namespace {
+            // The sampler's fast path: the target's tids are ours, and a thread state whose
+            // thread just ended shows for a tick at most; no /proc scan per new thread.
+            let mut tids: Vec<Option<i32>> = inner.into_iter().map(|t| t.filter(|&t| t > 0)).collect();
+            drop_duplicates(&mut tids);
+            return tids;
+        }
         let mut known = self.known_target_tids();
         // The main thread's tid is the pid: a task list without it is a failed read.
         if inner.iter().flatten().any(|t| !known.contains(t)) || self.tasks.tids.binary_search(&self.pid).is_err() {
@@ -48,17 +61,7 @@ impl ThreadIds {
         }
         let mut tids: Vec<Option<i32>> =
             inner.into_iter().map(|t| t.filter(|t| known.contains(t)).map(|t| self.tasks.to_ours(t))).collect();
-        // A new thread's state carries its creator's ids until the new thread has stored
-        // its own, one field at a time: of two states showing one tid, the later in the
-        // list (new states are linked at the head) is the one that owns it.
-        let mut seen = std::collections::HashSet::new();
-        for t in tids.iter_mut().rev() {
-            if let Some(tid) = *t {
-                if !seen.insert(tid) {
-                    *t = None;
-                }
-            }
-        }
+        drop_duplicates(&mut tids);
         tids
     }
 
@@ -89,5 +92,19 @@ impl ThreadIds {
         }
         // Most of the states must agree, or this is chance.
         best.filter(|&(n, _)| n * 2 > structs.len()).map(|b| b.1)
+    }
+}
+
+/// A new thread's state carries its creator's ids until the new thread has stored its own,
+/// one field at a time: of two states showing one tid, the later in the list (new states
+/// are linked at the head) is the one that owns it.
+fn drop_duplicates(tids: &mut [Option<i32>]) {
+    let mut seen = std::collections::HashSet::new();
+    for t in tids.iter_mut().rev() {
+        if let Some(tid) = *t {
+            if !seen.insert(tid) {
+                *t = None;
+            }
+        }
     }
 }
