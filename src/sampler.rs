@@ -108,6 +108,9 @@ pub struct Sampler {
     interps: Vec<(u64, Vec<u64>)>,
     threads: HashMap<u64, ThreadCache>,
     pf: Prefetch,
+    /// how much of each thread state a tick reads: up to the last field it uses (a
+    /// thread state is up to 900 bytes; the fields we need sit in its first ~260)
+    tstate_len: usize,
     /// scratch for prefetch(): frame addresses to read
     spans: Vec<u64>,
     /// scratch for the walk: frames it read
@@ -146,7 +149,15 @@ pub enum StopReason {
 
 impl Sampler {
     pub fn new(pid: i32, mem: Memory, target: Target, codes: CodeCache, ids: ThreadIds) -> Sampler {
+        let ts = &target.layout.tstate;
+        let tstate_len = [Some(ts.next), Some(ts.interp), Some(ts.frame), Some(ts.thread_id), ts.native_thread_id, ts.datastack_chunk]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0) as usize
+            + 8;
         Sampler {
+            tstate_len,
             pid,
             mem,
             target,
@@ -292,7 +303,7 @@ impl Sampler {
         for (interp, states) in &self.interps {
             self.pf.want(interp + l.interp.threads_head, 8);
             for tstate in states {
-                self.pf.want(*tstate, l.tstate.size as usize);
+                self.pf.want(*tstate, self.tstate_len);
                 let Some(c) = self.threads.get(tstate) else { continue };
                 if c.cframe != 0 {
                     self.pf.want(c.cframe, l.tstate.cframe_current_frame.unwrap_or(0) as usize + 8);
@@ -338,7 +349,7 @@ impl Sampler {
                 if next != s {
                     return false;
                 }
-                next = match self.pf.get(s, l.tstate.size as usize) {
+                next = match self.pf.get(s, self.tstate_len) {
                     Some(b) if b.u64_at(l.tstate.interp) == *interp => b.u64_at(l.tstate.next),
                     _ => return false,
                 };
@@ -380,7 +391,7 @@ impl Sampler {
         let t = &self.target;
         let l = &t.layout;
         let mem = self.mem;
-        let Some(ts) = self.pf.get(tstate, l.tstate.size as usize) else { return Ok(false) };
+        let Some(ts) = self.pf.get(tstate, self.tstate_len) else { return Ok(false) };
         let ids = (ts.u64_at(l.tstate.thread_id), l.tstate.native_thread_id.map(|o| ts.i32_at(o)).unwrap_or(0));
         let mut top = ts.u64_at(l.tstate.frame);
         let chunk = l.tstate.datastack_chunk.map(|o| ts.u64_at(o)).unwrap_or(0);
