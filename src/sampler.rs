@@ -119,6 +119,10 @@ pub struct Sampler {
     /// checked together in one read at the end of the tick
     unchecked: Vec<(usize, u64)>,
     pf_codes: Prefetch,
+    /// threads whose stack changed this tick: (index in batch.threads, where the top
+    /// frame pointer lives, the value the walk started from)
+    recheck: Vec<(usize, u64, u64)>,
+    pf_tops: Prefetch,
     raw: Vec<RawFrame>,
     last_name_scan_ns: u64,
     /// set when a thread's ids changed: the lists are read afresh next tick
@@ -170,6 +174,8 @@ impl Sampler {
             visited: Vec::new(),
             unchecked: Vec::new(),
             pf_codes: Prefetch::default(),
+            recheck: Vec::new(),
+            pf_tops: Prefetch::default(),
             raw: Vec::with_capacity(256),
             last_name_scan_ns: 0,
             stale_list: true,
@@ -269,6 +275,7 @@ impl Sampler {
                 new_threads |= self.sample_thread(tstate, time_ns, &mut batch, stats)?;
             }
         }
+        self.recheck_tops(&mut batch, stats)?;
         self.check_codes(&mut batch)?;
         // What this tick saw is what the next one compares with.
         for t in &batch.threads {
@@ -394,6 +401,7 @@ impl Sampler {
         let Some(ts) = self.pf.get(tstate, self.tstate_len) else { return Ok(false) };
         let ids = (ts.u64_at(l.tstate.thread_id), l.tstate.native_thread_id.map(|o| ts.i32_at(o)).unwrap_or(0));
         let mut top = ts.u64_at(l.tstate.frame);
+        let mut top_at = tstate + l.tstate.frame;
         let chunk = l.tstate.datastack_chunk.map(|o| ts.u64_at(o)).unwrap_or(0);
         let cache = self.threads.entry(tstate).or_default();
         if cache.ids != ids {
@@ -406,6 +414,7 @@ impl Sampler {
         let is_new = cache.prev.is_empty() && !cache.named;
         if let (true, Some(off)) = (l.model.frame_via_cframe, l.tstate.cframe_current_frame) {
             let cframe = top;
+            top_at = cframe + off;
             top = if cframe == 0 {
                 0
             } else {
@@ -479,12 +488,18 @@ impl Sampler {
                 };
                 batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset });
             }
-            Ok(())
+            Ok(same_so_far && raw.len() == prev.len())
         });
         self.raw = raw;
         match result {
-            Ok(()) => {
+            Ok(unchanged) => {
                 let end = batch.frames.len();
+                if !unchanged && top != 0 {
+                    // A changed stack may be a tear: the thread state said one frame was on
+                    // top, and by the time the frames were copied a call had returned. Check
+                    // the top pointer once more, with the other changed threads, at the end.
+                    self.recheck.push((batch.threads.len(), top_at, top));
+                }
                 cache.visited.clear();
                 cache.visited.extend_from_slice(&self.visited);
                 // Read next time as much of the chunk as this stack used, and a little more.
@@ -508,6 +523,29 @@ impl Sampler {
             Err(e) => return Err(e),
         }
         Ok(is_new)
+    }
+
+    /// One read of the top frame pointer of every thread whose stack changed: if it moved
+    /// while the stack was being copied, that sample is torn and the last view is kept.
+    fn recheck_tops(&mut self, batch: &mut SampleBatch, stats: &Stats) -> ReadResult<()> {
+        if self.recheck.is_empty() {
+            return Ok(());
+        }
+        self.pf_tops.clear();
+        for &(_, at, _) in &self.recheck {
+            self.pf_tops.want(at, 8);
+        }
+        self.pf_tops.read(&self.mem)?;
+        for &(i, at, top) in &self.recheck {
+            if self.pf_tops.get(at, 8).map(|b| b.u64_at(0)) != Some(top) {
+                if let Some(t) = batch.threads.get_mut(i) {
+                    t.frames = None;
+                    stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.recheck.clear();
+        Ok(())
     }
 
     /// One read for every cached code object that new frames used this tick; any that
