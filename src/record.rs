@@ -137,12 +137,10 @@ pub fn record(opts: Options) -> Result<i32> {
     let end_ns = opts.duration.map(|d| now_ns() + d.as_nanos() as u64);
     let reason = sampler.run(&tx, interval_ns, end_ns, &stop, &stats);
     drop(tx);
-    let done = Arc::new(AtomicBool::new(true));
     if let Some(p) = progress {
         stop.store(true, Ordering::Relaxed);
         let _ = p.join();
     }
-    let _ = done;
     let (mut timeline, mut sink, error) = consumer.join().map_err(|_| Error::Io("the timeline thread failed".into()))?;
     let stopped_ns = stats.last_sample_ns.load(Ordering::Relaxed);
     let started_ns = stats.started_ns.load(Ordering::Relaxed);

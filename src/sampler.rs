@@ -130,15 +130,6 @@ pub struct Sampler {
     recycled: Option<Receiver<SampleBatch>>,
 }
 
-/// Anything but a vanished process, read where a code object was a moment ago, is the
-/// stack changing under us.
-fn torn(e: ReadError) -> ReadError {
-    match e {
-        ReadError::NotCode => ReadError::Fault,
-        e => e,
-    }
-}
-
 fn spin_until(deadline: u64) {
     while now_ns() < deadline {
         std::hint::spin_loop();
@@ -445,13 +436,7 @@ impl Sampler {
         // we copied): read that thread again, directly, before believing it.
         let root = |r: &[RawFrame]| r.last().map(|f| (f.code, f.frame));
         if walked.is_ok() && !cache.prev.is_empty() && root(&raw) != cache.prev.first().map(|f| (f.code, f.frame)) {
-            walked = stack::top_frame(&mem, t, tstate).and_then(|top| {
-                stack::walk(&mem, t, top, &mut raw, visited, &Prefetch::default(), &mut code_start)?;
-                if stack::top_frame(&mem, t, tstate)? != top {
-                    return Err(ReadError::Fault);
-                }
-                Ok(())
-            });
+            walked = stack::walk_consistent(&mem, t, tstate, &mut raw, visited, &mut code_start);
         }
         let start = batch.frames.len();
         let result = walked.and_then(|()| {
@@ -482,7 +467,7 @@ impl Sampler {
                                 c.id
                             }
                             // it was a code object during the walk: anything else now is a tear
-                            None => codes.get(&mem, &t.layout, t.code_type, f.code).map_err(torn)?.id,
+                            None => codes.get(&mem, &t.layout, t.code_type, f.code).map_err(stack::torn)?.id,
                         }
                     }
                 };

@@ -9,7 +9,6 @@ use super::thread_ids::ThreadIds;
 use super::{thread_names, threads};
 use crate::error::{Error, Result};
 use crate::process::memory::{ReadError, ReadResult};
-use crate::process::prefetch::Prefetch;
 use crate::process::tasks::Tasks;
 use crate::process::Process;
 use std::sync::Arc;
@@ -127,22 +126,15 @@ pub fn read_stack(
     codes: &mut CodeCache,
     tstate: u64,
 ) -> ReadResult<Vec<Frame>> {
-    let top = stack::top_frame(mem, t, tstate)?;
     let mut raw: Vec<RawFrame> = Vec::new();
-    stack::walk(mem, t, top, &mut raw, &mut Vec::new(), &Prefetch::default(), |code| {
+    stack::walk_consistent(mem, t, tstate, &mut raw, &mut Vec::new(), |code| {
         let info = codes.get(mem, &t.layout, t.code_type, code)?;
         Ok((info.bytecode_start, info.first_traceable))
     })?;
-    // The walk is only good if the thread is still where it was when we started.
-    if stack::top_frame(mem, t, tstate)? != top {
-        return Err(ReadError::Fault);
-    }
     raw.iter()
         .map(|f| {
-            let code = codes.get(mem, &t.layout, t.code_type, f.code).map_err(|e| match e {
-                ReadError::NotCode => ReadError::Fault, // it was a code object during the walk
-                e => e,
-            })?;
+            // it was a code object during the walk
+            let code = codes.get(mem, &t.layout, t.code_type, f.code).map_err(stack::torn)?;
             let line = code.line(&t.layout, f.offset);
             Ok(Frame { code, line })
         })

@@ -105,3 +105,30 @@ pub fn walk(
     }
     Ok(())
 }
+
+/// The thread's stack read directly, frame by frame, believed only if the thread state
+/// still points at the same innermost frame afterwards (Fault if it moved).
+pub fn walk_consistent(
+    mem: &Memory,
+    t: &Target,
+    tstate: u64,
+    out: &mut Vec<RawFrame>,
+    visited: &mut Vec<u64>,
+    code_start: impl FnMut(u64) -> ReadResult<(u64, i64)>,
+) -> ReadResult<()> {
+    let top = top_frame(mem, t, tstate)?;
+    walk(mem, t, top, out, visited, &Prefetch::default(), code_start)?;
+    if top_frame(mem, t, tstate)? != top {
+        return Err(ReadError::Fault);
+    }
+    Ok(())
+}
+
+/// Read where a code object was a moment ago, anything but a vanished process means the
+/// stack changed under us.
+pub fn torn(e: ReadError) -> ReadError {
+    match e {
+        ReadError::NotCode => ReadError::Fault,
+        e => e,
+    }
+}
