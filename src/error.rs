@@ -5,9 +5,19 @@ use std::fmt;
 #[derive(Debug)]
 pub enum Error {
     NoSuchProcess(i32),
-    PermissionDenied { pid: i32, what: String },
-    NotPython { pid: i32, comm: String, exe: String },
-    UnsupportedVersion { version: String, why: String },
+    PermissionDenied {
+        pid: i32,
+        what: String,
+    },
+    NotPython {
+        pid: i32,
+        comm: String,
+        exe: String,
+    },
+    UnsupportedVersion {
+        version: String,
+        why: String,
+    },
     /// The target exited (or exec'd) while we were reading it.
     TargetExited(i32),
     /// Memory we read did not make sense even after retries.
@@ -18,7 +28,8 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-pub const PERMISSION_HINT: &str = "run as root or with CAP_SYS_PTRACE (in Docker: --cap-add SYS_PTRACE; \
+pub const PERMISSION_HINT: &str =
+    "run as root or with CAP_SYS_PTRACE (in Docker: --cap-add SYS_PTRACE; \
 in Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]), or as the target's user with \
 kernel.yama.ptrace_scope set to 0 (sysctl kernel.yama.ptrace_scope=0)";
 

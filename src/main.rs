@@ -58,7 +58,12 @@ struct RecordArgs {
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
-    Format::from_name(s).ok_or_else(|| format!("unknown format '{s}'; formats: {}", vizattach::output::FORMATS))
+    Format::from_name(s).ok_or_else(|| {
+        format!(
+            "unknown format '{s}'; formats: {}",
+            vizattach::output::FORMATS
+        )
+    })
 }
 
 #[derive(Subcommand)]
@@ -126,8 +131,17 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 quiet: a.quiet,
             })
         }
-        Command::Dump { pid, json, verbose, scan } => {
-            let how = if scan { Discovery::Scan } else { Discovery::Symbols };
+        Command::Dump {
+            pid,
+            json,
+            verbose,
+            scan,
+        } => {
+            let how = if scan {
+                Discovery::Scan
+            } else {
+                Discovery::Symbols
+            };
             let mut reader = Reader::attach_with(pid, how)?;
             if verbose {
                 let t = &reader.target;
@@ -138,7 +152,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
                     t.libpython.as_deref().unwrap_or(&t.executable)
                 );
                 for n in &t.notes {
-                    eprintln!("vizattach: _Py_DebugOffsets differs from our {} table: {n}", t.layout.about.minor);
+                    eprintln!(
+                        "vizattach: _Py_DebugOffsets differs from our {} table: {n}",
+                        t.layout.about.minor
+                    );
                 }
             }
             let threads = reader.snapshot()?;
@@ -150,7 +167,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Versions => {
-            println!("{:<6} {:<8} {:<7} layout source", "minor", "headers", "tested");
+            println!(
+                "{:<6} {:<8} {:<7} layout source",
+                "minor", "headers", "tested"
+            );
             for l in layout::all() {
                 println!(
                     "{:<6} {:<8} {:<7} {}{}",
@@ -158,7 +178,11 @@ fn run(cli: Cli) -> Result<i32, Error> {
                     l.about.headers,
                     if l.about.tested { "yes" } else { "NO" },
                     l.about.source,
-                    if l.model.debug_offsets { "; the target's own _Py_DebugOffsets take precedence" } else { "" }
+                    if l.model.debug_offsets {
+                        "; the target's own _Py_DebugOffsets take precedence"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(0)

@@ -49,8 +49,13 @@ pub struct Options {
 /// Records; returns the exit status to leave with (the program's, in launch mode).
 pub fn record(opts: Options) -> Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| Error::Io(format!("cannot install signal handler: {e}")))?;
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::Io(format!("cannot install signal handler: {e}")))?;
     }
     // The output must be writable before anything starts: an error after ten minutes of
     // capture is no use to anyone.
@@ -75,12 +80,27 @@ pub fn record(opts: Options) -> Result<i32> {
         None => Reader::attach(pid)?,
         Some(c) => attach_launched(pid, c)?,
     };
-    let path = opts.output.clone().unwrap_or_else(|| default_name(pid, gzip));
+    let path = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| default_name(pid, gzip));
     let command_line = reader.process.cmdline();
-    let sink = output::create(&path, format, gzip, pid, PathBuf::from(format!("/proc/{pid}/root")), &command_line)
-        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
+    let sink = output::create(
+        &path,
+        format,
+        gzip,
+        pid,
+        PathBuf::from(format!("/proc/{pid}/root")),
+        &command_line,
+    )
+    .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
     let python_version = reader.target.version.to_string();
-    let Reader { process, target, codes, ids } = reader;
+    let Reader {
+        process,
+        target,
+        codes,
+        ids,
+    } = reader;
     let process_comm = process.comm.clone();
     let mut sampler = Sampler::new(pid, process.memory, target, codes, ids);
 
@@ -141,7 +161,9 @@ pub fn record(opts: Options) -> Result<i32> {
         stop.store(true, Ordering::Relaxed);
         let _ = p.join();
     }
-    let (mut timeline, mut sink, error) = consumer.join().map_err(|_| Error::Io("the timeline thread failed".into()))?;
+    let (mut timeline, mut sink, error) = consumer
+        .join()
+        .map_err(|_| Error::Io("the timeline thread failed".into()))?;
     let stopped_ns = stats.last_sample_ns.load(Ordering::Relaxed);
     let started_ns = stats.started_ns.load(Ordering::Relaxed);
     let duration_s = stopped_ns.saturating_sub(started_ns) as f64 / 1e9;
@@ -152,11 +174,25 @@ pub fn record(opts: Options) -> Result<i32> {
         pid,
         command_line,
         rate_requested: opts.rate.to_string(),
-        rate_achieved: if duration_s > 0.0 { samples as f64 / duration_s } else { 0.0 },
+        rate_achieved: if duration_s > 0.0 {
+            samples as f64 / duration_s
+        } else {
+            0.0
+        },
         samples,
         missed_ticks: stats.missed_ticks.load(Ordering::Relaxed),
         dropped_samples: stats.dropped.load(Ordering::Relaxed),
-        read_errors: stats.read_errors.load(Ordering::Relaxed),
+        thread_samples: stats.thread_samples.load(Ordering::Relaxed),
+        lost_samples: std::iter::once(("total", stats.lost_total()))
+            .chain(
+                crate::sampler::LOSS_NAMES
+                    .iter()
+                    .zip(&stats.lost)
+                    .map(|(k, n)| (*k, n.load(Ordering::Relaxed))),
+            )
+            .collect(),
+        retried_samples: stats.retried.load(Ordering::Relaxed),
+        failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
         longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,
         duration_s,
         clock: "CLOCK_MONOTONIC",
@@ -166,7 +202,9 @@ pub fn record(opts: Options) -> Result<i32> {
     };
     let finished = match error {
         Some(e) => Err(e),
-        None => timeline.finish(sink.as_mut(), &comm_of).and_then(|()| sink.finish(&info)),
+        None => timeline
+            .finish(sink.as_mut(), &comm_of)
+            .and_then(|()| sink.finish(&info)),
     };
     drop(sink); // completes the gzip stream
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -183,23 +221,27 @@ pub fn record(opts: Options) -> Result<i32> {
     if !opts.quiet {
         let why = match &reason {
             StopReason::Requested => "stopped".to_string(),
+            StopReason::ConsumerGone => "stopped: the writer stopped taking samples".to_string(),
             StopReason::TargetExited => format!("process {pid} exited"),
             StopReason::Failed(e) => format!("stopped on an error: {e}"),
         };
         eprintln!(
-            "vizattach: {why} after {:.2}s: {samples} samples ({:.0}/s, {} missed ticks, {} dropped, {} read errors), \
+            "vizattach: {why} after {:.2}s: {samples} samples ({:.0}/s, {} missed ticks, {} dropped; {}), \
              {} threads, {} slices, {} written to {}",
             duration_s,
             info.rate_achieved,
             info.missed_ticks,
             info.dropped_samples,
-            info.read_errors,
+            info.losses(),
             timeline.threads_seen(),
             timeline.slices,
             human_bytes(size),
             path.display()
         );
-        eprintln!("vizattach: open it with {}", output::how_to_open(format, &path));
+        eprintln!(
+            "vizattach: open it with {}",
+            output::how_to_open(format, &path)
+        );
     }
     if let StopReason::Failed(e) = reason {
         return Err(Error::Io(e));
@@ -268,7 +310,10 @@ fn resolve_format(path: Option<&Path>, forced: Option<Format>) -> Result<(Format
     });
     match (forced, from_path) {
         (Some(f), Some(Ok((_, gz)))) => Ok((f, gz)),
-        (Some(f), _) => Ok((f, path.is_some_and(|p| p.extension().is_some_and(|e| e == "gz")))),
+        (Some(f), _) => Ok((
+            f,
+            path.is_some_and(|p| p.extension().is_some_and(|e| e == "gz")),
+        )),
         (None, Some(r)) => r,
         (None, None) => Ok((Format::Viztracer, false)),
     }
@@ -315,11 +360,11 @@ fn spawn_progress(stats: Arc<Stats>, stop: Arc<AtomicBool>) -> std::thread::Join
             let el = (now_ns() - start) as f64 / 1e9;
             let n = stats.ticks.load(Ordering::Relaxed);
             eprint!(
-                "\r\x1b[K  {el:6.1}s  {n} samples  {:.0}/s  missed {}  lag max {:.1} ms  errors {}",
+                "\r\x1b[K  {el:6.1}s  {n} samples  {:.0}/s  missed {}  lag max {:.1} ms  lost {}",
                 n as f64 / el.max(1e-9),
                 stats.missed_ticks.load(Ordering::Relaxed),
                 stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
-                stats.read_errors.load(Ordering::Relaxed)
+                stats.lost_total()
             );
         }
         eprint!("\r\x1b[K");
@@ -351,9 +396,13 @@ fn human_bytes(n: u64) -> String {
 /// "500ms", "10s", "2m", "1h", or a plain number of seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration '{s}': use e.g. 500ms, 10s, 2m, 1h"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}': use e.g. 500ms, 10s, 2m, 1h"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,
@@ -373,7 +422,9 @@ pub fn parse_rate(s: &str) -> std::result::Result<Rate, String> {
     }
     match s.parse::<u32>() {
         Ok(n) if (1..=1_000_000).contains(&n) => Ok(Rate::Hz(n)),
-        _ => Err(format!("invalid rate '{s}': samples per second from 1 to 1000000, or max")),
+        _ => Err(format!(
+            "invalid rate '{s}': samples per second from 1 to 1000000, or max"
+        )),
     }
 }
 

@@ -67,38 +67,41 @@ impl Timeline {
                     sink.thread(*tid, name)?;
                 }
             }
-            Message::Sample(batch) => {
-                let (time_ns, threads) = (batch.time_ns, &batch.threads);
-                self.samples += 1;
-                self.first_ns.get_or_insert(time_ns);
-                self.last_ns = time_ns;
-                // Threads that vanished end halfway between their last sample and this one.
-                let gone: Vec<u64> =
-                    self.tracks.keys().filter(|k| !threads.iter().any(|t| t.key == **k)).copied().collect();
-                for key in gone {
-                    let mut track = self.tracks.remove(&key).unwrap();
-                    let at = midpoint(track.last_ns, time_ns);
+            Message::ThreadEnded { key, time_ns } => {
+                // Ends halfway between its last sample and the read that found it gone.
+                if let Some(mut track) = self.tracks.remove(key) {
+                    let at = midpoint(track.last_ns, *time_ns);
                     self.close_from(&mut track, 0, at, sink)?;
                 }
-                for t in threads {
-                    let Some(frames) = batch.stack(t) else { continue };
-                    self.tids.insert(t.tid);
-                    let track = self.tracks.entry(t.key).or_insert_with(|| Track {
-                        tid: t.tid,
-                        frames: Vec::new(),
-                        starts: Vec::new(),
-                        last_ns: t.time_ns,
-                    });
-                    let mut track = std::mem::replace(
-                        track,
-                        Track { tid: 0, frames: Vec::new(), starts: Vec::new(), last_ns: 0 },
-                    );
-                    let at = if track.frames.is_empty() && track.starts.is_empty() && track.last_ns == t.time_ns {
-                        t.time_ns // first sight: nothing is known before this moment
-                    } else {
-                        midpoint(track.last_ns, t.time_ns)
+            }
+            Message::Sample(batch) => {
+                self.samples += 1;
+                self.first_ns.get_or_insert(batch.time_ns);
+                self.last_ns = batch.time_ns;
+                // A thread missing from a batch, or without a stack in it, keeps its last
+                // view: threads end only by ThreadEnded.
+                for t in &batch.threads {
+                    let Some(frames) = batch.stack(t) else {
+                        continue;
                     };
+                    self.tids.insert(t.tid);
                     sink.sample(t.tid, frames, &self.codes)?;
+                    let (mut track, at) = match self.tracks.remove(&t.key) {
+                        Some(track) => {
+                            let at = midpoint(track.last_ns, t.time_ns);
+                            (track, at)
+                        }
+                        // first sight: nothing is known before this moment
+                        None => (
+                            Track {
+                                tid: t.tid,
+                                frames: Vec::new(),
+                                starts: Vec::new(),
+                                last_ns: t.time_ns,
+                            },
+                            t.time_ns,
+                        ),
+                    };
                     let keep = common_calls(&track.frames, frames);
                     self.close_from(&mut track, keep, at, sink)?;
                     for f in &frames[keep..] {
@@ -119,7 +122,11 @@ impl Timeline {
 
     /// Closes everything still open at each thread's last sample, and names threads that
     /// never got a name from Python.
-    pub fn finish(&mut self, sink: &mut dyn Sink, fallback_name: &dyn Fn(i32) -> String) -> io::Result<()> {
+    pub fn finish(
+        &mut self,
+        sink: &mut dyn Sink,
+        fallback_name: &dyn Fn(i32) -> String,
+    ) -> io::Result<()> {
         let keys: Vec<u64> = self.tracks.keys().copied().collect();
         for key in keys {
             let mut track = self.tracks.remove(&key).unwrap();
@@ -140,7 +147,13 @@ impl Timeline {
     }
 
     /// Closes open slices from depth `keep` inward, innermost first, at `at`.
-    fn close_from(&mut self, track: &mut Track, keep: usize, at: u64, sink: &mut dyn Sink) -> io::Result<()> {
+    fn close_from(
+        &mut self,
+        track: &mut Track,
+        keep: usize,
+        at: u64,
+        sink: &mut dyn Sink,
+    ) -> io::Result<()> {
         while track.frames.len() > keep {
             let f = track.frames.pop().unwrap();
             let start = track.starts.pop().unwrap_or(at);
@@ -178,7 +191,12 @@ mod tests {
     use crate::sampler::{SampleBatch, ThreadSample};
 
     fn f(code_id: u32, frame: u64, offset: i64) -> StackFrame {
-        StackFrame { code_id, code: code_id as u64 * 16, frame, offset }
+        StackFrame {
+            code_id,
+            code: code_id as u64 * 16,
+            frame,
+            offset,
+        }
     }
 
     /// Records what the timeline emits: (tid, code id, start, end).
@@ -192,7 +210,13 @@ mod tests {
             self.threads.push((tid, name.to_string()));
             Ok(())
         }
-        fn close(&mut self, tid: i32, code: &CodeInfo, start_ns: u64, end_ns: u64) -> io::Result<()> {
+        fn close(
+            &mut self,
+            tid: i32,
+            code: &CodeInfo,
+            start_ns: u64,
+            end_ns: u64,
+        ) -> io::Result<()> {
             self.slices.push((tid, code.id, start_ns, end_ns));
             Ok(())
         }
@@ -202,16 +226,28 @@ mod tests {
     }
 
     fn codes(n: u32) -> Message {
-        Message::Codes((0..n).map(|id| Arc::new(CodeInfo::for_test(id, &format!("f{id}")))).collect())
+        Message::Codes(
+            (0..n)
+                .map(|id| Arc::new(CodeInfo::for_test(id, &format!("f{id}"))))
+                .collect(),
+        )
     }
 
     /// A batch with one stack per (key, tid) thread, all stamped at `t`.
     fn sample(t: u64, threads: &[(u64, i32, &[StackFrame])]) -> Message {
-        let mut b = SampleBatch { time_ns: t, ..Default::default() };
+        let mut b = SampleBatch {
+            time_ns: t,
+            ..Default::default()
+        };
         for (key, tid, stack) in threads {
             let a = b.frames.len() as u32;
             b.frames.extend_from_slice(stack);
-            b.threads.push(ThreadSample { key: *key, tid: *tid, time_ns: t, frames: Some((a, b.frames.len() as u32)) });
+            b.threads.push(ThreadSample {
+                key: *key,
+                tid: *tid,
+                time_ns: t,
+                frames: Some((a, b.frames.len() as u32)),
+            });
         }
         Message::Sample(b)
     }
@@ -222,30 +258,55 @@ mod tests {
         let mut r = Recorder::default();
         tl.handle(&codes(4), &mut r).unwrap();
         let main = f(0, 100, 10);
-        tl.handle(&sample(1000, &[(1, 7, &[main, f(1, 200, 4)])]), &mut r).unwrap();
-        tl.handle(&sample(2000, &[(1, 7, &[main, f(1, 200, 8)])]), &mut r).unwrap(); // line change
-        tl.handle(&sample(3000, &[(1, 7, &[f(0, 100, 12), f(1, 200, 4)])]), &mut r).unwrap(); // new call site
-        tl.handle(&sample(4000, &[(1, 7, &[f(0, 100, 12)])]), &mut r).unwrap();
+        tl.handle(&sample(1000, &[(1, 7, &[main, f(1, 200, 4)])]), &mut r)
+            .unwrap();
+        tl.handle(&sample(2000, &[(1, 7, &[main, f(1, 200, 8)])]), &mut r)
+            .unwrap(); // line change
+        tl.handle(
+            &sample(3000, &[(1, 7, &[f(0, 100, 12), f(1, 200, 4)])]),
+            &mut r,
+        )
+        .unwrap(); // new call site
+        tl.handle(&sample(4000, &[(1, 7, &[f(0, 100, 12)])]), &mut r)
+            .unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
         // f1 from the first call site: first seen at 1000 (first sight opens at the sample),
         // left between 2000 and 3000; the second call: 2500..3500; main until the end.
-        assert_eq!(r.slices, vec![(7, 1, 1000, 2500), (7, 1, 2500, 3500), (7, 0, 1000, 4000)]);
+        assert_eq!(
+            r.slices,
+            vec![(7, 1, 1000, 2500), (7, 1, 2500, 3500), (7, 0, 1000, 4000)]
+        );
         assert_eq!(r.threads, vec![(7, "t7".to_string())]);
         assert_eq!(tl.slices, 3);
     }
 
     #[test]
-    fn a_thread_that_vanishes_closes_halfway_and_one_that_appears_opens_at_first_sight() {
+    fn a_thread_ends_halfway_to_the_read_that_found_it_gone_and_opens_at_first_sight() {
         let mut tl = Timeline::default();
         let mut r = Recorder::default();
         tl.handle(&codes(3), &mut r).unwrap();
         let a: &[StackFrame] = &[f(0, 100, 2)];
         let b: &[StackFrame] = &[f(1, 300, 2), f(2, 400, 6)];
         tl.handle(&sample(1000, &[(1, 7, a)]), &mut r).unwrap();
-        tl.handle(&sample(2000, &[(1, 7, a), (2, 8, b)]), &mut r).unwrap();
+        tl.handle(&sample(2000, &[(1, 7, a), (2, 8, b)]), &mut r)
+            .unwrap();
+        // missing from a batch is not gone: its last view holds
         tl.handle(&sample(3000, &[(1, 7, a)]), &mut r).unwrap();
+        assert!(r.slices.is_empty());
+        tl.handle(
+            &Message::ThreadEnded {
+                key: 2,
+                time_ns: 4000,
+            },
+            &mut r,
+        )
+        .unwrap();
+        tl.handle(&sample(5000, &[(1, 7, a)]), &mut r).unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
-        assert_eq!(r.slices, vec![(8, 2, 2000, 2500), (8, 1, 2000, 2500), (7, 0, 1000, 3000)]);
+        assert_eq!(
+            r.slices,
+            vec![(8, 2, 2000, 3000), (8, 1, 2000, 3000), (7, 0, 1000, 5000)]
+        );
     }
 
     #[test]
@@ -255,8 +316,16 @@ mod tests {
         tl.handle(&codes(2), &mut r).unwrap();
         let s: &[StackFrame] = &[f(0, 100, 2), f(1, 200, 2)];
         tl.handle(&sample(1000, &[(1, 7, s)]), &mut r).unwrap();
-        let mut torn = SampleBatch { time_ns: 2000, ..Default::default() };
-        torn.threads.push(ThreadSample { key: 1, tid: 7, time_ns: 2000, frames: None });
+        let mut torn = SampleBatch {
+            time_ns: 2000,
+            ..Default::default()
+        };
+        torn.threads.push(ThreadSample {
+            key: 1,
+            tid: 7,
+            time_ns: 2000,
+            frames: None,
+        });
         tl.handle(&Message::Sample(torn), &mut r).unwrap();
         tl.handle(&sample(3000, &[(1, 7, s)]), &mut r).unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();

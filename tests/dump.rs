@@ -26,7 +26,9 @@ const SETTLE: Duration = Duration::from_secs(15);
 /// Starts `fixture` on every target, waits for its recorded stacks, then requires the
 /// dump to match them exactly.
 fn check_fixture_everywhere(fixture: &str) {
-    let Some(targets) = dump_targets() else { return };
+    let Some(targets) = dump_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |interp| {
         let mut target = Target::start(interp, fixture)?;
         let expected = target.wait_expected()?;
@@ -48,7 +50,9 @@ fn dump_main_fixture() {
 /// the same interpreter: same exact stacks as the expected ones.
 #[test]
 fn dump_by_scanning_for_the_runtime() {
-    let Some(targets) = dump_targets() else { return };
+    let Some(targets) = dump_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |interp| {
         let mut target = Target::start(interp, "main_fixture.py")?;
         let expected = target.wait_expected()?;
@@ -73,7 +77,9 @@ const TRANSIENT_EMPTY_STACKS_ALLOWED: bool = true;
 
 #[test]
 fn dump_churn() {
-    let Some(targets) = dump_targets() else { return };
+    let Some(targets) = dump_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |interp| {
         let mut target = Target::start(interp, "churn.py")?;
         let expected = target.wait_expected()?;
@@ -83,7 +89,12 @@ fn dump_churn() {
             let tids = d.tids();
             stable.is_subset(&tids) && !tids.contains(&expected.recorder_tid)
         })
-        .map_err(|(last, e)| format!("churn never settled: {e}; last tids {:?}", last.map(|d| d.tids())))?;
+        .map_err(|(last, e)| {
+            format!(
+                "churn never settled: {e}; last tids {:?}",
+                last.map(|d| d.tids())
+            )
+        })?;
 
         let fixture_dir = target.target_path("");
         let mut problems = Vec::new();
@@ -99,9 +110,16 @@ fn dump_churn() {
                 problems.push(format!("run {run}: {p}"));
             }
             if got.pid != expected.pid {
-                problems.push(format!("run {run}: pid {} instead of {}", got.pid, expected.pid));
+                problems.push(format!(
+                    "run {run}: pid {} instead of {}",
+                    got.pid, expected.pid
+                ));
             }
-            for t in got.threads.iter().filter(|t| t.tid.is_none_or(|tid| !stable.contains(&tid))) {
+            for t in got
+                .threads
+                .iter()
+                .filter(|t| t.tid.is_none_or(|tid| !stable.contains(&tid)))
+            {
                 transient_seen += 1;
                 // No OS thread (yet, or any more) is only possible for thread_id 0.
                 if t.tid.is_none() && t.thread_id != Some(0) {
@@ -113,12 +131,18 @@ fn dump_churn() {
                 if t.frames.is_empty() {
                     transient_empty += 1;
                     if !TRANSIENT_EMPTY_STACKS_ALLOWED {
-                        problems.push(format!("run {run}: thread {:?} {:?} has no frames", t.tid, t.name));
+                        problems.push(format!(
+                            "run {run}: thread {:?} {:?} has no frames",
+                            t.tid, t.name
+                        ));
                     }
                 }
                 for (i, f) in t.frames.iter().enumerate() {
                     if let Err(why) = plausible_churn_frame(f, &fixture_dir) {
-                        problems.push(format!("run {run}: thread {:?} {:?} frame #{i} {f}: {why}", t.tid, t.name));
+                        problems.push(format!(
+                            "run {run}: thread {:?} {:?} frame #{i} {f}: {why}",
+                            t.tid, t.name
+                        ));
                     }
                 }
             }
@@ -199,12 +223,17 @@ fn error_not_python() {
     let sleeper = KillOnDrop(cmd.spawn().expect("spawn sleep"));
     wait_for_exec(sleeper.pid(), Duration::from_secs(5)).unwrap();
     let line = dump_error(sleeper.pid());
-    assert!(line.contains("not a Python process"), "expected \"not a Python process\" in: {line}");
+    assert!(
+        line.contains("not a Python process"),
+        "expected \"not a Python process\" in: {line}"
+    );
 }
 
 #[test]
 fn error_unsupported_version() {
-    let Some(manifest) = load_manifest() else { return };
+    let Some(manifest) = load_manifest() else {
+        return;
+    };
     let old: Vec<Interpreter> = manifest.into_iter().filter(|i| !i.is_supported()).collect();
     if old.is_empty() {
         eprintln!("SKIP: no interpreter older than 3.8 in the manifest");
@@ -218,7 +247,10 @@ fn error_unsupported_version() {
         if line.contains(&interp.minor_version()) && line.to_lowercase().contains("supported") {
             Ok(())
         } else {
-            Err(format!("expected {:?} and \"supported\" in: {line}", interp.minor_version()))
+            Err(format!(
+                "expected {:?} and \"supported\" in: {line}",
+                interp.minor_version()
+            ))
         }
     });
 }
@@ -227,7 +259,9 @@ fn error_unsupported_version() {
 /// or says the process exited (or is gone), in one line, never garbage or a panic.
 #[test]
 fn target_exits_while_being_read() {
-    let Some(manifest) = load_manifest() else { return };
+    let Some(manifest) = load_manifest() else {
+        return;
+    };
     let Some(host) = manifest.iter().find(|i| i.is_supported() && !i.in_chroot()) else {
         missing_prerequisite("no supported host interpreter in the manifest");
         return;
@@ -236,23 +270,39 @@ fn target_exits_while_being_read() {
     for i in 0..30u64 {
         // Lives a few ms into its run, so dumps land before, during and after its exit.
         let mut cmd = Command::new(&host.executable);
-        cmd.args(["-c", &format!("import time\ndef f(n):\n  return f(n-1) if n else time.sleep({})\nf(50)", (i % 10) as f64 * 0.004)]);
+        cmd.args([
+            "-c",
+            &format!(
+                "import time\ndef f(n):\n  return f(n-1) if n else time.sleep({})\nf(50)",
+                (i % 10) as f64 * 0.004
+            ),
+        ]);
         let child = KillOnDrop(cmd.spawn().expect("spawn python"));
         std::thread::sleep(Duration::from_millis(25 + (i % 7) * 6));
         let out = run_vizattach(&["dump", "--pid", &child.pid().to_string(), "--json"]).unwrap();
         let outcome = if out.status.success() {
-            let v: serde_json::Value = serde_json::from_str(&out.stdout)
-                .unwrap_or_else(|e| panic!("run {i}: a successful dump must be JSON ({e}): {}", out.stdout));
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "run {i}: a successful dump must be JSON ({e}): {}",
+                    out.stdout
+                )
+            });
             assert!(v["threads"].is_array(), "run {i}: malformed dump {v}");
             "complete dump"
         } else {
             let line = expect_error_line(&out).unwrap_or_else(|e| panic!("run {i}: {e}"));
             let l = line.to_lowercase();
             assert!(
-                l.contains("exited") || l.contains("no such process") || l.contains("not a python process"),
+                l.contains("exited")
+                    || l.contains("no such process")
+                    || l.contains("not a python process"),
                 "run {i}: unexpected error for an exiting target: {line}"
             );
-            if line.contains("exited") { "exit reported" } else { "gone before reading" }
+            if line.contains("exited") {
+                "exit reported"
+            } else {
+                "gone before reading"
+            }
         };
         *outcomes.entry(outcome).or_insert(0) += 1;
     }
@@ -261,7 +311,9 @@ fn target_exits_while_being_read() {
 
 #[test]
 fn error_permission_denied() {
-    let Some(manifest) = load_manifest() else { return };
+    let Some(manifest) = load_manifest() else {
+        return;
+    };
     let Some(host) = manifest.iter().find(|i| i.is_supported() && !i.in_chroot()) else {
         missing_prerequisite("no supported host interpreter in the manifest");
         return;
@@ -272,26 +324,52 @@ fn error_permission_denied() {
     }
     // The target runs as root (we are root); vizattach runs as nobody.
     let mut target = Target::start(host, "idle.py").unwrap();
-    target.wait_json("expected.json", Duration::from_secs(30)).unwrap();
+    target
+        .wait_json("expected.json", Duration::from_secs(30))
+        .unwrap();
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", VIZATTACH])
-        .args(["dump", "--pid", &target.pid.to_string(), "--json"]);
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        VIZATTACH,
+    ])
+    .args(["dump", "--pid", &target.pid.to_string(), "--json"]);
     let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
     let line = expect_error_line(&out).unwrap_or_else(|e| panic!("{e}"));
-    assert!(line.contains("CAP_SYS_PTRACE"), "expected CAP_SYS_PTRACE in: {line}");
+    assert!(
+        line.contains("CAP_SYS_PTRACE"),
+        "expected CAP_SYS_PTRACE in: {line}"
+    );
 }
 
 /// Sanity of the harness itself: the shared helpers see the same set of tids in an
 /// expectation as the fixture recorded (kept cheap: no vizattach involved).
 #[test]
 fn harness_expected_file_is_well_formed() {
-    let Some(manifest) = load_manifest() else { return };
-    let Some(host) = manifest.iter().find(|i| i.is_supported() && !i.in_chroot()) else { return };
+    let Some(manifest) = load_manifest() else {
+        return;
+    };
+    let Some(host) = manifest.iter().find(|i| i.is_supported() && !i.in_chroot()) else {
+        return;
+    };
     let mut target = Target::start(host, "main_fixture.py").unwrap();
     let expected = target.wait_expected().unwrap();
-    let names: BTreeSet<&str> = expected.threads.iter().filter_map(|t| t.name.as_deref()).collect();
-    let want: BTreeSet<&str> =
-        ["MainThread", "worker-1", "recurser", "generator", "asyncio", "unicode-ü"].into_iter().collect();
+    let names: BTreeSet<&str> = expected
+        .threads
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    let want: BTreeSet<&str> = [
+        "MainThread",
+        "worker-1",
+        "recurser",
+        "generator",
+        "asyncio",
+        "unicode-ü",
+    ]
+    .into_iter()
+    .collect();
     assert_eq!(names, want);
     assert_eq!(expected.pid, target.pid as i64);
     assert!(!expected.tids().contains(&expected.recorder_tid));

@@ -40,7 +40,11 @@ impl Counts {
     pub fn lines(&self) -> Vec<String> {
         let mut out: BTreeMap<String, u64> = BTreeMap::new();
         for ((tid, ids), n) in &self.stacks {
-            let name = self.threads.get(tid).map(String::as_str).unwrap_or("thread");
+            let name = self
+                .threads
+                .get(tid)
+                .map(String::as_str)
+                .unwrap_or("thread");
             let mut line = super::thread_label(name, *tid).replace([';', '\n', '\r'], ":");
             for id in ids {
                 line.push(';');
@@ -48,7 +52,9 @@ impl Counts {
             }
             *out.entry(line).or_insert(0) += n;
         }
-        out.into_iter().map(|(stack, n)| format!("{stack} {n}")).collect()
+        out.into_iter()
+            .map(|(stack, n)| format!("{stack} {n}"))
+            .collect()
     }
 }
 
@@ -59,7 +65,10 @@ pub struct Collapsed {
 
 impl Collapsed {
     pub fn new(out: Box<dyn Write + Send>) -> Collapsed {
-        Collapsed { out, counts: Counts::default() }
+        Collapsed {
+            out,
+            counts: Counts::default(),
+        }
     }
 }
 
@@ -74,7 +83,13 @@ impl Sink for Collapsed {
         Ok(())
     }
 
-    fn close(&mut self, _: i32, _: &crate::python::code::CodeInfo, _: u64, _: u64) -> io::Result<()> {
+    fn close(
+        &mut self,
+        _: i32,
+        _: &crate::python::code::CodeInfo,
+        _: u64,
+        _: u64,
+    ) -> io::Result<()> {
         Ok(())
     }
 

@@ -16,11 +16,19 @@ impl Tasks {
         let mut ns_to_ours = HashMap::new();
         if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for e in dir.flatten() {
-                let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+                let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
                 tids.push(tid);
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) {
+                if let Ok(status) =
+                    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+                {
                     if let Some(line) = status.lines().find(|l| l.starts_with("NSpid:")) {
-                        if let Some(inner) = line.split_whitespace().last().and_then(|s| s.parse::<i32>().ok()) {
+                        if let Some(inner) = line
+                            .split_whitespace()
+                            .last()
+                            .and_then(|s| s.parse::<i32>().ok())
+                        {
                             if inner != tid {
                                 ns_to_ours.insert(inner, tid);
                             }
@@ -40,10 +48,16 @@ impl Tasks {
 
     /// The target's own (innermost namespace) tid of one of our tids.
     pub fn to_target(&self, ours: i32) -> i32 {
-        self.ns_to_ours.iter().find(|(_, &o)| o == ours).map(|(&i, _)| i).unwrap_or(ours)
+        self.ns_to_ours
+            .iter()
+            .find(|(_, &o)| o == ours)
+            .map(|(&i, _)| i)
+            .unwrap_or(ours)
     }
 
     pub fn comm(pid: i32, tid: i32) -> Option<String> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok().map(|s| s.trim_end().to_string())
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            .ok()
+            .map(|s| s.trim_end().to_string())
     }
 }

@@ -6,7 +6,7 @@
 use super::layout::Layout;
 use super::linetable;
 use super::strings::{read_bytes, read_unicode};
-use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
+use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -62,8 +62,13 @@ impl CodeInfo {
     }
 
     pub fn line(&self, layout: &Layout, offset: i64) -> i32 {
-        linetable::line_for(layout.model.line_table, &self.linetable, self.first_line, offset)
-            .unwrap_or(self.first_line)
+        linetable::line_for(
+            layout.model.line_table,
+            &self.linetable,
+            self.first_line,
+            offset,
+        )
+        .unwrap_or(self.first_line)
     }
 }
 
@@ -78,17 +83,31 @@ pub struct CodeCache {
 /// How much of a code object we read at once: every field we use lies below this.
 fn header_len(layout: &Layout) -> usize {
     let c = &layout.code;
-    let max = [c.filename, c.name, c.qualname.unwrap_or(0), c.firstlineno, c.linetable, c.firsttraceable.unwrap_or(0), layout.object.ob_type]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
+    let max = [
+        c.filename,
+        c.name,
+        c.qualname.unwrap_or(0),
+        c.firstlineno,
+        c.linetable,
+        c.firsttraceable.unwrap_or(0),
+        layout.object.ob_type,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
     (max + 8) as usize
 }
 
 impl CodeCache {
     /// Reads (or finds) the code object at `addr`. `code_type` is PyCode_Type: anything
     /// else at that address is not a code object (3.13+ frames may hold other executables).
-    pub fn get(&mut self, mem: &Memory, layout: &Layout, code_type: u64, addr: u64) -> ReadResult<Arc<CodeInfo>> {
+    pub fn get(
+        &mut self,
+        mem: &dyn ReadMem,
+        layout: &Layout,
+        code_type: u64,
+        addr: u64,
+    ) -> ReadResult<Arc<CodeInfo>> {
         let mut head = [0u8; 512];
         let n = header_len(layout).min(head.len());
         mem.read(addr, &mut head[..n])?;
@@ -111,7 +130,10 @@ impl CodeCache {
             first_line: head.i32_at(c.firstlineno),
             linetable: read_bytes(mem, layout, head.u64_at(c.linetable))?,
             bytecode_start: c.code_adaptive.map(|o| addr + o).unwrap_or(0),
-            first_traceable: c.firsttraceable.map(|o| head.i32_at(o) as i64 * 2).unwrap_or(0),
+            first_traceable: c
+                .firsttraceable
+                .map(|o| head.i32_at(o) as i64 * 2)
+                .unwrap_or(0),
             identity: (name_ptr, file_ptr),
         });
         self.next_id += 1;

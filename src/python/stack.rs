@@ -1,11 +1,14 @@
 //! Walking one thread's Python frames, innermost first. The walk yields raw frames
 //! (code address, frame address, bytecode offset); names and lines are resolved
 //! separately, through the code cache, so a sampler can keep raw frames only.
+//!
+//! Everything here reads through `ReadMem`: the live process for dumps, the tick's copy
+//! for the sampler (where a frame outside the copy is `Missing`, never read behind the
+//! copy's back), a simulated memory in tests. The rules for telling a real stack from a
+//! torn read are in docs/ARCHITECTURE.md ("Torn reads").
 
-use super::discover::Target;
-use super::layout::FrameModel;
-use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
-use crate::process::prefetch::Prefetch;
+use super::layout::{FrameModel, Layout};
+use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
 
 /// Deeper than this is a loop in what we read, not a real stack (CPython's own C stack
 /// limits keep real Python stacks far shallower).
@@ -21,79 +24,126 @@ pub struct RawFrame {
     pub offset: i64,
 }
 
-/// The thread's innermost frame pointer, as the thread state holds it now.
-pub fn top_frame(mem: &Memory, t: &Target, tstate: u64) -> ReadResult<u64> {
-    let l = &t.layout;
-    let p = mem.read_u64(tstate + l.tstate.frame)?;
-    match l.tstate.cframe_current_frame {
-        Some(off) if l.model.frame_via_cframe => {
-            if p == 0 {
-                Ok(0)
-            } else {
-                mem.read_u64(p + off)
-            }
-        }
-        _ => Ok(p),
+/// What the walk needs to know of a code object: where its bytecode starts (3.11+, to
+/// turn an instruction pointer into an offset) and before which offset a frame has not
+/// started running.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeFacts {
+    pub bytecode_start: u64,
+    pub first_traceable: i64,
+}
+
+/// Looks code objects up for the walk: `NotCode` when the address holds something else.
+pub trait CodeLookup {
+    fn facts(&mut self, code: u64) -> ReadResult<CodeFacts>;
+}
+
+impl<F: FnMut(u64) -> ReadResult<CodeFacts>> CodeLookup for F {
+    fn facts(&mut self, code: u64) -> ReadResult<CodeFacts> {
+        self(code)
     }
 }
 
-/// Reads the stack starting at `frame`, taking frames from `local` where it holds them
-/// and reading the rest. `visited` gets every frame read, Python or not (entry frames
-/// on the C stack included), so a sampler can ask for all of them at once next time. Errors mean the memory changed under us.
+/// The walk's inputs and outputs, kept between walks so nothing is allocated once warm.
+#[derive(Default)]
+pub struct Walk {
+    /// innermost first
+    pub frames: Vec<RawFrame>,
+    /// every frame read, Python or not (C-stack entry frames included), innermost first:
+    /// what a sampler asks for next time
+    pub visited: Vec<u64>,
+    /// the last walk ended at a frame that cannot be a thread's outermost one
+    pub truncated: bool,
+}
+
+/// Where a thread's innermost frame pointer is and what it holds. 3.11-3.12 keep it in
+/// the CFrame of the innermost running evaluation loop (on the C stack), which the
+/// thread state points to: two hops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Top {
+    /// the innermost frame (0: no Python frame)
+    pub frame: u64,
+    /// the CFrame the pointer was read from (3.11-3.12), else 0
+    pub cframe: u64,
+}
+
+/// The thread's innermost frame, as `mem` holds it.
+pub fn top_frame(mem: &dyn ReadMem, l: &Layout, tstate: u64) -> ReadResult<Top> {
+    let p = mem.read_u64(tstate + l.tstate.frame)?;
+    match l.tstate.cframe_current_frame {
+        Some(off) if l.model.frame_via_cframe => {
+            let frame = if p == 0 { 0 } else { mem.read_u64(p + off)? };
+            Ok(Top { frame, cframe: p })
+        }
+        _ => Ok(Top {
+            frame: p,
+            cframe: 0,
+        }),
+    }
+}
+
+/// Reads the stack starting at `frame`. Errors mean the memory changed under us
+/// (`Fault`), or, reading a tick's copy, that a frame is not in it (`Missing`).
 pub fn walk(
-    mem: &Memory,
-    t: &Target,
+    mem: &dyn ReadMem,
+    l: &Layout,
     mut frame: u64,
-    out: &mut Vec<RawFrame>,
-    visited: &mut Vec<u64>,
-    local: &Prefetch,
-    mut code_start: impl FnMut(u64) -> ReadResult<(u64, i64)>,
+    codes: &mut dyn CodeLookup,
+    w: &mut Walk,
 ) -> ReadResult<()> {
-    out.clear();
-    visited.clear();
-    let l = &t.layout;
+    w.frames.clear();
+    w.visited.clear();
+    w.truncated = false;
     let f = &l.frame;
     let mut buf = [0u8; 128];
     let len = (f.size as usize).clamp(8, buf.len());
-    let mut seen = 0usize;
+    let mut root_owner = None;
     while frame != 0 {
-        seen += 1;
         // Frames are aligned user-space addresses: anything else is a torn read, and
         // following it would only read more garbage.
-        if seen > MAX_DEPTH || frame & 7 != 0 || frame >= USER_SPACE_END {
+        if w.visited.len() >= MAX_DEPTH || frame & 7 != 0 || frame >= USER_SPACE_END {
             return Err(ReadError::Fault);
         }
-        visited.push(frame);
-        let b = match local.get(frame, len) {
-            Some(b) => b,
-            None => {
-                mem.read(frame, &mut buf[..len])?;
-                &buf[..len]
-            }
-        };
+        w.visited.push(frame);
+        mem.read(frame, &mut buf[..len])?;
+        let b = &buf[..len];
         let previous = b.u64_at(f.previous);
         let code = b.u64_at(f.code) & !l.model.stackref_tag_mask;
         match l.model.frames {
             FrameModel::FrameObject => {
                 let lasti = b.i32_at(f.lasti.unwrap_or(0)) as i64;
-                out.push(RawFrame { code, frame, offset: lasti * l.model.lasti_unit as i64 });
+                w.frames.push(RawFrame {
+                    code,
+                    frame,
+                    offset: lasti * l.model.lasti_unit as i64,
+                });
             }
             FrameModel::InterpreterFrame => {
                 let owner = b.u8_at(f.owner.unwrap_or(0));
-                let non_python = l.model.owner_first_non_python.is_some_and(|first| owner >= first);
+                root_owner = Some(owner);
+                let non_python = l
+                    .model
+                    .owner_first_non_python
+                    .is_some_and(|first| owner >= first);
                 if !non_python && code != 0 {
-                    // (start of bytecode, first traceable offset) or Fault if not a code object
-                    match code_start(code) {
-                        Ok((start, first_traceable)) => {
-                            let offset = b.u64_at(f.instr.unwrap_or(0)).wrapping_sub(start) as i64;
-                            let incomplete =
-                                Some(owner) != l.model.owner_generator && offset < first_traceable;
+                    match codes.facts(code) {
+                        Ok(c) => {
+                            let offset = b
+                                .u64_at(f.instr.unwrap_or(0))
+                                .wrapping_sub(c.bytecode_start)
+                                as i64;
+                            let incomplete = Some(owner) != l.model.owner_generator
+                                && offset < c.first_traceable;
                             if !incomplete {
-                                out.push(RawFrame { code, frame, offset });
+                                w.frames.push(RawFrame {
+                                    code,
+                                    frame,
+                                    offset,
+                                });
                             }
                         }
                         // 3.13+ frames may execute something that is not a code object;
-                        // an unreadable one means the stack changed under us.
+                        // before, a frame whose code is not a code object is a torn read.
                         Err(ReadError::NotCode) if l.model.debug_offsets => {}
                         Err(ReadError::NotCode) => return Err(ReadError::Fault),
                         Err(e) => return Err(e),
@@ -103,22 +153,29 @@ pub fn walk(
         }
         frame = previous;
     }
+    // A thread's outermost frame is never a generator's: a generator runs because some
+    // frame resumed it, and its frame links back to that one while it runs. A chain
+    // that ends in one was read while the generator was suspended: a stale copy.
+    if root_owner.is_some() && root_owner == l.model.owner_generator {
+        w.truncated = true;
+        return Err(ReadError::Fault);
+    }
     Ok(())
 }
 
 /// The thread's stack read directly, frame by frame, believed only if the thread state
-/// still points at the same innermost frame afterwards (Fault if it moved).
+/// still points at the same innermost frame afterwards (Fault if it moved). For dumps,
+/// which retry; the sampler reads a copy instead (sampler.rs).
 pub fn walk_consistent(
-    mem: &Memory,
-    t: &Target,
+    mem: &dyn ReadMem,
+    l: &Layout,
     tstate: u64,
-    out: &mut Vec<RawFrame>,
-    visited: &mut Vec<u64>,
-    code_start: impl FnMut(u64) -> ReadResult<(u64, i64)>,
+    codes: &mut dyn CodeLookup,
+    w: &mut Walk,
 ) -> ReadResult<()> {
-    let top = top_frame(mem, t, tstate)?;
-    walk(mem, t, top, out, visited, &Prefetch::default(), code_start)?;
-    if top_frame(mem, t, tstate)? != top {
+    let top = top_frame(mem, l, tstate)?;
+    walk(mem, l, top.frame, codes, w)?;
+    if top_frame(mem, l, tstate)? != top {
         return Err(ReadError::Fault);
     }
     Ok(())
