@@ -29,12 +29,7 @@ pub fn to_text(reader: &Reader, threads: &[ThreadStack]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let t = &reader.target;
-    let _ = writeln!(
-        s,
-        "Process {}: {}",
-        reader.process.pid,
-        reader.process.cmdline()
-    );
+    let _ = writeln!(s, "Process {}: {}", reader.process.pid, reader.process.cmdline());
     let _ = write!(s, "Python {} ({}", t.version, t.executable);
     if let Some(lib) = &t.libpython {
         let _ = write!(s, ", runtime in {lib}");

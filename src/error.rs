@@ -28,8 +28,7 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-pub const PERMISSION_HINT: &str =
-    "run as root or with CAP_SYS_PTRACE (in Docker: --cap-add SYS_PTRACE; \
+pub const PERMISSION_HINT: &str = "run as root or with CAP_SYS_PTRACE (in Docker: --cap-add SYS_PTRACE; \
 in Kubernetes: securityContext.capabilities.add: [SYS_PTRACE]), or as the target's user with \
 kernel.yama.ptrace_scope set to 0 (sysctl kernel.yama.ptrace_scope=0)";
 

@@ -58,12 +58,7 @@ struct RecordArgs {
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
-    Format::from_name(s).ok_or_else(|| {
-        format!(
-            "unknown format '{s}'; formats: {}",
-            vizattach::output::FORMATS
-        )
-    })
+    Format::from_name(s).ok_or_else(|| format!("unknown format '{s}'; formats: {}", vizattach::output::FORMATS))
 }
 
 #[derive(Subcommand)]
@@ -115,7 +110,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
             let what = match (a.pid, a.command.is_empty()) {
                 (Some(p), true) => record::What::Pid(p),
                 (None, false) => record::What::Launch(a.command),
-                (Some(_), false) => return Err(Error::Usage("give either --pid or a command after --, not both".into())),
+                (Some(_), false) => {
+                    return Err(Error::Usage("give either --pid or a command after --, not both".into()))
+                }
                 (None, true) => {
                     return Err(Error::Usage(
                         "nothing to record: give --pid PID, or a command after -- (see vizattach --help)".into(),
@@ -131,17 +128,8 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 quiet: a.quiet,
             })
         }
-        Command::Dump {
-            pid,
-            json,
-            verbose,
-            scan,
-        } => {
-            let how = if scan {
-                Discovery::Scan
-            } else {
-                Discovery::Symbols
-            };
+        Command::Dump { pid, json, verbose, scan } => {
+            let how = if scan { Discovery::Scan } else { Discovery::Symbols };
             let mut reader = Reader::attach_with(pid, how)?;
             if verbose {
                 let t = &reader.target;
@@ -152,10 +140,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                     t.libpython.as_deref().unwrap_or(&t.executable)
                 );
                 for n in &t.notes {
-                    eprintln!(
-                        "vizattach: _Py_DebugOffsets differs from our {} table: {n}",
-                        t.layout.about.minor
-                    );
+                    eprintln!("vizattach: _Py_DebugOffsets differs from our {} table: {n}", t.layout.about.minor);
                 }
             }
             let threads = reader.snapshot()?;
@@ -167,10 +152,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Versions => {
-            println!(
-                "{:<6} {:<8} {:<7} layout source",
-                "minor", "headers", "tested"
-            );
+            println!("{:<6} {:<8} {:<7} layout source", "minor", "headers", "tested");
             for l in layout::all() {
                 println!(
                     "{:<6} {:<8} {:<7} {}{}",
@@ -178,11 +160,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                     l.about.headers,
                     if l.about.tested { "yes" } else { "NO" },
                     l.about.source,
-                    if l.model.debug_offsets {
-                        "; the target's own _Py_DebugOffsets take precedence"
-                    } else {
-                        ""
-                    }
+                    if l.model.debug_offsets { "; the target's own _Py_DebugOffsets take precedence" } else { "" }
                 );
             }
             Ok(0)

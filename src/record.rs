@@ -49,11 +49,7 @@ pub struct Options {
 /// Records; returns the exit status to leave with (the program's, in launch mode).
 pub fn record(opts: Options) -> Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| Error::Io(format!("cannot install signal handler: {e}")))?;
     }
@@ -80,27 +76,12 @@ pub fn record(opts: Options) -> Result<i32> {
         None => Reader::attach(pid)?,
         Some(c) => attach_launched(pid, c)?,
     };
-    let path = opts
-        .output
-        .clone()
-        .unwrap_or_else(|| default_name(pid, gzip));
+    let path = opts.output.clone().unwrap_or_else(|| default_name(pid, gzip));
     let command_line = reader.process.cmdline();
-    let sink = output::create(
-        &path,
-        format,
-        gzip,
-        pid,
-        PathBuf::from(format!("/proc/{pid}/root")),
-        &command_line,
-    )
-    .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
+    let sink = output::create(&path, format, gzip, pid, PathBuf::from(format!("/proc/{pid}/root")), &command_line)
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
     let python_version = reader.target.version.to_string();
-    let Reader {
-        process,
-        target,
-        codes,
-        ids,
-    } = reader;
+    let Reader { process, target, codes, ids } = reader;
     let process_comm = process.comm.clone();
     let mut sampler = Sampler::new(pid, process.memory, target, codes, ids);
 
@@ -161,9 +142,8 @@ pub fn record(opts: Options) -> Result<i32> {
         stop.store(true, Ordering::Relaxed);
         let _ = p.join();
     }
-    let (mut timeline, mut sink, error) = consumer
-        .join()
-        .map_err(|_| Error::Io("the timeline thread failed".into()))?;
+    let (mut timeline, mut sink, error) =
+        consumer.join().map_err(|_| Error::Io("the timeline thread failed".into()))?;
     let stopped_ns = stats.last_sample_ns.load(Ordering::Relaxed);
     let started_ns = stats.started_ns.load(Ordering::Relaxed);
     let duration_s = stopped_ns.saturating_sub(started_ns) as f64 / 1e9;
@@ -174,22 +154,13 @@ pub fn record(opts: Options) -> Result<i32> {
         pid,
         command_line,
         rate_requested: opts.rate.to_string(),
-        rate_achieved: if duration_s > 0.0 {
-            samples as f64 / duration_s
-        } else {
-            0.0
-        },
+        rate_achieved: if duration_s > 0.0 { samples as f64 / duration_s } else { 0.0 },
         samples,
         missed_ticks: stats.missed_ticks.load(Ordering::Relaxed),
         dropped_samples: stats.dropped.load(Ordering::Relaxed),
         thread_samples: stats.thread_samples.load(Ordering::Relaxed),
         lost_samples: std::iter::once(("total", stats.lost_total()))
-            .chain(
-                crate::sampler::LOSS_NAMES
-                    .iter()
-                    .zip(&stats.lost)
-                    .map(|(k, n)| (*k, n.load(Ordering::Relaxed))),
-            )
+            .chain(crate::sampler::LOSS_NAMES.iter().zip(&stats.lost).map(|(k, n)| (*k, n.load(Ordering::Relaxed))))
             .collect(),
         retried_samples: stats.retried.load(Ordering::Relaxed),
         failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
@@ -197,14 +168,10 @@ pub fn record(opts: Options) -> Result<i32> {
         duration_s,
         clock: "CLOCK_MONOTONIC",
     };
-    let comm_of = |tid: i32| {
-        crate::process::tasks::Tasks::comm(pid, tid).unwrap_or_else(|| format!("thread {tid}"))
-    };
+    let comm_of = |tid: i32| crate::process::tasks::Tasks::comm(pid, tid).unwrap_or_else(|| format!("thread {tid}"));
     let finished = match error {
         Some(e) => Err(e),
-        None => timeline
-            .finish(sink.as_mut(), &comm_of)
-            .and_then(|()| sink.finish(&info)),
+        None => timeline.finish(sink.as_mut(), &comm_of).and_then(|()| sink.finish(&info)),
     };
     drop(sink); // completes the gzip stream
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -238,10 +205,7 @@ pub fn record(opts: Options) -> Result<i32> {
             human_bytes(size),
             path.display()
         );
-        eprintln!(
-            "vizattach: open it with {}",
-            output::how_to_open(format, &path)
-        );
+        eprintln!("vizattach: open it with {}", output::how_to_open(format, &path));
     }
     if let StopReason::Failed(e) = reason {
         return Err(Error::Io(e));
@@ -310,10 +274,7 @@ fn resolve_format(path: Option<&Path>, forced: Option<Format>) -> Result<(Format
     });
     match (forced, from_path) {
         (Some(f), Some(Ok((_, gz)))) => Ok((f, gz)),
-        (Some(f), _) => Ok((
-            f,
-            path.is_some_and(|p| p.extension().is_some_and(|e| e == "gz")),
-        )),
+        (Some(f), _) => Ok((f, path.is_some_and(|p| p.extension().is_some_and(|e| e == "gz")))),
         (None, Some(r)) => r,
         (None, None) => Ok((Format::Viztracer, false)),
     }
@@ -396,13 +357,9 @@ fn human_bytes(n: u64) -> String {
 /// "500ms", "10s", "2m", "1h", or a plain number of seconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration '{s}': use e.g. 500ms, 10s, 2m, 1h"))?;
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration '{s}': use e.g. 500ms, 10s, 2m, 1h"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,
@@ -422,9 +379,7 @@ pub fn parse_rate(s: &str) -> std::result::Result<Rate, String> {
     }
     match s.parse::<u32>() {
         Ok(n) if (1..=1_000_000).contains(&n) => Ok(Rate::Hz(n)),
-        _ => Err(format!(
-            "invalid rate '{s}': samples per second from 1 to 1000000, or max"
-        )),
+        _ => Err(format!("invalid rate '{s}': samples per second from 1 to 1000000, or max")),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::process::prefetch::Prefetch;
 use crate::python::code::{CodeCache, CodeInfo};
 use crate::python::discover::Target;
 use crate::python::layout::{FrameModel, Layout};
-use crate::python::stack::{self, CodeFacts, Walk};
+use crate::python::stack::{self, CodeFacts, Top, Walk};
 use crate::python::thread_ids::ThreadIds;
 use crate::python::{thread_names, threads};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -56,8 +56,7 @@ pub struct SampleBatch {
 
 impl SampleBatch {
     pub fn stack(&self, t: &ThreadSample) -> Option<&[StackFrame]> {
-        t.frames
-            .and_then(|(a, b)| self.frames.get(a as usize..b as usize))
+        t.frames.and_then(|(a, b)| self.frames.get(a as usize..b as usize))
     }
 }
 
@@ -149,14 +148,29 @@ struct Listed {
     states: Vec<u64>,
 }
 
+impl Plan {
+    fn see_cframe(&mut self, c: u64) {
+        if c == 0 {
+            return;
+        }
+        let (lo, hi) = self.cframes;
+        self.cframes =
+            if lo == 0 || c.abs_diff(lo).max(c.abs_diff(hi)) > CFRAME_WINDOW { (c, c) } else { (lo.min(c), hi.max(c)) };
+    }
+}
+
 /// What to copy for a thread next time.
 #[derive(Default)]
 struct Plan {
-    /// the CFrame holding the top frame pointer (3.11-3.12)
-    cframe: u64,
+    /// the C stack around the CFrames that held the top frame pointer lately (3.11-3.12:
+    /// a call through C enters a new evaluation loop with a CFrame of its own, so the
+    /// thread state's CFrame changes many times a millisecond in real programs)
+    cframes: (u64, u64),
     /// the newest data-stack chunk and how much of it to read (3.11+)
     chunk: u64,
     chunk_len: usize,
+    /// the chunk's size, from its header (0: not read yet)
+    chunk_size: usize,
     /// frames outside that window: older chunks, generators, C-stack entry frames,
     /// frame objects (before 3.11)
     frames: Vec<u64>,
@@ -175,11 +189,13 @@ enum Attempt {
 /// Below this interval sleeping costs more than it saves: spin to the deadline.
 const SPIN_BELOW_NS: u64 = 60_000;
 /// Bytes of a data-stack chunk to read beyond the deepest frame seen last time.
-const CHUNK_SLACK: usize = 1024;
+const CHUNK_SLACK: usize = 4096;
 const CHUNK_FIRST_READ: usize = 4096;
 /// Frames this close together are read as one piece (cheaper than two iovecs).
 const MERGE_GAP: u64 = 512;
 const MAX_SPAN: u64 = 64 << 10;
+/// The most C stack read to catch a thread's CFrame wherever it is next.
+const CFRAME_WINDOW: u64 = 12 << 10;
 /// Reads of one thread per tick before its sample is given up (the first included).
 const ATTEMPTS: usize = 4;
 
@@ -206,6 +222,10 @@ pub struct Sampler<M: ReadMem = Memory> {
     /// checked together in one read at the end of the tick
     unchecked: Vec<(usize, u64)>,
     pf_codes: Prefetch,
+    /// when the last fetch started and ended
+    read_span: (u64, u64),
+    /// scratch for the walk from the second top pointer
+    walk_after: Walk,
     last_name_scan_ns: u64,
     /// set when a thread's ids changed: the lists are read afresh next tick
     stale_list: bool,
@@ -261,10 +281,7 @@ fn lookup<'a>(
             Some(i) => i.clone(),
             None => codes.get(mem, &t.layout, t.code_type, code)?,
         };
-        Ok(CodeFacts {
-            bytecode_start: info.bytecode_start,
-            first_traceable: info.first_traceable,
-        })
+        Ok(CodeFacts { bytecode_start: info.bytecode_start, first_traceable: info.first_traceable })
     }
 }
 
@@ -287,6 +304,8 @@ impl<M: ReadMem> Sampler<M> {
             spans: Vec::new(),
             unchecked: Vec::new(),
             pf_codes: Prefetch::default(),
+            read_span: (0, 0),
+            walk_after: Walk::default(),
             last_name_scan_ns: 0,
             stale_list: true,
             new_threads: false,
@@ -367,11 +386,7 @@ impl<M: ReadMem> Sampler<M> {
 
     /// One tick; false when the consumer has gone away.
     fn tick(&mut self, tx: &Sender<Message>, stats: &Stats) -> ReadResult<bool> {
-        let mut batch = self
-            .recycled
-            .as_ref()
-            .and_then(|r| r.try_recv().ok())
-            .unwrap_or_default();
+        let mut batch = self.recycled.as_ref().and_then(|r| r.try_recv().ok()).unwrap_or_default();
         batch.threads.clear();
         batch.frames.clear();
         self.new_threads = false;
@@ -396,13 +411,8 @@ impl<M: ReadMem> Sampler<M> {
         let mut pending = std::mem::take(&mut self.pending);
         pending.clear();
         pending.extend(self.interps.iter().flat_map(|li| li.states.iter().copied()));
-        let live = pending
-            .iter()
-            .filter(|k| matches!(self.threads.get(k), Some(Thread::Live(_))))
-            .count();
-        stats
-            .thread_samples
-            .fetch_add(live as u64, Ordering::Relaxed);
+        let live = pending.iter().filter(|k| matches!(self.threads.get(k), Some(Thread::Live(_)))).count();
+        stats.thread_samples.fetch_add(live as u64, Ordering::Relaxed);
         let mut failed = std::mem::take(&mut self.failed);
         for attempt in 0..ATTEMPTS {
             failed.clear();
@@ -420,9 +430,18 @@ impl<M: ReadMem> Sampler<M> {
             if failed.is_empty() || attempt + 1 == ATTEMPTS {
                 break;
             }
-            // Read again at once, only the threads that need it.
+            // Read again at once, only the threads that need it: first their states, to
+            // know where their top pointer and data stack are now, then their groups.
             pending.clear();
             pending.extend(failed.iter().map(|f| f.0));
+            self.pf.clear();
+            for &key in &pending {
+                self.want_thread(key);
+            }
+            self.fetch()?;
+            for &key in &pending {
+                self.learn(key);
+            }
             self.pf.clear();
             for &key in &pending {
                 self.want_thread(key);
@@ -432,12 +451,7 @@ impl<M: ReadMem> Sampler<M> {
         for &(key, why) in &failed {
             stats.lost[why as usize].fetch_add(1, Ordering::Relaxed);
             if let Some(Thread::Live(l)) = self.threads.get(&key) {
-                batch.threads.push(ThreadSample {
-                    key,
-                    tid: l.tid,
-                    time_ns: time,
-                    frames: None,
-                });
+                batch.threads.push(ThreadSample { key, tid: l.tid, time_ns: time, frames: None });
             }
         }
         self.pending = pending;
@@ -446,9 +460,7 @@ impl<M: ReadMem> Sampler<M> {
         self.check_codes(&mut batch)?;
         // What this tick saw is what the next one compares with.
         for t in &batch.threads {
-            if let (Some(stack), Some(Thread::Live(l))) =
-                (batch.stack(t), self.threads.get_mut(&t.key))
-            {
+            if let (Some(stack), Some(Thread::Live(l))) = (batch.stack(t), self.threads.get_mut(&t.key)) {
                 l.prev.clear();
                 l.prev.extend_from_slice(stack);
             }
@@ -474,8 +486,7 @@ impl<M: ReadMem> Sampler<M> {
     fn read_everything(&mut self) -> ReadResult<u64> {
         self.pf.clear();
         let l = &self.target.layout;
-        self.pf
-            .want(self.target.runtime + l.runtime.interpreters_head, 8);
+        self.pf.want(self.target.runtime + l.runtime.interpreters_head, 8);
         for li in &self.interps {
             self.pf.want(li.interp + l.interp.next, 8);
             self.pf.want(li.interp + l.interp.threads_head, 8);
@@ -489,11 +500,13 @@ impl<M: ReadMem> Sampler<M> {
         self.fetch()
     }
 
-    /// Reads what was asked for; the time the read describes (its midpoint).
+    /// Reads what was asked for; the time the read describes (its midpoint). Its start
+    /// and end are kept for stacks known to describe one end of it.
     fn fetch(&mut self) -> ReadResult<u64> {
         let t0 = now_ns();
         self.pf.fetch(&self.mem)?;
         let t1 = now_ns();
+        self.read_span = (t0, t1);
         Ok(t0 + (t1 - t0) / 2)
     }
 
@@ -505,12 +518,11 @@ impl<M: ReadMem> Sampler<M> {
             return;
         };
         let plan = &mut live.plan;
-        let cframe_field = l
-            .tstate
-            .cframe_current_frame
-            .filter(|_| l.model.frame_via_cframe);
-        if let (Some(off), true) = (cframe_field, plan.cframe != 0) {
-            self.pf.want(plan.cframe + off, 8);
+        let cframe_field = l.tstate.cframe_current_frame.filter(|_| l.model.frame_via_cframe);
+        let (lo, hi) = plan.cframes;
+        let cframes_len = (hi - lo) as usize + cframe_field.unwrap_or(0) as usize + 8;
+        if cframe_field.is_some() {
+            self.pf.want(lo, cframes_len);
         }
         if plan.chunk != 0 {
             self.pf.want(plan.chunk, plan.chunk_len);
@@ -536,10 +548,31 @@ impl<M: ReadMem> Sampler<M> {
             self.pf.want(start, (end - start) as usize);
         }
         plan.check_top = self.pf.want_check(key + l.tstate.frame, 8);
-        plan.check_cframe = match (cframe_field, plan.cframe) {
-            (Some(off), c) if c != 0 => self.pf.want_check(c + off, 8),
-            _ => None,
+        plan.check_cframe = match cframe_field {
+            Some(_) => self.pf.want_check(lo, cframes_len),
+            None => None,
         };
+    }
+
+    /// Learns where a thread's stack is now from a fresh copy of its group, reading what
+    /// the copy lacks directly (the result is not kept: it only plans the next read).
+    fn learn(&mut self, key: u64) {
+        let Sampler { pf, threads, target: t, codes, walk, mem, tstate_len, .. } = self;
+        let (mem, l): (&dyn ReadMem, _) = (mem, &t.layout);
+        let (Some(ts), Some(Thread::Live(live))) = (pf.get(key, *tstate_len), threads.get_mut(&key)) else {
+            return;
+        };
+        let chunk = l.tstate.datastack_chunk.map(|o| ts.u64_at(o)).unwrap_or(0);
+        let stack_top = l.tstate.datastack_top.map(|o| ts.u64_at(o)).unwrap_or(0);
+        if l.model.frame_via_cframe {
+            live.plan.see_cframe(ts.u64_at(l.tstate.frame));
+        }
+        let behind = CopyThenProcess { copy: pf, process: mem };
+        walk.visited.clear();
+        if let Ok(top) = stack::top_frame(&behind, l, key) {
+            let _ = stack::walk(&behind, l, top.frame, &mut lookup(codes, mem, t), walk);
+        }
+        plan_from(&mut live.plan, l, &behind, chunk, stack_top, &walk.visited);
     }
 
     /// Whether the copy holds the same interpreters and thread lists as last read.
@@ -594,10 +627,7 @@ impl<M: ReadMem> Sampler<M> {
                             continue;
                         }
                         // its state now belongs to another thread: the old one is gone
-                        let _ = tx.send(Message::ThreadEnded {
-                            key: s.addr,
-                            time_ns: time,
-                        });
+                        let _ = tx.send(Message::ThreadEnded { key: s.addr, time_ns: time });
                     }
                     let entry = match tid {
                         Some(tid) => {
@@ -615,15 +645,10 @@ impl<M: ReadMem> Sampler<M> {
                     self.threads.insert(s.addr, entry);
                 }
             }
-            interps.push(Listed {
-                interp,
-                raw: raw_addrs,
-                states: states.iter().map(|s| s.addr).collect(),
-            });
+            interps.push(Listed { interp, raw: raw_addrs, states: states.iter().map(|s| s.addr).collect() });
         }
         self.interps = interps;
-        self.orphans =
-            self.threads.len() > self.interps.iter().map(|li| li.states.len()).sum::<usize>();
+        self.orphans = self.threads.len() > self.interps.iter().map(|li| li.states.len()).sum::<usize>();
         Ok(())
     }
 
@@ -631,18 +656,12 @@ impl<M: ReadMem> Sampler<M> {
         if !self.orphans {
             return;
         }
-        let listed: std::collections::HashSet<u64> = self
-            .interps
-            .iter()
-            .flat_map(|li| li.states.iter().copied())
-            .collect();
+        let listed: std::collections::HashSet<u64> =
+            self.interps.iter().flat_map(|li| li.states.iter().copied()).collect();
         self.threads.retain(|key, th| {
             let keep = listed.contains(key);
             if !keep && matches!(th, Thread::Live(_)) {
-                let _ = tx.send(Message::ThreadEnded {
-                    key: *key,
-                    time_ns: time,
-                });
+                let _ = tx.send(Message::ThreadEnded { key: *key, time_ns: time });
             }
             keep
         });
@@ -650,23 +669,19 @@ impl<M: ReadMem> Sampler<M> {
     }
 
     /// One thread from the current copy.
-    fn attempt(
-        &mut self,
-        key: u64,
-        time: u64,
-        batch: &mut SampleBatch,
-        tx: &Sender<Message>,
-    ) -> ReadResult<Attempt> {
+    fn attempt(&mut self, key: u64, time: u64, batch: &mut SampleBatch, tx: &Sender<Message>) -> ReadResult<Attempt> {
         let Sampler {
             pf,
             threads,
             target: t,
             codes,
             walk,
+            walk_after,
             mem,
             unchecked,
             stale_list,
             tstate_len,
+            read_span,
             ..
         } = self;
         let mem: &dyn ReadMem = mem;
@@ -674,11 +689,9 @@ impl<M: ReadMem> Sampler<M> {
         let Some(ts) = pf.get(key, *tstate_len) else {
             return Ok(Attempt::Retry(Loss::Incomplete));
         };
-        let ids = (
-            ts.u64_at(l.tstate.thread_id),
-            l.tstate.native_thread_id.map(|o| ts.i32_at(o)).unwrap_or(0),
-        );
+        let ids = (ts.u64_at(l.tstate.thread_id), l.tstate.native_thread_id.map(|o| ts.i32_at(o)).unwrap_or(0));
         let chunk = l.tstate.datastack_chunk.map(|o| ts.u64_at(o)).unwrap_or(0);
+        let stack_top = l.tstate.datastack_top.map(|o| ts.u64_at(o)).unwrap_or(0);
         let Some(thread) = threads.get_mut(&key) else {
             return Ok(Attempt::Skipped);
         };
@@ -703,54 +716,78 @@ impl<M: ReadMem> Sampler<M> {
             Ok(top) => top,
             Err(ReadError::Missing) => {
                 // a CFrame we did not ask for: the thread entered or left an evaluation loop
-                live.plan.cframe = ts.u64_at(l.tstate.frame);
+                live.plan.see_cframe(ts.u64_at(l.tstate.frame));
                 return Ok(Attempt::Retry(Loss::Incomplete));
             }
             Err(_) => return Ok(Attempt::Retry(Loss::Torn)),
         };
-        // The same pointer read again at the end of the group: if it moved, the frames
-        // we copied may belong to calls that had already returned.
-        let after_top = live
-            .plan
-            .check_top
-            .and_then(|c| pf.checked(c))
-            .map(|b| b.u64_at(0));
-        let after = match live.plan.check_cframe {
-            None => after_top,
-            Some(c) => after_top
-                .filter(|&p| p == top.cframe)
-                .and_then(|_| pf.checked(c))
-                .map(|b| b.u64_at(0)),
+        // The same pointer read again at the end of the group.
+        let check = |id: Option<usize>| id.and_then(|c| pf.checked(c)).map(|b| b.u64_at(0));
+        let after = match check(live.plan.check_top) {
+            Some(p) if !l.model.frame_via_cframe || p == 0 => Some(Top { frame: p, cframe: 0 }),
+            Some(p) => {
+                // the CFrame it names, wherever it is in the copied window of C stack
+                let off = p.wrapping_sub(live.plan.cframes.0).wrapping_add(l.tstate.cframe_current_frame.unwrap_or(0));
+                let bytes = live.plan.check_cframe.and_then(|c| pf.checked(c));
+                bytes
+                    .filter(|b| off.saturating_add(8) <= b.len() as u64)
+                    .map(|b| Top { frame: b.u64_at(off), cframe: p })
+            }
+            None => None,
         };
-        if after != Some(top.frame) {
-            return Ok(Attempt::Retry(if after.is_some() {
-                Loss::Moved
-            } else {
-                Loss::Incomplete
-            }));
-        }
-        let walked = stack::walk(pf, l, top.frame, &mut lookup(codes, mem, t), walk);
+        let Some(after) = after else {
+            if l.model.frame_via_cframe {
+                live.plan.see_cframe(check(live.plan.check_top).unwrap_or(0));
+            }
+            return Ok(Attempt::Retry(Loss::Incomplete));
+        };
+        // The walk takes frames from the copy and, where a frame is not in it (a generator
+        // started since the plan was made, most often), from the process itself.
+        let behind = CopyThenProcess { copy: pf, process: mem };
+        let walked = stack::walk(&behind, l, top.frame, &mut lookup(codes, mem, t), walk);
+        let frame_len = l.frame.size as usize;
+        let copied_from = |k: usize, w: &Walk| w.visited[k..].iter().all(|&f| pf.get(f, frame_len).is_some());
         match walked {
             Ok(()) => {}
-            Err(ReadError::Missing) => {
-                // Learn where this stack lives (reading past the copy: the result is not
-                // kept), then read it again, whole, in one piece.
-                let behind = CopyThenProcess {
-                    copy: pf,
-                    process: mem,
-                };
-                let _ = stack::walk(&behind, l, top.frame, &mut lookup(codes, mem, t), walk);
-                plan_from(&mut live.plan, l, &behind, chunk, &walk.visited);
-                return Ok(Attempt::Retry(Loss::Incomplete));
-            }
             Err(ReadError::Fault | ReadError::NotCode) => {
-                return Ok(Attempt::Retry(if walk.truncated {
-                    Loss::Truncated
-                } else {
-                    Loss::Torn
-                }));
+                return Ok(Attempt::Retry(if walk.truncated { Loss::Truncated } else { Loss::Torn }));
             }
+            Err(ReadError::Missing) => return Ok(Attempt::Retry(Loss::Incomplete)),
             Err(e) => return Err(e),
+        }
+        let whole_copy = copied_from(0, walk);
+        if !whole_copy {
+            plan_from(&mut live.plan, l, &behind, chunk, stack_top, &walk.visited);
+        }
+        // Which moment the stack describes, if any (docs/ARCHITECTURE.md, "Torn reads").
+        let mut time = time;
+        if after == top {
+            // The thread stayed in its frame while the group was copied. Frames read after
+            // the copy (generators started since the plan was made) are its callers or
+            // their generators: a running generator's frame links to whoever resumed it
+            // until it yields, and one that yielded since links to nothing (caught as a
+            // truncated chain).
+        } else if let Some(k) = walk.visited.iter().position(|&f| f == after.frame) {
+            // It only returned while the group was copied: the stack at the end is this
+            // walk from the second top on, if the copy holds all of that part.
+            if !copied_from(k, walk) {
+                return Ok(Attempt::Retry(Loss::Moved));
+            }
+            let cut = &walk.visited[..k];
+            let gone = walk.frames.iter().take_while(|f| cut.contains(&f.frame)).count();
+            walk.frames.drain(..gone);
+            walk.visited.drain(..k);
+            time = read_span.1;
+        } else {
+            // It only called: the walk from the first top holds as of the start, if the
+            // second top's chain in the copy reaches the first top.
+            let reaches = whole_copy
+                && stack::walk(pf, l, after.frame, &mut lookup(codes, mem, t), walk_after).is_ok()
+                && walk_after.visited.contains(&top.frame);
+            if !reaches {
+                return Ok(Attempt::Retry(Loss::Moved));
+            }
+            time = read_span.0;
         }
         let start = batch.frames.len();
         let prev = &live.prev;
@@ -765,8 +802,7 @@ impl<M: ReadMem> Sampler<M> {
                 .filter(|p| {
                     p.code == f.code
                         && p.frame == f.frame
-                        && (depth == 0
-                            || prev[depth - 1].offset == batch.frames[start + depth - 1].offset)
+                        && (depth == 0 || prev[depth - 1].offset == batch.frames[start + depth - 1].offset)
                 })
                 .map(|p| p.code_id);
             let code_id = match known {
@@ -791,14 +827,9 @@ impl<M: ReadMem> Sampler<M> {
                     }
                 }
             };
-            batch.frames.push(StackFrame {
-                code_id,
-                code: f.code,
-                frame: f.frame,
-                offset: f.offset,
-            });
+            batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset });
         }
-        plan_from(&mut live.plan, l, pf, chunk, &walk.visited);
+        plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
         let end = batch.frames.len();
         batch.threads.push(ThreadSample {
             key,
@@ -845,13 +876,8 @@ impl<M: ReadMem> Sampler<M> {
     /// Thread names come from Python objects; read them when threads appear and, for
     /// threads still unnamed (not yet registered by threading), every 100 ms.
     fn scan_names(&mut self, tx: &Sender<Message>, now: u64) {
-        let unnamed = self
-            .threads
-            .values()
-            .any(|c| matches!(c, Thread::Live(l) if !l.named));
-        if !(self.new_threads
-            || (unnamed && now.saturating_sub(self.last_name_scan_ns) > 100_000_000))
-        {
+        let unnamed = self.threads.values().any(|c| matches!(c, Thread::Live(l) if !l.named));
+        if !(self.new_threads || (unnamed && now.saturating_sub(self.last_name_scan_ns) > 100_000_000)) {
             return;
         }
         self.last_name_scan_ns = now;
@@ -866,11 +892,7 @@ impl<M: ReadMem> Sampler<M> {
                 }
                 if let Some(name) = names.get(&l.ids.0) {
                     l.named = true;
-                    let _ = tx.send(Message::ThreadName {
-                        key: *s,
-                        tid: l.tid,
-                        name: name.clone(),
-                    });
+                    let _ = tx.send(Message::ThreadName { key: *s, tid: l.tid, name: name.clone() });
                 }
             }
         }
@@ -880,7 +902,7 @@ impl<M: ReadMem> Sampler<M> {
 /// What to copy next time for a thread whose walk read `visited`: the newest chunk as
 /// far as its frames reach (and a little more: calls push frames above), and every
 /// frame outside it.
-fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, visited: &[u64]) {
+fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_top: u64, visited: &[u64]) {
     let frame_len = l.frame.size;
     if l.model.frames == FrameModel::InterpreterFrame && chunk != 0 {
         // (a chunk whose header we have not read yet: its first bytes, for a start)
@@ -896,16 +918,16 @@ fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, visited
             .map(|&f| (f - chunk + frame_len) as usize)
             .max()
             .unwrap_or(0);
+        // the data stack's top, where the thread state says it is, if that is in this chunk
+        let used = match stack_top.checked_sub(chunk) {
+            Some(n) if n <= size => used.max(n as usize),
+            _ => used,
+        };
         plan.chunk = chunk;
-        plan.chunk_len = (used + CHUNK_SLACK)
-            .max(CHUNK_FIRST_READ)
-            .min(size as usize);
+        plan.chunk_size = size as usize;
+        plan.chunk_len = (used + CHUNK_SLACK).max(CHUNK_FIRST_READ).min(size as usize);
         plan.frames.clear();
-        plan.frames.extend(
-            visited
-                .iter()
-                .filter(|&&f| !(window.contains(&f) && f + frame_len <= window.end)),
-        );
+        plan.frames.extend(visited.iter().filter(|&&f| !(window.contains(&f) && f + frame_len <= window.end)));
     } else {
         plan.chunk = 0;
         plan.frames.clear();

@@ -93,12 +93,7 @@ impl Timeline {
                         }
                         // first sight: nothing is known before this moment
                         None => (
-                            Track {
-                                tid: t.tid,
-                                frames: Vec::new(),
-                                starts: Vec::new(),
-                                last_ns: t.time_ns,
-                            },
+                            Track { tid: t.tid, frames: Vec::new(), starts: Vec::new(), last_ns: t.time_ns },
                             t.time_ns,
                         ),
                     };
@@ -122,11 +117,7 @@ impl Timeline {
 
     /// Closes everything still open at each thread's last sample, and names threads that
     /// never got a name from Python.
-    pub fn finish(
-        &mut self,
-        sink: &mut dyn Sink,
-        fallback_name: &dyn Fn(i32) -> String,
-    ) -> io::Result<()> {
+    pub fn finish(&mut self, sink: &mut dyn Sink, fallback_name: &dyn Fn(i32) -> String) -> io::Result<()> {
         let keys: Vec<u64> = self.tracks.keys().copied().collect();
         for key in keys {
             let mut track = self.tracks.remove(&key).unwrap();
@@ -147,13 +138,7 @@ impl Timeline {
     }
 
     /// Closes open slices from depth `keep` inward, innermost first, at `at`.
-    fn close_from(
-        &mut self,
-        track: &mut Track,
-        keep: usize,
-        at: u64,
-        sink: &mut dyn Sink,
-    ) -> io::Result<()> {
+    fn close_from(&mut self, track: &mut Track, keep: usize, at: u64, sink: &mut dyn Sink) -> io::Result<()> {
         while track.frames.len() > keep {
             let f = track.frames.pop().unwrap();
             let start = track.starts.pop().unwrap_or(at);
@@ -191,12 +176,7 @@ mod tests {
     use crate::sampler::{SampleBatch, ThreadSample};
 
     fn f(code_id: u32, frame: u64, offset: i64) -> StackFrame {
-        StackFrame {
-            code_id,
-            code: code_id as u64 * 16,
-            frame,
-            offset,
-        }
+        StackFrame { code_id, code: code_id as u64 * 16, frame, offset }
     }
 
     /// Records what the timeline emits: (tid, code id, start, end).
@@ -210,13 +190,7 @@ mod tests {
             self.threads.push((tid, name.to_string()));
             Ok(())
         }
-        fn close(
-            &mut self,
-            tid: i32,
-            code: &CodeInfo,
-            start_ns: u64,
-            end_ns: u64,
-        ) -> io::Result<()> {
+        fn close(&mut self, tid: i32, code: &CodeInfo, start_ns: u64, end_ns: u64) -> io::Result<()> {
             self.slices.push((tid, code.id, start_ns, end_ns));
             Ok(())
         }
@@ -226,28 +200,16 @@ mod tests {
     }
 
     fn codes(n: u32) -> Message {
-        Message::Codes(
-            (0..n)
-                .map(|id| Arc::new(CodeInfo::for_test(id, &format!("f{id}"))))
-                .collect(),
-        )
+        Message::Codes((0..n).map(|id| Arc::new(CodeInfo::for_test(id, &format!("f{id}")))).collect())
     }
 
     /// A batch with one stack per (key, tid) thread, all stamped at `t`.
     fn sample(t: u64, threads: &[(u64, i32, &[StackFrame])]) -> Message {
-        let mut b = SampleBatch {
-            time_ns: t,
-            ..Default::default()
-        };
+        let mut b = SampleBatch { time_ns: t, ..Default::default() };
         for (key, tid, stack) in threads {
             let a = b.frames.len() as u32;
             b.frames.extend_from_slice(stack);
-            b.threads.push(ThreadSample {
-                key: *key,
-                tid: *tid,
-                time_ns: t,
-                frames: Some((a, b.frames.len() as u32)),
-            });
+            b.threads.push(ThreadSample { key: *key, tid: *tid, time_ns: t, frames: Some((a, b.frames.len() as u32)) });
         }
         Message::Sample(b)
     }
@@ -258,24 +220,14 @@ mod tests {
         let mut r = Recorder::default();
         tl.handle(&codes(4), &mut r).unwrap();
         let main = f(0, 100, 10);
-        tl.handle(&sample(1000, &[(1, 7, &[main, f(1, 200, 4)])]), &mut r)
-            .unwrap();
-        tl.handle(&sample(2000, &[(1, 7, &[main, f(1, 200, 8)])]), &mut r)
-            .unwrap(); // line change
-        tl.handle(
-            &sample(3000, &[(1, 7, &[f(0, 100, 12), f(1, 200, 4)])]),
-            &mut r,
-        )
-        .unwrap(); // new call site
-        tl.handle(&sample(4000, &[(1, 7, &[f(0, 100, 12)])]), &mut r)
-            .unwrap();
+        tl.handle(&sample(1000, &[(1, 7, &[main, f(1, 200, 4)])]), &mut r).unwrap();
+        tl.handle(&sample(2000, &[(1, 7, &[main, f(1, 200, 8)])]), &mut r).unwrap(); // line change
+        tl.handle(&sample(3000, &[(1, 7, &[f(0, 100, 12), f(1, 200, 4)])]), &mut r).unwrap(); // new call site
+        tl.handle(&sample(4000, &[(1, 7, &[f(0, 100, 12)])]), &mut r).unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
         // f1 from the first call site: first seen at 1000 (first sight opens at the sample),
         // left between 2000 and 3000; the second call: 2500..3500; main until the end.
-        assert_eq!(
-            r.slices,
-            vec![(7, 1, 1000, 2500), (7, 1, 2500, 3500), (7, 0, 1000, 4000)]
-        );
+        assert_eq!(r.slices, vec![(7, 1, 1000, 2500), (7, 1, 2500, 3500), (7, 0, 1000, 4000)]);
         assert_eq!(r.threads, vec![(7, "t7".to_string())]);
         assert_eq!(tl.slices, 3);
     }
@@ -288,25 +240,14 @@ mod tests {
         let a: &[StackFrame] = &[f(0, 100, 2)];
         let b: &[StackFrame] = &[f(1, 300, 2), f(2, 400, 6)];
         tl.handle(&sample(1000, &[(1, 7, a)]), &mut r).unwrap();
-        tl.handle(&sample(2000, &[(1, 7, a), (2, 8, b)]), &mut r)
-            .unwrap();
+        tl.handle(&sample(2000, &[(1, 7, a), (2, 8, b)]), &mut r).unwrap();
         // missing from a batch is not gone: its last view holds
         tl.handle(&sample(3000, &[(1, 7, a)]), &mut r).unwrap();
         assert!(r.slices.is_empty());
-        tl.handle(
-            &Message::ThreadEnded {
-                key: 2,
-                time_ns: 4000,
-            },
-            &mut r,
-        )
-        .unwrap();
+        tl.handle(&Message::ThreadEnded { key: 2, time_ns: 4000 }, &mut r).unwrap();
         tl.handle(&sample(5000, &[(1, 7, a)]), &mut r).unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
-        assert_eq!(
-            r.slices,
-            vec![(8, 2, 2000, 3000), (8, 1, 2000, 3000), (7, 0, 1000, 5000)]
-        );
+        assert_eq!(r.slices, vec![(8, 2, 2000, 3000), (8, 1, 2000, 3000), (7, 0, 1000, 5000)]);
     }
 
     #[test]
@@ -316,16 +257,8 @@ mod tests {
         tl.handle(&codes(2), &mut r).unwrap();
         let s: &[StackFrame] = &[f(0, 100, 2), f(1, 200, 2)];
         tl.handle(&sample(1000, &[(1, 7, s)]), &mut r).unwrap();
-        let mut torn = SampleBatch {
-            time_ns: 2000,
-            ..Default::default()
-        };
-        torn.threads.push(ThreadSample {
-            key: 1,
-            tid: 7,
-            time_ns: 2000,
-            frames: None,
-        });
+        let mut torn = SampleBatch { time_ns: 2000, ..Default::default() };
+        torn.threads.push(ThreadSample { key: 1, tid: 7, time_ns: 2000, frames: None });
         tl.handle(&Message::Sample(torn), &mut r).unwrap();
         tl.handle(&sample(3000, &[(1, 7, s)]), &mut r).unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();

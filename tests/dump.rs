@@ -89,12 +89,7 @@ fn dump_churn() {
             let tids = d.tids();
             stable.is_subset(&tids) && !tids.contains(&expected.recorder_tid)
         })
-        .map_err(|(last, e)| {
-            format!(
-                "churn never settled: {e}; last tids {:?}",
-                last.map(|d| d.tids())
-            )
-        })?;
+        .map_err(|(last, e)| format!("churn never settled: {e}; last tids {:?}", last.map(|d| d.tids())))?;
 
         let fixture_dir = target.target_path("");
         let mut problems = Vec::new();
@@ -110,16 +105,9 @@ fn dump_churn() {
                 problems.push(format!("run {run}: {p}"));
             }
             if got.pid != expected.pid {
-                problems.push(format!(
-                    "run {run}: pid {} instead of {}",
-                    got.pid, expected.pid
-                ));
+                problems.push(format!("run {run}: pid {} instead of {}", got.pid, expected.pid));
             }
-            for t in got
-                .threads
-                .iter()
-                .filter(|t| t.tid.is_none_or(|tid| !stable.contains(&tid)))
-            {
+            for t in got.threads.iter().filter(|t| t.tid.is_none_or(|tid| !stable.contains(&tid))) {
                 transient_seen += 1;
                 // No OS thread (yet, or any more) is only possible for thread_id 0.
                 if t.tid.is_none() && t.thread_id != Some(0) {
@@ -131,18 +119,12 @@ fn dump_churn() {
                 if t.frames.is_empty() {
                     transient_empty += 1;
                     if !TRANSIENT_EMPTY_STACKS_ALLOWED {
-                        problems.push(format!(
-                            "run {run}: thread {:?} {:?} has no frames",
-                            t.tid, t.name
-                        ));
+                        problems.push(format!("run {run}: thread {:?} {:?} has no frames", t.tid, t.name));
                     }
                 }
                 for (i, f) in t.frames.iter().enumerate() {
                     if let Err(why) = plausible_churn_frame(f, &fixture_dir) {
-                        problems.push(format!(
-                            "run {run}: thread {:?} {:?} frame #{i} {f}: {why}",
-                            t.tid, t.name
-                        ));
+                        problems.push(format!("run {run}: thread {:?} {:?} frame #{i} {f}: {why}", t.tid, t.name));
                     }
                 }
             }
@@ -179,10 +161,7 @@ fn plausible_churn_frame(f: &Frame, fixture_dir: &Path) -> Result<(), String> {
     }
     let file = Path::new(&f.file);
     let from_fixture = file.starts_with(fixture_dir);
-    let threading = matches!(
-        file.file_name().and_then(|n| n.to_str()),
-        Some("threading.py") | Some("_weakrefset.py")
-    );
+    let threading = matches!(file.file_name().and_then(|n| n.to_str()), Some("threading.py") | Some("_weakrefset.py"));
     if from_fixture || threading {
         Ok(())
     } else {
@@ -201,14 +180,9 @@ fn dump_error(pid: u32) -> String {
 
 #[test]
 fn error_no_such_process() {
-    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(32768);
-    let pid = (2..pid_max)
-        .rev()
-        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
-        .expect("a free pid");
+    let pid_max: u32 =
+        std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768);
+    let pid = (2..pid_max).rev().find(|p| !Path::new(&format!("/proc/{p}")).exists()).expect("a free pid");
     let line = dump_error(pid);
     assert!(
         line.to_lowercase().contains("no such process") && line.contains(&pid.to_string()),
@@ -223,10 +197,7 @@ fn error_not_python() {
     let sleeper = KillOnDrop(cmd.spawn().expect("spawn sleep"));
     wait_for_exec(sleeper.pid(), Duration::from_secs(5)).unwrap();
     let line = dump_error(sleeper.pid());
-    assert!(
-        line.contains("not a Python process"),
-        "expected \"not a Python process\" in: {line}"
-    );
+    assert!(line.contains("not a Python process"), "expected \"not a Python process\" in: {line}");
 }
 
 #[test]
@@ -247,10 +218,7 @@ fn error_unsupported_version() {
         if line.contains(&interp.minor_version()) && line.to_lowercase().contains("supported") {
             Ok(())
         } else {
-            Err(format!(
-                "expected {:?} and \"supported\" in: {line}",
-                interp.minor_version()
-            ))
+            Err(format!("expected {:?} and \"supported\" in: {line}", interp.minor_version()))
         }
     });
 }
@@ -281,21 +249,15 @@ fn target_exits_while_being_read() {
         std::thread::sleep(Duration::from_millis(25 + (i % 7) * 6));
         let out = run_vizattach(&["dump", "--pid", &child.pid().to_string(), "--json"]).unwrap();
         let outcome = if out.status.success() {
-            let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-                panic!(
-                    "run {i}: a successful dump must be JSON ({e}): {}",
-                    out.stdout
-                )
-            });
+            let v: serde_json::Value = serde_json::from_str(&out.stdout)
+                .unwrap_or_else(|e| panic!("run {i}: a successful dump must be JSON ({e}): {}", out.stdout));
             assert!(v["threads"].is_array(), "run {i}: malformed dump {v}");
             "complete dump"
         } else {
             let line = expect_error_line(&out).unwrap_or_else(|e| panic!("run {i}: {e}"));
             let l = line.to_lowercase();
             assert!(
-                l.contains("exited")
-                    || l.contains("no such process")
-                    || l.contains("not a python process"),
+                l.contains("exited") || l.contains("no such process") || l.contains("not a python process"),
                 "run {i}: unexpected error for an exiting target: {line}"
             );
             if line.contains("exited") {
@@ -324,23 +286,17 @@ fn error_permission_denied() {
     }
     // The target runs as root (we are root); vizattach runs as nobody.
     let mut target = Target::start(host, "idle.py").unwrap();
-    target
-        .wait_json("expected.json", Duration::from_secs(30))
-        .unwrap();
+    target.wait_json("expected.json", Duration::from_secs(30)).unwrap();
     let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        VIZATTACH,
-    ])
-    .args(["dump", "--pid", &target.pid.to_string(), "--json"]);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", VIZATTACH]).args([
+        "dump",
+        "--pid",
+        &target.pid.to_string(),
+        "--json",
+    ]);
     let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
     let line = expect_error_line(&out).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        line.contains("CAP_SYS_PTRACE"),
-        "expected CAP_SYS_PTRACE in: {line}"
-    );
+    assert!(line.contains("CAP_SYS_PTRACE"), "expected CAP_SYS_PTRACE in: {line}");
 }
 
 /// Sanity of the harness itself: the shared helpers see the same set of tids in an
@@ -355,21 +311,9 @@ fn harness_expected_file_is_well_formed() {
     };
     let mut target = Target::start(host, "main_fixture.py").unwrap();
     let expected = target.wait_expected().unwrap();
-    let names: BTreeSet<&str> = expected
-        .threads
-        .iter()
-        .filter_map(|t| t.name.as_deref())
-        .collect();
-    let want: BTreeSet<&str> = [
-        "MainThread",
-        "worker-1",
-        "recurser",
-        "generator",
-        "asyncio",
-        "unicode-ü",
-    ]
-    .into_iter()
-    .collect();
+    let names: BTreeSet<&str> = expected.threads.iter().filter_map(|t| t.name.as_deref()).collect();
+    let want: BTreeSet<&str> =
+        ["MainThread", "worker-1", "recurser", "generator", "asyncio", "unicode-ü"].into_iter().collect();
     assert_eq!(names, want);
     assert_eq!(expected.pid, target.pid as i64);
     assert!(!expected.tids().contains(&expected.recorder_tid));

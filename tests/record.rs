@@ -106,20 +106,11 @@ impl Trace {
         }
         // siblings never tie on ts (they nest strictly), so ts orders them
         let by_ts = |v: &mut Vec<usize>| {
-            v.sort_by(|&a, &b| {
-                self.slices[nodes[a]]
-                    .ts
-                    .total_cmp(&self.slices[nodes[b]].ts)
-                    .then(a.cmp(&b))
-            })
+            v.sort_by(|&a, &b| self.slices[nodes[a]].ts.total_cmp(&self.slices[nodes[b]].ts).then(a.cmp(&b)))
         };
         children.iter_mut().for_each(by_ts);
         roots.values_mut().for_each(by_ts);
-        FileTree {
-            slices: nodes.iter().map(|&i| self.slices[i].clone()).collect(),
-            children,
-            roots,
-        }
+        FileTree { slices: nodes.iter().map(|&i| self.slices[i].clone()).collect(), children, roots }
     }
 }
 
@@ -148,11 +139,7 @@ impl FileTree {
 
     fn render_thread(&self, tid: i64) -> String {
         let mut out = String::new();
-        self.render(
-            self.roots.get(&tid).map(|v| v.as_slice()).unwrap_or(&[]),
-            1,
-            &mut out,
-        );
+        self.render(self.roots.get(&tid).map(|v| v.as_slice()).unwrap_or(&[]), 1, &mut out);
         out
     }
 }
@@ -177,19 +164,8 @@ fn parse_slice_name(name: &str) -> Option<(String, String, i64)> {
 fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<Trace, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| {
-        let tail: String = text
-            .chars()
-            .rev()
-            .take(300)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        format!(
-            "{} is not valid JSON ({e}); {} bytes, ends with: {tail}",
-            path.display(),
-            text.len()
-        )
+        let tail: String = text.chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("{} is not valid JSON ({e}); {} bytes, ends with: {tail}", path.display(), text.len())
     })?;
     let mut problems = Vec::new();
     let events = v["traceEvents"].as_array().ok_or("no traceEvents array")?;
@@ -213,14 +189,8 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
             problems.push(format!("viztracer_metadata lacks {key:?}"));
         }
     }
-    let files = v["file_info"]["files"]
-        .as_object()
-        .cloned()
-        .ok_or("no file_info.files object")?;
-    let functions = v["file_info"]["functions"]
-        .as_object()
-        .cloned()
-        .ok_or("no file_info.functions object")?;
+    let files = v["file_info"]["files"].as_object().cloned().ok_or("no file_info.files object")?;
+    let functions = v["file_info"]["functions"].as_object().cloned().ok_or("no file_info.functions object")?;
 
     let mut slices = Vec::new();
     let mut thread_names = BTreeMap::new();
@@ -241,9 +211,7 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
                                 problems.push(format!("tid {tid} named twice: {old:?} and {n:?}"));
                             }
                         }
-                        None => {
-                            problems.push(format!("thread_name event without integer tid: {e}"))
-                        }
+                        None => problems.push(format!("thread_name event without integer tid: {e}")),
                     },
                     _ => problems.push(format!("unexpected metadata event {e}")),
                 }
@@ -254,35 +222,19 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
                     problems.push(format!("X event name is not \"qualname (file:line)\": {e}"));
                     continue;
                 };
-                let (Some(ts), Some(dur), Some(tid)) =
-                    (e["ts"].as_f64(), e["dur"].as_f64(), e["tid"].as_i64())
-                else {
+                let (Some(ts), Some(dur), Some(tid)) = (e["ts"].as_f64(), e["dur"].as_f64(), e["tid"].as_i64()) else {
                     problems.push(format!("X event lacks numeric ts/dur/tid: {e}"));
                     continue;
                 };
-                if dur < 0.0
-                    || line < 0
-                    || e["pid"].as_i64().is_none()
-                    || e["cat"].as_str() != Some("python")
-                {
+                if dur < 0.0 || line < 0 || e["pid"].as_i64().is_none() || e["cat"].as_str() != Some("python") {
                     problems.push(format!("malformed X event: {e}"));
                 }
                 match functions.get(name) {
-                    Some(f)
-                        if f[0].as_str() == Some(file.as_str()) && f[1].as_i64() == Some(line) => {}
-                    other => problems.push(format!(
-                        "file_info.functions[{name:?}] is {other:?}, expected [{file:?}, {line}]"
-                    )),
+                    Some(f) if f[0].as_str() == Some(file.as_str()) && f[1].as_i64() == Some(line) => {}
+                    other => problems
+                        .push(format!("file_info.functions[{name:?}] is {other:?}, expected [{file:?}, {line}]")),
                 }
-                slices.push(Slice {
-                    name: name.to_string(),
-                    qual,
-                    file,
-                    ts,
-                    dur,
-                    tid,
-                    parent: None,
-                });
+                slices.push(Slice { name: name.to_string(), qual, file, ts, dur, tid, parent: None });
             }
             _ => problems.push(format!("unexpected event {e}")),
         }
@@ -296,20 +248,14 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
     let mut order: Vec<usize> = (0..slices.len()).collect();
     order.sort_by(|&a, &b| {
         let (sa, sb) = (&slices[a], &slices[b]);
-        sa.tid
-            .cmp(&sb.tid)
-            .then(sa.ts.total_cmp(&sb.ts))
-            .then(sb.dur.total_cmp(&sa.dur))
-            .then(a.cmp(&b))
+        sa.tid.cmp(&sb.tid).then(sa.ts.total_cmp(&sb.ts)).then(sb.dur.total_cmp(&sa.dur)).then(a.cmp(&b))
     });
     const EPS: f64 = 0.002; // ts and dur are printed with ns precision
     let mut stack: Vec<usize> = Vec::new();
     let mut overlaps = 0;
     for &i in &order {
         while let Some(&top) = stack.last() {
-            if slices[top].tid != slices[i].tid
-                || slices[top].end() <= slices[i].ts + EPS && slices[top].dur > 0.0
-            {
+            if slices[top].tid != slices[i].tid || slices[top].end() <= slices[i].ts + EPS && slices[top].dur > 0.0 {
                 stack.pop();
             } else {
                 break;
@@ -354,7 +300,9 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
                 if let (Some(src), Some(n)) = (entry[0].as_str(), entry[1].as_i64()) {
                     if let Ok(real) = fs::read_to_string(&host) {
                         if real != src || real.lines().count() as i64 != n {
-                            problems.push(format!("file_info.files[{f:?}] differs from the file (or its line count {n} is wrong)"));
+                            problems.push(format!(
+                                "file_info.files[{f:?}] differs from the file (or its line count {n} is wrong)"
+                            ));
                         }
                     }
                 } else {
@@ -380,28 +328,13 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
     }
     if !problems.is_empty() {
         // keep it for inspection: work directories are removed when the test ends
-        let dir = path
-            .parent()
-            .and_then(|d| d.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let kept =
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("record-malformed-{dir}.json"));
+        let dir =
+            path.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("record-malformed-{dir}.json"));
         let _ = fs::copy(path, &kept);
-        return Err(format!(
-            "{} is malformed (kept at {}):\n{}",
-            path.display(),
-            kept.display(),
-            problems.join("\n")
-        ));
+        return Err(format!("{} is malformed (kept at {}):\n{}", path.display(), kept.display(), problems.join("\n")));
     }
-    Ok(Trace {
-        slices,
-        thread_names,
-        meta,
-        files,
-        pid: pid.unwrap_or(0),
-    })
+    Ok(Trace { slices, thread_names, meta, files, pid: pid.unwrap_or(0) })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -422,10 +355,7 @@ fn launch(work: &WorkDir, fixture: &str, args: &[String], out: &Path) -> Result<
 fn send_signal(pid: u32, sig: i32) -> Result<(), String> {
     // SAFETY: plain kill(2) on a pid we spawned.
     if unsafe { libc::kill(pid as i32, sig) } != 0 {
-        return Err(format!(
-            "kill({pid}, {sig}): {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("kill({pid}, {sig}): {}", std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -439,9 +369,7 @@ fn start_recording(pid: u32, out: &Path, stderr_file: &Path) -> Result<KillOnDro
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
-    cmd.spawn()
-        .map(KillOnDrop)
-        .map_err(|e| format!("spawn vizattach: {e}"))
+    cmd.spawn().map(KillOnDrop).map_err(|e| format!("spawn vizattach: {e}"))
 }
 
 fn wait_exit(child: &mut KillOnDrop, timeout: Duration) -> Option<std::process::ExitStatus> {
@@ -474,13 +402,7 @@ struct E {
 }
 
 fn e(key: &'static str, label: &'static str, kids: Vec<E>) -> E {
-    E {
-        key,
-        label: Some(label),
-        kids,
-        burst: None,
-        may_also_contain: &[],
-    }
+    E { key, label: Some(label), kids, burst: None, may_also_contain: &[] }
 }
 
 /// The main thread's expected tree (slices from timeline_main.py only).
@@ -505,11 +427,7 @@ fn expected_main_thread() -> E {
                             "middle",
                             vec![
                                 e("leaf_sleep", "leaf_sleep", vec![]),
-                                e(
-                                    "leaf_busy",
-                                    "leaf_busy",
-                                    vec![e("busy", "leaf_busy.busy", vec![])],
-                                ),
+                                e("leaf_busy", "leaf_busy", vec![e("busy", "leaf_busy.busy", vec![])]),
                             ],
                         ),
                         e("busy", "outer.busy2", vec![]),
@@ -556,14 +474,7 @@ fn expected_main_thread() -> E {
 
 /// worker-1's expected tree.
 fn expected_worker_thread() -> E {
-    e(
-        "worker_body",
-        "worker_body",
-        vec![
-            e("worker_step", "worker_step", vec![]),
-            e("busy", "worker.busy", vec![]),
-        ],
-    )
+    e("worker_body", "worker_body", vec![e("worker_step", "worker_step", vec![]), e("busy", "worker.busy", vec![])])
 }
 
 struct Truth {
@@ -580,37 +491,19 @@ struct Truth {
 
 impl Truth {
     fn load(path: &Path) -> Result<Truth, String> {
-        let text = fs::read_to_string(path)
-            .map_err(|e| format!("the fixture wrote no {}: {e}", path.display()))?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = fs::read_to_string(path).map_err(|e| format!("the fixture wrote no {}: {e}", path.display()))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let functions = v["functions"]
             .as_object()
             .ok_or("truth: no functions")?
             .iter()
-            .map(|(k, f)| {
-                (
-                    k.clone(),
-                    (
-                        f[0].as_str().unwrap_or("").to_string(),
-                        f[2].as_i64().unwrap_or(-1),
-                    ),
-                )
-            })
+            .map(|(k, f)| (k.clone(), (f[0].as_str().unwrap_or("").to_string(), f[2].as_i64().unwrap_or(-1))))
             .collect();
         let spans = v["spans"]
             .as_object()
             .ok_or("truth: no spans")?
             .iter()
-            .map(|(k, s)| {
-                (
-                    k.clone(),
-                    (
-                        s[0].as_f64().unwrap_or(0.0) * 1e6,
-                        s[1].as_f64().unwrap_or(0.0) * 1e6,
-                    ),
-                )
-            })
+            .map(|(k, s)| (k.clone(), (s[0].as_f64().unwrap_or(0.0) * 1e6, s[1].as_f64().unwrap_or(0.0) * 1e6)))
             .collect();
         Ok(Truth {
             pid: v["pid"].as_i64().unwrap_or(0),
@@ -624,10 +517,7 @@ impl Truth {
     }
 
     fn qual(&self, key: &str) -> String {
-        self.functions
-            .get(key)
-            .map(|f| f.0.clone())
-            .unwrap_or_else(|| key.to_string())
+        self.functions.get(key).map(|f| f.0.clone()).unwrap_or_else(|| key.to_string())
     }
 }
 
@@ -678,16 +568,10 @@ impl Matcher<'_> {
     }
 
     fn expect_name(&mut self, path: &str, s: &Slice, key: &str) -> bool {
-        let (qual, line) = self
-            .truth
-            .functions
-            .get(key)
-            .cloned()
-            .unwrap_or((key.to_string(), -1));
+        let (qual, line) = self.truth.functions.get(key).cloned().unwrap_or((key.to_string(), -1));
         let want = format!("{qual} ({}:{line})", self.truth.file);
         if s.name != want {
-            self.problems
-                .push(format!("{path}: slice {:?}, expected {want:?}", s.name));
+            self.problems.push(format!("{path}: slice {:?}, expected {want:?}", s.name));
             return false;
         }
         true
@@ -703,24 +587,15 @@ impl Matcher<'_> {
         if let Some(label) = exp.label {
             match self.truth.spans.get(label) {
                 Some(&(a, b)) => self.check_timing(&path, &s, a, b),
-                None => self
-                    .problems
-                    .push(format!("{path}: the fixture measured no {label:?}")),
+                None => self.problems.push(format!("{path}: the fixture measured no {label:?}")),
             }
         }
         let kids: Vec<usize> = self.tree.children[node]
             .iter()
             .copied()
-            .filter(|&c| {
-                !exp.may_also_contain
-                    .iter()
-                    .any(|k| self.tree.slices[c].qual == self.truth.qual(k))
-            })
+            .filter(|&c| !exp.may_also_contain.iter().any(|k| self.tree.slices[c].qual == self.truth.qual(k)))
             .collect();
-        let got_names: Vec<String> = kids
-            .iter()
-            .map(|&c| self.tree.slices[c].qual.clone())
-            .collect();
+        let got_names: Vec<String> = kids.iter().map(|&c| self.tree.slices[c].qual.clone()).collect();
         if let Some((key, max)) = exp.burst {
             let qual = self.truth.qual(key);
             if kids.is_empty() || kids.len() > max || got_names.iter().any(|n| *n != qual) {
@@ -734,10 +609,7 @@ impl Matcher<'_> {
                 self.expect_name(&format!("{path}/{key}"), &cs, key);
             }
             // Together they cover the caller's time, bar the loop overhead.
-            let (first, last) = (
-                &self.tree.slices[kids[0]],
-                &self.tree.slices[*kids.last().unwrap()],
-            );
+            let (first, last) = (&self.tree.slices[kids[0]], &self.tree.slices[*kids.last().unwrap()]);
             let covered = last.end() - first.ts;
             let tol = self.dur_tolerance(s.dur);
             if (covered - s.dur).abs() > tol {
@@ -751,9 +623,7 @@ impl Matcher<'_> {
         }
         let want_names: Vec<String> = exp.kids.iter().map(|k| self.truth.qual(k.key)).collect();
         if got_names != want_names {
-            self.problems.push(format!(
-                "{path}: children {got_names:?}, expected {want_names:?}"
-            ));
+            self.problems.push(format!("{path}: children {got_names:?}, expected {want_names:?}"));
             return;
         }
         for (&c, k) in kids.iter().zip(&exp.kids) {
@@ -774,10 +644,7 @@ fn check_timeline(interp: &Interpreter) -> Result<(), String> {
     let truth = Truth::load(&work.host_path("truth.json"))?;
     let fixture = work.target_path("timeline_main.py").display().to_string();
     if truth.file != fixture {
-        return Err(format!(
-            "the fixture ran as {:?}, expected {fixture:?}",
-            truth.file
-        ));
+        return Err(format!("the fixture ran as {:?}, expected {fixture:?}", truth.file));
     }
     let trace = check_trace(&out, &interp.root, Some(&fixture))?;
     let mut problems = Vec::new();
@@ -790,10 +657,7 @@ fn check_timeline(interp: &Interpreter) -> Result<(), String> {
         ));
     }
     if trace.pid != truth.pid {
-        problems.push(format!(
-            "process_name pid {}, the fixture's pid is {}",
-            trace.pid, truth.pid
-        ));
+        problems.push(format!("process_name pid {}, the fixture's pid is {}", trace.pid, truth.pid));
     }
     let achieved = trace.meta_f64("rate_achieved");
     let lag_us = trace.meta_f64("longest_lag_us");
@@ -806,9 +670,7 @@ fn check_timeline(interp: &Interpreter) -> Result<(), String> {
         trace.slices.len()
     );
     if achieved < 0.5 * RATE as f64 {
-        problems.push(format!(
-            "rate_achieved {achieved:.0}/s for {RATE} requested"
-        ));
+        problems.push(format!("rate_achieved {achieved:.0}/s for {RATE} requested"));
     }
 
     // Threads.
@@ -822,34 +684,18 @@ fn check_timeline(interp: &Interpreter) -> Result<(), String> {
         ));
     }
     if truth.main_tid != truth.pid {
-        problems.push(format!(
-            "the fixture's main native id {} is not its pid {}",
-            truth.main_tid, truth.pid
-        ));
+        problems.push(format!("the fixture's main native id {} is not its pid {}", truth.main_tid, truth.pid));
     }
-    for (tid, name) in [
-        (truth.main_tid, "MainThread"),
-        (truth.worker_tid, "worker-1"),
-    ] {
+    for (tid, name) in [(truth.main_tid, "MainThread"), (truth.worker_tid, "worker-1")] {
         if trace.thread_names.get(&tid).map(String::as_str) != Some(name) {
-            problems.push(format!(
-                "thread_name of tid {tid}: {:?}, expected {name:?}",
-                trace.thread_names.get(&tid)
-            ));
+            problems.push(format!("thread_name of tid {tid}: {:?}, expected {name:?}", trace.thread_names.get(&tid)));
         }
     }
 
     // The trees.
-    let main_ts = tree
-        .slices
-        .iter()
-        .find(|s| s.tid == truth.main_tid && s.qual == truth.qual("main"))
-        .map(|s| s.ts);
+    let main_ts = tree.slices.iter().find(|s| s.tid == truth.main_tid && s.qual == truth.qual("main")).map(|s| s.ts);
     let Some(ref_slice_ts) = main_ts else {
-        problems.push(format!(
-            "no main() slice on the main thread; its tree:\n{}",
-            tree.render_thread(truth.main_tid)
-        ));
+        problems.push(format!("no main() slice on the main thread; its tree:\n{}", tree.render_thread(truth.main_tid)));
         return Err(problems.join("\n"));
     };
     let mut m = Matcher {
@@ -877,23 +723,12 @@ fn check_timeline(interp: &Interpreter) -> Result<(), String> {
         let before = m.problems.len();
         m.node(what, roots[0], &exp);
         if m.problems.len() > before {
-            m.problems.push(format!(
-                "{what}'s slices from the fixture:\n{}",
-                tree.render_thread(tid)
-            ));
+            m.problems.push(format!("{what}'s slices from the fixture:\n{}", tree.render_thread(tid)));
         }
     }
     // worker-1 lives within with_worker().
-    let find = |tid: i64, key: &str| {
-        tree.slices
-            .iter()
-            .find(|s| s.tid == tid && s.qual == truth.qual(key))
-            .cloned()
-    };
-    if let (Some(w), Some(body)) = (
-        find(truth.main_tid, "with_worker"),
-        find(truth.worker_tid, "worker_body"),
-    ) {
+    let find = |tid: i64, key: &str| tree.slices.iter().find(|s| s.tid == tid && s.qual == truth.qual(key)).cloned();
+    if let (Some(w), Some(body)) = (find(truth.main_tid, "with_worker"), find(truth.worker_tid, "worker_body")) {
         if body.ts < w.ts || body.end() > w.end() {
             m.problems.push(format!(
                 "worker_body [{:.1}, {:.1}] ms is not within with_worker [{:.1}, {:.1}] ms",
@@ -907,17 +742,11 @@ fn check_timeline(interp: &Interpreter) -> Result<(), String> {
     let checked = m.checked;
     problems.extend(m.problems);
     if problems.is_empty() {
-        eprintln!(
-            "     {}: tree matched, {checked} timings within tolerance",
-            interp.name
-        );
+        eprintln!("     {}: tree matched, {checked} timings within tolerance", interp.name);
         Ok(())
     } else {
         let _ = fs::copy(&out, failed_trace_path(interp, "timeline"));
-        let _ = fs::copy(
-            work.host_path("truth.json"),
-            failed_trace_path(interp, "timeline-truth"),
-        );
+        let _ = fs::copy(work.host_path("truth.json"), failed_trace_path(interp, "timeline-truth"));
         Err(format!(
             "{} problems (trace kept at {}):\n{}",
             problems.len(),
@@ -957,15 +786,9 @@ enum Stop {
 fn check_stop(interp: &Interpreter, how: Stop) -> Result<(), String> {
     let mut target = Target::start(interp, "timeline_forever.py")?;
     let ready = target.wait_json("expected.json", Duration::from_secs(60))?;
-    let fixture = target
-        .target_path("timeline_forever.py")
-        .display()
-        .to_string();
+    let fixture = target.target_path("timeline_forever.py").display().to_string();
     if ready["file"].as_str() != Some(fixture.as_str()) {
-        return Err(format!(
-            "the fixture ran as {}, expected {fixture:?}",
-            ready["file"]
-        ));
+        return Err(format!("the fixture ran as {}, expected {fixture:?}", ready["file"]));
     }
     let out = target.host_path("trace.json");
     let stderr_file = target.host_path("vizattach-stderr.txt");
@@ -1009,16 +832,12 @@ fn check_stop(interp: &Interpreter, how: Stop) -> Result<(), String> {
         Stop::Duration => {}
     }
     let Some(status) = wait_exit(&mut viz, Duration::from_secs(20)) else {
-        return Err(format!(
-            "vizattach did not exit within 20 s of being stopped ({how:?})"
-        ));
+        return Err(format!("vizattach did not exit within 20 s of being stopped ({how:?})"));
     };
     let elapsed = started.elapsed();
     let stderr = fs::read_to_string(&stderr_file).unwrap_or_default();
     if !status.success() {
-        return Err(format!(
-            "vizattach exited with {status} after {how:?}; stderr:\n{stderr}"
-        ));
+        return Err(format!("vizattach exited with {status} after {how:?}; stderr:\n{stderr}"));
     }
     if matches!(how, Stop::Duration) && elapsed > Duration::from_secs(10) {
         return Err(format!("--duration 2500ms took {elapsed:?}"));
@@ -1029,12 +848,7 @@ fn check_stop(interp: &Interpreter, how: Stop) -> Result<(), String> {
     })?;
     let main_tid = ready["main_tid"].as_i64().unwrap_or(0);
     let tree = trace.file_tree(&fixture);
-    let count = |q: &str| {
-        tree.slices
-            .iter()
-            .filter(|s| s.tid == main_tid && s.qual == q)
-            .count()
-    };
+    let count = |q: &str| tree.slices.iter().filter(|s| s.tid == main_tid && s.qual == q).count();
     let (cycles, sleeps, busies) = (count("cycle"), count("step_sleep"), count("step_busy"));
     // ~2.5 s of 150 ms cycles: ~16 of each; be generous for a loaded machine
     if cycles < 8 || sleeps < 8 || busies < 8 {
@@ -1047,10 +861,7 @@ fn check_stop(interp: &Interpreter, how: Stop) -> Result<(), String> {
     let mut bad_ones = Vec::new();
     for (n, s) in tree.slices.iter().enumerate() {
         if s.qual == "cycle" && s.tid == main_tid {
-            let kids: Vec<&str> = tree.children[n]
-                .iter()
-                .map(|&c| tree.slices[c].qual.as_str())
-                .collect();
+            let kids: Vec<&str> = tree.children[n].iter().map(|&c| tree.slices[c].qual.as_str()).collect();
             // the first and last cycle may be cut by the start or end of the capture
             let cut = s.ts <= tree.slices.iter().map(|s| s.ts).fold(f64::MAX, f64::min) + 1.0
                 || s.end() >= tree.slices.iter().map(|s| s.end()).fold(0.0, f64::max) - 1.0;
@@ -1080,10 +891,7 @@ fn check_stop(interp: &Interpreter, how: Stop) -> Result<(), String> {
         Stop::KillTarget => "kill -9 of the target",
         Stop::Duration => "--duration",
     };
-    eprintln!(
-        "     {}: stopped by {what}: {cycles} cycles recorded",
-        interp.name
-    );
+    eprintln!("     {}: stopped by {what}: {cycles} cycles recorded", interp.name);
     Ok(())
 }
 
@@ -1093,9 +901,7 @@ fn record_stop_sigint() {
     let Some(targets) = record_targets() else {
         return;
     };
-    for_each_interpreter(&targets, WORKERS, |i| {
-        check_stop(i, Stop::Signal(libc::SIGINT, "SIGINT"))
-    });
+    for_each_interpreter(&targets, WORKERS, |i| check_stop(i, Stop::Signal(libc::SIGINT, "SIGINT")));
 }
 
 #[test]
@@ -1104,9 +910,7 @@ fn record_stop_sigterm() {
     let Some(targets) = record_targets() else {
         return;
     };
-    for_each_interpreter(&targets, WORKERS, |i| {
-        check_stop(i, Stop::Signal(libc::SIGTERM, "SIGTERM"))
-    });
+    for_each_interpreter(&targets, WORKERS, |i| check_stop(i, Stop::Signal(libc::SIGTERM, "SIGTERM")));
 }
 
 #[test]
@@ -1115,9 +919,7 @@ fn record_stop_sighup() {
     let Some(targets) = record_targets() else {
         return;
     };
-    for_each_interpreter(&targets, WORKERS, |i| {
-        check_stop(i, Stop::Signal(libc::SIGHUP, "SIGHUP"))
-    });
+    for_each_interpreter(&targets, WORKERS, |i| check_stop(i, Stop::Signal(libc::SIGHUP, "SIGHUP")));
 }
 
 #[test]
@@ -1154,20 +956,14 @@ fn record_launch_exit_status() {
         let out = work.host_path("trace.json");
         let run = launch(&work, "timeline_exit3.py", &[], &out)?;
         if run.status.code() != Some(3) {
-            return Err(format!(
-                "expected exit status 3 (the program's), got {}",
-                run.describe()
-            ));
+            return Err(format!("expected exit status 3 (the program's), got {}", run.describe()));
         }
         let fixture = work.target_path("timeline_exit3.py").display().to_string();
         let trace = check_trace(&out, &interp.root, Some(&fixture))?;
         let tree = trace.file_tree(&fixture);
         match tree.slices.iter().find(|s| s.qual == "main") {
             Some(s) if s.dur >= 80_000.0 => Ok(()),
-            Some(s) => Err(format!(
-                "main() lasted {:.1} ms in the trace, it sleeps 100 ms",
-                s.dur / 1000.0
-            )),
+            Some(s) => Err(format!("main() lasted {:.1} ms in the trace, it sleeps 100 ms", s.dur / 1000.0)),
             None => Err(format!(
                 "no main() slice; fixture slices: {:?}",
                 tree.slices.iter().map(|s| &s.name).collect::<Vec<_>>()
@@ -1196,16 +992,11 @@ fn record_launch_short_program() {
         let tree = trace.file_tree(&fixture);
         let names: Vec<&str> = tree.slices.iter().map(|s| s.qual.as_str()).collect();
         if !names.contains(&"main") && !names.contains(&"<module>") {
-            return Err(format!(
-                "neither main() nor <module> of the fixture in the trace: {names:?}"
-            ));
+            return Err(format!("neither main() nor <module> of the fixture in the trace: {names:?}"));
         }
         if let Some(s) = tree.slices.iter().find(|s| s.qual == "main") {
             if s.dur < 35_000.0 {
-                return Err(format!(
-                    "main() lasted {:.1} ms in the trace, it sleeps 50 ms",
-                    s.dur / 1000.0
-                ));
+                return Err(format!("main() lasted {:.1} ms in the trace, it sleeps 50 ms", s.dur / 1000.0));
             }
         }
         Ok(())
@@ -1224,11 +1015,7 @@ fn vizviewer() -> Result<PathBuf, String> {
     if exe.exists() {
         return Ok(exe);
     }
-    let python = if Path::new(HOST_PYTHON311).exists() {
-        HOST_PYTHON311
-    } else {
-        "python3"
-    };
+    let python = if Path::new(HOST_PYTHON311).exists() { HOST_PYTHON311 } else { "python3" };
     let _ = fs::remove_dir_all(&venv);
     let mut cmd = Command::new(python);
     cmd.args(["-m", "venv"]).arg(&venv);
@@ -1247,21 +1034,13 @@ fn vizviewer() -> Result<PathBuf, String> {
 
 /// GET http://127.0.0.1:port/path; returns (status code, body).
 fn http_get(port: u16, path: &str) -> Result<(u16, Vec<u8>), String> {
-    let mut s =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .map_err(|e| format!("read {path}: {e}"))?;
-    let head_end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or(format!("GET {path}: no HTTP header"))?;
+    s.read_to_end(&mut buf).map_err(|e| format!("read {path}: {e}"))?;
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or(format!("GET {path}: no HTTP header"))?;
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let code = head
         .split_whitespace()
@@ -1277,12 +1056,7 @@ fn record_trace_opens_in_vizviewer() {
     let Some(manifest) = load_manifest() else {
         return;
     };
-    let Some(interp) = manifest
-        .iter()
-        .filter(|i| i.is_supported())
-        .min_by_key(|i| i.in_chroot())
-        .cloned()
-    else {
+    let Some(interp) = manifest.iter().filter(|i| i.is_supported()).min_by_key(|i| i.in_chroot()).cloned() else {
         missing_prerequisite("no supported interpreter in the manifest");
         return;
     };
@@ -1297,19 +1071,11 @@ fn record_trace_opens_in_vizviewer() {
     let out = work.host_path("trace.json");
     let truth = work.target_path("truth.json").display().to_string();
     let run = launch(&work, "timeline_main.py", &[truth], &out).unwrap();
-    assert!(
-        run.status.success(),
-        "vizattach record failed: {}",
-        run.describe()
-    );
+    assert!(run.status.success(), "vizattach record failed: {}", run.describe());
     let fixture = work.target_path("timeline_main.py").display().to_string();
     let trace = check_trace(&out, &interp.root, Some(&fixture)).unwrap_or_else(|e| panic!("{e}"));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log = work.host_path("vizviewer.log");
     let mut cmd = Command::new(&viewer);
     cmd.args(["--server_only", "--port", &port.to_string()])
@@ -1328,20 +1094,12 @@ fn record_trace_opens_in_vizviewer() {
     };
     loop {
         if let Some(s) = server.exited() {
-            panic!(
-                "vizviewer exited ({s}) instead of serving {}:\n{}",
-                out.display(),
-                read_logs()
-            );
+            panic!("vizviewer exited ({s}) instead of serving {}:\n{}", out.display(), read_logs());
         }
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "vizviewer did not listen on port {port} within 60 s:\n{}",
-            read_logs()
-        );
+        assert!(Instant::now() < deadline, "vizviewer did not listen on port {port} within 60 s:\n{}", read_logs());
         std::thread::sleep(Duration::from_millis(100));
     }
     // The page, then what its front end asks for: vizviewer_info, the trace itself
@@ -1352,28 +1110,14 @@ fn record_trace_opens_in_vizviewer() {
     assert_eq!(code, 200, "GET /vizviewer_info");
     let (code, body) = http_get(port, "/localtrace").unwrap();
     assert_eq!(code, 200, "GET /localtrace");
-    assert_eq!(
-        body,
-        fs::read(&out).unwrap(),
-        "/localtrace does not serve the trace file"
-    );
+    assert_eq!(body, fs::read(&out).unwrap(), "/localtrace does not serve the trace file");
     let (code, body) = http_get(port, "/file_info").unwrap();
     assert_eq!(code, 200, "GET /file_info");
     let info: Value = serde_json::from_slice(&body).expect("file_info is JSON");
-    let served: BTreeSet<&String> = info["files"]
-        .as_object()
-        .map(|m| m.keys().collect())
-        .unwrap_or_default();
-    assert!(
-        served.contains(&fixture),
-        "vizviewer's file_info lacks the fixture {fixture:?}: {served:?}"
-    );
+    let served: BTreeSet<&String> = info["files"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    assert!(served.contains(&fixture), "vizviewer's file_info lacks the fixture {fixture:?}: {served:?}");
     assert_eq!(served.len(), trace.files.len());
-    assert!(
-        server.exited().is_none(),
-        "vizviewer died while serving:\n{}",
-        read_logs()
-    );
+    assert!(server.exited().is_none(), "vizviewer died while serving:\n{}", read_logs());
     let logs = read_logs();
     assert!(
         !logs.contains("Traceback") && !logs.to_lowercase().contains("error"),

@@ -32,12 +32,7 @@ pub struct ChromeJson {
 }
 
 impl ChromeJson {
-    pub fn new(
-        mut out: Box<dyn Write + Send>,
-        pid: i32,
-        root: PathBuf,
-        process_name: &str,
-    ) -> io::Result<ChromeJson> {
+    pub fn new(mut out: Box<dyn Write + Send>, pid: i32, root: PathBuf, process_name: &str) -> io::Result<ChromeJson> {
         let head = format!(
             "{{\"traceEvents\":[\n{{\"ph\":\"M\",\"pid\":{pid},\"tid\":{pid},\"name\":\"process_name\",\"args\":{{\"name\":{}}}}}",
             serde_json::to_string(process_name).unwrap_or_default()
@@ -64,8 +59,7 @@ impl ChromeJson {
         }
         if self.names[i].is_none() {
             let name = slice_name(code);
-            self.functions
-                .insert(name.clone(), (code.filename.clone(), code.first_line));
+            self.functions.insert(name.clone(), (code.filename.clone(), code.first_line));
             self.note_file(&code.filename);
             self.names[i] = Some(serde_json::to_string(&name).unwrap_or_default());
         }
@@ -155,19 +149,13 @@ impl Sink for ChromeJson {
         self.flush_pending()?;
         let mut meta = serde_json::to_value(info).unwrap_or_default();
         if let Some(m) = meta.as_object_mut() {
-            m.insert(
-                "version".into(),
-                format!("vizattach {}", info.vizattach_version).into(),
-            );
+            m.insert("version".into(), format!("vizattach {}", info.vizattach_version).into());
             m.insert("overflow".into(), false.into());
         }
         let files: serde_json::Map<String, serde_json::Value> = self
             .files
             .iter()
-            .filter_map(|(f, s)| {
-                s.as_ref()
-                    .map(|(text, n)| (f.clone(), serde_json::json!([text, n])))
-            })
+            .filter_map(|(f, s)| s.as_ref().map(|(text, n)| (f.clone(), serde_json::json!([text, n]))))
             .collect();
         let tail = format!(
             "\n],\n\"displayTimeUnit\":\"ns\",\n\"viztracer_metadata\":{},\n\"file_info\":{}}}\n",

@@ -40,11 +40,7 @@ impl Counts {
     pub fn lines(&self) -> Vec<String> {
         let mut out: BTreeMap<String, u64> = BTreeMap::new();
         for ((tid, ids), n) in &self.stacks {
-            let name = self
-                .threads
-                .get(tid)
-                .map(String::as_str)
-                .unwrap_or("thread");
+            let name = self.threads.get(tid).map(String::as_str).unwrap_or("thread");
             let mut line = super::thread_label(name, *tid).replace([';', '\n', '\r'], ":");
             for id in ids {
                 line.push(';');
@@ -52,9 +48,7 @@ impl Counts {
             }
             *out.entry(line).or_insert(0) += n;
         }
-        out.into_iter()
-            .map(|(stack, n)| format!("{stack} {n}"))
-            .collect()
+        out.into_iter().map(|(stack, n)| format!("{stack} {n}")).collect()
     }
 }
 
@@ -65,10 +59,7 @@ pub struct Collapsed {
 
 impl Collapsed {
     pub fn new(out: Box<dyn Write + Send>) -> Collapsed {
-        Collapsed {
-            out,
-            counts: Counts::default(),
-        }
+        Collapsed { out, counts: Counts::default() }
     }
 }
 
@@ -83,13 +74,7 @@ impl Sink for Collapsed {
         Ok(())
     }
 
-    fn close(
-        &mut self,
-        _: i32,
-        _: &crate::python::code::CodeInfo,
-        _: u64,
-        _: u64,
-    ) -> io::Result<()> {
+    fn close(&mut self, _: i32, _: &crate::python::code::CodeInfo, _: u64, _: u64) -> io::Result<()> {
         Ok(())
     }
 

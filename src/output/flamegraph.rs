@@ -15,11 +15,7 @@ pub struct FlameGraph {
 
 impl FlameGraph {
     pub fn new(out: Box<dyn Write + Send>, process_name: &str) -> FlameGraph {
-        FlameGraph {
-            out,
-            counts: Counts::default(),
-            process_name: process_name.to_string(),
-        }
+        FlameGraph { out, counts: Counts::default(), process_name: process_name.to_string() }
     }
 }
 
@@ -34,13 +30,7 @@ impl Sink for FlameGraph {
         Ok(())
     }
 
-    fn close(
-        &mut self,
-        _: i32,
-        _: &crate::python::code::CodeInfo,
-        _: u64,
-        _: u64,
-    ) -> io::Result<()> {
+    fn close(&mut self, _: i32, _: &crate::python::code::CodeInfo, _: u64, _: u64) -> io::Result<()> {
         Ok(())
     }
 
@@ -50,19 +40,12 @@ impl Sink for FlameGraph {
         opt.title = format!("vizattach: {}", self.process_name);
         opt.subtitle = Some(info.summary());
         opt.count_name = "samples".into();
-        let mut counting = super::Counting {
-            inner: self.out.as_mut(),
-            n: 0,
-        };
+        let mut counting = super::Counting { inner: self.out.as_mut(), n: 0 };
         if lines.is_empty() {
             // inferno refuses an empty profile; an empty capture still gets a valid SVG
             writeln!(counting, "<?xml version=\"1.0\" standalone=\"no\"?><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"40\"><text x=\"10\" y=\"25\">vizattach: no samples</text></svg>")?;
         } else {
-            inferno::flamegraph::from_lines(
-                &mut opt,
-                lines.iter().map(String::as_str),
-                &mut counting,
-            )?;
+            inferno::flamegraph::from_lines(&mut opt, lines.iter().map(String::as_str), &mut counting)?;
         }
         counting.flush()?;
         Ok(counting.n)

@@ -61,11 +61,7 @@ impl CaptureInfo {
     /// "lost 0.3 % of 12345 thread samples (12 moved, 14 torn), 380 retried"
     pub fn losses(&self) -> String {
         let total = self.lost_samples.get("total").copied().unwrap_or(0);
-        let pct = if self.thread_samples > 0 {
-            100.0 * total as f64 / self.thread_samples as f64
-        } else {
-            0.0
-        };
+        let pct = if self.thread_samples > 0 { 100.0 * total as f64 / self.thread_samples as f64 } else { 0.0 };
         let why: Vec<String> = self
             .lost_samples
             .iter()
@@ -107,8 +103,7 @@ pub enum Format {
     Flamegraph,
 }
 
-pub const FORMATS: &str =
-    "viztracer (.json), perfetto (.pftrace, .perfetto-trace), speedscope (.speedscope.json), \
+pub const FORMATS: &str = "viztracer (.json), perfetto (.pftrace, .perfetto-trace), speedscope (.speedscope.json), \
 collapsed (.collapsed, .txt), flamegraph (.svg); add .gz to gzip any of them";
 
 impl Format {
@@ -140,10 +135,7 @@ impl Format {
             (".txt", Format::Collapsed),
             (".svg", Format::Flamegraph),
         ];
-        SUFFIXES
-            .iter()
-            .find(|(suffix, _)| stem.ends_with(suffix))
-            .map(|&(_, f)| (f, gz))
+        SUFFIXES.iter().find(|(suffix, _)| stem.ends_with(suffix)).map(|&(_, f)| (f, gz))
     }
 }
 
@@ -168,10 +160,7 @@ pub fn create(
     let mut sinks = vec![main];
     for p in std::env::split_paths(&extra) {
         let (f, gz) = Format::from_path(&p).ok_or_else(|| {
-            io::Error::other(format!(
-                "{ALSO_WRITE}: unknown format of {}; formats: {FORMATS}",
-                p.display()
-            ))
+            io::Error::other(format!("{ALSO_WRITE}: unknown format of {}; formats: {FORMATS}", p.display()))
         })?;
         sinks.push(create_one(&p, f, gz, pid, root.clone(), process_name)?);
     }
@@ -190,12 +179,7 @@ fn create_one(
     if format == Format::Perfetto && !gzip {
         // unbuffered: the writer batches whole packets itself, so that after a failed
         // write it can cut the file back to the last complete packet
-        return Ok(Box::new(perfetto::Perfetto::new(
-            Box::new(file.try_clone()?),
-            Some(file),
-            pid,
-            process_name,
-        )?));
+        return Ok(Box::new(perfetto::Perfetto::new(Box::new(file.try_clone()?), Some(file), pid, process_name)?));
     }
     let out: Box<dyn io::Write + Send> = if gzip {
         Box::new(flate2::write::GzEncoder::new(
@@ -225,19 +209,13 @@ impl Sink for Tee {
         self.0.iter_mut().try_for_each(|s| s.code(code))
     }
     fn sample(&mut self, tid: i32, stack: &[StackFrame], codes: &CodeTable) -> io::Result<()> {
-        self.0
-            .iter_mut()
-            .try_for_each(|s| s.sample(tid, stack, codes))
+        self.0.iter_mut().try_for_each(|s| s.sample(tid, stack, codes))
     }
     fn open(&mut self, tid: i32, code: &CodeInfo, start_ns: u64) -> io::Result<()> {
-        self.0
-            .iter_mut()
-            .try_for_each(|s| s.open(tid, code, start_ns))
+        self.0.iter_mut().try_for_each(|s| s.open(tid, code, start_ns))
     }
     fn close(&mut self, tid: i32, code: &CodeInfo, start_ns: u64, end_ns: u64) -> io::Result<()> {
-        self.0
-            .iter_mut()
-            .try_for_each(|s| s.close(tid, code, start_ns, end_ns))
+        self.0.iter_mut().try_for_each(|s| s.close(tid, code, start_ns, end_ns))
     }
     fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
         let mut first = 0;

@@ -234,10 +234,7 @@ pub struct Perfetto {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes only into ts.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -249,12 +246,7 @@ fn uuid(pid: i32, tid: i32) -> u64 {
 }
 
 impl Perfetto {
-    pub fn new(
-        out: Box<dyn Write + Send>,
-        file: Option<File>,
-        pid: i32,
-        process_name: &str,
-    ) -> io::Result<Perfetto> {
+    pub fn new(out: Box<dyn Write + Send>, file: Option<File>, pid: i32, process_name: &str) -> io::Result<Perfetto> {
         let mono_base = clock_ns(libc::CLOCK_MONOTONIC);
         let boot_base = clock_ns(libc::CLOCK_BOOTTIME);
         let mut p = Perfetto {
@@ -311,12 +303,7 @@ impl Perfetto {
             return Ok(());
         }
         let base = self.mono_base / UNIT_NS;
-        let seq = ThreadSeq {
-            id: self.next_sequence,
-            uuid: uuid(self.pid, tid),
-            last: base,
-            interned: HashMap::new(),
-        };
+        let seq = ThreadSeq { id: self.next_sequence, uuid: uuid(self.pid, tid), last: base, interned: HashMap::new() };
         self.next_sequence += 1;
         self.packet(&self.thread_descriptor(tid, None))?;
         self.packet(&TracePacket {
@@ -324,9 +311,7 @@ impl Perfetto {
             sequence_flags: Some(SEQ_INCREMENTAL_STATE_CLEARED),
             trace_packet_defaults: Some(TracePacketDefaults {
                 timestamp_clock_id: Some(CLOCK_INCREMENTAL),
-                track_event_defaults: Some(TrackEventDefaults {
-                    track_uuid: Some(seq.uuid),
-                }),
+                track_event_defaults: Some(TrackEventDefaults { track_uuid: Some(seq.uuid) }),
             }),
             clock_snapshot: Some(ClockSnapshot {
                 clocks: vec![
@@ -336,11 +321,7 @@ impl Perfetto {
                         is_incremental: Some(true),
                         unit_multiplier_ns: Some(UNIT_NS),
                     },
-                    Clock {
-                        clock_id: Some(CLOCK_MONOTONIC),
-                        timestamp: Some(base * UNIT_NS),
-                        ..Default::default()
-                    },
+                    Clock { clock_id: Some(CLOCK_MONOTONIC), timestamp: Some(base * UNIT_NS), ..Default::default() },
                     Clock {
                         clock_id: Some(CLOCK_BOOTTIME),
                         timestamp: Some(self.boot_base - self.mono_base % UNIT_NS),
@@ -354,13 +335,7 @@ impl Perfetto {
         Ok(())
     }
 
-    fn event(
-        &mut self,
-        tid: i32,
-        ts: u64,
-        event: TrackEvent,
-        code: Option<&CodeInfo>,
-    ) -> io::Result<()> {
+    fn event(&mut self, tid: i32, ts: u64, event: TrackEvent, code: Option<&CodeInfo>) -> io::Result<()> {
         self.sequence(tid)?;
         self.first_ns.get_or_insert(ts);
         let seq = self.threads.get_mut(&tid).expect("sequence started above");
@@ -371,10 +346,7 @@ impl Perfetto {
             let iid = *seq.interned.entry(code.id).or_insert(next);
             if iid == next {
                 interned_data = Some(InternedData {
-                    event_names: vec![EventName {
-                        iid: Some(iid),
-                        name: Some(super::chrome::slice_name(code)),
-                    }],
+                    event_names: vec![EventName { iid: Some(iid), name: Some(super::chrome::slice_name(code)) }],
                     source_locations: vec![SourceLocation {
                         iid: Some(iid),
                         file_name: Some(code.filename.clone()),
@@ -411,8 +383,7 @@ impl Perfetto {
         }
         // Trace.packet is field 1, length-delimited: the file is a `Trace` message
         self.batch.push(0x0a);
-        prost::Message::encode_length_delimited(packet, &mut self.batch)
-            .map_err(io::Error::other)?;
+        prost::Message::encode_length_delimited(packet, &mut self.batch).map_err(io::Error::other)?;
         self.ends.push(self.batch.len());
         if self.batch.len() >= BATCH {
             self.flush_batch()?;
@@ -439,13 +410,7 @@ impl Perfetto {
     /// Keeps what reached the file up to its last whole packet, so it still loads.
     fn fail(&mut self, written: usize, e: io::Error) -> io::Result<()> {
         self.failed = true;
-        let whole = self
-            .ends
-            .iter()
-            .copied()
-            .filter(|&end| end <= written)
-            .max()
-            .unwrap_or(0);
+        let whole = self.ends.iter().copied().filter(|&end| end <= written).max().unwrap_or(0);
         if let Some(f) = &self.file {
             let _ = f.set_len(self.committed + whole as u64);
         }
@@ -459,11 +424,8 @@ impl Perfetto {
             string_value: Some(v.into()),
             ..Default::default()
         };
-        let u = |name: &str, v: u64| DebugAnnotation {
-            name: Some(name.into()),
-            uint_value: Some(v),
-            ..Default::default()
-        };
+        let u =
+            |name: &str, v: u64| DebugAnnotation { name: Some(name.into()), uint_value: Some(v), ..Default::default() };
         let f = |name: &str, v: f64| DebugAnnotation {
             name: Some(name.into()),
             double_value: Some(v),
@@ -484,10 +446,7 @@ impl Perfetto {
                 u("missed_ticks", info.missed_ticks),
                 u("dropped_samples", info.dropped_samples),
                 u("thread_samples", info.thread_samples),
-                u(
-                    "lost_samples",
-                    info.lost_samples.get("total").copied().unwrap_or(0),
-                ),
+                u("lost_samples", info.lost_samples.get("total").copied().unwrap_or(0)),
                 u("retried_samples", info.retried_samples),
                 s("losses", &info.losses()),
                 f("longest_lag_us", info.longest_lag_us),
@@ -506,18 +465,12 @@ impl Sink for Perfetto {
     }
 
     fn open(&mut self, tid: i32, code: &CodeInfo, start_ns: u64) -> io::Result<()> {
-        let e = TrackEvent {
-            r#type: Some(TYPE_SLICE_BEGIN),
-            ..Default::default()
-        };
+        let e = TrackEvent { r#type: Some(TYPE_SLICE_BEGIN), ..Default::default() };
         self.event(tid, start_ns, e, Some(code))
     }
 
     fn close(&mut self, tid: i32, _code: &CodeInfo, _start_ns: u64, end_ns: u64) -> io::Result<()> {
-        let e = TrackEvent {
-            r#type: Some(TYPE_SLICE_END),
-            ..Default::default()
-        };
+        let e = TrackEvent { r#type: Some(TYPE_SLICE_END), ..Default::default() };
         self.event(tid, end_ns, e, None)
     }
 

@@ -72,10 +72,7 @@ impl Speedscope {
         let n = self.profiles.len();
         let i = *self.profile_of.entry(tid).or_insert(n);
         if i == n {
-            self.profiles.push(Profile {
-                tid,
-                events: Vec::new(),
-            });
+            self.profiles.push(Profile { tid, events: Vec::new() });
         }
         self.profiles[i].events.push((at, frame));
     }
@@ -100,13 +97,7 @@ impl Sink for Speedscope {
     }
 
     fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
-        let base = self
-            .profiles
-            .iter()
-            .filter_map(|p| p.events.first())
-            .map(|e| e.0)
-            .min()
-            .unwrap_or(0);
+        let base = self.profiles.iter().filter_map(|p| p.events.first()).map(|e| e.0).min().unwrap_or(0);
         let name = format!("{} ({})", self.process_name, info.summary());
         let head = format!(
             "{{\"$schema\":\"{SCHEMA}\",\"name\":{},\"exporter\":{},\"activeProfileIndex\":0,\"shared\":{{\"frames\":{}}},\"profiles\":[",
@@ -114,17 +105,10 @@ impl Sink for Speedscope {
             serde_json::to_string(&format!("vizattach {}", info.vizattach_version)).unwrap_or_default(),
             serde_json::Value::Array(std::mem::take(&mut self.frames))
         );
-        let mut w = super::Counting {
-            inner: self.out.as_mut(),
-            n: 0,
-        };
+        let mut w = super::Counting { inner: self.out.as_mut(), n: 0 };
         w.write_all(head.as_bytes())?;
         for (i, p) in self.profiles.iter().enumerate() {
-            let thread = self
-                .names
-                .get(&p.tid)
-                .map(String::as_str)
-                .unwrap_or("thread");
+            let thread = self.names.get(&p.tid).map(String::as_str).unwrap_or("thread");
             let start = p.events.first().map_or(0, |e| e.0 - base);
             let end = p.events.last().map_or(0, |e| e.0 - base);
             write!(
@@ -134,11 +118,7 @@ impl Sink for Speedscope {
                 serde_json::to_string(&super::thread_label(thread, p.tid)).unwrap_or_default()
             )?;
             for (j, &(at, f)) in p.events.iter().enumerate() {
-                let (kind, frame) = if f & OPEN != 0 {
-                    ('O', f & !OPEN)
-                } else {
-                    ('C', f)
-                };
+                let (kind, frame) = if f & OPEN != 0 { ('O', f & !OPEN) } else { ('C', f) };
                 write!(
                     w,
                     "{}{{\"type\":\"{kind}\",\"frame\":{frame},\"at\":{}}}",

@@ -14,12 +14,7 @@ pub struct ElfInfo {
     first_load_vaddr: u64,
 }
 
-const WANTED: &[&str] = &[
-    "_PyRuntime",
-    "Py_Version",
-    "PyCode_Type",
-    "_Py_DebugOffsets",
-];
+const WANTED: &[&str] = &["_PyRuntime", "Py_Version", "PyCode_Type", "_Py_DebugOffsets"];
 
 impl ElfInfo {
     pub fn open(path: &Path) -> std::io::Result<ElfInfo> {
@@ -28,8 +23,7 @@ impl ElfInfo {
         // worst give wrong bytes, which every reader of this data already tolerates.
         let data = unsafe { memmap2::Mmap::map(&file)? };
         let (symbols, sections, first_load_vaddr) = {
-            let elf = Elf::parse(&data)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            let elf = Elf::parse(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             let mut symbols = Vec::new();
             for (syms, strtab) in [(&elf.dynsyms, &elf.dynstrtab), (&elf.syms, &elf.strtab)] {
                 for s in syms.iter() {
@@ -60,26 +54,15 @@ impl ElfInfo {
                 .unwrap_or(0);
             (symbols, sections, first_load_vaddr)
         };
-        Ok(ElfInfo {
-            data,
-            symbols,
-            sections,
-            first_load_vaddr,
-        })
+        Ok(ElfInfo { data, symbols, sections, first_load_vaddr })
     }
 
     pub fn symbol(&self, name: &str) -> Option<(u64, u64)> {
-        self.symbols
-            .iter()
-            .find(|s| s.0 == name)
-            .map(|s| (s.1, s.2))
+        self.symbols.iter().find(|s| s.0 == name).map(|s| (s.1, s.2))
     }
 
     pub fn section(&self, name: &str) -> Option<(u64, u64)> {
-        self.sections
-            .iter()
-            .find(|s| s.0 == name && s.1 != 0)
-            .map(|s| (s.1, s.2))
+        self.sections.iter().find(|s| s.0 == name && s.1 != 0).map(|s| (s.1, s.2))
     }
 
     /// Memory address of a file virtual address, given where offset 0 of the file is mapped.
@@ -136,10 +119,7 @@ fn is_version(s: &str) -> bool {
         && micro_len <= 3
         && (tail.is_empty()
             || tail == "+"
-            || ["a", "b", "rc"].iter().any(|t| {
-                tail.strip_prefix(t)
-                    .is_some_and(|n| digits(n.trim_end_matches('+')))
-            }))
+            || ["a", "b", "rc"].iter().any(|t| tail.strip_prefix(t).is_some_and(|n| digits(n.trim_end_matches('+')))))
 }
 
 #[cfg(test)]

@@ -22,17 +22,13 @@ impl ReadError {
     pub fn into_error(self, pid: i32) -> Error {
         match self {
             ReadError::Gone => Error::TargetExited(pid),
-            ReadError::Denied => Error::PermissionDenied {
-                pid,
-                what: "memory".into(),
-            },
+            ReadError::Denied => Error::PermissionDenied { pid, what: "memory".into() },
             ReadError::Fault | ReadError::NotCode | ReadError::Missing => {
                 Error::Inconsistent(format!("process {pid}: read an unmapped address"))
             }
-            ReadError::Other(e) => Error::Io(format!(
-                "reading memory of process {pid}: {}",
-                std::io::Error::from_raw_os_error(e)
-            )),
+            ReadError::Other(e) => {
+                Error::Io(format!("reading memory of process {pid}: {}", std::io::Error::from_raw_os_error(e)))
+            }
         }
     }
 }
@@ -87,11 +83,7 @@ pub trait ReadMem {
         if buf.is_empty() {
             return Ok(());
         }
-        let span = Span {
-            addr,
-            len: buf.len(),
-            at: 0,
-        };
+        let span = Span { addr, len: buf.len(), at: 0 };
         match self.read_spans(&[span], buf)? {
             1 => Ok(()),
             _ => Err(ReadError::Fault),
@@ -130,27 +122,14 @@ impl ReadMem for Memory {
                 let Some(dst) = buf.get_mut(s.at..s.at + s.len) else {
                     return Err(ReadError::Fault);
                 };
-                local[i] = libc::iovec {
-                    iov_base: dst.as_mut_ptr().cast(),
-                    iov_len: s.len,
-                };
-                remote[i] = libc::iovec {
-                    iov_base: s.addr as *mut libc::c_void,
-                    iov_len: s.len,
-                };
+                local[i] = libc::iovec { iov_base: dst.as_mut_ptr().cast(), iov_len: s.len };
+                remote[i] = libc::iovec { iov_base: s.addr as *mut libc::c_void, iov_len: s.len };
                 want += s.len;
             }
             // SAFETY: each local iovec points into `buf`, inside its bounds (checked above);
             // the kernel checks the remote ones.
             let n = unsafe {
-                libc::process_vm_readv(
-                    self.pid,
-                    local.as_ptr(),
-                    group.len() as _,
-                    remote.as_ptr(),
-                    group.len() as _,
-                    0,
-                )
+                libc::process_vm_readv(self.pid, local.as_ptr(), group.len() as _, remote.as_ptr(), group.len() as _, 0)
             };
             if n < 0 {
                 let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);

@@ -26,9 +26,7 @@ pub struct Process {
 impl Process {
     pub fn open(pid: i32) -> Result<Process> {
         if pid <= 0 {
-            return Err(Error::Usage(format!(
-                "invalid pid {pid}: a process id is a positive number"
-            )));
+            return Err(Error::Usage(format!("invalid pid {pid}: a process id is a positive number")));
         }
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         if !proc_dir.exists() {
@@ -43,23 +41,14 @@ impl Process {
         let maps = maps::read(pid)?;
         let memory = Memory::new(pid);
         memory.check_access()?;
-        Ok(Process {
-            pid,
-            memory,
-            maps,
-            exe,
-            comm,
-        })
+        Ok(Process { pid, memory, maps, exe, comm })
     }
 
     /// A path under which we can open a file the target has mapped. map_files names the
     /// mapped file itself, whatever mount namespace or chroot it came from and even if it
     /// was deleted; the other two are fallbacks for kernels that refuse map_files.
     pub fn file_path(&self, entry: &MapEntry) -> PathBuf {
-        let exact = PathBuf::from(format!(
-            "/proc/{}/map_files/{:x}-{:x}",
-            self.pid, entry.start, entry.end
-        ));
+        let exact = PathBuf::from(format!("/proc/{}/map_files/{:x}-{:x}", self.pid, entry.start, entry.end));
         if std::fs::metadata(&exact).is_ok() {
             return exact;
         }
@@ -101,19 +90,14 @@ pub fn is_alive(pid: i32) -> bool {
         return false;
     };
     // the state follows the command name, which is in parentheses and may hold anything
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
     !matches!(state, None | Some("Z") | Some("X") | Some("x"))
 }
 
 pub fn io_error(pid: i32, what: &str, e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::NotFound => Error::NoSuchProcess(pid),
-        std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
-            pid,
-            what: what.to_string(),
-        },
+        std::io::ErrorKind::PermissionDenied => Error::PermissionDenied { pid, what: what.to_string() },
         _ => Error::Io(format!("cannot read {what} of process {pid}: {e}")),
     }
 }

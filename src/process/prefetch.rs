@@ -16,8 +16,8 @@ pub struct Prefetch {
     spans: Vec<Span>,
     /// whether spans[i] is a check (not served by address)
     check: Vec<bool>,
-    /// how many spans the last read filled completely
-    filled: usize,
+    /// whether the last read filled spans[i] completely
+    ok: Vec<bool>,
     buf: Vec<u8>,
     /// indices of filled, non-check spans sorted by address, and the largest end of
     /// any span up to each position (lets a lookup stop early when walking back)
@@ -29,7 +29,7 @@ impl Prefetch {
     pub fn clear(&mut self) {
         self.spans.clear();
         self.check.clear();
-        self.filled = 0;
+        self.ok.clear();
         self.buf.clear();
         self.index.clear();
         self.max_end.clear();
@@ -58,12 +58,19 @@ impl Prefetch {
         (addr != 0 && len != 0).then(|| self.push(addr, len, true))
     }
 
-    /// Reads every span, in the order asked.
+    /// Reads every span, in the order asked. A span the target does not map is skipped
+    /// (the read goes on after it), so one thread's stale plan costs the others nothing.
     pub fn fetch(&mut self, mem: &dyn ReadMem) -> ReadResult<()> {
-        self.filled = mem.read_spans(&self.spans, &mut self.buf)?;
+        self.ok.clear();
+        self.ok.resize(self.spans.len(), false);
+        let mut from = 0;
+        while from < self.spans.len() {
+            let n = mem.read_spans(&self.spans[from..], &mut self.buf)?;
+            self.ok[from..from + n].iter_mut().for_each(|o| *o = true);
+            from += n + 1;
+        }
         self.index.clear();
-        self.index
-            .extend((0..self.filled as u32).filter(|&i| !self.check[i as usize]));
+        self.index.extend((0..self.spans.len() as u32).filter(|&i| self.ok[i as usize] && !self.check[i as usize]));
         let spans = &self.spans;
         self.index.sort_unstable_by_key(|&i| spans[i as usize].addr);
         self.max_end.clear();
@@ -78,7 +85,7 @@ impl Prefetch {
 
     /// The bytes of check `id`, if the read reached it.
     pub fn checked(&self, id: usize) -> Option<&[u8]> {
-        let s = self.spans.get(id).filter(|_| id < self.filled)?;
+        let s = self.spans.get(id).filter(|_| self.ok.get(id) == Some(&true))?;
         self.buf.get(s.at..s.at + s.len)
     }
 
@@ -87,9 +94,7 @@ impl Prefetch {
     pub fn get(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let end = addr.checked_add(len as u64)?;
         // the last span starting at or before addr, then back while any span may reach
-        let mut i = self
-            .index
-            .partition_point(|&i| self.spans[i as usize].addr <= addr);
+        let mut i = self.index.partition_point(|&i| self.spans[i as usize].addr <= addr);
         while i > 0 {
             i -= 1;
             if self.max_end[i] < end {
@@ -110,9 +115,7 @@ impl ReadMem for Prefetch {
     fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
         for s in spans {
             let src = self.get(s.addr, s.len).ok_or(ReadError::Missing)?;
-            buf.get_mut(s.at..s.at + s.len)
-                .ok_or(ReadError::Fault)?
-                .copy_from_slice(src);
+            buf.get_mut(s.at..s.at + s.len).ok_or(ReadError::Fault)?.copy_from_slice(src);
         }
         Ok(spans.len())
     }
@@ -156,13 +159,14 @@ mod tests {
     }
 
     #[test]
-    fn an_unmapped_span_ends_the_read() {
+    fn an_unmapped_span_is_skipped_and_the_read_goes_on() {
         let mut p = Prefetch::default();
         p.want(0x1000, 8);
         p.want(0x9000, 8);
         p.want(0x1100, 8);
         p.fetch(&Flat).unwrap();
         assert!(p.get(0x1000, 8).is_some());
-        assert!(p.get(0x1100, 8).is_none());
+        assert!(p.get(0x9000, 8).is_none());
+        assert!(p.get(0x1100, 8).is_some());
     }
 }

@@ -28,11 +28,7 @@ impl Regions {
     }
 
     pub fn write(&mut self, addr: u64, data: &[u8]) {
-        let (&start, bytes) = self
-            .map
-            .range_mut(..=addr)
-            .next_back()
-            .expect("write to unmapped simulated memory");
+        let (&start, bytes) = self.map.range_mut(..=addr).next_back().expect("write to unmapped simulated memory");
         let o = (addr - start) as usize;
         bytes[o..o + data.len()].copy_from_slice(data);
     }
@@ -50,9 +46,7 @@ impl Regions {
     }
 
     pub fn copy(&mut self, from: u64, to: u64, len: usize) {
-        let (start, bytes) = self
-            .find(from, len)
-            .expect("copy from unmapped simulated memory");
+        let (start, bytes) = self.find(from, len).expect("copy from unmapped simulated memory");
         let o = (from - start) as usize;
         let data = bytes[o..o + len].to_vec();
         self.write(to, &data);
@@ -87,10 +81,7 @@ impl ReadMem for SimMem {
         for (n, s) in spans.iter().enumerate() {
             let due = {
                 let mut script = self.script.borrow_mut();
-                script
-                    .iter()
-                    .position(|(a, _)| *a == s.addr)
-                    .map(|i| script.remove(i).1)
+                script.iter().position(|(a, _)| *a == s.addr).map(|i| script.remove(i).1)
             };
             if let Some(change) = due {
                 change(&mut self.regions.borrow_mut());

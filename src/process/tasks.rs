@@ -20,15 +20,9 @@ impl Tasks {
                     continue;
                 };
                 tids.push(tid);
-                if let Ok(status) =
-                    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
-                {
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) {
                     if let Some(line) = status.lines().find(|l| l.starts_with("NSpid:")) {
-                        if let Some(inner) = line
-                            .split_whitespace()
-                            .last()
-                            .and_then(|s| s.parse::<i32>().ok())
-                        {
+                        if let Some(inner) = line.split_whitespace().last().and_then(|s| s.parse::<i32>().ok()) {
                             if inner != tid {
                                 ns_to_ours.insert(inner, tid);
                             }
@@ -48,16 +42,10 @@ impl Tasks {
 
     /// The target's own (innermost namespace) tid of one of our tids.
     pub fn to_target(&self, ours: i32) -> i32 {
-        self.ns_to_ours
-            .iter()
-            .find(|(_, &o)| o == ours)
-            .map(|(&i, _)| i)
-            .unwrap_or(ours)
+        self.ns_to_ours.iter().find(|(_, &o)| o == ours).map(|(&i, _)| i).unwrap_or(ours)
     }
 
     pub fn comm(pid: i32, tid: i32) -> Option<String> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-            .ok()
-            .map(|s| s.trim_end().to_string())
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok().map(|s| s.trim_end().to_string())
     }
 }

@@ -62,13 +62,8 @@ impl CodeInfo {
     }
 
     pub fn line(&self, layout: &Layout, offset: i64) -> i32 {
-        linetable::line_for(
-            layout.model.line_table,
-            &self.linetable,
-            self.first_line,
-            offset,
-        )
-        .unwrap_or(self.first_line)
+        linetable::line_for(layout.model.line_table, &self.linetable, self.first_line, offset)
+            .unwrap_or(self.first_line)
     }
 }
 
@@ -101,13 +96,7 @@ fn header_len(layout: &Layout) -> usize {
 impl CodeCache {
     /// Reads (or finds) the code object at `addr`. `code_type` is PyCode_Type: anything
     /// else at that address is not a code object (3.13+ frames may hold other executables).
-    pub fn get(
-        &mut self,
-        mem: &dyn ReadMem,
-        layout: &Layout,
-        code_type: u64,
-        addr: u64,
-    ) -> ReadResult<Arc<CodeInfo>> {
+    pub fn get(&mut self, mem: &dyn ReadMem, layout: &Layout, code_type: u64, addr: u64) -> ReadResult<Arc<CodeInfo>> {
         let mut head = [0u8; 512];
         let n = header_len(layout).min(head.len());
         mem.read(addr, &mut head[..n])?;
@@ -130,10 +119,7 @@ impl CodeCache {
             first_line: head.i32_at(c.firstlineno),
             linetable: read_bytes(mem, layout, head.u64_at(c.linetable))?,
             bytecode_start: c.code_adaptive.map(|o| addr + o).unwrap_or(0),
-            first_traceable: c
-                .firsttraceable
-                .map(|o| head.i32_at(o) as i64 * 2)
-                .unwrap_or(0),
+            first_traceable: c.firsttraceable.map(|o| head.i32_at(o) as i64 * 2).unwrap_or(0),
             identity: (name_ptr, file_ptr),
         });
         self.next_id += 1;

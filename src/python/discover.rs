@@ -42,9 +42,9 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
     let candidates = candidates(process)?;
     let exe_display = process.exe.trim_end_matches(" (deleted)").to_string();
     let by_symbol = match how {
-        Discovery::Symbols => candidates
-            .iter()
-            .find_map(|c| runtime_vaddr(&c.elf).map(|r| (c, c.elf.to_memory(r, c.map.start)))),
+        Discovery::Symbols => {
+            candidates.iter().find_map(|c| runtime_vaddr(&c.elf).map(|r| (c, c.elf.to_memory(r, c.map.start))))
+        }
         Discovery::Scan => None,
     };
     let found = by_symbol.or_else(|| {
@@ -61,40 +61,24 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
             if let Some(v) = version_from_name(c.map.file_name()) {
                 return Err(Error::UnsupportedVersion {
                     version: format!("{}.{}", v.0, v.1),
-                    why: format!(
-                        "{} has no _PyRuntime symbol or .PyRuntime section",
-                        c.map.path
-                    ),
+                    why: format!("{} has no _PyRuntime symbol or .PyRuntime section", c.map.path),
                 });
             }
         }
-        return Err(Error::NotPython {
-            pid: process.pid,
-            comm: process.comm.clone(),
-            exe: exe_display,
-        });
+        return Err(Error::NotPython { pid: process.pid, comm: process.comm.clone(), exe: exe_display });
     };
     let base = cand.map.start;
     let mem = &process.memory;
 
     let version = if let Some((vaddr, _)) = cand.elf.symbol("Py_Version") {
-        let hex = mem
-            .read_u64(cand.elf.to_memory(vaddr, base))
-            .map_err(|e| e.into_error(process.pid))?;
+        let hex = mem.read_u64(cand.elf.to_memory(vaddr, base)).map_err(|e| e.into_error(process.pid))?;
         Version::from_hex(hex & 0xffff_ffff)
     } else {
         // Before 3.11 nothing exports the version: the file name or PY_VERSION in .rodata
         // give the minor (enough to pick a layout), sys.version gives the rest.
-        let rodata = cand
-            .elf
-            .find_version_string(version_from_name(cand.map.file_name()).map(|v| v.1));
+        let rodata = cand.elf.find_version_string(version_from_name(cand.map.file_name()).map(|v| v.1));
         let minor = version_from_name(cand.map.file_name())
-            .or_else(|| {
-                rodata
-                    .as_deref()
-                    .and_then(Version::parse)
-                    .map(|v| (v.major, v.minor))
-            })
+            .or_else(|| rodata.as_deref().and_then(Version::parse).map(|v| (v.major, v.minor)))
             .ok_or_else(|| Error::UnsupportedVersion {
                 version: "unknown".into(),
                 why: format!("no version information found in {}", cand.map.path),
@@ -102,21 +86,16 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
         let from_sys = Layout::for_minor(minor.0, minor.1)
             .and_then(|l| sys_version(mem, &l, runtime))
             .filter(|v| (v.major, v.minor) == minor);
-        from_sys
-            .or_else(|| rodata.as_deref().and_then(Version::parse))
-            .unwrap_or(Version {
-                major: minor.0,
-                minor: minor.1,
-                micro: 0,
-                level: 0xF,
-                serial: 0,
-            })
+        from_sys.or_else(|| rodata.as_deref().and_then(Version::parse)).unwrap_or(Version {
+            major: minor.0,
+            minor: minor.1,
+            micro: 0,
+            level: 0xF,
+            serial: 0,
+        })
     };
     if version.major != 3 {
-        return Err(Error::UnsupportedVersion {
-            version: version.to_string(),
-            why: "not CPython 3".into(),
-        });
+        return Err(Error::UnsupportedVersion { version: version.to_string(), why: "not CPython 3".into() });
     }
     let mut layout = Layout::for_minor(version.major, version.minor).ok_or_else(|| {
         Error::UnsupportedVersion {
@@ -128,18 +107,14 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
     if !version.is_final() && !layout.model.debug_offsets {
         return Err(Error::UnsupportedVersion {
             version: version.to_string(),
-            why: "pre-releases change layouts and this one does not describe itself (_Py_DebugOffsets is 3.13+)"
-                .into(),
+            why: "pre-releases change layouts and this one does not describe itself (_Py_DebugOffsets is 3.13+)".into(),
         });
     }
     let mut notes = Vec::new();
     if layout.model.debug_offsets {
         notes = debug_offsets::apply(mem, runtime, &version, &mut layout).map_err(|e| match e {
             debug_offsets::Problem::Read(r) => r.into_error(process.pid),
-            debug_offsets::Problem::Refuse(why) => Error::UnsupportedVersion {
-                version: version.to_string(),
-                why,
-            },
+            debug_offsets::Problem::Refuse(why) => Error::UnsupportedVersion { version: version.to_string(), why },
         })?;
     }
     let code_type = match (how, cand.elf.symbol("PyCode_Type")) {
@@ -157,9 +132,7 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
         runtime,
         code_type,
         executable: exe_display,
-        libpython: cand
-            .is_lib
-            .then(|| cand.map.path.trim_end_matches(" (deleted)").to_string()),
+        libpython: cand.is_lib.then(|| cand.map.path.trim_end_matches(" (deleted)").to_string()),
         notes,
     })
 }
@@ -169,14 +142,8 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
 fn candidates(process: &Process) -> Result<Vec<Candidate<'_>>> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let libs = process
-        .maps
-        .iter()
-        .filter(|m| m.offset == 0 && is_libpython(m.file_name()));
-    let exe = process
-        .maps
-        .iter()
-        .filter(|m| m.offset == 0 && m.path == process.exe);
+    let libs = process.maps.iter().filter(|m| m.offset == 0 && is_libpython(m.file_name()));
+    let exe = process.maps.iter().filter(|m| m.offset == 0 && m.path == process.exe);
     for (map, is_lib) in libs.map(|m| (m, true)).chain(exe.map(|m| (m, false))) {
         if !seen.insert(&map.path) {
             continue;
@@ -185,10 +152,7 @@ fn candidates(process: &Process) -> Result<Vec<Candidate<'_>>> {
         match ElfInfo::open(&path) {
             Ok(elf) => out.push(Candidate { map, elf, is_lib }),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(Error::PermissionDenied {
-                    pid: process.pid,
-                    what: format!("{}", path.display()),
-                })
+                return Err(Error::PermissionDenied { pid: process.pid, what: format!("{}", path.display()) })
             }
             Err(_) => continue,
         }
@@ -204,21 +168,12 @@ fn minor_hint(mem: &dyn crate::process::memory::ReadMem, c: &Candidate) -> Optio
             return Some((v.major, v.minor));
         }
     }
-    version_from_name(c.map.file_name()).or_else(|| {
-        c.elf
-            .find_version_string(None)
-            .as_deref()
-            .and_then(Version::parse)
-            .map(|v| (v.major, v.minor))
-    })
+    version_from_name(c.map.file_name())
+        .or_else(|| c.elf.find_version_string(None).as_deref().and_then(Version::parse).map(|v| (v.major, v.minor)))
 }
 
 /// sys.version of the main interpreter, read through sys.modules.
-fn sys_version(
-    mem: &dyn crate::process::memory::ReadMem,
-    l: &Layout,
-    runtime: u64,
-) -> Option<Version> {
+fn sys_version(mem: &dyn crate::process::memory::ReadMem, l: &Layout, runtime: u64) -> Option<Version> {
     use super::objects::dict_get;
     let interp = mem.read_u64(runtime + l.runtime.interpreters_main).ok()?;
     let modules = mem.read_u64(interp + l.interp.modules).ok()?;
@@ -230,9 +185,7 @@ fn sys_version(
 }
 
 fn runtime_vaddr(elf: &ElfInfo) -> Option<u64> {
-    elf.symbol("_PyRuntime")
-        .map(|s| s.0)
-        .or_else(|| elf.section(".PyRuntime").map(|s| s.0))
+    elf.symbol("_PyRuntime").map(|s| s.0).or_else(|| elf.section(".PyRuntime").map(|s| s.0))
 }
 
 fn is_libpython(name: &str) -> bool {
@@ -251,10 +204,7 @@ fn version_from_name(name: &str) -> Option<(u32, u32)> {
 mod tests {
     #[test]
     fn names() {
-        assert_eq!(
-            super::version_from_name("libpython3.11.so.1.0"),
-            Some((3, 11))
-        );
+        assert_eq!(super::version_from_name("libpython3.11.so.1.0"), Some((3, 11)));
         assert_eq!(super::version_from_name("python3.9"), Some((3, 9)));
         assert_eq!(super::version_from_name("python"), None);
         assert!(super::is_libpython("libpython3.11.so.1.0"));

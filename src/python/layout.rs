@@ -9,8 +9,7 @@ macro_rules! tables {
         &[$(($minor, include_str!(concat!("../../python_versions/", $minor, ".toml")))),*]
     };
 }
-const TABLES: &[(&str, &str)] =
-    tables!("3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.15");
+const TABLES: &[(&str, &str)] = tables!("3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.15");
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct About {
@@ -127,6 +126,8 @@ pub struct TstateOffsets {
     pub native_thread_id: Option<u64>,
     #[serde(default)]
     pub datastack_chunk: Option<u64>,
+    #[serde(default)]
+    pub datastack_top: Option<u64>,
     pub size: u64,
 }
 
@@ -274,10 +275,7 @@ impl Layout {
     pub fn for_minor(major: u32, minor: u32) -> Option<Layout> {
         let key = format!("{major}.{minor}");
         let (_, text) = TABLES.iter().find(|(m, _)| *m == key)?;
-        Some(
-            toml::from_str(text)
-                .unwrap_or_else(|e| panic!("python_versions/{key}.toml is malformed: {e}")),
-        )
+        Some(toml::from_str(text).unwrap_or_else(|e| panic!("python_versions/{key}.toml is malformed: {e}")))
     }
 
     /// Mutable access to a field by its table name, for overlaying the target's own offsets.
@@ -296,6 +294,7 @@ impl Layout {
             ("tstate", "thread_id") => &mut self.tstate.thread_id,
             ("tstate", "native_thread_id") => self.tstate.native_thread_id.get_or_insert(0),
             ("tstate", "datastack_chunk") => self.tstate.datastack_chunk.get_or_insert(0),
+            ("tstate", "datastack_top") => self.tstate.datastack_top.get_or_insert(0),
             ("tstate", "size") => &mut self.tstate.size,
             ("frame", "previous") => &mut self.frame.previous,
             ("frame", "code") => &mut self.frame.code,
@@ -351,10 +350,7 @@ mod tests {
             assert_eq!(&l.about.minor, m);
             for k in l.debug_offsets.keys() {
                 let mut l2 = l.clone();
-                assert!(
-                    l2.field_mut(k).is_some(),
-                    "{m}: debug offset {k} has no field"
-                );
+                assert!(l2.field_mut(k).is_some(), "{m}: debug offset {k} has no field");
             }
         }
     }

@@ -104,11 +104,7 @@ fn varint(t: &[u8], i: &mut usize) -> Option<u32> {
 
 fn svarint(t: &[u8], i: &mut usize) -> Option<i32> {
     let v = varint(t, i)?;
-    Some(if v & 1 != 0 {
-        -((v >> 1) as i32)
-    } else {
-        (v >> 1) as i32
-    })
+    Some(if v & 1 != 0 { -((v >> 1) as i32) } else { (v >> 1) as i32 })
 }
 
 #[cfg(test)]
@@ -135,19 +131,7 @@ mod tests {
     fn locations_forms() {
         // code 13 (no column) +1 line, 2 units; code 10 one-line form, 1 unit; code 14
         // long form -3 lines, 1 unit; code 15 no location, 1 unit.
-        let t = [
-            0x80 | (13 << 3) | 1,
-            2,
-            0x80 | (10 << 3),
-            0,
-            5,
-            0x80 | (14 << 3),
-            7,
-            0,
-            1,
-            2,
-            0x80 | (15 << 3),
-        ];
+        let t = [0x80 | (13 << 3) | 1, 2, 0x80 | (10 << 3), 0, 5, 0x80 | (14 << 3), 7, 0, 1, 2, 0x80 | (15 << 3)];
         assert_eq!(locations(&t, 20, 0), Some(21));
         assert_eq!(locations(&t, 20, 2), Some(21));
         assert_eq!(locations(&t, 20, 4), Some(21));

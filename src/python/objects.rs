@@ -17,11 +17,7 @@ pub fn dict_items(mem: &dyn ReadMem, l: &Layout, dict: u64) -> ReadResult<Vec<(u
         if key == 0 {
             continue;
         }
-        let value = if values != 0 {
-            split_value(mem, l, values, i)?
-        } else {
-            value
-        };
+        let value = if values != 0 { split_value(mem, l, values, i)? } else { value };
         if value != 0 {
             out.push((key, value));
         }
@@ -63,14 +59,8 @@ fn keys_entries(mem: &dyn ReadMem, l: &Layout, keys: u64) -> ReadResult<Vec<(u64
     if nentries > MAX_ENTRIES || index_bytes > MAX_ENTRIES * 8 {
         return Err(ReadError::Fault);
     }
-    let raw = mem.read_vec(
-        keys + k.indices + index_bytes,
-        (nentries * entry_size) as usize,
-    )?;
-    Ok(raw
-        .chunks_exact(entry_size as usize)
-        .map(|e| (e.u64_at(key_at), e.u64_at(key_at + 8)))
-        .collect())
+    let raw = mem.read_vec(keys + k.indices + index_bytes, (nentries * entry_size) as usize)?;
+    Ok(raw.chunks_exact(entry_size as usize).map(|e| (e.u64_at(key_at), e.u64_at(key_at + 8))).collect())
 }
 
 fn split_value(mem: &dyn ReadMem, l: &Layout, values: u64, index: usize) -> ReadResult<u64> {
@@ -107,12 +97,7 @@ pub fn read_u64_int(mem: &dyn ReadMem, l: &Layout, obj: u64) -> ReadResult<Optio
 }
 
 /// An instance attribute stored in the instance's dict or inline values.
-pub fn instance_attr(
-    mem: &dyn ReadMem,
-    l: &Layout,
-    obj: u64,
-    name: &str,
-) -> ReadResult<Option<u64>> {
+pub fn instance_attr(mem: &dyn ReadMem, l: &Layout, obj: u64, name: &str) -> ReadResult<Option<u64>> {
     let tp = mem.read_u64(obj + l.object.ob_type)?;
     let flags = mem.read_u64(tp + l.type_.tp_flags)?;
     let managed = flags & l.model.tp_flags_managed_dict != 0;

@@ -39,10 +39,7 @@ pub fn find_runtime(process: &Process, binary: &MapEntry, l: &Layout) -> Option<
         };
         if l.model.debug_offsets {
             // 3.13+: the runtime starts with its own description, cookie first.
-            if let Some(pos) = (0..buf.len().saturating_sub(8))
-                .step_by(8)
-                .find(|&i| &buf[i..i + 8] == b"xdebugpy")
-            {
+            if let Some(pos) = (0..buf.len().saturating_sub(8)).step_by(8).find(|&i| &buf[i..i + 8] == b"xdebugpy") {
                 return Some(region.start + pos as u64);
             }
             continue;
@@ -111,11 +108,7 @@ pub fn find_code_type(mem: &dyn ReadMem, l: &Layout, runtime: u64) -> Option<u64
                 break;
             }
             let code = mem.read_u64(frame + l.frame.code).ok()? & !l.model.stackref_tag_mask;
-            if let Some(tp) = mem
-                .read_u64(code + l.object.ob_type)
-                .ok()
-                .filter(|&t| t != 0)
-            {
+            if let Some(tp) = mem.read_u64(code + l.object.ob_type).ok().filter(|&t| t != 0) {
                 let name = mem.read_u64(tp + l.type_.tp_name).ok()?;
                 if mem.read_vec(name, 5).ok().as_deref() == Some(b"code\0") {
                     return Some(tp);

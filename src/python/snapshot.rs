@@ -45,12 +45,7 @@ impl Reader {
         let process = Process::open(pid)?;
         let target = discover(&process, how)?;
         let ids = ThreadIds::new(pid);
-        Ok(Reader {
-            process,
-            target,
-            codes: CodeCache::default(),
-            ids,
-        })
+        Ok(Reader { process, target, codes: CodeCache::default(), ids })
     }
 
     /// Whether the interpreter is up: a main interpreter with a thread of its own.
@@ -131,28 +126,18 @@ impl Reader {
 }
 
 /// One thread's stack, resolved; Fault if it changed while we read it.
-pub fn read_stack(
-    mem: &dyn ReadMem,
-    t: &Target,
-    codes: &mut CodeCache,
-    tstate: u64,
-) -> ReadResult<Vec<Frame>> {
+pub fn read_stack(mem: &dyn ReadMem, t: &Target, codes: &mut CodeCache, tstate: u64) -> ReadResult<Vec<Frame>> {
     let mut w = stack::Walk::default();
     let mut lookup = |code| {
         let info = codes.get(mem, &t.layout, t.code_type, code)?;
-        Ok(stack::CodeFacts {
-            bytecode_start: info.bytecode_start,
-            first_traceable: info.first_traceable,
-        })
+        Ok(stack::CodeFacts { bytecode_start: info.bytecode_start, first_traceable: info.first_traceable })
     };
     stack::walk_consistent(mem, &t.layout, tstate, &mut lookup, &mut w)?;
     w.frames
         .iter()
         .map(|f| {
             // it was a code object during the walk
-            let code = codes
-                .get(mem, &t.layout, t.code_type, f.code)
-                .map_err(stack::torn)?;
+            let code = codes.get(mem, &t.layout, t.code_type, f.code).map_err(stack::torn)?;
             let line = code.line(&t.layout, f.offset);
             Ok(Frame { code, line })
         })

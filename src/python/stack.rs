@@ -75,22 +75,13 @@ pub fn top_frame(mem: &dyn ReadMem, l: &Layout, tstate: u64) -> ReadResult<Top> 
             let frame = if p == 0 { 0 } else { mem.read_u64(p + off)? };
             Ok(Top { frame, cframe: p })
         }
-        _ => Ok(Top {
-            frame: p,
-            cframe: 0,
-        }),
+        _ => Ok(Top { frame: p, cframe: 0 }),
     }
 }
 
 /// Reads the stack starting at `frame`. Errors mean the memory changed under us
 /// (`Fault`), or, reading a tick's copy, that a frame is not in it (`Missing`).
-pub fn walk(
-    mem: &dyn ReadMem,
-    l: &Layout,
-    mut frame: u64,
-    codes: &mut dyn CodeLookup,
-    w: &mut Walk,
-) -> ReadResult<()> {
+pub fn walk(mem: &dyn ReadMem, l: &Layout, mut frame: u64, codes: &mut dyn CodeLookup, w: &mut Walk) -> ReadResult<()> {
     w.frames.clear();
     w.visited.clear();
     w.truncated = false;
@@ -112,34 +103,19 @@ pub fn walk(
         match l.model.frames {
             FrameModel::FrameObject => {
                 let lasti = b.i32_at(f.lasti.unwrap_or(0)) as i64;
-                w.frames.push(RawFrame {
-                    code,
-                    frame,
-                    offset: lasti * l.model.lasti_unit as i64,
-                });
+                w.frames.push(RawFrame { code, frame, offset: lasti * l.model.lasti_unit as i64 });
             }
             FrameModel::InterpreterFrame => {
                 let owner = b.u8_at(f.owner.unwrap_or(0));
                 root_owner = Some(owner);
-                let non_python = l
-                    .model
-                    .owner_first_non_python
-                    .is_some_and(|first| owner >= first);
+                let non_python = l.model.owner_first_non_python.is_some_and(|first| owner >= first);
                 if !non_python && code != 0 {
                     match codes.facts(code) {
                         Ok(c) => {
-                            let offset = b
-                                .u64_at(f.instr.unwrap_or(0))
-                                .wrapping_sub(c.bytecode_start)
-                                as i64;
-                            let incomplete = Some(owner) != l.model.owner_generator
-                                && offset < c.first_traceable;
+                            let offset = b.u64_at(f.instr.unwrap_or(0)).wrapping_sub(c.bytecode_start) as i64;
+                            let incomplete = Some(owner) != l.model.owner_generator && offset < c.first_traceable;
                             if !incomplete {
-                                w.frames.push(RawFrame {
-                                    code,
-                                    frame,
-                                    offset,
-                                });
+                                w.frames.push(RawFrame { code, frame, offset });
                             }
                         }
                         // 3.13+ frames may execute something that is not a code object;

@@ -39,15 +39,11 @@ fn decode(raw: &[u8], kind: u32) -> ReadResult<String> {
         1 => Ok(raw.iter().map(|&b| b as char).collect()),
         2 => raw
             .chunks_exact(2)
-            .map(|c| {
-                char::from_u32(u16::from_le_bytes([c[0], c[1]]) as u32).ok_or(ReadError::Fault)
-            })
+            .map(|c| char::from_u32(u16::from_le_bytes([c[0], c[1]]) as u32).ok_or(ReadError::Fault))
             .collect(),
         _ => raw
             .chunks_exact(4)
-            .map(|c| {
-                char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])).ok_or(ReadError::Fault)
-            })
+            .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])).ok_or(ReadError::Fault))
             .collect(),
     }
 }
@@ -64,12 +60,7 @@ pub fn read_bytes(mem: &dyn ReadMem, layout: &Layout, addr: u64) -> ReadResult<V
 }
 
 /// Compares a unicode object with an ASCII name without decoding it (dict key lookup).
-pub fn unicode_equals(
-    mem: &dyn ReadMem,
-    layout: &Layout,
-    addr: u64,
-    want: &str,
-) -> ReadResult<bool> {
+pub fn unicode_equals(mem: &dyn ReadMem, layout: &Layout, addr: u64, want: &str) -> ReadResult<bool> {
     let u = &layout.unicode;
     let mut head = [0u8; 64];
     let n = (u.ascii_data as usize).min(64);

@@ -20,12 +20,7 @@ impl ThreadIds {
     pub fn new(pid: i32) -> ThreadIds {
         let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
         let same_pid_namespace = ns("self").is_some() && ns("self") == ns(&pid.to_string());
-        ThreadIds {
-            pid,
-            same_pid_namespace,
-            tasks: Tasks::read(pid),
-            pthread_tid_offset: None,
-        }
+        ThreadIds { pid, same_pid_namespace, tasks: Tasks::read(pid), pthread_tid_offset: None }
     }
 
     pub fn refresh(&mut self, pid: i32) {
@@ -36,12 +31,7 @@ impl ThreadIds {
     /// not started or has already finished has no OS thread of its own).
     /// `verify_live` checks every tid against /proc (a dump must not show a thread that
     /// has ended); a sampler can skip that where tids need no translation.
-    pub fn resolve(
-        &mut self,
-        mem: &dyn ReadMem,
-        states: &[ThreadState],
-        verify_live: bool,
-    ) -> Vec<Option<i32>> {
+    pub fn resolve(&mut self, mem: &dyn ReadMem, states: &[ThreadState], verify_live: bool) -> Vec<Option<i32>> {
         if states.iter().any(|s| s.native_id.is_none()) && self.pthread_tid_offset.is_none() {
             self.pthread_tid_offset = self.find_offset(mem, states);
         }
@@ -58,27 +48,19 @@ impl ThreadIds {
         if !verify_live && self.same_pid_namespace {
             // The sampler's fast path: the target's tids are ours, and a thread state whose
             // thread just ended shows for a tick at most; no /proc scan per new thread.
-            let mut tids: Vec<Option<i32>> =
-                inner.into_iter().map(|t| t.filter(|&t| t > 0)).collect();
+            let mut tids: Vec<Option<i32>> = inner.into_iter().map(|t| t.filter(|&t| t > 0)).collect();
             drop_duplicates(&mut tids);
             return tids;
         }
         let mut known = self.known_target_tids();
         // The main thread's tid is the pid: a task list without it is a failed read.
-        if inner.iter().flatten().any(|t| !known.contains(t))
-            || self.tasks.tids.binary_search(&self.pid).is_err()
-        {
+        if inner.iter().flatten().any(|t| !known.contains(t)) || self.tasks.tids.binary_search(&self.pid).is_err() {
             // A thread started since we listed the tasks, or one has ended: look again.
             self.tasks = Tasks::read(self.pid);
             known = self.known_target_tids();
         }
-        let mut tids: Vec<Option<i32>> = inner
-            .into_iter()
-            .map(|t| {
-                t.filter(|t| known.contains(t))
-                    .map(|t| self.tasks.to_ours(t))
-            })
-            .collect();
+        let mut tids: Vec<Option<i32>> =
+            inner.into_iter().map(|t| t.filter(|t| known.contains(t)).map(|t| self.tasks.to_ours(t))).collect();
         drop_duplicates(&mut tids);
         tids
     }
@@ -90,11 +72,7 @@ impl ThreadIds {
     }
 
     fn known_target_tids(&self) -> std::collections::HashSet<i32> {
-        self.tasks
-            .tids
-            .iter()
-            .map(|&t| self.tasks.to_target(t))
-            .collect()
+        self.tasks.tids.iter().map(|&t| self.tasks.to_target(t)).collect()
     }
 
     /// The offset of the tid in struct pthread: the one where the most thread states hold
@@ -102,18 +80,12 @@ impl ThreadIds {
     /// look may not match; live ones do.
     fn find_offset(&self, mem: &dyn ReadMem, states: &[ThreadState]) -> Option<u64> {
         let known = self.known_target_tids();
-        let structs: Vec<Vec<u8>> = states
-            .iter()
-            .filter(|s| s.thread_id != 0)
-            .filter_map(|s| mem.read_vec(s.thread_id, SCAN).ok())
-            .collect();
+        let structs: Vec<Vec<u8>> =
+            states.iter().filter(|s| s.thread_id != 0).filter_map(|s| mem.read_vec(s.thread_id, SCAN).ok()).collect();
         let mut best: Option<(usize, u64)> = None;
         for off in (0..SCAN as u64 - 4).step_by(4) {
-            let hits: std::collections::HashSet<i32> = structs
-                .iter()
-                .map(|b| b.i32_at(off))
-                .filter(|v| known.contains(v))
-                .collect();
+            let hits: std::collections::HashSet<i32> =
+                structs.iter().map(|b| b.i32_at(off)).filter(|v| known.contains(v)).collect();
             if hits.len() > best.map_or(0, |b| b.0) {
                 best = Some((hits.len(), off));
             }

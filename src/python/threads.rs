@@ -23,27 +23,17 @@ pub struct ThreadState {
 /// sampler read the same prefix, so the list can be walked in a tick's copy.
 pub fn tstate_read_len(l: &Layout) -> usize {
     let ts = &l.tstate;
-    let last = [
-        Some(ts.next),
-        Some(ts.interp),
-        Some(ts.frame),
-        Some(ts.thread_id),
-        ts.native_thread_id,
-        ts.datastack_chunk,
-    ]
-    .into_iter()
-    .flatten()
-    .max()
-    .unwrap_or(0);
+    let last =
+        [Some(ts.next), Some(ts.interp), Some(ts.frame), Some(ts.thread_id), ts.native_thread_id, ts.datastack_chunk]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0);
     last as usize + 8
 }
 
 /// Calls `f` with each interpreter in list order, until it returns false.
-pub fn for_each_interpreter(
-    mem: &dyn ReadMem,
-    t: &Target,
-    mut f: impl FnMut(u64) -> bool,
-) -> ReadResult<()> {
+pub fn for_each_interpreter(mem: &dyn ReadMem, t: &Target, mut f: impl FnMut(u64) -> bool) -> ReadResult<()> {
     let mut interp = mem.read_u64(t.runtime + t.layout.runtime.interpreters_head)?;
     let mut n = 0;
     while interp != 0 {
@@ -112,11 +102,7 @@ pub fn thread_states(mem: &dyn ReadMem, t: &Target, interp: u64) -> ReadResult<V
 }
 
 /// Every state linked, in list order.
-pub fn thread_states_raw(
-    mem: &dyn ReadMem,
-    t: &Target,
-    interp: u64,
-) -> ReadResult<Vec<ThreadState>> {
+pub fn thread_states_raw(mem: &dyn ReadMem, t: &Target, interp: u64) -> ReadResult<Vec<ThreadState>> {
     let mut out = Vec::new();
     for_each_state(mem, t, interp, |s| {
         out.push(s);
@@ -130,11 +116,8 @@ pub fn thread_states_raw(
 /// head, so of several states with one thread id the last in the list is the real one.
 pub fn one_per_thread(raw: Vec<ThreadState>) -> Vec<ThreadState> {
     let mut seen = std::collections::HashSet::new();
-    let mut keep: Vec<ThreadState> = raw
-        .into_iter()
-        .rev()
-        .filter(|s| s.thread_id == 0 || seen.insert(s.thread_id))
-        .collect();
+    let mut keep: Vec<ThreadState> =
+        raw.into_iter().rev().filter(|s| s.thread_id == 0 || seen.insert(s.thread_id)).collect();
     keep.reverse();
     keep
 }
@@ -143,16 +126,8 @@ pub fn one_per_thread(raw: Vec<ThreadState>) -> Vec<ThreadState> {
 pub fn gil_holder(mem: &dyn ReadMem, t: &Target, interp: u64) -> ReadResult<Option<u64>> {
     use super::layout::GilHome;
     let (base, locked, holder) = match t.layout.model.gil {
-        GilHome::Runtime => (
-            t.runtime,
-            t.layout.runtime.gil_locked,
-            t.layout.runtime.gil_holder,
-        ),
-        GilHome::Interp => (
-            interp,
-            t.layout.interp.gil_locked,
-            t.layout.interp.gil_holder,
-        ),
+        GilHome::Runtime => (t.runtime, t.layout.runtime.gil_locked, t.layout.runtime.gil_holder),
+        GilHome::Interp => (interp, t.layout.interp.gil_locked, t.layout.interp.gil_holder),
     };
     let (Some(locked), Some(holder)) = (locked, holder) else {
         return Ok(None);

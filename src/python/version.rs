@@ -44,13 +44,7 @@ impl Version {
         } else {
             return None;
         };
-        Some(Version {
-            major,
-            minor,
-            micro,
-            level,
-            serial,
-        })
+        Some(Version { major, minor, micro, level, serial })
     }
 
     pub fn is_final(&self) -> bool {

@@ -41,18 +41,11 @@ pub struct Interpreter {
 
 impl Interpreter {
     pub fn version_tuple(&self) -> (u32, u32, u32) {
-        let mut parts = self.version.split('.').map(|p| {
-            p.chars()
-                .take_while(|c| c.is_ascii_digit())
-                .collect::<String>()
-                .parse()
-                .unwrap_or(0)
-        });
-        (
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-        )
+        let mut parts = self
+            .version
+            .split('.')
+            .map(|p| p.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0))
     }
 
     /// "3.7" for 3.7.16.
@@ -98,9 +91,7 @@ pub fn missing_prerequisite(what: &str) {
 }
 
 pub fn pythons_dir() -> PathBuf {
-    std::env::var_os("VIZATTACH_PYTHONS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/vizattach-pythons"))
+    std::env::var_os("VIZATTACH_PYTHONS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/vizattach-pythons"))
 }
 
 /// Every interpreter in `$VIZATTACH_PYTHONS/manifest.json`, or None (after a skip note)
@@ -117,15 +108,11 @@ pub fn load_manifest() -> Option<Vec<Interpreter>> {
             return None;
         }
     };
-    let doc: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-    let entries = doc["interpreters"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{}: no \"interpreters\" array", path.display()));
+    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let entries =
+        doc["interpreters"].as_array().unwrap_or_else(|| panic!("{}: no \"interpreters\" array", path.display()));
     let field = |e: &Value, k: &str| -> String {
-        e[k].as_str()
-            .unwrap_or_else(|| panic!("{}: entry without string {k:?}: {e}", path.display()))
-            .to_string()
+        e[k].as_str().unwrap_or_else(|| panic!("{}: entry without string {k:?}: {e}", path.display())).to_string()
     };
     Some(
         entries
@@ -147,10 +134,7 @@ pub fn load_manifest() -> Option<Vec<Interpreter>> {
 /// the C embedder of the host libpython3.11 and a host python3.11 whose executable was
 /// deleted after start. None (after a skip note) when there is no manifest.
 pub fn dump_targets() -> Option<Vec<Interpreter>> {
-    let mut all: Vec<Interpreter> = load_manifest()?
-        .into_iter()
-        .filter(|i| i.is_supported())
-        .collect();
+    let mut all: Vec<Interpreter> = load_manifest()?.into_iter().filter(|i| i.is_supported()).collect();
     match embed_interpreter() {
         Ok(i) => all.push(i),
         Err(e) => missing_prerequisite(&format!("cannot build the libpython3.11 embedder: {e}")),
@@ -165,9 +149,7 @@ pub fn dump_targets() -> Option<Vec<Interpreter>> {
         deleted.delete_executable = true;
         all.push(deleted);
     } else {
-        missing_prerequisite(&format!(
-            "{HOST_PYTHON311} is missing (deleted-executable target)"
-        ));
+        missing_prerequisite(&format!("{HOST_PYTHON311} is missing (deleted-executable target)"));
     }
     Some(all)
 }
@@ -201,10 +183,7 @@ fn build_embedder() -> Result<PathBuf, String> {
         if !out.status.success() {
             return Err(format!("{HOST_PYTHON311_CONFIG} {args:?} failed"));
         }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect())
+        Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect())
     };
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let exe = dir.join("embed-libpython3.11");
@@ -218,10 +197,7 @@ fn build_embedder() -> Result<PathBuf, String> {
         .output()
         .map_err(|e| format!("gcc: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "gcc failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("gcc failed:\n{}", String::from_utf8_lossy(&out.stderr)));
     }
     fs::rename(&tmp, &exe).map_err(|e| format!("rename {}: {e}", tmp.display()))?;
     Ok(exe)
@@ -245,25 +221,19 @@ where
                 };
                 let started = Instant::now();
                 let result =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(interp)))
-                        .unwrap_or_else(|panic| {
-                            let msg = panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_else(|| "panic".to_string());
-                            Err(format!("panicked: {msg}"))
-                        });
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(interp))).unwrap_or_else(|panic| {
+                        let msg = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "panic".to_string());
+                        Err(format!("panicked: {msg}"))
+                    });
                 let secs = started.elapsed().as_secs_f64();
                 match result {
                     Ok(()) => eprintln!("ok   {} ({}) {secs:.1}s", interp.name, interp.version),
                     Err(e) => {
-                        eprintln!(
-                            "FAIL {} ({}) {secs:.1}s\n{}",
-                            interp.name,
-                            interp.version,
-                            indent(&e)
-                        );
+                        eprintln!("FAIL {} ({}) {secs:.1}s\n{}", interp.name, interp.version, indent(&e));
                         failures.lock().unwrap().push((interp.name.clone(), e));
                     }
                 }
@@ -272,11 +242,7 @@ where
     });
     let failures = failures.into_inner().unwrap();
     if !failures.is_empty() {
-        let mut report = format!(
-            "{} of {} interpreters failed:\n",
-            failures.len(),
-            interpreters.len()
-        );
+        let mut report = format!("{} of {} interpreters failed:\n", failures.len(), interpreters.len());
         for (name, e) in &failures {
             report += &format!("\n=== {name}\n{}\n", indent(e));
         }
@@ -285,10 +251,7 @@ where
 }
 
 fn indent(s: &str) -> String {
-    s.lines()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -346,12 +309,7 @@ impl Target {
     /// `wait_expected`, or `wait_json("expected.json")`).
     pub fn start(interp: &Interpreter, fixture: &str) -> Result<Target, String> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let unique = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst),
-            interp.name
-        );
+        let unique = format!("{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst), interp.name);
         let target_dir = Path::new(WORK_BASE).join(&unique);
         let host_dir = rooted(&interp.root, &target_dir);
         fs::create_dir_all(&host_dir).map_err(|e| format!("mkdir {}: {e}", host_dir.display()))?;
@@ -416,22 +374,15 @@ impl Target {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(text) = fs::read_to_string(&path) {
-                let v = serde_json::from_str(&text)
-                    .map_err(|e| format!("{}: bad JSON: {e}", path.display()))?;
+                let v = serde_json::from_str(&text).map_err(|e| format!("{}: bad JSON: {e}", path.display()))?;
                 self.delete_executable_copy()?;
                 return Ok(v);
             }
             if let Some(status) = self.process.exited() {
-                return Err(format!(
-                    "fixture exited ({status}) before writing {name}; stderr:\n{}",
-                    self.stderr()
-                ));
+                return Err(format!("fixture exited ({status}) before writing {name}; stderr:\n{}", self.stderr()));
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "fixture did not write {name} within {timeout:?}; stderr:\n{}",
-                    self.stderr()
-                ));
+                return Err(format!("fixture did not write {name} within {timeout:?}; stderr:\n{}", self.stderr()));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -446,14 +397,9 @@ impl Target {
     fn delete_executable_copy(&mut self) -> Result<(), String> {
         if let Some(copy) = self.exe_copy.take() {
             fs::remove_file(&copy).map_err(|e| format!("delete {}: {e}", copy.display()))?;
-            let exe =
-                fs::read_link(format!("/proc/{}/exe", self.pid)).map_err(|e| e.to_string())?;
+            let exe = fs::read_link(format!("/proc/{}/exe", self.pid)).map_err(|e| e.to_string())?;
             if !exe.to_string_lossy().ends_with(" (deleted)") {
-                return Err(format!(
-                    "/proc/{}/exe is {} after deleting the copy",
-                    self.pid,
-                    exe.display()
-                ));
+                return Err(format!("/proc/{}/exe is {} after deleting the copy", self.pid, exe.display()));
             }
         }
         Ok(())
@@ -506,12 +452,7 @@ pub struct RunOutput {
 
 impl RunOutput {
     pub fn describe(&self) -> String {
-        format!(
-            "{}\nstderr: {}\nstdout: {}",
-            self.status,
-            self.stderr.trim_end(),
-            truncate(&self.stdout, 2000)
-        )
+        format!("{}\nstderr: {}\nstdout: {}", self.status, self.stderr.trim_end(), truncate(&self.stdout, 2000))
     }
 }
 
@@ -529,9 +470,7 @@ fn truncate(s: &str, max: usize) -> String {
 /// Runs a command to completion with a timeout (killed when it expires), reading
 /// stdout and stderr concurrently so large dumps cannot fill a pipe.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<RunOutput, String> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let what = format!("{cmd:?}");
     let mut child = KillOnDrop(cmd.spawn().map_err(|e| format!("spawn {what}: {e}"))?);
     let mut out = child.0.stdout.take().unwrap();
@@ -582,26 +521,18 @@ pub fn dump_with(pid: u32, extra: &[&str]) -> Result<Dump, String> {
     args.extend_from_slice(extra);
     let out = run_vizattach(&args)?;
     if !out.status.success() {
-        return Err(format!(
-            "vizattach dump --pid {pid} --json failed: {}",
-            out.describe()
-        ));
+        return Err(format!("vizattach dump --pid {pid} --json failed: {}", out.describe()));
     }
-    let v: Value = serde_json::from_str(&out.stdout).map_err(|e| {
-        format!(
-            "dump output is not JSON ({e}): {}",
-            truncate(&out.stdout, 2000)
-        )
-    })?;
-    Dump::from_json(&v)
-        .map_err(|e| format!("malformed dump ({e}): {}", truncate(&out.stdout, 2000)))
+    let v: Value = serde_json::from_str(&out.stdout)
+        .map_err(|e| format!("dump output is not JSON ({e}): {}", truncate(&out.stdout, 2000)))?;
+    Dump::from_json(&v).map_err(|e| format!("malformed dump ({e}): {}", truncate(&out.stdout, 2000)))
 }
 
 /// Dumps until the set of tids equals `tids` (e.g. the fixture's recorder thread has
 /// exited), for up to `timeout`. Any failing dump is an error right away.
 pub fn dump_until_tids(pid: u32, tids: &BTreeSet<i64>, timeout: Duration) -> Result<Dump, String> {
-    dump_until(pid, timeout, |d| &d.tids() == tids && d.threads.iter().all(|t| t.tid.is_some()))
-        .map_err(|(last, e)| match last {
+    dump_until(pid, timeout, |d| &d.tids() == tids && d.threads.iter().all(|t| t.tid.is_some())).map_err(|(last, e)| {
+        match last {
             Some(d) => {
                 let got = d.tids();
                 format!(
@@ -614,16 +545,13 @@ pub fn dump_until_tids(pid: u32, tids: &BTreeSet<i64>, timeout: Duration) -> Res
                 )
             }
             None => e,
-        })
+        }
+    })
 }
 
 /// Dumps until `done(dump)` holds, for up to `timeout`. The error carries the last dump.
 #[allow(clippy::result_large_err)]
-pub fn dump_until(
-    pid: u32,
-    timeout: Duration,
-    done: impl Fn(&Dump) -> bool,
-) -> Result<Dump, (Option<Dump>, String)> {
+pub fn dump_until(pid: u32, timeout: Duration, done: impl Fn(&Dump) -> bool) -> Result<Dump, (Option<Dump>, String)> {
     let deadline = Instant::now() + timeout;
     loop {
         let d = dump(pid).map_err(|e| (None, e))?;
@@ -641,17 +569,11 @@ pub fn dump_until(
 /// "vizattach: ". Returns that line.
 pub fn expect_error_line(out: &RunOutput) -> Result<String, String> {
     if out.status.success() {
-        return Err(format!(
-            "expected a failure, got success: {}",
-            out.describe()
-        ));
+        return Err(format!("expected a failure, got success: {}", out.describe()));
     }
     let text = out.stderr.strip_suffix('\n').unwrap_or(&out.stderr);
     if text.contains('\n') || !text.starts_with("vizattach: ") {
-        return Err(format!(
-            "stderr must be one line starting with \"vizattach: \": {}",
-            out.describe()
-        ));
+        return Err(format!("stderr must be one line starting with \"vizattach: \": {}", out.describe()));
     }
     Ok(text.to_string())
 }
@@ -704,19 +626,13 @@ pub struct Expected {
 }
 
 fn get<'a>(v: &'a Value, key: &str) -> Result<&'a Value, String> {
-    v.get(key)
-        .ok_or_else(|| format!("missing {key:?} in {}", truncate(&v.to_string(), 300)))
+    v.get(key).ok_or_else(|| format!("missing {key:?} in {}", truncate(&v.to_string(), 300)))
 }
 fn get_i64(v: &Value, key: &str) -> Result<i64, String> {
-    get(v, key)?
-        .as_i64()
-        .ok_or_else(|| format!("{key:?} is not an integer"))
+    get(v, key)?.as_i64().ok_or_else(|| format!("{key:?} is not an integer"))
 }
 fn get_str(v: &Value, key: &str) -> Result<String, String> {
-    Ok(get(v, key)?
-        .as_str()
-        .ok_or_else(|| format!("{key:?} is not a string"))?
-        .to_string())
+    Ok(get(v, key)?.as_str().ok_or_else(|| format!("{key:?} is not a string"))?.to_string())
 }
 fn get_opt_str(v: &Value, key: &str) -> Result<Option<String>, String> {
     match get(v, key)? {
@@ -731,13 +647,7 @@ fn parse_frames(v: &Value) -> Result<Vec<Frame>, String> {
         .as_array()
         .ok_or("\"frames\" is not an array")?
         .iter()
-        .map(|f| {
-            Ok(Frame {
-                function: get_str(f, "function")?,
-                file: get_str(f, "file")?,
-                line: get_i64(f, "line")?,
-            })
-        })
+        .map(|f| Ok(Frame { function: get_str(f, "function")?, file: get_str(f, "file")?, line: get_i64(f, "line")? }))
         .collect()
 }
 
@@ -756,15 +666,9 @@ impl Dump {
                 };
                 Ok(ThreadStack {
                     tid,
-                    thread_id: Some(
-                        get(t, "thread_id")?
-                            .as_u64()
-                            .ok_or("\"thread_id\" is not an unsigned integer")?,
-                    ),
+                    thread_id: Some(get(t, "thread_id")?.as_u64().ok_or("\"thread_id\" is not an unsigned integer")?),
                     name: get_opt_str(t, "name")?,
-                    holds_gil: get(t, "holds_gil")?
-                        .as_bool()
-                        .ok_or("\"holds_gil\" is not a bool")?,
+                    holds_gil: get(t, "holds_gil")?.as_bool().ok_or("\"holds_gil\" is not a bool")?,
                     frames: parse_frames(t)?,
                 })
             })
@@ -788,11 +692,7 @@ impl Dump {
     }
 
     pub fn gil_holders(&self) -> Vec<Option<i64>> {
-        self.threads
-            .iter()
-            .filter(|t| t.holds_gil)
-            .map(|t| t.tid)
-            .collect()
+        self.threads.iter().filter(|t| t.holds_gil).map(|t| t.tid).collect()
     }
 }
 
@@ -831,28 +731,17 @@ const MAX_FRAME_DIFFS: usize = 8;
 /// Differences between the expected threads and the same tids in `got`, one readable
 /// line each ("" when identical). `extra_allowed`: threads in `got` that are not expected
 /// are fine (checked elsewhere); otherwise they are differences too.
-pub fn diff_threads(
-    expected: &[ThreadStack],
-    got: &[ThreadStack],
-    extra_allowed: bool,
-) -> Vec<String> {
+pub fn diff_threads(expected: &[ThreadStack], got: &[ThreadStack], extra_allowed: bool) -> Vec<String> {
     let mut diffs = Vec::new();
     let got_by_tid: BTreeMap<Option<i64>, &ThreadStack> = got.iter().map(|t| (t.tid, t)).collect();
     for want in expected {
-        let label = format!(
-            "thread {:?} {:?}",
-            want.tid.unwrap_or(-1),
-            want.name.as_deref().unwrap_or("?")
-        );
+        let label = format!("thread {:?} {:?}", want.tid.unwrap_or(-1), want.name.as_deref().unwrap_or("?"));
         let Some(have) = got_by_tid.get(&want.tid) else {
             diffs.push(format!("{label}: missing from the dump"));
             continue;
         };
         if have.name != want.name {
-            diffs.push(format!(
-                "{label}: name: expected {:?}, got {:?}",
-                want.name, have.name
-            ));
+            diffs.push(format!("{label}: name: expected {:?}, got {:?}", want.name, have.name));
         }
         if let (Some(w), Some(h)) = (want.thread_id, have.thread_id) {
             if w != h {
@@ -860,11 +749,7 @@ pub fn diff_threads(
             }
         }
         if have.frames.len() != want.frames.len() {
-            diffs.push(format!(
-                "{label}: {} frames expected, {} dumped",
-                want.frames.len(),
-                have.frames.len()
-            ));
+            diffs.push(format!("{label}: {} frames expected, {} dumped", want.frames.len(), have.frames.len()));
         }
         let mut shown = 0;
         for i in 0..want.frames.len().max(have.frames.len()) {
@@ -911,10 +796,7 @@ pub fn dump_sanity(d: &Dump) -> Vec<String> {
     for t in &d.threads {
         if let Some(tid) = t.tid {
             if tid <= 0 {
-                problems.push(format!(
-                    "thread {:?} (thread_id {:?}) has impossible tid {tid}",
-                    t.name, t.thread_id
-                ));
+                problems.push(format!("thread {:?} (thread_id {:?}) has impossible tid {tid}", t.name, t.thread_id));
             } else if !tids.insert(tid) {
                 problems.push(format!("tid {tid} listed twice ({:?})", t.name));
             }
@@ -927,10 +809,7 @@ pub fn dump_sanity(d: &Dump) -> Vec<String> {
     }
     let holders = d.gil_holders();
     if holders.len() > 1 {
-        problems.push(format!(
-            "{} threads claim to hold the GIL: {holders:?}",
-            holders.len()
-        ));
+        problems.push(format!("{} threads claim to hold the GIL: {holders:?}", holders.len()));
     }
     problems
 }
@@ -943,21 +822,14 @@ pub fn check_dump(expected: &Expected, got: &Dump) -> Result<(), String> {
         diffs.push(format!("pid: expected {}, got {}", expected.pid, got.pid));
     }
     if got.version != expected.version {
-        diffs.push(format!(
-            "python.version: expected {:?}, got {:?}",
-            expected.version, got.version
-        ));
+        diffs.push(format!("python.version: expected {:?}, got {:?}", expected.version, got.version));
     }
     diffs.extend(dump_sanity(got));
     diffs.extend(diff_threads(&expected.threads, &got.threads, false));
     if diffs.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "{} differences:\n{}",
-            diffs.len(),
-            diffs.join("\n")
-        ))
+        Err(format!("{} differences:\n{}", diffs.len(), diffs.join("\n")))
     }
 }
 
@@ -968,10 +840,7 @@ pub fn check_dump(expected: &Expected, got: &Dump) -> Result<(), String> {
 /// The targets the record tests run against: every supported manifest entry plus the
 /// libpython3.11 embedder (when it builds). None (after a skip note) without a manifest.
 pub fn record_targets() -> Option<Vec<Interpreter>> {
-    let mut all: Vec<Interpreter> = load_manifest()?
-        .into_iter()
-        .filter(|i| i.is_supported())
-        .collect();
+    let mut all: Vec<Interpreter> = load_manifest()?.into_iter().filter(|i| i.is_supported()).collect();
     match embed_interpreter() {
         Ok(i) => all.push(i),
         Err(e) => missing_prerequisite(&format!("cannot build the libpython3.11 embedder: {e}")),
@@ -990,20 +859,11 @@ pub struct WorkDir {
 impl WorkDir {
     pub fn new(interp: &Interpreter) -> Result<WorkDir, String> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let unique = format!(
-            "{}-w{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst),
-            interp.name
-        );
+        let unique = format!("{}-w{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst), interp.name);
         let target_dir = Path::new(WORK_BASE).join(&unique);
         let host_dir = rooted(&interp.root, &target_dir);
         fs::create_dir_all(&host_dir).map_err(|e| format!("mkdir {}: {e}", host_dir.display()))?;
-        let dir = WorkDir {
-            interpreter: interp.clone(),
-            host_dir,
-            target_dir,
-        };
+        let dir = WorkDir { interpreter: interp.clone(), host_dir, target_dir };
         copy_fixtures(&dir.host_dir)?;
         Ok(dir)
     }
