@@ -3,6 +3,7 @@
 //! pointers before use, so a code object freed and another allocated at the same
 //! address is caught.
 
+use super::bytecode::{self, CallProofs};
 use super::layout::Layout;
 use super::linetable;
 use super::strings::{read_bytes, read_unicode};
@@ -25,6 +26,9 @@ pub struct CodeInfo {
     pub first_traceable: i64,
     /// The name and file object pointers this entry was read from (its identity).
     identity: (u64, u64),
+    /// What the bytecode lets the timeline prove about two samples of one frame of this
+    /// code (see python/bytecode.rs); proves nothing if the bytecode could not be read.
+    pub proofs: CallProofs,
 }
 
 /// Where a code object's identity (its name and file pointers) lies: one small read
@@ -49,6 +53,7 @@ impl CodeInfo {
             bytecode_start: 0,
             first_traceable: 0,
             identity: (0, 0),
+            proofs: CallProofs::none(),
         }
     }
 
@@ -121,6 +126,7 @@ impl CodeCache {
             bytecode_start: c.code_adaptive.map(|o| addr + o).unwrap_or(0),
             first_traceable: c.firsttraceable.map(|o| head.i32_at(o) as i64 * 2).unwrap_or(0),
             identity: (name_ptr, file_ptr),
+            proofs: bytecode::read_proofs(mem, layout, addr),
         });
         self.next_id += 1;
         if self.entries.len() > 100_000 {

@@ -91,6 +91,16 @@ pub struct Model {
     pub tp_flags_managed_dict: u64,
     #[serde(default)]
     pub tp_flags_inline_values: u64,
+    /// co_flags bits: the function takes *args / **kwargs
+    #[serde(default)]
+    pub co_varargs: Option<u64>,
+    #[serde(default)]
+    pub co_varkeywords: Option<u64>,
+    /// co_localspluskinds bits (3.11+): the slot holds a cell / a free variable
+    #[serde(default)]
+    pub co_fast_cell: Option<u64>,
+    #[serde(default)]
+    pub co_fast_free: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +160,10 @@ pub struct FrameOffsets {
     #[serde(default)]
     pub owner: Option<u64>,
     pub size: u64,
+    /// where the arguments, locals, cells and free variables start, one word each
+    /// (3.8-3.10 PyFrameObject.f_localsplus, 3.11+ _PyInterpreterFrame.localsplus)
+    #[serde(default)]
+    pub localsplus: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +178,32 @@ pub struct CodeOffsets {
     pub code_adaptive: Option<u64>,
     #[serde(default)]
     pub firsttraceable: Option<u64>,
+    /// co_code, a bytes object (3.8-3.10)
+    #[serde(default)]
+    pub code: Option<u64>,
+    /// ob_size of the code object: the length of co_code_adaptive in code units (3.11+)
+    #[serde(default)]
+    pub ob_size: Option<u64>,
+    #[serde(default)]
+    pub argcount: Option<u64>,
+    #[serde(default)]
+    pub posonlyargcount: Option<u64>,
+    #[serde(default)]
+    pub kwonlyargcount: Option<u64>,
+    #[serde(default)]
+    pub flags: Option<u64>,
+    /// co_nlocals and the co_cellvars tuple (3.8-3.10: cells follow the locals in f_localsplus)
+    #[serde(default)]
+    pub nlocals: Option<u64>,
+    #[serde(default)]
+    pub cellvars: Option<u64>,
+    /// co_nlocalsplus, co_localspluskinds (bytes) and co_exceptiontable (bytes), 3.11+
+    #[serde(default)]
+    pub nlocalsplus: Option<u64>,
+    #[serde(default)]
+    pub localspluskinds: Option<u64>,
+    #[serde(default)]
+    pub exceptiontable: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,12 +341,15 @@ impl Layout {
             ("frame", "instr") => self.frame.instr.get_or_insert(0),
             ("frame", "owner") => self.frame.owner.get_or_insert(0),
             ("frame", "size") => &mut self.frame.size,
+            ("frame", "localsplus") => self.frame.localsplus.get_or_insert(0),
             ("code", "filename") => &mut self.code.filename,
             ("code", "name") => &mut self.code.name,
             ("code", "qualname") => self.code.qualname.get_or_insert(0),
             ("code", "firstlineno") => &mut self.code.firstlineno,
             ("code", "linetable") => &mut self.code.linetable,
             ("code", "code_adaptive") => self.code.code_adaptive.get_or_insert(0),
+            ("code", "argcount") => self.code.argcount.get_or_insert(0),
+            ("code", "localspluskinds") => self.code.localspluskinds.get_or_insert(0),
             ("object", "ob_type") => &mut self.object.ob_type,
             ("type", "tp_flags") => &mut self.type_.tp_flags,
             ("dict", "keys") => &mut self.dict.keys,

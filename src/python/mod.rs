@@ -1,5 +1,6 @@
 //! The interpreter model: from a process's memory to threads and their Python stacks.
 
+pub mod bytecode;
 pub mod code;
 pub mod debug_offsets;
 pub mod discover;
