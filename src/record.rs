@@ -164,6 +164,9 @@ pub fn record(opts: Options) -> Result<i32> {
             .collect(),
         retried_samples: stats.retried.load(Ordering::Relaxed),
         failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
+        calls_told_apart: [("locals", timeline.told_apart.by_locals), ("offset", timeline.told_apart.by_offset)]
+            .into_iter()
+            .collect(),
         longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,
         duration_s,
         clock: "CLOCK_MONOTONIC",

@@ -18,7 +18,7 @@ use crate::process::prefetch::Prefetch;
 use crate::python::code::{CodeCache, CodeInfo};
 use crate::python::discover::Target;
 use crate::python::layout::{FrameModel, Layout};
-use crate::python::stack::{self, CodeFacts, Top, Walk};
+use crate::python::stack::{self, CodeFacts, Locals, Top, Walk};
 use crate::python::thread_ids::ThreadIds;
 use crate::python::{thread_names, threads};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -33,6 +33,7 @@ pub struct StackFrame {
     pub frame: u64,
     /// the bytecode offset in this frame (for its children: the call site)
     pub offset: i64,
+    pub locals: Locals,
 }
 
 pub struct ThreadSample {
@@ -281,7 +282,7 @@ fn lookup<'a>(
             Some(i) => i.clone(),
             None => codes.get(mem, &t.layout, t.code_type, code)?,
         };
-        Ok(CodeFacts { bytecode_start: info.bytecode_start, first_traceable: info.first_traceable })
+        Ok(info.facts())
     }
 }
 
@@ -827,7 +828,7 @@ impl<M: ReadMem> Sampler<M> {
                     }
                 }
             };
-            batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset });
+            batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset, locals: f.locals });
         }
         plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
         let end = batch.frames.len();

@@ -57,6 +57,16 @@ impl CodeInfo {
         }
     }
 
+    /// What a stack walk needs of this code object.
+    pub fn facts(&self) -> super::stack::CodeFacts {
+        super::stack::CodeFacts {
+            bytecode_start: self.bytecode_start,
+            first_traceable: self.first_traceable,
+            fixed_slots: self.proofs.fixed_slots,
+            undeletable: self.proofs.undeletable,
+        }
+    }
+
     /// Whether `bytes`, read at the code object's identity span, are still this entry's.
     pub fn identity_matches(&self, layout: &Layout, bytes: &[u8]) -> bool {
         let c = &layout.code;

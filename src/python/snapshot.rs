@@ -130,7 +130,7 @@ pub fn read_stack(mem: &dyn ReadMem, t: &Target, codes: &mut CodeCache, tstate: 
     let mut w = stack::Walk::default();
     let mut lookup = |code| {
         let info = codes.get(mem, &t.layout, t.code_type, code)?;
-        Ok(stack::CodeFacts { bytecode_start: info.bytecode_start, first_traceable: info.first_traceable })
+        Ok(info.facts())
     };
     stack::walk_consistent(mem, &t.layout, tstate, &mut lookup, &mut w)?;
     w.frames

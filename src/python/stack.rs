@@ -16,12 +16,31 @@ pub const MAX_DEPTH: usize = 50_000;
 
 const USER_SPACE_END: u64 = 0x8000_0000_0000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct RawFrame {
     pub code: u64,
     pub frame: u64,
     /// byte offset of the current instruction in the bytecode
     pub offset: i64,
+    /// what the frame's local slots say about which call this is (bytecode.rs proofs)
+    pub locals: Locals,
+}
+
+/// A fingerprint of one frame's local slots, for telling two calls of one function at
+/// one frame address apart: the objects in the slots a call never rebinds (its
+/// arguments, its cells), and which of the locals it never unbinds are bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Locals {
+    pub read: bool,
+    pub fixed: u64,
+    pub bound: u64,
+}
+
+impl Locals {
+    /// Whether `self` (an earlier sample) and `now` cannot be the same call.
+    pub fn proves_new_call(&self, now: &Locals) -> bool {
+        self.read && now.read && (self.fixed != now.fixed || self.bound & !now.bound != 0)
+    }
 }
 
 /// What the walk needs to know of a code object: where its bytecode starts (3.11+, to
@@ -31,6 +50,9 @@ pub struct RawFrame {
 pub struct CodeFacts {
     pub bytecode_start: u64,
     pub first_traceable: i64,
+    /// local slots never rebound within a call, and locals never unbound (masks < 64)
+    pub fixed_slots: u64,
+    pub undeletable: u64,
 }
 
 /// Looks code objects up for the walk: `NotCode` when the address holds something else.
@@ -103,7 +125,11 @@ pub fn walk(mem: &dyn ReadMem, l: &Layout, mut frame: u64, codes: &mut dyn CodeL
         match l.model.frames {
             FrameModel::FrameObject => {
                 let lasti = b.i32_at(f.lasti.unwrap_or(0)) as i64;
-                w.frames.push(RawFrame { code, frame, offset: lasti * l.model.lasti_unit as i64 });
+                let locals = match codes.facts(code) {
+                    Ok(c) => read_locals(mem, l, frame, &c),
+                    Err(_) => Locals::default(), // (names are resolved later, with their own checks)
+                };
+                w.frames.push(RawFrame { code, frame, offset: lasti * l.model.lasti_unit as i64, locals });
             }
             FrameModel::InterpreterFrame => {
                 let owner = b.u8_at(f.owner.unwrap_or(0));
@@ -115,7 +141,8 @@ pub fn walk(mem: &dyn ReadMem, l: &Layout, mut frame: u64, codes: &mut dyn CodeL
                             let offset = b.u64_at(f.instr.unwrap_or(0)).wrapping_sub(c.bytecode_start) as i64;
                             let incomplete = Some(owner) != l.model.owner_generator && offset < c.first_traceable;
                             if !incomplete {
-                                w.frames.push(RawFrame { code, frame, offset });
+                                let locals = read_locals(mem, l, frame, &c);
+                                w.frames.push(RawFrame { code, frame, offset, locals });
                             }
                         }
                         // 3.13+ frames may execute something that is not a code object;
@@ -137,6 +164,31 @@ pub fn walk(mem: &dyn ReadMem, l: &Layout, mut frame: u64, codes: &mut dyn CodeL
         return Err(ReadError::Fault);
     }
     Ok(())
+}
+
+/// The frame's local slots that can prove a new call; not `read` where they are not in
+/// `mem` (a frame outside a tick's copy keeps no proof, it is never a reason to re-read).
+fn read_locals(mem: &dyn ReadMem, l: &Layout, frame: u64, c: &CodeFacts) -> Locals {
+    let wanted = c.fixed_slots | c.undeletable;
+    let Some(at) = l.frame.localsplus.filter(|_| wanted != 0) else { return Locals::default() };
+    let n = 64 - wanted.leading_zeros() as usize;
+    let mut buf = [0u8; 64 * 8];
+    if mem.read(frame + at, &mut buf[..n * 8]).is_err() {
+        return Locals::default();
+    }
+    let mut locals = Locals { read: true, fixed: 0, bound: 0 };
+    for i in 0..n {
+        // 3.14+ slots are tagged references: the tag says how the reference is owned, the
+        // rest is the object (and a NULL reference may carry a tag)
+        let v = buf.u64_at(i as u64 * 8) & !l.model.stackref_tag_mask;
+        if c.fixed_slots >> i & 1 == 1 {
+            locals.fixed = (locals.fixed.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+        if c.undeletable >> i & 1 == 1 && v != 0 {
+            locals.bound |= 1 << i;
+        }
+    }
+    locals
 }
 
 /// The thread's stack read directly, frame by frame, believed only if the thread state
