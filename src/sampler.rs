@@ -195,6 +195,8 @@ const CHUNK_FIRST_READ: usize = 4096;
 /// Frames this close together are read as one piece (cheaper than two iovecs).
 const MERGE_GAP: u64 = 512;
 const MAX_SPAN: u64 = 64 << 10;
+/// How often threads listed but not yet matched to an OS thread are looked up again.
+const RESOLVE_EVERY_NS: u64 = 10_000_000;
 /// The most C stack read to catch a thread's CFrame wherever it is next.
 const CFRAME_WINDOW: u64 = 12 << 10;
 /// Reads of one thread per tick before its sample is given up (the first included).
@@ -230,6 +232,9 @@ pub struct Sampler<M: ReadMem = Memory> {
     last_name_scan_ns: u64,
     /// set when a thread's ids changed: the lists are read afresh next tick
     stale_list: bool,
+    /// when the lists were last read afresh (threads not resolved yet are tried again
+    /// every RESOLVE_EVERY_NS)
+    last_list_ns: u64,
     new_threads: bool,
     recycled: Option<Receiver<SampleBatch>>,
 }
@@ -309,6 +314,7 @@ impl<M: ReadMem> Sampler<M> {
             walk_after: Walk::default(),
             last_name_scan_ns: 0,
             stale_list: true,
+            last_list_ns: 0,
             new_threads: false,
             recycled: None,
         }
@@ -392,10 +398,16 @@ impl<M: ReadMem> Sampler<M> {
         batch.frames.clear();
         self.new_threads = false;
         let mut time = self.read_everything()?;
+        if time.saturating_sub(self.last_list_ns) > RESOLVE_EVERY_NS
+            && self.threads.values().any(|t| matches!(t, Thread::Unresolved { .. }))
+        {
+            self.stale_list = true;
+        }
         let listed = !self.stale_list && self.list_matches();
         if !listed || self.orphans {
             if !listed {
                 self.relist(tx, time)?;
+                self.last_list_ns = time;
                 time = self.read_everything()?;
             }
             // A list read directly and then found again in a fresh copy is the truth:

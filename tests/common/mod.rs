@@ -341,7 +341,18 @@ impl Target {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        let child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+        // A freshly copied executable can be "busy" for a moment: another test thread's
+        // fork may still hold the copy's write descriptor until its child execs.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc_etxtbsy()) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.map_err(|e| format!("spawn {cmd:?}: {e}"))?,
+            }
+        };
         std::mem::forget(cleanup); // Target's Drop owns the directory now
         Ok(Target {
             interpreter: interp.clone(),
@@ -911,4 +922,9 @@ impl Target {
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.process.exited()
     }
+}
+
+/// ETXTBSY on Linux.
+fn libc_etxtbsy() -> i32 {
+    26
 }
