@@ -10,7 +10,10 @@ pub fn now_ns() -> u64 {
 
 /// Sleeps until an absolute CLOCK_MONOTONIC deadline: no drift accumulates over a capture.
 pub fn sleep_until_ns(deadline: u64) {
-    let ts = libc::timespec { tv_sec: (deadline / 1_000_000_000) as libc::time_t, tv_nsec: (deadline % 1_000_000_000) as libc::c_long };
+    let ts = libc::timespec {
+        tv_sec: (deadline / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline % 1_000_000_000) as libc::c_long,
+    };
     loop {
         // SAFETY: ts is valid; a null remainder is allowed with TIMER_ABSTIME.
         let r = unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) };

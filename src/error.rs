@@ -5,9 +5,19 @@ use std::fmt;
 #[derive(Debug)]
 pub enum Error {
     NoSuchProcess(i32),
-    PermissionDenied { pid: i32, what: String },
-    NotPython { pid: i32, comm: String, exe: String },
-    UnsupportedVersion { version: String, why: String },
+    PermissionDenied {
+        pid: i32,
+        what: String,
+    },
+    NotPython {
+        pid: i32,
+        comm: String,
+        exe: String,
+    },
+    UnsupportedVersion {
+        version: String,
+        why: String,
+    },
     /// The target exited (or exec'd) while we were reading it.
     TargetExited(i32),
     /// Memory we read did not make sense even after retries.

@@ -110,7 +110,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
             let what = match (a.pid, a.command.is_empty()) {
                 (Some(p), true) => record::What::Pid(p),
                 (None, false) => record::What::Launch(a.command),
-                (Some(_), false) => return Err(Error::Usage("give either --pid or a command after --, not both".into())),
+                (Some(_), false) => {
+                    return Err(Error::Usage("give either --pid or a command after --, not both".into()))
+                }
                 (None, true) => {
                     return Err(Error::Usage(
                         "nothing to record: give --pid PID, or a command after -- (see vizattach --help)".into(),

@@ -50,7 +50,8 @@ pub struct Options {
 pub fn record(opts: Options) -> Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| Error::Io(format!("cannot install signal handler: {e}")))?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::Io(format!("cannot install signal handler: {e}")))?;
     }
     // The output must be writable before anything starts: an error after ten minutes of
     // capture is no use to anyone.
@@ -141,7 +142,8 @@ pub fn record(opts: Options) -> Result<i32> {
         stop.store(true, Ordering::Relaxed);
         let _ = p.join();
     }
-    let (mut timeline, mut sink, error) = consumer.join().map_err(|_| Error::Io("the timeline thread failed".into()))?;
+    let (mut timeline, mut sink, error) =
+        consumer.join().map_err(|_| Error::Io("the timeline thread failed".into()))?;
     let stopped_ns = stats.last_sample_ns.load(Ordering::Relaxed);
     let started_ns = stats.started_ns.load(Ordering::Relaxed);
     let duration_s = stopped_ns.saturating_sub(started_ns) as f64 / 1e9;
@@ -156,14 +158,20 @@ pub fn record(opts: Options) -> Result<i32> {
         samples,
         missed_ticks: stats.missed_ticks.load(Ordering::Relaxed),
         dropped_samples: stats.dropped.load(Ordering::Relaxed),
-        read_errors: stats.read_errors.load(Ordering::Relaxed),
+        thread_samples: stats.thread_samples.load(Ordering::Relaxed),
+        lost_samples: std::iter::once(("total", stats.lost_total()))
+            .chain(crate::sampler::LOSS_NAMES.iter().zip(&stats.lost).map(|(k, n)| (*k, n.load(Ordering::Relaxed))))
+            .collect(),
+        retried_samples: stats.retried.load(Ordering::Relaxed),
+        failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
+        calls_told_apart: [("locals", timeline.told_apart.by_locals), ("offset", timeline.told_apart.by_offset)]
+            .into_iter()
+            .collect(),
         longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,
         duration_s,
         clock: "CLOCK_MONOTONIC",
     };
-    let comm_of = |tid: i32| {
-        crate::process::tasks::Tasks::comm(pid, tid).unwrap_or_else(|| format!("thread {tid}"))
-    };
+    let comm_of = |tid: i32| crate::process::tasks::Tasks::comm(pid, tid).unwrap_or_else(|| format!("thread {tid}"));
     let finished = match error {
         Some(e) => Err(e),
         None => timeline.finish(sink.as_mut(), &comm_of).and_then(|()| sink.finish(&info)),
@@ -183,17 +191,18 @@ pub fn record(opts: Options) -> Result<i32> {
     if !opts.quiet {
         let why = match &reason {
             StopReason::Requested => "stopped".to_string(),
+            StopReason::ConsumerGone => "stopped: the writer stopped taking samples".to_string(),
             StopReason::TargetExited => format!("process {pid} exited"),
             StopReason::Failed(e) => format!("stopped on an error: {e}"),
         };
         eprintln!(
-            "vizattach: {why} after {:.2}s: {samples} samples ({:.0}/s, {} missed ticks, {} dropped, {} read errors), \
+            "vizattach: {why} after {:.2}s: {samples} samples ({:.0}/s, {} missed ticks, {} dropped; {}), \
              {} threads, {} slices, {} written to {}",
             duration_s,
             info.rate_achieved,
             info.missed_ticks,
             info.dropped_samples,
-            info.read_errors,
+            info.losses(),
             timeline.threads_seen(),
             timeline.slices,
             human_bytes(size),
@@ -315,11 +324,11 @@ fn spawn_progress(stats: Arc<Stats>, stop: Arc<AtomicBool>) -> std::thread::Join
             let el = (now_ns() - start) as f64 / 1e9;
             let n = stats.ticks.load(Ordering::Relaxed);
             eprint!(
-                "\r\x1b[K  {el:6.1}s  {n} samples  {:.0}/s  missed {}  lag max {:.1} ms  errors {}",
+                "\r\x1b[K  {el:6.1}s  {n} samples  {:.0}/s  missed {}  lag max {:.1} ms  lost {}",
                 n as f64 / el.max(1e-9),
                 stats.missed_ticks.load(Ordering::Relaxed),
                 stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1e6,
-                stats.read_errors.load(Ordering::Relaxed)
+                stats.lost_total()
             );
         }
         eprint!("\r\x1b[K");

@@ -2,19 +2,23 @@
 //! read. It only reads memory and hands compact samples on; naming, timelines and
 //! writing happen on the consumer's side of the channel.
 //!
-//! Once warm, a tick is one process_vm_readv: the thread states, the used part of each
-//! thread's newest data-stack chunk (3.11+) and last tick's frames that live elsewhere
-//! (frame objects before 3.11, generators) are read together, and the walk runs on that
-//! copy. Only what moved since last tick costs more reads. Sample buffers come back from
-//! the consumer to be reused, so the loop does not allocate.
+//! A tick copies, in one batched read, the thread lists and, per thread, one group: its
+//! thread state, the used part of its newest data-stack chunk (3.11+), the frames the
+//! last walk read elsewhere, and finally its top frame pointer a second time. The walk
+//! runs on that copy only. A thread whose top pointer moved while its group was copied
+//! (a few microseconds), or whose walk needs a frame the copy lacks, is read again at
+//! once, alone with the others that need it, up to `ATTEMPTS` times; what is kept is
+//! stamped with the time of the read it came from. docs/ARCHITECTURE.md ("Torn reads")
+//! gives the reasoning. Sample buffers come back from the consumer to be reused, so a
+//! warm loop does not allocate.
 
 use crate::clock::{now_ns, sleep_until_ns};
-use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
+use crate::process::memory::{Fields, Memory, ReadError, ReadMem, ReadResult, Span};
 use crate::process::prefetch::Prefetch;
 use crate::python::code::{CodeCache, CodeInfo};
 use crate::python::discover::Target;
-use crate::python::layout::FrameModel;
-use crate::python::stack::{self, RawFrame};
+use crate::python::layout::{FrameModel, Layout};
+use crate::python::stack::{self, CodeFacts, Locals, Top, Walk};
 use crate::python::thread_ids::ThreadIds;
 use crate::python::{thread_names, threads};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -29,15 +33,17 @@ pub struct StackFrame {
     pub frame: u64,
     /// the bytecode offset in this frame (for its children: the call site)
     pub offset: i64,
+    pub locals: Locals,
 }
 
 pub struct ThreadSample {
-    /// thread state address: identifies the thread for the life of the thread
+    /// thread state address: identifies the thread until a `ThreadEnded` for it
     pub key: u64,
     pub tid: i32,
+    /// when the read this stack came from was made
     pub time_ns: u64,
-    /// range of this thread's stack (root first) in the batch's frames; None when the
-    /// read tore this tick (keep the previous view)
+    /// range of this thread's stack (root first) in the batch's frames; None when no
+    /// consistent read of it could be made this tick (keep the previous view)
     pub frames: Option<(u32, u32)>,
 }
 
@@ -58,8 +64,33 @@ impl SampleBatch {
 pub enum Message {
     Sample(SampleBatch),
     Codes(Vec<Arc<CodeInfo>>),
-    ThreadName { key: u64, tid: i32, name: String },
+    ThreadName {
+        key: u64,
+        tid: i32,
+        name: String,
+    },
+    /// The thread is gone (a confirmed thread list lacks it, or its thread state now
+    /// belongs to another thread); `time_ns` is when that was read.
+    ThreadEnded {
+        key: u64,
+        time_ns: u64,
+    },
 }
+
+/// Why a thread sample could not be kept: every loss is counted under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// the top frame pointer changed while the thread's group was copied, every attempt
+    Moved = 0,
+    /// the walk needed frames the copy did not hold, every attempt
+    Incomplete = 1,
+    /// what was copied is not a stack (a frame freed or reused while it was read)
+    Torn = 2,
+    /// the chain ended at a frame that cannot be a thread's outermost one
+    Truncated = 3,
+}
+
+pub const LOSS_NAMES: [&str; 4] = ["moved", "incomplete", "torn", "truncated"];
 
 /// Counters shared with the progress line and the summary.
 #[derive(Default)]
@@ -67,66 +98,144 @@ pub struct Stats {
     pub ticks: AtomicU64,
     pub missed_ticks: AtomicU64,
     pub longest_lag_ns: AtomicU64,
-    pub read_errors: AtomicU64,
+    /// ticks whose batched read failed as a whole (the target exec'ing or exiting)
+    pub failed_ticks: AtomicU64,
     /// samples the consumer could not take in time (the channel was full)
     pub dropped: AtomicU64,
     pub started_ns: AtomicU64,
     pub last_sample_ns: AtomicU64,
+    /// one per live thread per tick
+    pub thread_samples: AtomicU64,
+    /// thread samples kept after one or more immediate re-reads
+    pub retried: AtomicU64,
+    /// ticks where the thread list changed while it was read twice in a row
+    pub list_raced: AtomicU64,
+    pub lost: [AtomicU64; 4],
 }
 
+impl Stats {
+    pub fn lost_total(&self) -> u64 {
+        self.lost.iter().map(|l| l.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// (thread_id, native_thread_id): what a thread state says about whose it is.
+type Ids = (u64, i32);
+
 /// What we remember of a thread between ticks.
-#[derive(Default)]
-struct ThreadCache {
-    tid: Option<i32>,
-    ids: (u64, i32),
+enum Thread {
+    /// Listed, but not (yet) known as an OS thread: not started, or ids not settled.
+    Unresolved {
+        ids: Ids,
+    },
+    Live(Box<Live>),
+}
+
+struct Live {
+    ids: Ids,
+    tid: i32,
     named: bool,
     /// last stack, root first
     prev: Vec<StackFrame>,
-    /// every frame the last walk read (C-stack entry frames too)
-    visited: Vec<u64>,
-    cframe: u64,
+    plan: Plan,
+}
+
+/// One interpreter's thread list.
+struct Listed {
+    interp: u64,
+    /// every state linked, in list order: what a tick's copy is compared with
+    raw: Vec<u64>,
+    /// one state per thread (threads::one_per_thread): what is sampled
+    states: Vec<u64>,
+}
+
+impl Plan {
+    fn see_cframe(&mut self, c: u64) {
+        if c == 0 {
+            return;
+        }
+        let (lo, hi) = self.cframes;
+        self.cframes =
+            if lo == 0 || c.abs_diff(lo).max(c.abs_diff(hi)) > CFRAME_WINDOW { (c, c) } else { (lo.min(c), hi.max(c)) };
+    }
+}
+
+/// What to copy for a thread next time.
+#[derive(Default)]
+struct Plan {
+    /// the C stack around the CFrames that held the top frame pointer lately (3.11-3.12:
+    /// a call through C enters a new evaluation loop with a CFrame of its own, so the
+    /// thread state's CFrame changes many times a millisecond in real programs)
+    cframes: (u64, u64),
+    /// the newest data-stack chunk and how much of it to read (3.11+)
     chunk: u64,
     chunk_len: usize,
+    /// the chunk's size, from its header (0: not read yet)
+    chunk_size: usize,
+    /// frames outside that window: older chunks, generators, C-stack entry frames,
+    /// frame objects (before 3.11)
+    frames: Vec<u64>,
+    /// this tick's second reads of the top frame pointer (Prefetch checks)
+    check_top: Option<usize>,
+    check_cframe: Option<usize>,
+}
+
+enum Attempt {
+    Kept,
+    /// not sampled this tick: not resolved yet, or just ended
+    Skipped,
+    Retry(Loss),
 }
 
 /// Below this interval sleeping costs more than it saves: spin to the deadline.
 const SPIN_BELOW_NS: u64 = 60_000;
-/// Bytes of a data-stack chunk to read beyond the deepest frame seen last tick.
-const CHUNK_SLACK: usize = 1024;
+/// Bytes of a data-stack chunk to read beyond the deepest frame seen last time.
+const CHUNK_SLACK: usize = 4096;
 const CHUNK_FIRST_READ: usize = 4096;
 /// Frames this close together are read as one piece (cheaper than two iovecs).
 const MERGE_GAP: u64 = 512;
 const MAX_SPAN: u64 = 64 << 10;
+/// How often threads listed but not yet matched to an OS thread are looked up again.
+const RESOLVE_EVERY_NS: u64 = 10_000_000;
+/// The most C stack read to catch a thread's CFrame wherever it is next.
+const CFRAME_WINDOW: u64 = 12 << 10;
+/// Reads of one thread per tick before its sample is given up (the first included).
+const ATTEMPTS: usize = 4;
 
-pub struct Sampler {
+pub struct Sampler<M: ReadMem = Memory> {
     pub pid: i32,
-    mem: Memory,
+    mem: M,
     target: Target,
     codes: CodeCache,
     ids: ThreadIds,
-    /// thread states per interpreter, in list order, as of last tick
-    interps: Vec<(u64, Vec<u64>)>,
-    threads: HashMap<u64, ThreadCache>,
+    /// the interpreters and their threads, as last read
+    interps: Vec<Listed>,
+    threads: HashMap<u64, Thread>,
+    /// threads we know that the current list lacks, waiting for a confirmed list to end them
+    orphans: bool,
     pf: Prefetch,
-    /// how much of each thread state a tick reads: up to the last field it uses (a
-    /// thread state is up to 900 bytes; the fields we need sit in its first ~260)
     tstate_len: usize,
-    /// scratch for prefetch(): frame addresses to read
+    walk: Walk,
+    /// scratch: threads to read this round, and those to read again
+    pending: Vec<u64>,
+    failed: Vec<(u64, Loss)>,
+    /// scratch for planning: frame addresses to read, sorted
     spans: Vec<u64>,
-    /// scratch for the walk: frames it read
-    visited: Vec<u64>,
     /// cached code objects met in new frames this tick: (index in batch.frames, address),
     /// checked together in one read at the end of the tick
     unchecked: Vec<(usize, u64)>,
     pf_codes: Prefetch,
-    /// threads whose stack changed this tick: (index in batch.threads, where the top
-    /// frame pointer lives, the value the walk started from)
-    recheck: Vec<(usize, u64, u64)>,
-    pf_tops: Prefetch,
-    raw: Vec<RawFrame>,
+    /// when the last fetch started and ended
+    read_span: (u64, u64),
+    /// scratch for the walk from the second top pointer
+    walk_after: Walk,
     last_name_scan_ns: u64,
     /// set when a thread's ids changed: the lists are read afresh next tick
     stale_list: bool,
+    /// when the lists were last read afresh (threads not resolved yet are tried again
+    /// every RESOLVE_EVERY_NS)
+    last_list_ns: u64,
+    new_threads: bool,
     recycled: Option<Receiver<SampleBatch>>,
 }
 
@@ -139,20 +248,53 @@ fn spin_until(deadline: u64) {
 pub enum StopReason {
     Requested,
     TargetExited,
+    ConsumerGone,
     Failed(String),
 }
 
-impl Sampler {
-    pub fn new(pid: i32, mem: Memory, target: Target, codes: CodeCache, ids: ThreadIds) -> Sampler {
-        let ts = &target.layout.tstate;
-        let tstate_len = [Some(ts.next), Some(ts.interp), Some(ts.frame), Some(ts.thread_id), ts.native_thread_id, ts.datastack_chunk]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(0) as usize
-            + 8;
+/// The tick's copy first, the process behind it: for learning where a thread's frames
+/// are after a walk found the copy short (never for a walk that is kept).
+struct CopyThenProcess<'a> {
+    copy: &'a Prefetch,
+    process: &'a dyn ReadMem,
+}
+
+impl ReadMem for CopyThenProcess<'_> {
+    fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
+        for (n, s) in spans.iter().enumerate() {
+            let dst = buf.get_mut(s.at..s.at + s.len).ok_or(ReadError::Fault)?;
+            match self.copy.get(s.addr, s.len) {
+                Some(b) => dst.copy_from_slice(b),
+                None => match self.process.read(s.addr, dst) {
+                    Ok(()) => {}
+                    Err(ReadError::Fault) => return Ok(n),
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(spans.len())
+    }
+}
+
+/// Code objects for the walk: the cache, or a read of the process for a new one.
+fn lookup<'a>(
+    codes: &'a mut CodeCache,
+    mem: &'a dyn ReadMem,
+    t: &'a Target,
+) -> impl FnMut(u64) -> ReadResult<CodeFacts> + 'a {
+    move |code| {
+        let info = match codes.cached(code) {
+            Some(i) => i.clone(),
+            None => codes.get(mem, &t.layout, t.code_type, code)?,
+        };
+        Ok(info.facts())
+    }
+}
+
+impl<M: ReadMem> Sampler<M> {
+    pub fn new(pid: i32, mem: M, target: Target, codes: CodeCache, ids: ThreadIds) -> Sampler<M> {
         Sampler {
-            tstate_len,
+            tstate_len: threads::tstate_read_len(&target.layout),
             pid,
             mem,
             target,
@@ -160,16 +302,20 @@ impl Sampler {
             ids,
             interps: Vec::new(),
             threads: HashMap::new(),
+            orphans: false,
             pf: Prefetch::default(),
+            walk: Walk::default(),
+            pending: Vec::new(),
+            failed: Vec::new(),
             spans: Vec::new(),
-            visited: Vec::new(),
             unchecked: Vec::new(),
             pf_codes: Prefetch::default(),
-            recheck: Vec::new(),
-            pf_tops: Prefetch::default(),
-            raw: Vec::with_capacity(256),
+            read_span: (0, 0),
+            walk_after: Walk::default(),
             last_name_scan_ns: 0,
             stale_list: true,
+            last_list_ns: 0,
+            new_threads: false,
             recycled: None,
         }
     }
@@ -202,16 +348,16 @@ impl Sampler {
                 return StopReason::Requested;
             }
             match self.tick(tx, stats) {
-                Ok(()) => {}
+                Ok(true) => {}
+                Ok(false) => return StopReason::ConsumerGone,
                 // The kernel refuses reads for a moment while the target execs, too: only
                 // a target that is really gone (or a zombie) ends the capture.
-                Err(ReadError::Gone | ReadError::Fault) => {
-                    stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                Err(ReadError::Gone | ReadError::Fault | ReadError::Missing) => {
+                    stats.failed_ticks.fetch_add(1, Ordering::Relaxed);
                     if !crate::process::is_alive(self.pid) {
                         return StopReason::TargetExited;
                     }
                 }
-                Err(ReadError::Other(libc::EPIPE)) => return StopReason::Requested,
                 Err(e) => return StopReason::Failed(e.into_error(self.pid).to_string()),
             }
             stats.ticks.fetch_add(1, Ordering::Relaxed);
@@ -245,34 +391,91 @@ impl Sampler {
         }
     }
 
-    fn tick(&mut self, tx: &Sender<Message>, stats: &Stats) -> ReadResult<()> {
-        let t0 = now_ns();
-        self.prefetch()?;
-        if self.stale_list || !self.list_still_valid() {
-            self.relist()?;
-            self.stale_list = false;
-            self.prefetch()?;
-        }
-        let t1 = now_ns();
-        let time_ns = t0 + (t1 - t0) / 2;
+    /// One tick; false when the consumer has gone away.
+    fn tick(&mut self, tx: &Sender<Message>, stats: &Stats) -> ReadResult<bool> {
         let mut batch = self.recycled.as_ref().and_then(|r| r.try_recv().ok()).unwrap_or_default();
-        batch.time_ns = time_ns;
         batch.threads.clear();
         batch.frames.clear();
-        let mut new_threads = false;
-        for i in 0..self.interps.len() {
-            for j in 0..self.interps[i].1.len() {
-                let tstate = self.interps[i].1[j];
-                new_threads |= self.sample_thread(tstate, time_ns, &mut batch, stats)?;
+        self.new_threads = false;
+        let mut time = self.read_everything()?;
+        if time.saturating_sub(self.last_list_ns) > RESOLVE_EVERY_NS
+            && self.threads.values().any(|t| matches!(t, Thread::Unresolved { .. }))
+        {
+            self.stale_list = true;
+        }
+        let listed = !self.stale_list && self.list_matches();
+        if !listed || self.orphans {
+            if !listed {
+                self.relist(tx, time)?;
+                self.last_list_ns = time;
+                time = self.read_everything()?;
+            }
+            // A list read directly and then found again in a fresh copy is the truth:
+            // only then do threads missing from it end.
+            if self.list_matches() {
+                self.end_orphans(tx, time);
+            } else {
+                stats.list_raced.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.recheck_tops(&mut batch, stats)?;
+        self.stale_list = false;
+        batch.time_ns = time;
+
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.clear();
+        pending.extend(self.interps.iter().flat_map(|li| li.states.iter().copied()));
+        let live = pending.iter().filter(|k| matches!(self.threads.get(k), Some(Thread::Live(_)))).count();
+        stats.thread_samples.fetch_add(live as u64, Ordering::Relaxed);
+        let mut failed = std::mem::take(&mut self.failed);
+        for attempt in 0..ATTEMPTS {
+            failed.clear();
+            for &key in &pending {
+                match self.attempt(key, time, &mut batch, tx)? {
+                    Attempt::Kept => {
+                        if attempt > 0 {
+                            stats.retried.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Attempt::Skipped => {}
+                    Attempt::Retry(why) => failed.push((key, why)),
+                }
+            }
+            if failed.is_empty() || attempt + 1 == ATTEMPTS {
+                break;
+            }
+            // Read again at once, only the threads that need it: first their states, to
+            // know where their top pointer and data stack are now, then their groups.
+            pending.clear();
+            pending.extend(failed.iter().map(|f| f.0));
+            self.pf.clear();
+            for &key in &pending {
+                self.want_thread(key);
+            }
+            self.fetch()?;
+            for &key in &pending {
+                self.learn(key);
+            }
+            self.pf.clear();
+            for &key in &pending {
+                self.want_thread(key);
+            }
+            time = self.fetch()?;
+        }
+        for &(key, why) in &failed {
+            stats.lost[why as usize].fetch_add(1, Ordering::Relaxed);
+            if let Some(Thread::Live(l)) = self.threads.get(&key) {
+                batch.threads.push(ThreadSample { key, tid: l.tid, time_ns: time, frames: None });
+            }
+        }
+        self.pending = pending;
+        self.failed = failed;
+
         self.check_codes(&mut batch)?;
         // What this tick saw is what the next one compares with.
         for t in &batch.threads {
-            if let (Some(stack), Some(c)) = (batch.stack(t), self.threads.get_mut(&t.key)) {
-                c.prev.clear();
-                c.prev.extend_from_slice(stack);
+            if let (Some(stack), Some(Thread::Live(l))) = (batch.stack(t), self.threads.get_mut(&t.key)) {
+                l.prev.clear();
+                l.prev.extend_from_slice(stack);
             }
         }
         let fresh = self.codes.take_new();
@@ -280,257 +483,374 @@ impl Sampler {
             // Names must reach the consumer before the samples that use them: block.
             let _ = tx.send(Message::Codes(fresh));
         }
-        self.scan_names(tx, new_threads, t1);
-        stats.last_sample_ns.store(time_ns, Ordering::Relaxed);
+        self.scan_names(tx, now_ns());
+        stats.last_sample_ns.store(batch.time_ns, Ordering::Relaxed);
         match tx.try_send(Message::Sample(batch)) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(TrySendError::Full(_)) => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                Ok(true)
             }
-            Err(TrySendError::Disconnected(_)) => Err(ReadError::Other(libc::EPIPE)),
+            Err(TrySendError::Disconnected(_)) => Ok(false),
         }
     }
 
-    /// Asks for everything this tick is expected to need, in one read.
-    fn prefetch(&mut self) -> ReadResult<()> {
-        let l = &self.target.layout;
-        let frame_len = l.frame.size as usize;
+    /// One batched read of the thread lists and every listed thread; returns its time.
+    fn read_everything(&mut self) -> ReadResult<u64> {
         self.pf.clear();
-        self.pf.want(self.target.runtime + l.runtime.interpreters_head, 8);
-        for (interp, states) in &self.interps {
-            self.pf.want(interp + l.interp.threads_head, 8);
-            for tstate in states {
-                self.pf.want(*tstate, self.tstate_len);
-                let Some(c) = self.threads.get(tstate) else { continue };
-                if c.cframe != 0 {
-                    self.pf.want(c.cframe, l.tstate.cframe_current_frame.unwrap_or(0) as usize + 8);
-                }
-                if c.chunk != 0 {
-                    self.pf.want(c.chunk, c.chunk_len);
-                }
-                // Frames outside the chunk window (older chunks, generators, C-stack entry
-                // frames), merged where they are close: one piece per region, not per frame.
-                self.spans.clear();
-                let window = c.chunk..c.chunk + c.chunk_len as u64;
-                self.spans.extend(c.visited.iter().filter(|&&f| !(window.contains(&f) && window.contains(&(f + frame_len as u64)))));
-                self.spans.sort_unstable();
-                let mut i = 0;
-                while i < self.spans.len() {
-                    let start = self.spans[i];
-                    let mut end = start + frame_len as u64;
-                    i += 1;
-                    while i < self.spans.len() && self.spans[i] <= end + MERGE_GAP && self.spans[i] + (frame_len as u64) - start <= MAX_SPAN {
-                        end = end.max(self.spans[i] + frame_len as u64);
-                        i += 1;
-                    }
-                    self.pf.want(start, (end - start) as usize);
-                }
-            }
-        }
-        self.pf.read(&self.mem)
-    }
-
-    /// Whether the interpreters and thread lists are what they were last tick.
-    fn list_still_valid(&self) -> bool {
         let l = &self.target.layout;
-        let head = self.pf.get(self.target.runtime + l.runtime.interpreters_head, 8).map(|b| b.u64_at(0));
-        if self.interps.is_empty() || head != Some(self.interps[0].0) {
-            return false;
+        self.pf.want(self.target.runtime + l.runtime.interpreters_head, 8);
+        for li in &self.interps {
+            self.pf.want(li.interp + l.interp.next, 8);
+            self.pf.want(li.interp + l.interp.threads_head, 8);
         }
-        self.interps.iter().all(|(interp, states)| {
-            let mut next = match self.pf.get(interp + l.interp.threads_head, 8) {
-                Some(b) => b.u64_at(0),
-                None => return false,
-            };
-            for &s in states {
-                if next != s {
-                    return false;
-                }
-                next = match self.pf.get(s, self.tstate_len) {
-                    Some(b) if b.u64_at(l.tstate.interp) == *interp => b.u64_at(l.tstate.next),
-                    _ => return false,
-                };
+        for i in 0..self.interps.len() {
+            for j in 0..self.interps[i].raw.len() {
+                // (a duplicate state of a thread being created is read for the list check)
+                self.want_thread(self.interps[i].raw[j]);
             }
-            next == 0
-        })
+        }
+        self.fetch()
     }
 
-    /// Reads the interpreters and thread lists afresh (threads came or went).
-    fn relist(&mut self) -> ReadResult<()> {
-        let mut interps = Vec::new();
-        for interp in threads::interpreters(&self.mem, &self.target)? {
-            let states = threads::thread_states(&self.mem, &self.target, interp)?;
-            // OS tids for threads we have not seen (or whose ids changed as they started)
-            let unknown = states.iter().any(|s| {
-                self.threads.get(&s.addr).is_none_or(|c| c.ids != (s.thread_id, s.native_id.unwrap_or(0)) || c.tid.is_none())
+    /// Reads what was asked for; the time the read describes (its midpoint). Its start
+    /// and end are kept for stacks known to describe one end of it.
+    fn fetch(&mut self) -> ReadResult<u64> {
+        let t0 = now_ns();
+        self.pf.fetch(&self.mem)?;
+        let t1 = now_ns();
+        self.read_span = (t0, t1);
+        Ok(t0 + (t1 - t0) / 2)
+    }
+
+    /// Asks for one thread's group: its state, its frames, then its top pointer again.
+    fn want_thread(&mut self, key: u64) {
+        let l = &self.target.layout;
+        self.pf.want(key, self.tstate_len);
+        let Some(Thread::Live(live)) = self.threads.get_mut(&key) else {
+            return;
+        };
+        let plan = &mut live.plan;
+        let cframe_field = l.tstate.cframe_current_frame.filter(|_| l.model.frame_via_cframe);
+        let (lo, hi) = plan.cframes;
+        let cframes_len = (hi - lo) as usize + cframe_field.unwrap_or(0) as usize + 8;
+        if cframe_field.is_some() {
+            self.pf.want(lo, cframes_len);
+        }
+        if plan.chunk != 0 {
+            self.pf.want(plan.chunk, plan.chunk_len);
+        }
+        // Frames outside the chunk window, merged where they are close: one piece per
+        // region, not per frame.
+        let frame_len = l.frame.size;
+        self.spans.clear();
+        self.spans.extend_from_slice(&plan.frames);
+        self.spans.sort_unstable();
+        let mut i = 0;
+        while i < self.spans.len() {
+            let start = self.spans[i];
+            let mut end = start + frame_len;
+            i += 1;
+            while i < self.spans.len()
+                && self.spans[i] <= end + MERGE_GAP
+                && self.spans[i] + frame_len - start <= MAX_SPAN
+            {
+                end = end.max(self.spans[i] + frame_len);
+                i += 1;
+            }
+            self.pf.want(start, (end - start) as usize);
+        }
+        plan.check_top = self.pf.want_check(key + l.tstate.frame, 8);
+        plan.check_cframe = match cframe_field {
+            Some(_) => self.pf.want_check(lo, cframes_len),
+            None => None,
+        };
+    }
+
+    /// Learns where a thread's stack is now from a fresh copy of its group, reading what
+    /// the copy lacks directly (the result is not kept: it only plans the next read).
+    fn learn(&mut self, key: u64) {
+        let Sampler { pf, threads, target: t, codes, walk, mem, tstate_len, .. } = self;
+        let (mem, l): (&dyn ReadMem, _) = (mem, &t.layout);
+        let (Some(ts), Some(Thread::Live(live))) = (pf.get(key, *tstate_len), threads.get_mut(&key)) else {
+            return;
+        };
+        let chunk = l.tstate.datastack_chunk.map(|o| ts.u64_at(o)).unwrap_or(0);
+        let stack_top = l.tstate.datastack_top.map(|o| ts.u64_at(o)).unwrap_or(0);
+        if l.model.frame_via_cframe {
+            live.plan.see_cframe(ts.u64_at(l.tstate.frame));
+        }
+        let behind = CopyThenProcess { copy: pf, process: mem };
+        walk.visited.clear();
+        if let Ok(top) = stack::top_frame(&behind, l, key) {
+            let _ = stack::walk(&behind, l, top.frame, &mut lookup(codes, mem, t), walk);
+        }
+        plan_from(&mut live.plan, l, &behind, chunk, stack_top, &walk.visited);
+    }
+
+    /// Whether the copy holds the same interpreters and thread lists as last read.
+    fn list_matches(&self) -> bool {
+        let t = &self.target;
+        let mut n = 0;
+        let mut same = true;
+        let walked = threads::for_each_interpreter(&self.pf, t, |interp| {
+            let Some(known) = self.interps.get(n).filter(|k| k.interp == interp) else {
+                same = false;
+                return false;
+            };
+            n += 1;
+            let mut k = 0;
+            let states = threads::for_each_state(&self.pf, t, interp, |s| {
+                same &= known.raw.get(k) == Some(&s.addr);
+                k += 1;
+                same
             });
-            if unknown {
-                let tids = self.ids.resolve(&self.mem, &states, false);
+            same &= states.is_ok() && k == known.raw.len();
+            same
+        });
+        walked.is_ok() && same && n == self.interps.len()
+    }
+
+    /// Reads the interpreters and thread lists afresh (threads came or went). Threads
+    /// the new list lacks become orphans: they end once a confirmed list lacks them too.
+    fn relist(&mut self, tx: &Sender<Message>, time: u64) -> ReadResult<()> {
+        let mem: &dyn ReadMem = &self.mem;
+        let t = &self.target;
+        let mut interps = Vec::new();
+        let Ok(found) = threads::interpreters(mem, t) else {
+            return Ok(());
+        };
+        for interp in found {
+            // A list torn by a thread coming or going: keep last tick's list for now.
+            let Ok(raw) = threads::thread_states_raw(mem, t, interp) else {
+                return Ok(());
+            };
+            let raw_addrs: Vec<u64> = raw.iter().map(|s| s.addr).collect();
+            let states = threads::one_per_thread(raw);
+            let unsettled = states.iter().any(|s| match self.threads.get(&s.addr) {
+                Some(Thread::Live(l)) => l.ids != (s.thread_id, s.native_id.unwrap_or(0)),
+                _ => true,
+            });
+            if unsettled {
+                let tids = self.ids.resolve(mem, &states, false);
                 for (s, tid) in states.iter().zip(tids) {
-                    let c = self.threads.entry(s.addr).or_default();
                     let ids = (s.thread_id, s.native_id.unwrap_or(0));
-                    if c.ids != ids || c.tid != tid {
-                        // a new thread, or a state reused for another thread
-                        *c = ThreadCache { tid, ids, ..Default::default() };
+                    if let Some(Thread::Live(l)) = self.threads.get(&s.addr) {
+                        if l.ids == ids {
+                            continue;
+                        }
+                        // its state now belongs to another thread: the old one is gone
+                        let _ = tx.send(Message::ThreadEnded { key: s.addr, time_ns: time });
                     }
+                    let entry = match tid {
+                        Some(tid) => {
+                            self.new_threads = true;
+                            Thread::Live(Box::new(Live {
+                                ids,
+                                tid,
+                                named: false,
+                                prev: Vec::new(),
+                                plan: Plan::default(),
+                            }))
+                        }
+                        None => Thread::Unresolved { ids },
+                    };
+                    self.threads.insert(s.addr, entry);
                 }
             }
-            interps.push((interp, states.iter().map(|s| s.addr).collect::<Vec<_>>()));
+            interps.push(Listed { interp, raw: raw_addrs, states: states.iter().map(|s| s.addr).collect() });
         }
-        let live: std::collections::HashSet<u64> = interps.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-        self.threads.retain(|k, _| live.contains(k));
         self.interps = interps;
+        self.orphans = self.threads.len() > self.interps.iter().map(|li| li.states.len()).sum::<usize>();
         Ok(())
     }
 
-    /// Reads one thread from the prefetched copy; true when it is new since last tick.
-    fn sample_thread(&mut self, tstate: u64, time_ns: u64, batch: &mut SampleBatch, stats: &Stats) -> ReadResult<bool> {
-        let t = &self.target;
-        let l = &t.layout;
-        let mem = self.mem;
-        let Some(ts) = self.pf.get(tstate, self.tstate_len) else { return Ok(false) };
-        let ids = (ts.u64_at(l.tstate.thread_id), l.tstate.native_thread_id.map(|o| ts.i32_at(o)).unwrap_or(0));
-        let mut top = ts.u64_at(l.tstate.frame);
-        let mut top_at = tstate + l.tstate.frame;
-        let chunk = l.tstate.datastack_chunk.map(|o| ts.u64_at(o)).unwrap_or(0);
-        let cache = self.threads.entry(tstate).or_default();
-        if cache.ids != ids {
-            // the thread's ids changed under us (it just started): resolve next tick
-            *cache = ThreadCache { ids, ..Default::default() };
-            self.stale_list = true;
-            return Ok(false);
+    fn end_orphans(&mut self, tx: &Sender<Message>, time: u64) {
+        if !self.orphans {
+            return;
         }
-        let Some(tid) = cache.tid else { return Ok(false) };
-        let is_new = cache.prev.is_empty() && !cache.named;
-        if let (true, Some(off)) = (l.model.frame_via_cframe, l.tstate.cframe_current_frame) {
-            let cframe = top;
-            top_at = cframe + off;
-            top = if cframe == 0 {
-                0
-            } else {
-                match self.pf.get(cframe + off, 8).filter(|_| cframe == cache.cframe) {
-                    Some(b) => b.u64_at(0),
-                    None => mem.read_u64(cframe + off)?,
-                }
-            };
-            cache.cframe = cframe;
-        }
-        if chunk != cache.chunk {
-            cache.chunk = chunk;
-            cache.chunk_len = CHUNK_FIRST_READ;
-        }
-        let codes = &mut self.codes;
-        let mut raw = std::mem::take(&mut self.raw);
-        let mut code_start = |code| {
-            let info = match codes.cached(code) {
-                Some(i) => i.clone(),
-                None => codes.get(&mem, &t.layout, t.code_type, code)?,
-            };
-            Ok((info.bytecode_start, info.first_traceable))
-        };
-        let visited = &mut self.visited;
-        let mut walked = stack::walk(&mem, t, top, &mut raw, visited, &self.pf, &mut code_start);
-        // A stack whose root changed is either a thread that really finished its outer
-        // call, or a read that tore and stopped early (a frame being freed or pushed while
-        // we copied): read that thread again, directly, before believing it.
-        let root = |r: &[RawFrame]| r.last().map(|f| (f.code, f.frame));
-        if walked.is_ok() && !cache.prev.is_empty() && root(&raw) != cache.prev.first().map(|f| (f.code, f.frame)) {
-            walked = stack::walk_consistent(&mem, t, tstate, &mut raw, visited, &mut code_start);
-        }
-        let start = batch.frames.len();
-        let result = walked.and_then(|()| {
-            let prev = &cache.prev;
-            let mut same_so_far = true;
-            for (depth, f) in raw.iter().rev().enumerate() {
-                // The same call as last tick (same code, same frame, same call site in
-                // the parent) keeps its code id without touching the target again: the
-                // live frame holds its code object.
-                let known = same_so_far
-                    .then(|| prev.get(depth))
-                    .flatten()
-                    .filter(|p| {
-                        p.code == f.code
-                            && p.frame == f.frame
-                            && (depth == 0 || prev[depth - 1].offset == batch.frames[start + depth - 1].offset)
-                    })
-                    .map(|p| p.code_id);
-                let code_id = match known {
-                    Some(id) => id,
-                    None => {
-                        same_so_far = false;
-                        match codes.cached(f.code) {
-                            // a code object met before: check it is still the same one
-                            // with the others at the end of the tick
-                            Some(c) => {
-                                self.unchecked.push((batch.frames.len(), f.code));
-                                c.id
-                            }
-                            // it was a code object during the walk: anything else now is a tear
-                            None => codes.get(&mem, &t.layout, t.code_type, f.code).map_err(stack::torn)?.id,
-                        }
-                    }
-                };
-                batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset });
+        let listed: std::collections::HashSet<u64> =
+            self.interps.iter().flat_map(|li| li.states.iter().copied()).collect();
+        self.threads.retain(|key, th| {
+            let keep = listed.contains(key);
+            if !keep && matches!(th, Thread::Live(_)) {
+                let _ = tx.send(Message::ThreadEnded { key: *key, time_ns: time });
             }
-            Ok(same_so_far && raw.len() == prev.len())
+            keep
         });
-        self.raw = raw;
-        match result {
-            Ok(unchanged) => {
-                let end = batch.frames.len();
-                if !unchanged && top != 0 {
-                    // A changed stack may be a tear: the thread state said one frame was on
-                    // top, and by the time the frames were copied a call had returned. Check
-                    // the top pointer once more, with the other changed threads, at the end.
-                    self.recheck.push((batch.threads.len(), top_at, top));
+        self.orphans = false;
+    }
+
+    /// One thread from the current copy.
+    fn attempt(&mut self, key: u64, time: u64, batch: &mut SampleBatch, tx: &Sender<Message>) -> ReadResult<Attempt> {
+        let Sampler {
+            pf,
+            threads,
+            target: t,
+            codes,
+            walk,
+            walk_after,
+            mem,
+            unchecked,
+            stale_list,
+            tstate_len,
+            read_span,
+            ..
+        } = self;
+        let mem: &dyn ReadMem = mem;
+        let l = &t.layout;
+        let Some(ts) = pf.get(key, *tstate_len) else {
+            return Ok(Attempt::Retry(Loss::Incomplete));
+        };
+        let ids = (ts.u64_at(l.tstate.thread_id), l.tstate.native_thread_id.map(|o| ts.i32_at(o)).unwrap_or(0));
+        let chunk = l.tstate.datastack_chunk.map(|o| ts.u64_at(o)).unwrap_or(0);
+        let stack_top = l.tstate.datastack_top.map(|o| ts.u64_at(o)).unwrap_or(0);
+        let Some(thread) = threads.get_mut(&key) else {
+            return Ok(Attempt::Skipped);
+        };
+        let live = match thread {
+            Thread::Unresolved { ids: known } => {
+                if *known != ids {
+                    *known = ids;
+                    *stale_list = true; // its ids settled: resolve its tid
                 }
-                cache.visited.clear();
-                cache.visited.extend_from_slice(&self.visited);
-                // Read next time as much of the chunk as this stack used, and a little more.
-                if chunk != 0 && l.model.frames == FrameModel::InterpreterFrame {
-                    let chunk_size = self.pf.get(chunk + l.chunk.size, 8).map(|b| b.u64_at(0) as usize).unwrap_or(0);
-                    let used = batch.frames[start..end]
-                        .iter()
-                        .filter(|f| f.frame >= chunk && f.frame < chunk + chunk_size as u64)
-                        .map(|f| (f.frame - chunk) as usize + l.frame.size as usize)
-                        .max()
-                        .unwrap_or(0);
-                    cache.chunk_len = (used + CHUNK_SLACK).min(chunk_size.max(CHUNK_FIRST_READ));
-                }
-                batch.threads.push(ThreadSample { key: tstate, tid, time_ns, frames: Some((start as u32, end as u32)) });
+                return Ok(Attempt::Skipped);
             }
-            Err(ReadError::Fault) => {
-                batch.frames.truncate(start);
-                stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                batch.threads.push(ThreadSample { key: tstate, tid, time_ns, frames: None });
+            Thread::Live(live) if live.ids != ids => {
+                // The state was freed and reused by another thread: this one is gone.
+                let _ = tx.send(Message::ThreadEnded { key, time_ns: time });
+                *thread = Thread::Unresolved { ids };
+                *stale_list = true;
+                return Ok(Attempt::Skipped);
             }
+            Thread::Live(live) => live,
+        };
+        let top = match stack::top_frame(pf, l, key) {
+            Ok(top) => top,
+            Err(ReadError::Missing) => {
+                // a CFrame we did not ask for: the thread entered or left an evaluation loop
+                live.plan.see_cframe(ts.u64_at(l.tstate.frame));
+                return Ok(Attempt::Retry(Loss::Incomplete));
+            }
+            Err(_) => return Ok(Attempt::Retry(Loss::Torn)),
+        };
+        // The same pointer read again at the end of the group.
+        let check = |id: Option<usize>| id.and_then(|c| pf.checked(c)).map(|b| b.u64_at(0));
+        let after = match check(live.plan.check_top) {
+            Some(p) if !l.model.frame_via_cframe || p == 0 => Some(Top { frame: p, cframe: 0 }),
+            Some(p) => {
+                // the CFrame it names, wherever it is in the copied window of C stack
+                let off = p.wrapping_sub(live.plan.cframes.0).wrapping_add(l.tstate.cframe_current_frame.unwrap_or(0));
+                let bytes = live.plan.check_cframe.and_then(|c| pf.checked(c));
+                bytes
+                    .filter(|b| off.saturating_add(8) <= b.len() as u64)
+                    .map(|b| Top { frame: b.u64_at(off), cframe: p })
+            }
+            None => None,
+        };
+        let Some(after) = after else {
+            if l.model.frame_via_cframe {
+                live.plan.see_cframe(check(live.plan.check_top).unwrap_or(0));
+            }
+            return Ok(Attempt::Retry(Loss::Incomplete));
+        };
+        // The walk takes frames from the copy and, where a frame is not in it (a generator
+        // started since the plan was made, most often), from the process itself.
+        let behind = CopyThenProcess { copy: pf, process: mem };
+        let walked = stack::walk(&behind, l, top.frame, &mut lookup(codes, mem, t), walk);
+        let frame_len = l.frame.size as usize;
+        let copied_from = |k: usize, w: &Walk| w.visited[k..].iter().all(|&f| pf.get(f, frame_len).is_some());
+        match walked {
+            Ok(()) => {}
+            Err(ReadError::Fault | ReadError::NotCode) => {
+                return Ok(Attempt::Retry(if walk.truncated { Loss::Truncated } else { Loss::Torn }));
+            }
+            Err(ReadError::Missing) => return Ok(Attempt::Retry(Loss::Incomplete)),
             Err(e) => return Err(e),
         }
-        Ok(is_new)
-    }
-
-    /// One read of the top frame pointer of every thread whose stack changed: if it moved
-    /// while the stack was being copied, that sample is torn and the last view is kept.
-    fn recheck_tops(&mut self, batch: &mut SampleBatch, stats: &Stats) -> ReadResult<()> {
-        if self.recheck.is_empty() {
-            return Ok(());
+        let whole_copy = copied_from(0, walk);
+        if !whole_copy {
+            plan_from(&mut live.plan, l, &behind, chunk, stack_top, &walk.visited);
         }
-        self.pf_tops.clear();
-        for &(_, at, _) in &self.recheck {
-            self.pf_tops.want(at, 8);
-        }
-        self.pf_tops.read(&self.mem)?;
-        for &(i, at, top) in &self.recheck {
-            if self.pf_tops.get(at, 8).map(|b| b.u64_at(0)) != Some(top) {
-                if let Some(t) = batch.threads.get_mut(i) {
-                    t.frames = None;
-                    stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                }
+        // Which moment the stack describes, if any (docs/ARCHITECTURE.md, "Torn reads").
+        let mut time = time;
+        if after == top {
+            // The thread stayed in its frame while the group was copied. Frames read after
+            // the copy (generators started since the plan was made) are its callers or
+            // their generators: a running generator's frame links to whoever resumed it
+            // until it yields, and one that yielded since links to nothing (caught as a
+            // truncated chain).
+        } else if let Some(k) = walk.visited.iter().position(|&f| f == after.frame) {
+            // It only returned while the group was copied: the stack at the end is this
+            // walk from the second top on, if the copy holds all of that part.
+            if !copied_from(k, walk) {
+                return Ok(Attempt::Retry(Loss::Moved));
             }
+            let cut = &walk.visited[..k];
+            let gone = walk.frames.iter().take_while(|f| cut.contains(&f.frame)).count();
+            walk.frames.drain(..gone);
+            walk.visited.drain(..k);
+            time = read_span.1;
+        } else {
+            // It only called: the walk from the first top holds as of the start, if the
+            // second top's chain in the copy reaches the first top.
+            let reaches = whole_copy
+                && stack::walk(pf, l, after.frame, &mut lookup(codes, mem, t), walk_after).is_ok()
+                && walk_after.visited.contains(&top.frame);
+            if !reaches {
+                return Ok(Attempt::Retry(Loss::Moved));
+            }
+            time = read_span.0;
         }
-        self.recheck.clear();
-        Ok(())
+        let start = batch.frames.len();
+        let prev = &live.prev;
+        let mut same_so_far = true;
+        for (depth, f) in walk.frames.iter().rev().enumerate() {
+            // The same call as last tick (same code, same frame, same call site in the
+            // parent) keeps its code id without touching the target again: the live
+            // frame holds its code object.
+            let known = same_so_far
+                .then(|| prev.get(depth))
+                .flatten()
+                .filter(|p| {
+                    p.code == f.code
+                        && p.frame == f.frame
+                        && (depth == 0 || prev[depth - 1].offset == batch.frames[start + depth - 1].offset)
+                })
+                .map(|p| p.code_id);
+            let code_id = match known {
+                Some(id) => id,
+                None => {
+                    same_so_far = false;
+                    match codes.cached(f.code) {
+                        // a code object met before: check it is still the same one with
+                        // the others at the end of the tick
+                        Some(c) => {
+                            unchecked.push((batch.frames.len(), f.code));
+                            c.id
+                        }
+                        None => match codes.get(mem, l, t.code_type, f.code) {
+                            Ok(c) => c.id,
+                            Err(ReadError::Fault | ReadError::NotCode) => {
+                                batch.frames.truncate(start);
+                                return Ok(Attempt::Retry(Loss::Torn));
+                            }
+                            Err(e) => return Err(e),
+                        },
+                    }
+                }
+            };
+            batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset, locals: f.locals });
+        }
+        plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
+        let end = batch.frames.len();
+        batch.threads.push(ThreadSample {
+            key,
+            tid: live.tid,
+            time_ns: time,
+            frames: Some((start as u32, end as u32)),
+        });
+        Ok(Attempt::Kept)
     }
 
     /// One read for every cached code object that new frames used this tick; any that
@@ -545,7 +865,7 @@ impl Sampler {
         for &(_, addr) in &self.unchecked {
             self.pf_codes.want(addr + off, len);
         }
-        self.pf_codes.read(&self.mem)?;
+        self.pf_codes.fetch(&self.mem)?;
         for &(i, addr) in &self.unchecked {
             let same = match (self.codes.cached(addr), self.pf_codes.get(addr + off, len)) {
                 (Some(c), Some(b)) => c.identity_matches(l, b),
@@ -568,22 +888,66 @@ impl Sampler {
 
     /// Thread names come from Python objects; read them when threads appear and, for
     /// threads still unnamed (not yet registered by threading), every 100 ms.
-    fn scan_names(&mut self, tx: &Sender<Message>, new: bool, now: u64) {
-        let unnamed = self.threads.values().any(|c| c.tid.is_some() && !c.named);
-        if !(new || (unnamed && now.saturating_sub(self.last_name_scan_ns) > 100_000_000)) {
+    fn scan_names(&mut self, tx: &Sender<Message>, now: u64) {
+        let unnamed = self.threads.values().any(|c| matches!(c, Thread::Live(l) if !l.named));
+        if !(self.new_threads || (unnamed && now.saturating_sub(self.last_name_scan_ns) > 100_000_000)) {
             return;
         }
         self.last_name_scan_ns = now;
-        for (interp, states) in &self.interps {
-            let names = thread_names::read(&self.mem, &self.target, *interp).unwrap_or_default();
-            for s in states {
-                let Some(c) = self.threads.get_mut(s) else { continue };
-                let (Some(tid), false) = (c.tid, c.named) else { continue };
-                if let Some(name) = names.get(&c.ids.0) {
-                    c.named = true;
-                    let _ = tx.send(Message::ThreadName { key: *s, tid, name: name.clone() });
+        for li in &self.interps {
+            let names = thread_names::read(&self.mem, &self.target, li.interp).unwrap_or_default();
+            for s in &li.states {
+                let Some(Thread::Live(l)) = self.threads.get_mut(s) else {
+                    continue;
+                };
+                if l.named {
+                    continue;
+                }
+                if let Some(name) = names.get(&l.ids.0) {
+                    l.named = true;
+                    let _ = tx.send(Message::ThreadName { key: *s, tid: l.tid, name: name.clone() });
                 }
             }
         }
     }
 }
+
+/// What to copy next time for a thread whose walk read `visited`: the newest chunk as
+/// far as its frames reach (and a little more: calls push frames above), and every
+/// frame outside it.
+fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_top: u64, visited: &[u64]) {
+    let frame_len = l.frame.size;
+    if l.model.frames == FrameModel::InterpreterFrame && chunk != 0 {
+        // (a chunk whose header we have not read yet: its first bytes, for a start)
+        let size = mem
+            .read_u64(chunk + l.chunk.size)
+            .ok()
+            .filter(|&s| s > 0 && s <= 64 << 20)
+            .unwrap_or(CHUNK_FIRST_READ as u64);
+        let window = chunk..chunk + size;
+        let used = visited
+            .iter()
+            .filter(|&&f| window.contains(&f) && f + frame_len <= window.end)
+            .map(|&f| (f - chunk + frame_len) as usize)
+            .max()
+            .unwrap_or(0);
+        // the data stack's top, where the thread state says it is, if that is in this chunk
+        let used = match stack_top.checked_sub(chunk) {
+            Some(n) if n <= size => used.max(n as usize),
+            _ => used,
+        };
+        plan.chunk = chunk;
+        plan.chunk_size = size as usize;
+        plan.chunk_len = (used + CHUNK_SLACK).max(CHUNK_FIRST_READ).min(size as usize);
+        plan.frames.clear();
+        plan.frames.extend(visited.iter().filter(|&&f| !(window.contains(&f) && f + frame_len <= window.end)));
+    } else {
+        plan.chunk = 0;
+        plan.frames.clear();
+        plan.frames.extend_from_slice(visited);
+    }
+}
+
+#[cfg(test)]
+#[path = "sampler_tests.rs"]
+mod tests;

@@ -47,6 +47,7 @@ pub struct Timeline {
     pub last_ns: u64,
     tids: BTreeSet<i32>,
     named: BTreeSet<i32>,
+    pub told_apart: ToldApart,
 }
 
 impl Timeline {
@@ -67,39 +68,37 @@ impl Timeline {
                     sink.thread(*tid, name)?;
                 }
             }
-            Message::Sample(batch) => {
-                let (time_ns, threads) = (batch.time_ns, &batch.threads);
-                self.samples += 1;
-                self.first_ns.get_or_insert(time_ns);
-                self.last_ns = time_ns;
-                // Threads that vanished end halfway between their last sample and this one.
-                let gone: Vec<u64> =
-                    self.tracks.keys().filter(|k| !threads.iter().any(|t| t.key == **k)).copied().collect();
-                for key in gone {
-                    let mut track = self.tracks.remove(&key).unwrap();
-                    let at = midpoint(track.last_ns, time_ns);
+            Message::ThreadEnded { key, time_ns } => {
+                // Ends halfway between its last sample and the read that found it gone.
+                if let Some(mut track) = self.tracks.remove(key) {
+                    let at = midpoint(track.last_ns, *time_ns);
                     self.close_from(&mut track, 0, at, sink)?;
                 }
-                for t in threads {
-                    let Some(frames) = batch.stack(t) else { continue };
-                    self.tids.insert(t.tid);
-                    let track = self.tracks.entry(t.key).or_insert_with(|| Track {
-                        tid: t.tid,
-                        frames: Vec::new(),
-                        starts: Vec::new(),
-                        last_ns: t.time_ns,
-                    });
-                    let mut track = std::mem::replace(
-                        track,
-                        Track { tid: 0, frames: Vec::new(), starts: Vec::new(), last_ns: 0 },
-                    );
-                    let at = if track.frames.is_empty() && track.starts.is_empty() && track.last_ns == t.time_ns {
-                        t.time_ns // first sight: nothing is known before this moment
-                    } else {
-                        midpoint(track.last_ns, t.time_ns)
+            }
+            Message::Sample(batch) => {
+                self.samples += 1;
+                self.first_ns.get_or_insert(batch.time_ns);
+                self.last_ns = batch.time_ns;
+                // A thread missing from a batch, or without a stack in it, keeps its last
+                // view: threads end only by ThreadEnded.
+                for t in &batch.threads {
+                    let Some(frames) = batch.stack(t) else {
+                        continue;
                     };
+                    self.tids.insert(t.tid);
                     sink.sample(t.tid, frames, &self.codes)?;
-                    let keep = common_calls(&track.frames, frames);
+                    let (mut track, at) = match self.tracks.remove(&t.key) {
+                        Some(track) => {
+                            let at = midpoint(track.last_ns, t.time_ns);
+                            (track, at)
+                        }
+                        // first sight: nothing is known before this moment
+                        None => (
+                            Track { tid: t.tid, frames: Vec::new(), starts: Vec::new(), last_ns: t.time_ns },
+                            t.time_ns,
+                        ),
+                    };
+                    let keep = common_calls(&track.frames, frames, &self.codes, &mut self.told_apart);
                     self.close_from(&mut track, keep, at, sink)?;
                     for f in &frames[keep..] {
                         if let Some(code) = self.code(f.code_id) {
@@ -157,13 +156,32 @@ fn midpoint(a: u64, b: u64) -> u64 {
     a + (b.saturating_sub(a)) / 2
 }
 
+/// Why two samples of one frame were taken for two calls although code, frame address
+/// and call site agree (a merge a plain sampler makes): counted per capture.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct ToldApart {
+    /// an argument or cell slot holds another object, or a local became unbound
+    pub by_locals: u64,
+    /// the instruction offset went back where no jump of the function goes back
+    pub by_offset: u64,
+}
+
 /// How many frames, from the root, are the same calls in both stacks.
-pub fn common_calls(old: &[StackFrame], new: &[StackFrame]) -> usize {
+pub fn common_calls(old: &[StackFrame], new: &[StackFrame], codes: &CodeTable, told: &mut ToldApart) -> usize {
     let mut n = 0;
     while n < old.len() && n < new.len() {
         let (a, b) = (&old[n], &new[n]);
         let same_site = n == 0 || old[n - 1].offset == new[n - 1].offset;
         if a.code_id != b.code_id || a.frame != b.frame || !same_site {
+            break;
+        }
+        // The frame itself may prove a new call began (python/bytecode.rs).
+        if a.locals.proves_new_call(&b.locals) {
+            told.by_locals += 1;
+            break;
+        }
+        if b.offset < a.offset && codes.get(b.code_id).is_some_and(|c| !c.proofs.offset_can_go_back(a.offset, b.offset)) {
+            told.by_offset += 1;
             break;
         }
         n += 1;
@@ -178,7 +196,7 @@ mod tests {
     use crate::sampler::{SampleBatch, ThreadSample};
 
     fn f(code_id: u32, frame: u64, offset: i64) -> StackFrame {
-        StackFrame { code_id, code: code_id as u64 * 16, frame, offset }
+        StackFrame { code_id, code: code_id as u64 * 16, frame, offset, locals: Default::default() }
     }
 
     /// Records what the timeline emits: (tid, code id, start, end).
@@ -235,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_that_vanishes_closes_halfway_and_one_that_appears_opens_at_first_sight() {
+    fn a_thread_ends_halfway_to_the_read_that_found_it_gone_and_opens_at_first_sight() {
         let mut tl = Timeline::default();
         let mut r = Recorder::default();
         tl.handle(&codes(3), &mut r).unwrap();
@@ -243,9 +261,13 @@ mod tests {
         let b: &[StackFrame] = &[f(1, 300, 2), f(2, 400, 6)];
         tl.handle(&sample(1000, &[(1, 7, a)]), &mut r).unwrap();
         tl.handle(&sample(2000, &[(1, 7, a), (2, 8, b)]), &mut r).unwrap();
+        // missing from a batch is not gone: its last view holds
         tl.handle(&sample(3000, &[(1, 7, a)]), &mut r).unwrap();
+        assert!(r.slices.is_empty());
+        tl.handle(&Message::ThreadEnded { key: 2, time_ns: 4000 }, &mut r).unwrap();
+        tl.handle(&sample(5000, &[(1, 7, a)]), &mut r).unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
-        assert_eq!(r.slices, vec![(8, 2, 2000, 2500), (8, 1, 2000, 2500), (7, 0, 1000, 3000)]);
+        assert_eq!(r.slices, vec![(8, 2, 2000, 3000), (8, 1, 2000, 3000), (7, 0, 1000, 5000)]);
     }
 
     #[test]
@@ -263,13 +285,47 @@ mod tests {
         assert_eq!(r.slices, vec![(7, 1, 1000, 3000), (7, 0, 1000, 3000)]);
     }
     #[test]
+    fn back_to_back_calls_from_one_site_are_told_apart_when_the_frame_proves_it() {
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        // f1 loops from offset 40 back to 10 (and nowhere else)
+        let mut looping = CodeInfo::for_test(1, "f1");
+        looping.proofs.back_jumps = vec![(10, 40)];
+        let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(looping)]);
+        tl.handle(&msg, &mut r).unwrap();
+        let main = f(0, 100, 10);
+        let with = |offset, fixed, bound| {
+            let mut c = f(1, 200, offset);
+            c.locals = crate::python::stack::Locals { read: true, fixed, bound };
+            c
+        };
+        let samples = [
+            with(20, 7, 0b1), // call 1
+            with(30, 7, 0b1), // same call, later
+            with(12, 7, 0b1), // back to 12: the loop explains it
+            with(8, 7, 0b1),  // back to 8, below every jump target: call 2
+            with(20, 9, 0b1), // another argument object: call 3
+            with(24, 9, 0b0), // a local became unbound: call 4
+            with(28, 9, 0b0), // call 4 goes on
+        ];
+        for (i, c) in samples.iter().enumerate() {
+            tl.handle(&sample(1000 * (i as u64 + 1), &[(1, 7, &[main, *c])]), &mut r).unwrap();
+        }
+        tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+        let f1: Vec<(u64, u64)> = r.slices.iter().filter(|s| s.1 == 1).map(|s| (s.2, s.3)).collect();
+        assert_eq!(f1, vec![(1000, 3500), (3500, 4500), (4500, 5500), (5500, 7000)]);
+        assert_eq!((tl.told_apart.by_offset, tl.told_apart.by_locals), (1, 2));
+    }
+
+    #[test]
     fn a_line_change_keeps_the_call_a_new_call_site_does_not() {
         let a = [f(1, 100, 10), f(2, 200, 4)];
         // same child, parent moved on and called it again from elsewhere
-        assert_eq!(common_calls(&a, &[f(1, 100, 12), f(2, 200, 4)]), 1);
+        let (codes, mut told) = (CodeTable::default(), ToldApart::default());
+        assert_eq!(common_calls(&a, &[f(1, 100, 12), f(2, 200, 4)], &codes, &mut told), 1);
         // the child moved lines: still the same call
-        assert_eq!(common_calls(&a, &[f(1, 100, 10), f(2, 200, 8)]), 2);
+        assert_eq!(common_calls(&a, &[f(1, 100, 10), f(2, 200, 8)], &codes, &mut told), 2);
         // a different frame address is a different call
-        assert_eq!(common_calls(&a, &[f(1, 100, 10), f(2, 208, 4)]), 1);
+        assert_eq!(common_calls(&a, &[f(1, 100, 10), f(2, 208, 4)], &codes, &mut told), 1);
     }
 }

@@ -26,7 +26,9 @@ const SETTLE: Duration = Duration::from_secs(15);
 /// Starts `fixture` on every target, waits for its recorded stacks, then requires the
 /// dump to match them exactly.
 fn check_fixture_everywhere(fixture: &str) {
-    let Some(targets) = dump_targets() else { return };
+    let Some(targets) = dump_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |interp| {
         let mut target = Target::start(interp, fixture)?;
         let expected = target.wait_expected()?;
@@ -48,7 +50,9 @@ fn dump_main_fixture() {
 /// the same interpreter: same exact stacks as the expected ones.
 #[test]
 fn dump_by_scanning_for_the_runtime() {
-    let Some(targets) = dump_targets() else { return };
+    let Some(targets) = dump_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |interp| {
         let mut target = Target::start(interp, "main_fixture.py")?;
         let expected = target.wait_expected()?;
@@ -73,7 +77,9 @@ const TRANSIENT_EMPTY_STACKS_ALLOWED: bool = true;
 
 #[test]
 fn dump_churn() {
-    let Some(targets) = dump_targets() else { return };
+    let Some(targets) = dump_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |interp| {
         let mut target = Target::start(interp, "churn.py")?;
         let expected = target.wait_expected()?;
@@ -155,10 +161,7 @@ fn plausible_churn_frame(f: &Frame, fixture_dir: &Path) -> Result<(), String> {
     }
     let file = Path::new(&f.file);
     let from_fixture = file.starts_with(fixture_dir);
-    let threading = matches!(
-        file.file_name().and_then(|n| n.to_str()),
-        Some("threading.py") | Some("_weakrefset.py")
-    );
+    let threading = matches!(file.file_name().and_then(|n| n.to_str()), Some("threading.py") | Some("_weakrefset.py"));
     if from_fixture || threading {
         Ok(())
     } else {
@@ -177,14 +180,9 @@ fn dump_error(pid: u32) -> String {
 
 #[test]
 fn error_no_such_process() {
-    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(32768);
-    let pid = (2..pid_max)
-        .rev()
-        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
-        .expect("a free pid");
+    let pid_max: u32 =
+        std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768);
+    let pid = (2..pid_max).rev().find(|p| !Path::new(&format!("/proc/{p}")).exists()).expect("a free pid");
     let line = dump_error(pid);
     assert!(
         line.to_lowercase().contains("no such process") && line.contains(&pid.to_string()),
@@ -204,7 +202,9 @@ fn error_not_python() {
 
 #[test]
 fn error_unsupported_version() {
-    let Some(manifest) = load_manifest() else { return };
+    let Some(manifest) = load_manifest() else {
+        return;
+    };
     let old: Vec<Interpreter> = manifest.into_iter().filter(|i| !i.is_supported()).collect();
     if old.is_empty() {
         eprintln!("SKIP: no interpreter older than 3.8 in the manifest");
@@ -227,7 +227,9 @@ fn error_unsupported_version() {
 /// or says the process exited (or is gone), in one line, never garbage or a panic.
 #[test]
 fn target_exits_while_being_read() {
-    let Some(manifest) = load_manifest() else { return };
+    let Some(manifest) = load_manifest() else {
+        return;
+    };
     let Some(host) = manifest.iter().find(|i| i.is_supported() && !i.in_chroot()) else {
         missing_prerequisite("no supported host interpreter in the manifest");
         return;
@@ -236,7 +238,13 @@ fn target_exits_while_being_read() {
     for i in 0..30u64 {
         // Lives a few ms into its run, so dumps land before, during and after its exit.
         let mut cmd = Command::new(&host.executable);
-        cmd.args(["-c", &format!("import time\ndef f(n):\n  return f(n-1) if n else time.sleep({})\nf(50)", (i % 10) as f64 * 0.004)]);
+        cmd.args([
+            "-c",
+            &format!(
+                "import time\ndef f(n):\n  return f(n-1) if n else time.sleep({})\nf(50)",
+                (i % 10) as f64 * 0.004
+            ),
+        ]);
         let child = KillOnDrop(cmd.spawn().expect("spawn python"));
         std::thread::sleep(Duration::from_millis(25 + (i % 7) * 6));
         let out = run_vizattach(&["dump", "--pid", &child.pid().to_string(), "--json"]).unwrap();
@@ -252,7 +260,11 @@ fn target_exits_while_being_read() {
                 l.contains("exited") || l.contains("no such process") || l.contains("not a python process"),
                 "run {i}: unexpected error for an exiting target: {line}"
             );
-            if line.contains("exited") { "exit reported" } else { "gone before reading" }
+            if line.contains("exited") {
+                "exit reported"
+            } else {
+                "gone before reading"
+            }
         };
         *outcomes.entry(outcome).or_insert(0) += 1;
     }
@@ -261,7 +273,9 @@ fn target_exits_while_being_read() {
 
 #[test]
 fn error_permission_denied() {
-    let Some(manifest) = load_manifest() else { return };
+    let Some(manifest) = load_manifest() else {
+        return;
+    };
     let Some(host) = manifest.iter().find(|i| i.is_supported() && !i.in_chroot()) else {
         missing_prerequisite("no supported host interpreter in the manifest");
         return;
@@ -274,8 +288,12 @@ fn error_permission_denied() {
     let mut target = Target::start(host, "idle.py").unwrap();
     target.wait_json("expected.json", Duration::from_secs(30)).unwrap();
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", VIZATTACH])
-        .args(["dump", "--pid", &target.pid.to_string(), "--json"]);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", VIZATTACH]).args([
+        "dump",
+        "--pid",
+        &target.pid.to_string(),
+        "--json",
+    ]);
     let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
     let line = expect_error_line(&out).unwrap_or_else(|e| panic!("{e}"));
     assert!(line.contains("CAP_SYS_PTRACE"), "expected CAP_SYS_PTRACE in: {line}");
@@ -285,8 +303,12 @@ fn error_permission_denied() {
 /// expectation as the fixture recorded (kept cheap: no vizattach involved).
 #[test]
 fn harness_expected_file_is_well_formed() {
-    let Some(manifest) = load_manifest() else { return };
-    let Some(host) = manifest.iter().find(|i| i.is_supported() && !i.in_chroot()) else { return };
+    let Some(manifest) = load_manifest() else {
+        return;
+    };
+    let Some(host) = manifest.iter().find(|i| i.is_supported() && !i.in_chroot()) else {
+        return;
+    };
     let mut target = Target::start(host, "main_fixture.py").unwrap();
     let expected = target.wait_expected().unwrap();
     let names: BTreeSet<&str> = expected.threads.iter().filter_map(|t| t.name.as_deref()).collect();

@@ -57,7 +57,8 @@ fn sh(cmd: &mut Command) -> Result<(), String> {
 }
 
 fn install_tools() -> Result<Tools, String> {
-    sh(Command::new("node").arg("--version")).map_err(|e| format!("node is needed for the trace processor checks: {e}"))?;
+    sh(Command::new("node").arg("--version"))
+        .map_err(|e| format!("node is needed for the trace processor checks: {e}"))?;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fmt-tools");
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let web_dist = match std::env::var_os("VIZATTACH_TP_WEB_DIST") {
@@ -79,7 +80,10 @@ fn install_tools() -> Result<Tools, String> {
                 || !npm.join("node_modules/ajv").exists()
             {
                 fs::create_dir_all(&npm).map_err(|e| e.to_string())?;
-                sh(Command::new("npm").args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"]).arg(&npm).args(["speedscope", "ajv"]))?;
+                sh(Command::new("npm")
+                    .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                    .arg(&npm)
+                    .args(["speedscope", "ajv"]))?;
             }
             npm.join("node_modules")
         }
@@ -111,7 +115,8 @@ fn trace_processor(tools: &Tools, trace: &Path, queries: &[&str]) -> Result<Vec<
     if !out.status.success() {
         return Err(format!("query.js failed: {}", out.describe()));
     }
-    let v: Value = serde_json::from_str(out.stdout.trim()).map_err(|e| format!("query.js output ({e}): {}", out.stdout))?;
+    let v: Value =
+        serde_json::from_str(out.stdout.trim()).map_err(|e| format!("query.js output ({e}): {}", out.stdout))?;
     if !v["load_error"].is_null() {
         return Err(format!("trace processor could not load {}: {}", trace.display(), v["load_error"]));
     }
@@ -120,7 +125,12 @@ fn trace_processor(tools: &Tools, trace: &Path, queries: &[&str]) -> Result<Vec<
         if !r["error"].is_null() {
             return Err(format!("query {q:?} failed: {}", r["error"]));
         }
-        let rows = r["rows"].as_array().ok_or("no rows")?.iter().map(|row| row.as_array().cloned().unwrap_or_default()).collect();
+        let rows = r["rows"]
+            .as_array()
+            .ok_or("no rows")?
+            .iter()
+            .map(|row| row.as_array().cloned().unwrap_or_default())
+            .collect();
         results.push(QueryResult { rows });
     }
     Ok(results)
@@ -188,7 +198,9 @@ fn read_text(path: &Path) -> Result<String, String> {
     let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut s = String::new();
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut s).map_err(|e| format!("{}: gunzip: {e}", path.display()))?;
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut s)
+            .map_err(|e| format!("{}: gunzip: {e}", path.display()))?;
         return Ok(s);
     }
     String::from_utf8(bytes).map_err(|e| format!("{}: {e}", path.display()))
@@ -273,7 +285,8 @@ fn read_pftrace(path: &Path) -> Result<(Capture, BTreeMap<String, Value>, String
             let mono = cs.clocks.iter().find(|c| c.clock_id == Some(proto::CLOCK_MONOTONIC)).and_then(|c| c.timestamp);
             for c in &cs.clocks {
                 if c.is_incremental == Some(true) {
-                    let (t, m) = (c.timestamp.unwrap_or(0), mono.ok_or("incremental clock without a MONOTONIC reading")?);
+                    let (t, m) =
+                        (c.timestamp.unwrap_or(0), mono.ok_or("incremental clock without a MONOTONIC reading")?);
                     let unit = c.unit_multiplier_ns.unwrap_or(1);
                     seq.incremental = Some((t, unit, m as i64 - (t * unit) as i64));
                 }
@@ -284,7 +297,11 @@ fn read_pftrace(path: &Path) -> Result<(Capture, BTreeMap<String, Value>, String
                 seq.names.insert(n.iid.unwrap_or(0), n.name.clone().unwrap_or_default());
             }
             for l in &d.source_locations {
-                let v = (l.function_name.clone().unwrap_or_default(), l.file_name.clone().unwrap_or_default(), l.line_number.unwrap_or(0));
+                let v = (
+                    l.function_name.clone().unwrap_or_default(),
+                    l.file_name.clone().unwrap_or_default(),
+                    l.line_number.unwrap_or(0),
+                );
                 seq.locations.insert(l.iid.unwrap_or(0), v);
             }
         }
@@ -304,7 +321,8 @@ fn read_pftrace(path: &Path) -> Result<(Capture, BTreeMap<String, Value>, String
         let raw = p.timestamp.ok_or(format!("packet {i}: event without a timestamp"))?;
         let ts = match clock {
             proto::CLOCK_INCREMENTAL => {
-                let (last, unit, offset) = seq.incremental.as_mut().ok_or(format!("packet {i}: incremental clock never snapshotted"))?;
+                let (last, unit, offset) =
+                    seq.incremental.as_mut().ok_or(format!("packet {i}: incremental clock never snapshotted"))?;
                 *last += raw;
                 ((*last * *unit) as i64 + *offset) as u64
             }
@@ -316,7 +334,10 @@ fn read_pftrace(path: &Path) -> Result<(Capture, BTreeMap<String, Value>, String
             Some(proto::TYPE_SLICE_BEGIN) => {
                 let iid = e.name_iid.ok_or(format!("packet {i}: slice without an interned name"))?;
                 let name = seq.names.get(&iid).ok_or(format!("packet {i}: name iid {iid} not interned"))?.clone();
-                let loc = e.source_location_iid.and_then(|l| seq.locations.get(&l)).ok_or(format!("packet {i}: no source location"))?;
+                let loc = e
+                    .source_location_iid
+                    .and_then(|l| seq.locations.get(&l))
+                    .ok_or(format!("packet {i}: no source location"))?;
                 if name != format!("{} ({}:{})", loc.0, loc.1, loc.2) {
                     return Err(format!("packet {i}: name {name:?} does not match its source location {loc:?}"));
                 }
@@ -325,7 +346,8 @@ fn read_pftrace(path: &Path) -> Result<(Capture, BTreeMap<String, Value>, String
             Some(proto::TYPE_SLICE_END) => {
                 let stack = open.entry(track).or_default();
                 let (start, name) = stack.pop().ok_or(format!("packet {i}: SLICE_END with nothing open"))?;
-                let tid = *track_tid.get(&track).ok_or(format!("packet {i}: track {track} has no thread descriptor"))?;
+                let tid =
+                    *track_tid.get(&track).ok_or(format!("packet {i}: track {track} has no thread descriptor"))?;
                 slices.push(Slice { tid, start, neg_end: -(ts as i64), depth: stack.len(), name });
             }
             Some(proto::TYPE_INSTANT) if e.name.as_deref() == Some("vizattach capture") => {
@@ -377,7 +399,8 @@ fn read_speedscope(path: &Path) -> Result<(Capture, Value), String> {
                     if f != frame {
                         return Err(format!("C of frame {frame} closes frame {f}"));
                     }
-                    let name = frames.get(frame as usize).and_then(|f| f["name"].as_str()).ok_or("bad frame")?.to_string();
+                    let name =
+                        frames.get(frame as usize).and_then(|f| f["name"].as_str()).ok_or("bad frame")?.to_string();
                     slices.push(Slice { tid, start, neg_end: -(at as i64), depth: stack.len(), name });
                 }
                 _ => return Err(format!("bad event {e}")),
@@ -411,7 +434,12 @@ fn same_slices(what: &str, want: &Capture, got: &Capture, tolerance_ns: u64) -> 
     }
     for (i, (w, g)) in want.slices.iter().zip(&got.slices).enumerate() {
         let close = |a: u64, b: u64| a.abs_diff(b) <= tolerance_ns;
-        if w.tid != g.tid || w.depth != g.depth || w.name != g.name || !close(w.start, g.start) || !close(w.end(), g.end()) {
+        if w.tid != g.tid
+            || w.depth != g.depth
+            || w.name != g.name
+            || !close(w.start, g.start)
+            || !close(w.end(), g.end())
+        {
             return Err(format!("{what}: slice #{i} differs:\n  expected {w:?}\n  got      {g:?}"));
         }
     }
@@ -423,7 +451,12 @@ fn sql_list(tids: impl Iterator<Item = i64>) -> String {
 }
 
 /// What the trace processor makes of a trace must be what we read from it ourselves.
-fn check_in_trace_processor(tools: &Tools, path: &Path, ours: &Capture, tolerance_ns: u64) -> Result<Vec<QueryResult>, String> {
+fn check_in_trace_processor(
+    tools: &Tools,
+    path: &Path,
+    ours: &Capture,
+    tolerance_ns: u64,
+) -> Result<Vec<QueryResult>, String> {
     let tids = sql_list(ours.threads.keys().copied());
     let r = trace_processor(
         tools,
@@ -459,7 +492,11 @@ fn check_in_trace_processor(tools: &Tools, path: &Path, ours: &Capture, toleranc
     same_slices(&format!("{what} in the trace processor"), ours, &tp, tolerance_ns)?;
     let max_depth = |c: &Capture| c.slices.iter().map(|s| s.depth).max();
     if max_depth(ours) != max_depth(&tp) {
-        return Err(format!("{what}: max depth {:?} in the trace processor, {:?} ours", max_depth(&tp), max_depth(ours)));
+        return Err(format!(
+            "{what}: max depth {:?} in the trace processor, {:?} ours",
+            max_depth(&tp),
+            max_depth(ours)
+        ));
     }
     if r[2].rows[0][0].as_i64() != Some(0) {
         return Err(format!("{what}: {} unfinished slices", r[2].rows[0][0]));
@@ -476,7 +513,8 @@ fn check_speedscope(tools: &Tools, path: &Path) -> Result<(), String> {
     let mut cmd = Command::new("node");
     cmd.arg(Path::new(TP_DIR).join("speedscope.js")).arg(&tools.node_modules).arg(path);
     let out = run_with_timeout(cmd, Duration::from_secs(120))?;
-    let v: Value = serde_json::from_str(out.stdout.trim()).map_err(|e| format!("speedscope.js ({e}): {}", out.describe()))?;
+    let v: Value =
+        serde_json::from_str(out.stdout.trim()).map_err(|e| format!("speedscope.js ({e}): {}", out.describe()))?;
     if v["schema_errors"].as_array().is_none_or(|e| !e.is_empty()) {
         return Err(format!("speedscope schema errors: {}", v["schema_errors"]));
     }
@@ -494,7 +532,13 @@ fn check_speedscope(tools: &Tools, path: &Path) -> Result<(), String> {
 
 /// Launch-mode capture of fixture `name` with `args`, written to every file in `outputs`
 /// (host paths in `work`; the first is `-o`, the others through VIZATTACH_ALSO_WRITE).
-fn record_all(work: &WorkDir, outputs: &[&str], rate: &str, fixture: &str, args: &[String]) -> Result<RunOutput, String> {
+fn record_all(
+    work: &WorkDir,
+    outputs: &[&str],
+    rate: &str,
+    fixture: &str,
+    args: &[String],
+) -> Result<RunOutput, String> {
     let paths: Vec<PathBuf> = outputs.iter().map(|o| work.host_path(o)).collect();
     let mut cmd = Command::new(VIZATTACH);
     cmd.args(["record", "-q", "--rate", rate, "-o"]).arg(&paths[0]);
@@ -512,9 +556,14 @@ fn format_targets() -> Option<Vec<Interpreter>> {
     let all = load_manifest()?;
     let mut chosen = Vec::new();
     for (name, minor) in [("host-python3.11", "3.11"), ("", "3.14")] {
-        match all.iter().find(|i| (name.is_empty() || i.name == name) && i.minor_version() == minor && (name.is_empty() == i.in_chroot())) {
+        match all.iter().find(|i| {
+            (name.is_empty() || i.name == name) && i.minor_version() == minor && (name.is_empty() == i.in_chroot())
+        }) {
             Some(i) => chosen.push(i.clone()),
-            None => missing_prerequisite(&format!("no {minor} interpreter{} in the manifest", if name.is_empty() { " in a chroot" } else { "" })),
+            None => missing_prerequisite(&format!(
+                "no {minor} interpreter{} in the manifest",
+                if name.is_empty() { " in a chroot" } else { "" }
+            )),
         }
     }
     Some(chosen)
@@ -551,7 +600,9 @@ fn one_capture(interp: &Interpreter, tools: &Tools) -> Result<(), String> {
     // .pftrace times are in microseconds (see src/output/perfetto.rs)
     same_slices("cap.pftrace", &json, &pf, 1000)?;
     same_slices("cap.speedscope.json", &json, &ss, 2)?;
-    for (what, threads) in [("cap.json.gz", &json_gz.threads), ("cap.pftrace", &pf.threads), ("cap.speedscope.json", &ss.threads)] {
+    for (what, threads) in
+        [("cap.json.gz", &json_gz.threads), ("cap.pftrace", &pf.threads), ("cap.speedscope.json", &ss.threads)]
+    {
         if threads != &json.threads {
             return Err(format!("{what}: threads {threads:?}, cap.json has {:?}", json.threads));
         }
@@ -570,7 +621,9 @@ fn one_capture(interp: &Interpreter, tools: &Tools) -> Result<(), String> {
     if prefixes != paths {
         let only_c: Vec<_> = prefixes.difference(&paths).take(5).collect();
         let only_s: Vec<_> = paths.difference(&prefixes).take(5).collect();
-        return Err(format!("collapsed stacks and slices disagree: only in collapsed {only_c:?}; only in slices {only_s:?}"));
+        return Err(format!(
+            "collapsed stacks and slices disagree: only in collapsed {only_c:?}; only in slices {only_s:?}"
+        ));
     }
     let samples = meta["samples"].as_u64().ok_or("no samples in viztracer_metadata")?;
     let main_samples: u64 = collapsed.iter().filter(|((t, _), _)| *t == main_tid).map(|(_, n)| n).sum();
@@ -601,8 +654,11 @@ fn one_capture(interp: &Interpreter, tools: &Tools) -> Result<(), String> {
 
     // the real trace processor reads the same slices, names and threads
     let r = check_in_trace_processor(tools, &work.host_path("cap.pftrace"), &pf, 0)?;
-    let tp_meta: BTreeMap<String, String> =
-        r[4].rows.iter().map(|row| (row[0].as_str().unwrap_or("").to_string(), row[1].to_string().trim_matches('"').to_string())).collect();
+    let tp_meta: BTreeMap<String, String> = r[4]
+        .rows
+        .iter()
+        .map(|row| (row[0].as_str().unwrap_or("").to_string(), row[1].to_string().trim_matches('"').to_string()))
+        .collect();
     if tp_meta.get("debug.samples") != Some(&samples.to_string()) {
         return Err(format!("trace processor sees metadata {tp_meta:?}"));
     }
@@ -613,14 +669,20 @@ fn one_capture(interp: &Interpreter, tools: &Tools) -> Result<(), String> {
         interp.name,
         json.slices.len(),
         json.threads.len(),
-        OUTPUTS.iter().map(|o| format!("{o} {}", fs::metadata(work.host_path(o)).map(|m| m.len()).unwrap_or(0))).collect::<Vec<_>>().join(", ")
+        OUTPUTS
+            .iter()
+            .map(|o| format!("{o} {}", fs::metadata(work.host_path(o)).map(|m| m.len()).unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
 
 #[test]
 fn one_capture_every_writer() {
-    let Some(targets) = format_targets() else { return };
+    let Some(targets) = format_targets() else {
+        return;
+    };
     let Some(tools) = tools() else { return };
     for_each_interpreter(&targets, 2, |i| one_capture(i, tools));
 }
@@ -642,7 +704,19 @@ fn unknown_format_is_one_line_listing_the_formats() {
     assert!(out.stderr.contains("unknown format 'nope'") && out.stderr.contains("perfetto"), "{}", out.describe());
     // --format overrides any extension
     let p = dir.join(format!("forced-{}.trace", std::process::id()));
-    let out = run_vizattach(&["record", "-q", "--format", "perfetto", "-o", p.to_str().unwrap(), "--", HOST_PYTHON311, "-c", "pass"]).unwrap();
+    let out = run_vizattach(&[
+        "record",
+        "-q",
+        "--format",
+        "perfetto",
+        "-o",
+        p.to_str().unwrap(),
+        "--",
+        HOST_PYTHON311,
+        "-c",
+        "pass",
+    ])
+    .unwrap();
     assert!(out.status.success(), "{}", out.describe());
     let bytes = fs::read(&p).unwrap();
     proto::Trace::decode(&bytes[..]).expect("--format perfetto writes protobuf");
@@ -654,7 +728,8 @@ fn unwritable_output_fails_before_attaching() {
     for ext in ["json", "json.gz", "pftrace", "speedscope.json", "collapsed", "svg"] {
         let started = Instant::now();
         let path = format!("/proc/vizattach-no-such-dir/out.{ext}");
-        let out = run_vizattach(&["record", "-o", &path, "--", HOST_PYTHON311, "-c", "import time; time.sleep(30)"]).unwrap();
+        let out =
+            run_vizattach(&["record", "-o", &path, "--", HOST_PYTHON311, "-c", "import time; time.sleep(30)"]).unwrap();
         let line = expect_error_line(&out).unwrap();
         assert!(line.contains("cannot write") && line.contains(&path), "{line}");
         assert!(started.elapsed() < Duration::from_secs(5), "{ext}: the error took {:?}", started.elapsed());
@@ -690,7 +765,12 @@ fn disk_full_is_a_clear_error_and_the_pftrace_stays_valid() {
     for (name, valid_prefix) in [("full.pftrace", true), ("full.json", false), ("full.speedscope.json", false)] {
         let path = disk.0.join(name);
         let mut cmd = Command::new(VIZATTACH);
-        cmd.args(["record", "-q", "--rate", "10000", "-o"]).arg(&path).arg("--").arg(HOST_PYTHON311).arg(&fixture).arg("3");
+        cmd.args(["record", "-q", "--rate", "10000", "-o"])
+            .arg(&path)
+            .arg("--")
+            .arg(HOST_PYTHON311)
+            .arg(&fixture)
+            .arg("3");
         let out = run_with_timeout(cmd, Duration::from_secs(60)).unwrap();
         let line = expect_error_line(&out).unwrap();
         assert!(line.contains("No space left on device") && line.contains(name), "{name}: {line}");
@@ -731,7 +811,11 @@ fn pftrace_size_on_the_benchmark_workload() {
     let size = |o: &str| fs::metadata(work.host_path(o)).unwrap().len();
     let bytes = fs::read(work.host_path("size.pftrace")).unwrap();
     let trace = proto::Trace::decode(&bytes[..]).unwrap();
-    let slices = trace.packet.iter().filter(|p| p.track_event.as_ref().is_some_and(|e| e.r#type == Some(proto::TYPE_SLICE_END))).count() as u64;
+    let slices = trace
+        .packet
+        .iter()
+        .filter(|p| p.track_event.as_ref().is_some_and(|e| e.r#type == Some(proto::TYPE_SLICE_END)))
+        .count() as u64;
     let (json, pf) = (size("size.json"), size("size.pftrace"));
     eprintln!(
         "deep_loop.py 10 s at 10 kHz: {slices} slices; {}; pftrace {:.1} bytes/slice, json/pftrace {:.1}\n{}",

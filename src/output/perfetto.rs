@@ -286,7 +286,11 @@ impl Perfetto {
             track_descriptor: Some(TrackDescriptor {
                 uuid: Some(uuid(self.pid, tid)),
                 parent_uuid: Some(self.process_uuid),
-                thread: Some(ThreadDescriptor { pid: Some(self.pid), tid: Some(tid), thread_name: name.map(String::from) }),
+                thread: Some(ThreadDescriptor {
+                    pid: Some(self.pid),
+                    tid: Some(tid),
+                    thread_name: name.map(String::from),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -415,9 +419,18 @@ impl Perfetto {
     }
 
     fn metadata(&self, info: &CaptureInfo) -> TrackEvent {
-        let s = |name: &str, v: &str| DebugAnnotation { name: Some(name.into()), string_value: Some(v.into()), ..Default::default() };
-        let u = |name: &str, v: u64| DebugAnnotation { name: Some(name.into()), uint_value: Some(v), ..Default::default() };
-        let f = |name: &str, v: f64| DebugAnnotation { name: Some(name.into()), double_value: Some(v), ..Default::default() };
+        let s = |name: &str, v: &str| DebugAnnotation {
+            name: Some(name.into()),
+            string_value: Some(v.into()),
+            ..Default::default()
+        };
+        let u =
+            |name: &str, v: u64| DebugAnnotation { name: Some(name.into()), uint_value: Some(v), ..Default::default() };
+        let f = |name: &str, v: f64| DebugAnnotation {
+            name: Some(name.into()),
+            double_value: Some(v),
+            ..Default::default()
+        };
         TrackEvent {
             r#type: Some(TYPE_INSTANT),
             name: Some("vizattach capture".into()),
@@ -432,7 +445,12 @@ impl Perfetto {
                 u("samples", info.samples),
                 u("missed_ticks", info.missed_ticks),
                 u("dropped_samples", info.dropped_samples),
-                u("read_errors", info.read_errors),
+                u("thread_samples", info.thread_samples),
+                u("lost_samples", info.lost_samples.get("total").copied().unwrap_or(0)),
+                u("retried_samples", info.retried_samples),
+                s("losses", &info.losses()),
+                u("calls_told_apart_by_locals", info.calls_told_apart.get("locals").copied().unwrap_or(0)),
+                u("calls_told_apart_by_offset", info.calls_told_apart.get("offset").copied().unwrap_or(0)),
                 f("longest_lag_us", info.longest_lag_us),
                 f("duration_s", info.duration_s),
                 s("clock", info.clock),

@@ -119,7 +119,12 @@ impl Sink for Speedscope {
             )?;
             for (j, &(at, f)) in p.events.iter().enumerate() {
                 let (kind, frame) = if f & OPEN != 0 { ('O', f & !OPEN) } else { ('C', f) };
-                write!(w, "{}{{\"type\":\"{kind}\",\"frame\":{frame},\"at\":{}}}", if j > 0 { "," } else { "" }, at - base)?;
+                write!(
+                    w,
+                    "{}{{\"type\":\"{kind}\",\"frame\":{frame},\"at\":{}}}",
+                    if j > 0 { "," } else { "" },
+                    at - base
+                )?;
             }
             w.write_all(b"]}")?;
         }

@@ -107,7 +107,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// "3.9.2", "3.10.13", "3.15.0a1", "3.12.0rc2", "3.9.2+"
 fn is_version(s: &str) -> bool {
     let mut parts = s.splitn(3, '.');
-    let (Some(a), Some(b), Some(c)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let (Some(a), Some(b), Some(c)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
     let digits = |t: &str| !t.is_empty() && t.len() <= 3 && t.bytes().all(|c| c.is_ascii_digit());
     let micro_len = c.bytes().take_while(|c| c.is_ascii_digit()).count();
     let tail = &c[micro_len..];

@@ -13,6 +13,8 @@ pub enum ReadError {
     /// Readable, but not the kind of object expected (3.13+ frames may run other things
     /// than code objects).
     NotCode,
+    /// Not in the copy being read (a tick's prefetched view): read it and try again.
+    Missing,
     Other(i32),
 }
 
@@ -21,13 +23,12 @@ impl ReadError {
         match self {
             ReadError::Gone => Error::TargetExited(pid),
             ReadError::Denied => Error::PermissionDenied { pid, what: "memory".into() },
-            ReadError::Fault | ReadError::NotCode => {
+            ReadError::Fault | ReadError::NotCode | ReadError::Missing => {
                 Error::Inconsistent(format!("process {pid}: read an unmapped address"))
             }
-            ReadError::Other(e) => Error::Io(format!(
-                "reading memory of process {pid}: {}",
-                std::io::Error::from_raw_os_error(e)
-            )),
+            ReadError::Other(e) => {
+                Error::Io(format!("reading memory of process {pid}: {}", std::io::Error::from_raw_os_error(e)))
+            }
         }
     }
 }
@@ -58,84 +59,99 @@ impl Memory {
             Err(e) => Err(e.into_error(self.pid)),
         }
     }
+}
 
-    pub fn read(&self, addr: u64, buf: &mut [u8]) -> ReadResult<()> {
+/// A piece of a batched read: `len` bytes at `addr` in the target go to `at` in the
+/// caller's buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    pub addr: u64,
+    pub len: usize,
+    pub at: usize,
+}
+
+/// Anything that reads a target's memory: the live process, the copy one tick made of
+/// it (process/prefetch.rs), and in tests a simulated memory that changes between reads.
+/// Every reader of interpreter structures goes through this, so the same walk serves
+/// dumps, scans and the sampler.
+pub trait ReadMem {
+    /// Fills `buf` from the spans, in order. Returns how many spans were filled
+    /// completely: a span the target does not map ends the read there.
+    fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize>;
+
+    fn read(&self, addr: u64, buf: &mut [u8]) -> ReadResult<()> {
         if buf.is_empty() {
             return Ok(());
         }
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
-        // SAFETY: local points at buf, valid for buf.len() bytes; the kernel checks remote.
-        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
-        if n < 0 {
-            return Err(errno_to_read_error());
+        let span = Span { addr, len: buf.len(), at: 0 };
+        match self.read_spans(&[span], buf)? {
+            1 => Ok(()),
+            _ => Err(ReadError::Fault),
         }
-        if n as usize != buf.len() {
-            return Err(ReadError::Fault);
-        }
-        Ok(())
     }
 
-    /// Reads several (address, buffer) pieces in one system call. Returns how many bytes
-    /// were read in total; pieces are filled in order, so a short count means the piece
-    /// containing that byte and all after it are incomplete.
-    pub fn read_many(&self, pieces: &mut [(u64, &mut [u8])]) -> ReadResult<usize> {
-        const IOV_MAX: usize = 1024;
-        let mut total = 0usize;
-        for chunk in pieces.chunks_mut(IOV_MAX) {
-            let mut local: [libc::iovec; 64] = unsafe { std::mem::zeroed() };
-            let mut remote: [libc::iovec; 64] = unsafe { std::mem::zeroed() };
-            for group in chunk.chunks_mut(64) {
-                let mut want = 0usize;
-                for (i, (addr, buf)) in group.iter_mut().enumerate() {
-                    local[i] = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-                    remote[i] = libc::iovec { iov_base: *addr as *mut libc::c_void, iov_len: buf.len() };
-                    want += buf.len();
-                }
-                // SAFETY: each local iovec points into a live &mut buffer of its length.
-                let n = unsafe {
-                    libc::process_vm_readv(
-                        self.pid,
-                        local.as_ptr(),
-                        group.len() as libc::c_ulong,
-                        remote.as_ptr(),
-                        group.len() as libc::c_ulong,
-                        0,
-                    )
-                };
-                if n < 0 {
-                    return Err(errno_to_read_error());
-                }
-                total += n as usize;
-                if (n as usize) < want {
-                    return Ok(total);
-                }
-            }
-        }
-        Ok(total)
-    }
-
-    pub fn read_u64(&self, addr: u64) -> ReadResult<u64> {
+    fn read_u64(&self, addr: u64) -> ReadResult<u64> {
         let mut b = [0u8; 8];
         self.read(addr, &mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 
-    pub fn read_u32(&self, addr: u64) -> ReadResult<u32> {
+    fn read_u32(&self, addr: u64) -> ReadResult<u32> {
         let mut b = [0u8; 4];
         self.read(addr, &mut b)?;
         Ok(u32::from_le_bytes(b))
     }
 
-    pub fn read_vec(&self, addr: u64, len: usize) -> ReadResult<Vec<u8>> {
+    fn read_vec(&self, addr: u64, len: usize) -> ReadResult<Vec<u8>> {
         let mut v = vec![0u8; len];
         self.read(addr, &mut v)?;
         Ok(v)
     }
 }
 
-fn errno_to_read_error() -> ReadError {
-    errno_to_read_error_code(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+impl ReadMem for Memory {
+    /// One process_vm_readv per 64 spans (the kernel copies them in order, so pieces
+    /// next to each other in the list are read microseconds apart at most).
+    fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
+        let mut filled = 0;
+        for group in spans.chunks(64) {
+            let mut local: [libc::iovec; 64] = unsafe { std::mem::zeroed() };
+            let mut remote: [libc::iovec; 64] = unsafe { std::mem::zeroed() };
+            let mut want = 0;
+            for (i, s) in group.iter().enumerate() {
+                let Some(dst) = buf.get_mut(s.at..s.at + s.len) else {
+                    return Err(ReadError::Fault);
+                };
+                local[i] = libc::iovec { iov_base: dst.as_mut_ptr().cast(), iov_len: s.len };
+                remote[i] = libc::iovec { iov_base: s.addr as *mut libc::c_void, iov_len: s.len };
+                want += s.len;
+            }
+            // SAFETY: each local iovec points into `buf`, inside its bounds (checked above);
+            // the kernel checks the remote ones.
+            let n = unsafe {
+                libc::process_vm_readv(self.pid, local.as_ptr(), group.len() as _, remote.as_ptr(), group.len() as _, 0)
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                if e == libc::EFAULT {
+                    return Ok(filled); // the group's first span itself is unmapped
+                }
+                return Err(errno_to_read_error_code(e));
+            }
+            let mut left = n as usize;
+            for s in group {
+                if left < s.len {
+                    return Ok(filled);
+                }
+                left -= s.len;
+                filled += 1;
+            }
+            if (n as usize) < want {
+                return Ok(filled);
+            }
+        }
+        Ok(filled)
+    }
 }
 
 pub fn errno_to_read_error_code(e: i32) -> ReadError {

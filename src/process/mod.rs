@@ -4,6 +4,8 @@ pub mod elf;
 pub mod maps;
 pub mod memory;
 pub mod prefetch;
+#[cfg(test)]
+pub mod simmem;
 pub mod tasks;
 
 use crate::error::{Error, Result};
@@ -84,7 +86,9 @@ impl Process {
 
 /// Running or sleeping: not gone, not a zombie waiting to be reaped.
 pub fn is_alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // the state follows the command name, which is in parentheses and may hold anything
     let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
     !matches!(state, None | Some("Z") | Some("X") | Some("x"))

@@ -1,95 +1,172 @@
-//! Many pieces of the target's memory read in one process_vm_readv, then served locally.
-//! The sampler asks for everything it expects to need this tick (thread states, the
-//! used part of each data-stack chunk, last tick's frames) at once; what turns out to be
-//! elsewhere is read on demand.
+//! Many pieces of the target's memory read in one batch, then served locally: the copy
+//! a tick walks. The sampler asks for everything it expects to need (thread states, the
+//! used part of each data-stack chunk, last tick's frames) at once; whatever the walk
+//! then wants that is not in the copy is `ReadError::Missing`, never read behind the
+//! copy's back, so everything one walk sees was read in one pass.
+//!
+//! Some pieces are *checks*: a field read a second time at the end of a thread's group,
+//! to tell whether the thread moved while its group was copied. Checks are reached by
+//! the handle `want_check` returns, never by address, so they do not shadow the first
+//! read of the same field.
 
-use super::memory::{Memory, ReadResult};
+use super::memory::{ReadError, ReadMem, ReadResult, Span};
 
 #[derive(Default)]
 pub struct Prefetch {
-    /// (address, length, offset into buf), in the order requested
-    spans: Vec<(u64, usize, usize)>,
-    /// how many spans the last read filled completely
-    filled: usize,
+    spans: Vec<Span>,
+    /// whether spans[i] is a check (not served by address)
+    check: Vec<bool>,
+    /// whether the last read filled spans[i] completely
+    ok: Vec<bool>,
     buf: Vec<u8>,
+    /// indices of filled, non-check spans sorted by address, and the largest end of
+    /// any span up to each position (lets a lookup stop early when walking back)
+    index: Vec<u32>,
+    max_end: Vec<u64>,
 }
 
 impl Prefetch {
     pub fn clear(&mut self) {
         self.spans.clear();
-        self.filled = 0;
+        self.check.clear();
+        self.ok.clear();
         self.buf.clear();
+        self.index.clear();
+        self.max_end.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn push(&mut self, addr: u64, len: usize, check: bool) -> usize {
+        let at = self.buf.len();
+        self.spans.push(Span { addr, len, at });
+        self.check.push(check);
+        self.buf.resize(at + len, 0); // no allocation once the buffer has grown
+        self.spans.len() - 1
     }
 
     pub fn want(&mut self, addr: u64, len: usize) {
-        if addr == 0 || len == 0 {
-            return;
+        if addr != 0 && len != 0 {
+            self.push(addr, len, false);
         }
-        let at = self.buf.len();
-        self.spans.push((addr, len, at));
-        self.buf.resize(at + len, 0); // no allocation once the buffer has grown
     }
 
-    /// One system call for up to 1024 pieces per call. A piece the target does not map
-    /// any more ends the read there; later pieces count as not read.
-    pub fn read(&mut self, mem: &Memory) -> ReadResult<()> {
-        const BATCH: usize = 1024;
-        let mut done = 0;
-        while done < self.spans.len() {
-            let group = &self.spans[done..(done + BATCH).min(self.spans.len())];
-            let mut local: [libc::iovec; 64] = unsafe { std::mem::zeroed() };
-            let mut remote: [libc::iovec; 64] = unsafe { std::mem::zeroed() };
-            let mut ok = 0;
-            for sub in group.chunks(64) {
-                let mut want = 0;
-                for (i, &(addr, len, at)) in sub.iter().enumerate() {
-                    // SAFETY: at..at+len lies inside buf (want() grew it); buf is not
-                    // resized until the read returns.
-                    local[i] = libc::iovec { iov_base: unsafe { self.buf.as_mut_ptr().add(at) }.cast(), iov_len: len };
-                    remote[i] = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len };
-                    want += len;
-                }
-                let n = unsafe {
-                    libc::process_vm_readv(mem.pid, local.as_ptr(), sub.len() as _, remote.as_ptr(), sub.len() as _, 0)
-                };
-                if n < 0 {
-                    let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-                    if e == libc::EFAULT {
-                        // the first piece itself is unmapped: nothing of this sub-batch
-                        self.filled = done + ok;
-                        return Ok(());
-                    }
-                    return Err(super::memory::errno_to_read_error_code(e));
-                }
-                let mut left = n as usize;
-                for &(_, len, _) in sub {
-                    if left >= len {
-                        left -= len;
-                        ok += 1;
-                    } else {
-                        break;
-                    }
-                }
-                if (n as usize) < want {
-                    self.filled = done + ok;
-                    return Ok(());
-                }
-            }
-            done += group.len();
+    /// A second read of a field already asked for; its bytes come from `checked`.
+    pub fn want_check(&mut self, addr: u64, len: usize) -> Option<usize> {
+        (addr != 0 && len != 0).then(|| self.push(addr, len, true))
+    }
+
+    /// Reads every span, in the order asked. A span the target does not map is skipped
+    /// (the read goes on after it), so one thread's stale plan costs the others nothing.
+    pub fn fetch(&mut self, mem: &dyn ReadMem) -> ReadResult<()> {
+        self.ok.clear();
+        self.ok.resize(self.spans.len(), false);
+        let mut from = 0;
+        while from < self.spans.len() {
+            let n = mem.read_spans(&self.spans[from..], &mut self.buf)?;
+            self.ok[from..from + n].iter_mut().for_each(|o| *o = true);
+            from += n + 1;
         }
-        self.filled = self.spans.len();
+        self.index.clear();
+        self.index.extend((0..self.spans.len() as u32).filter(|&i| self.ok[i as usize] && !self.check[i as usize]));
+        let spans = &self.spans;
+        self.index.sort_unstable_by_key(|&i| spans[i as usize].addr);
+        self.max_end.clear();
+        let mut end = 0;
+        for &i in &self.index {
+            let s = &spans[i as usize];
+            end = end.max(s.addr + s.len as u64);
+            self.max_end.push(end);
+        }
         Ok(())
     }
 
-    /// The bytes at [addr, addr+len) if one filled piece covers them.
+    /// The bytes of check `id`, if the read reached it.
+    pub fn checked(&self, id: usize) -> Option<&[u8]> {
+        let s = self.spans.get(id).filter(|_| self.ok.get(id) == Some(&true))?;
+        self.buf.get(s.at..s.at + s.len)
+    }
+
+    /// The bytes at [addr, addr+len) if one filled span covers them.
     #[inline]
     pub fn get(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        for &(a, l, at) in &self.spans[..self.filled] {
-            if addr >= a && addr + len as u64 <= a + l as u64 {
-                let o = at + (addr - a) as usize;
+        let end = addr.checked_add(len as u64)?;
+        // the last span starting at or before addr, then back while any span may reach
+        let mut i = self.index.partition_point(|&i| self.spans[i as usize].addr <= addr);
+        while i > 0 {
+            i -= 1;
+            if self.max_end[i] < end {
+                return None;
+            }
+            let s = &self.spans[self.index[i] as usize];
+            if end <= s.addr + s.len as u64 {
+                let o = s.at + (addr - s.addr) as usize;
                 return self.buf.get(o..o + len);
             }
         }
         None
+    }
+}
+
+/// The copy read as memory: what it does not hold is `Missing`.
+impl ReadMem for Prefetch {
+    fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
+        for s in spans {
+            let src = self.get(s.addr, s.len).ok_or(ReadError::Missing)?;
+            buf.get_mut(s.at..s.at + s.len).ok_or(ReadError::Fault)?.copy_from_slice(src);
+        }
+        Ok(spans.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memory that holds `0x1000..0x3000`, each byte the low byte of its address.
+    struct Flat;
+    impl ReadMem for Flat {
+        fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
+            for (n, s) in spans.iter().enumerate() {
+                if s.addr < 0x1000 || s.addr + s.len as u64 > 0x3000 {
+                    return Ok(n);
+                }
+                for k in 0..s.len {
+                    buf[s.at + k] = (s.addr + k as u64) as u8;
+                }
+            }
+            Ok(spans.len())
+        }
+    }
+
+    #[test]
+    fn serves_covered_ranges_and_misses_the_rest() {
+        let mut p = Prefetch::default();
+        p.want(0x2000, 0x100);
+        p.want(0x1000, 0x40);
+        p.want(0x1010, 0x8); // inside the previous one
+        let c = p.want_check(0x1000, 8).unwrap();
+        p.fetch(&Flat).unwrap();
+        assert_eq!(p.get(0x1010, 4), Some(&[0x10, 0x11, 0x12, 0x13][..]));
+        assert_eq!(p.get(0x20f8, 8).map(|b| b[0]), Some(0xf8));
+        assert_eq!(p.get(0x20fc, 8), None); // runs past the span
+        assert_eq!(p.get(0x1800, 8), None);
+        assert_eq!(p.checked(c).map(|b| b[1]), Some(0x01));
+        let mut b = [0u8; 2];
+        assert_eq!(p.read(0x1800, &mut b), Err(ReadError::Missing));
+    }
+
+    #[test]
+    fn an_unmapped_span_is_skipped_and_the_read_goes_on() {
+        let mut p = Prefetch::default();
+        p.want(0x1000, 8);
+        p.want(0x9000, 8);
+        p.want(0x1100, 8);
+        p.fetch(&Flat).unwrap();
+        assert!(p.get(0x1000, 8).is_some());
+        assert!(p.get(0x9000, 8).is_none());
+        assert!(p.get(0x1100, 8).is_some());
     }
 }

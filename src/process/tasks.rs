@@ -16,7 +16,9 @@ impl Tasks {
         let mut ns_to_ours = HashMap::new();
         if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for e in dir.flatten() {
-                let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+                let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
                 tids.push(tid);
                 if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) {
                     if let Some(line) = status.lines().find(|l| l.starts_with("NSpid:")) {

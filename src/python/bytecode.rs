@@ -35,7 +35,7 @@
 
 use super::layout::Layout;
 use super::strings::read_bytes;
-use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
+use crate::process::memory::{Fields, ReadMem, ReadError, ReadResult};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
@@ -398,11 +398,11 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
 /// Reads what the analysis needs from the code object at `addr` and analyses it. Any
 /// read that fails or looks implausible gives no proofs, never an error: the rest of
 /// the code object's entry stays useful.
-pub fn read_proofs(mem: &Memory, layout: &Layout, addr: u64) -> CallProofs {
+pub fn read_proofs(mem: &dyn ReadMem, layout: &Layout, addr: u64) -> CallProofs {
     read_shape_and_analyze(mem, layout, addr).unwrap_or_else(|_| CallProofs::none())
 }
 
-fn read_shape_and_analyze(mem: &Memory, layout: &Layout, addr: u64) -> ReadResult<CallProofs> {
+fn read_shape_and_analyze(mem: &dyn ReadMem, layout: &Layout, addr: u64) -> ReadResult<CallProofs> {
     let ops = Opcodes::for_minor(&layout.about.minor).ok_or(ReadError::Fault)?;
     let c = &layout.code;
     let need = |o: Option<u64>| o.ok_or(ReadError::Fault);

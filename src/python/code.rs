@@ -7,7 +7,7 @@ use super::bytecode::{self, CallProofs};
 use super::layout::Layout;
 use super::linetable;
 use super::strings::{read_bytes, read_unicode};
-use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
+use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -57,6 +57,16 @@ impl CodeInfo {
         }
     }
 
+    /// What a stack walk needs of this code object.
+    pub fn facts(&self) -> super::stack::CodeFacts {
+        super::stack::CodeFacts {
+            bytecode_start: self.bytecode_start,
+            first_traceable: self.first_traceable,
+            fixed_slots: self.proofs.fixed_slots,
+            undeletable: self.proofs.undeletable,
+        }
+    }
+
     /// Whether `bytes`, read at the code object's identity span, are still this entry's.
     pub fn identity_matches(&self, layout: &Layout, bytes: &[u8]) -> bool {
         let c = &layout.code;
@@ -83,17 +93,25 @@ pub struct CodeCache {
 /// How much of a code object we read at once: every field we use lies below this.
 fn header_len(layout: &Layout) -> usize {
     let c = &layout.code;
-    let max = [c.filename, c.name, c.qualname.unwrap_or(0), c.firstlineno, c.linetable, c.firsttraceable.unwrap_or(0), layout.object.ob_type]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
+    let max = [
+        c.filename,
+        c.name,
+        c.qualname.unwrap_or(0),
+        c.firstlineno,
+        c.linetable,
+        c.firsttraceable.unwrap_or(0),
+        layout.object.ob_type,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
     (max + 8) as usize
 }
 
 impl CodeCache {
     /// Reads (or finds) the code object at `addr`. `code_type` is PyCode_Type: anything
     /// else at that address is not a code object (3.13+ frames may hold other executables).
-    pub fn get(&mut self, mem: &Memory, layout: &Layout, code_type: u64, addr: u64) -> ReadResult<Arc<CodeInfo>> {
+    pub fn get(&mut self, mem: &dyn ReadMem, layout: &Layout, code_type: u64, addr: u64) -> ReadResult<Arc<CodeInfo>> {
         let mut head = [0u8; 512];
         let n = header_len(layout).min(head.len());
         mem.read(addr, &mut head[..n])?;

@@ -5,7 +5,7 @@
 
 use super::layout::Layout;
 use super::version::Version;
-use crate::process::memory::{Fields, Memory, ReadError};
+use crate::process::memory::{Fields, ReadError, ReadMem};
 
 pub enum Problem {
     Read(ReadError),
@@ -15,7 +15,7 @@ pub enum Problem {
 const COOKIE: &[u8; 8] = b"xdebugpy";
 
 /// Overlays the target's offsets onto `layout`; returns a note per difference.
-pub fn apply(mem: &Memory, runtime: u64, version: &Version, layout: &mut Layout) -> Result<Vec<String>, Problem> {
+pub fn apply(mem: &dyn ReadMem, runtime: u64, version: &Version, layout: &mut Layout) -> Result<Vec<String>, Problem> {
     let header = layout.debug.clone().ok_or_else(|| Problem::Refuse("table lacks the debug header".into()))?;
     let span = layout.debug_offsets.values().copied().max().unwrap_or(0) + 8;
     let mut buf = vec![0u8; span.max(header.free_threaded + 8) as usize];
@@ -31,6 +31,7 @@ pub fn apply(mem: &Memory, runtime: u64, version: &Version, layout: &mut Layout)
         return Err(Problem::Refuse("free-threaded builds are not supported yet".into()));
     }
     let mut notes = Vec::new();
+    let chunk_before = layout.tstate.datastack_chunk;
     for (field, &at) in layout.debug_offsets.clone().iter() {
         let value = buf.u64_at(at);
         // An offset into a struct is never this large: the description itself is not
@@ -44,6 +45,13 @@ pub fn apply(mem: &Memory, runtime: u64, version: &Version, layout: &mut Layout)
                 *ours = value;
             }
         }
+    }
+    // The target describes datastack_chunk but not datastack_top, its neighbour in every
+    // version's header: where the one moved, so did the other.
+    if let (Some(before), Some(after), Some(top)) =
+        (chunk_before, layout.tstate.datastack_chunk, layout.tstate.datastack_top.as_mut())
+    {
+        *top = top.wrapping_add(after).wrapping_sub(before);
     }
     Ok(notes)
 }

@@ -1,11 +1,12 @@
 //! Finding the interpreter inside a process: which binary holds the runtime, where
 //! `_PyRuntime` is in memory, which version it is, and its layout.
 
-use super::{debug_offsets, scan};
 use super::layout::Layout;
 use super::version::Version;
+use super::{debug_offsets, scan};
 use crate::error::{Error, Result};
 use crate::process::elf::ElfInfo;
+use crate::process::memory::ReadMem;
 use crate::process::{MapEntry, Process};
 
 /// Everything the reader needs to know about the target's interpreter.
@@ -41,9 +42,9 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
     let candidates = candidates(process)?;
     let exe_display = process.exe.trim_end_matches(" (deleted)").to_string();
     let by_symbol = match how {
-        Discovery::Symbols => candidates
-            .iter()
-            .find_map(|c| runtime_vaddr(&c.elf).map(|r| (c, c.elf.to_memory(r, c.map.start)))),
+        Discovery::Symbols => {
+            candidates.iter().find_map(|c| runtime_vaddr(&c.elf).map(|r| (c, c.elf.to_memory(r, c.map.start))))
+        }
         Discovery::Scan => None,
     };
     let found = by_symbol.or_else(|| {
@@ -96,16 +97,17 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
     if version.major != 3 {
         return Err(Error::UnsupportedVersion { version: version.to_string(), why: "not CPython 3".into() });
     }
-    let mut layout = Layout::for_minor(version.major, version.minor).ok_or_else(|| Error::UnsupportedVersion {
-        // without a table we could not read sys.version, so only the minor is known
-        version: format!("{}.{}", version.major, version.minor),
-        why: "no layout table for this minor version".into(),
+    let mut layout = Layout::for_minor(version.major, version.minor).ok_or_else(|| {
+        Error::UnsupportedVersion {
+            // without a table we could not read sys.version, so only the minor is known
+            version: format!("{}.{}", version.major, version.minor),
+            why: "no layout table for this minor version".into(),
+        }
     })?;
     if !version.is_final() && !layout.model.debug_offsets {
         return Err(Error::UnsupportedVersion {
             version: version.to_string(),
-            why: "pre-releases change layouts and this one does not describe itself (_Py_DebugOffsets is 3.13+)"
-                .into(),
+            why: "pre-releases change layouts and this one does not describe itself (_Py_DebugOffsets is 3.13+)".into(),
         });
     }
     let mut notes = Vec::new();
@@ -159,7 +161,7 @@ fn candidates(process: &Process) -> Result<Vec<Candidate<'_>>> {
 }
 
 /// The version a candidate binary says it is, before any layout is known.
-fn minor_hint(mem: &crate::process::Memory, c: &Candidate) -> Option<(u32, u32)> {
+fn minor_hint(mem: &dyn crate::process::memory::ReadMem, c: &Candidate) -> Option<(u32, u32)> {
     if let Some((vaddr, _)) = c.elf.symbol("Py_Version") {
         if let Ok(hex) = mem.read_u64(c.elf.to_memory(vaddr, c.map.start)) {
             let v = Version::from_hex(hex & 0xffff_ffff);
@@ -171,7 +173,7 @@ fn minor_hint(mem: &crate::process::Memory, c: &Candidate) -> Option<(u32, u32)>
 }
 
 /// sys.version of the main interpreter, read through sys.modules.
-fn sys_version(mem: &crate::process::Memory, l: &Layout, runtime: u64) -> Option<Version> {
+fn sys_version(mem: &dyn crate::process::memory::ReadMem, l: &Layout, runtime: u64) -> Option<Version> {
     use super::objects::dict_get;
     let interp = mem.read_u64(runtime + l.runtime.interpreters_main).ok()?;
     let modules = mem.read_u64(interp + l.interp.modules).ok()?;

@@ -136,6 +136,8 @@ pub struct TstateOffsets {
     pub native_thread_id: Option<u64>,
     #[serde(default)]
     pub datastack_chunk: Option<u64>,
+    #[serde(default)]
+    pub datastack_top: Option<u64>,
     pub size: u64,
 }
 
@@ -332,6 +334,7 @@ impl Layout {
             ("tstate", "thread_id") => &mut self.tstate.thread_id,
             ("tstate", "native_thread_id") => self.tstate.native_thread_id.get_or_insert(0),
             ("tstate", "datastack_chunk") => self.tstate.datastack_chunk.get_or_insert(0),
+            ("tstate", "datastack_top") => self.tstate.datastack_top.get_or_insert(0),
             ("tstate", "size") => &mut self.tstate.size,
             ("frame", "previous") => &mut self.frame.previous,
             ("frame", "code") => &mut self.frame.code,

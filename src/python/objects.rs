@@ -3,12 +3,12 @@
 
 use super::layout::{DictModel, InstanceAttrs, Layout, LongModel};
 use super::strings::unicode_equals;
-use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
+use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
 
 const MAX_ENTRIES: u64 = 1 << 20;
 
 /// (key, value) pointers of every live entry of a dict.
-pub fn dict_items(mem: &Memory, l: &Layout, dict: u64) -> ReadResult<Vec<(u64, u64)>> {
+pub fn dict_items(mem: &dyn ReadMem, l: &Layout, dict: u64) -> ReadResult<Vec<(u64, u64)>> {
     let keys = mem.read_u64(dict + l.dict.keys)?;
     let values = mem.read_u64(dict + l.dict.values)?;
     let entries = keys_entries(mem, l, keys)?;
@@ -26,7 +26,7 @@ pub fn dict_items(mem: &Memory, l: &Layout, dict: u64) -> ReadResult<Vec<(u64, u
 }
 
 /// The entries of a keys table, in insertion order: (key, value), value 0 for split tables.
-fn keys_entries(mem: &Memory, l: &Layout, keys: u64) -> ReadResult<Vec<(u64, u64)>> {
+fn keys_entries(mem: &dyn ReadMem, l: &Layout, keys: u64) -> ReadResult<Vec<(u64, u64)>> {
     let k = &l.dictkeys;
     let mut head = [0u8; 64];
     mem.read(keys, &mut head[..(k.indices as usize).min(64)])?;
@@ -34,32 +34,41 @@ fn keys_entries(mem: &Memory, l: &Layout, keys: u64) -> ReadResult<Vec<(u64, u64
     let (index_bytes, entry_size, key_at) = match l.model.dict {
         DictModel::Legacy => {
             let size = head.u64_at(k.size.unwrap_or(0));
-            let width = if size <= 0xff { 1 } else if size <= 0xffff { 2 } else if size <= 0xffff_ffff { 4 } else { 8 };
+            let width = if size <= 0xff {
+                1
+            } else if size <= 0xffff {
+                2
+            } else if size <= 0xffff_ffff {
+                4
+            } else {
+                8
+            };
             (size.saturating_mul(width), 24, 8)
         }
         DictModel::Compact => {
             let log2_index_bytes = head.u8_at(k.log2_index_bytes.unwrap_or(0)) as u32;
             // kind 0 (general) entries carry the hash; unicode and split ones do not
             let general = head.u8_at(k.kind.unwrap_or(0)) == 0;
-            (1u64.checked_shl(log2_index_bytes).unwrap_or(u64::MAX), if general { 24 } else { 16 }, if general { 8 } else { 0 })
+            (
+                1u64.checked_shl(log2_index_bytes).unwrap_or(u64::MAX),
+                if general { 24 } else { 16 },
+                if general { 8 } else { 0 },
+            )
         }
     };
     if nentries > MAX_ENTRIES || index_bytes > MAX_ENTRIES * 8 {
         return Err(ReadError::Fault);
     }
     let raw = mem.read_vec(keys + k.indices + index_bytes, (nentries * entry_size) as usize)?;
-    Ok(raw
-        .chunks_exact(entry_size as usize)
-        .map(|e| (e.u64_at(key_at), e.u64_at(key_at + 8)))
-        .collect())
+    Ok(raw.chunks_exact(entry_size as usize).map(|e| (e.u64_at(key_at), e.u64_at(key_at + 8))).collect())
 }
 
-fn split_value(mem: &Memory, l: &Layout, values: u64, index: usize) -> ReadResult<u64> {
+fn split_value(mem: &dyn ReadMem, l: &Layout, values: u64, index: usize) -> ReadResult<u64> {
     mem.read_u64(values + l.dictvalues.values + 8 * index as u64)
 }
 
 /// Looks up a string key; keys are compared without decoding.
-pub fn dict_get(mem: &Memory, l: &Layout, dict: u64, name: &str) -> ReadResult<Option<u64>> {
+pub fn dict_get(mem: &dyn ReadMem, l: &Layout, dict: u64, name: &str) -> ReadResult<Option<u64>> {
     for (k, v) in dict_items(mem, l, dict)? {
         if unicode_equals(mem, l, k, name)? {
             return Ok(Some(v));
@@ -69,7 +78,7 @@ pub fn dict_get(mem: &Memory, l: &Layout, dict: u64, name: &str) -> ReadResult<O
 }
 
 /// An int that fits in 64 bits (thread idents), or None.
-pub fn read_u64_int(mem: &Memory, l: &Layout, obj: u64) -> ReadResult<Option<u64>> {
+pub fn read_u64_int(mem: &dyn ReadMem, l: &Layout, obj: u64) -> ReadResult<Option<u64>> {
     let tag = mem.read_u64(obj + l.long.size)?;
     let (ndigits, negative) = match l.model.long {
         LongModel::ObSize => ((tag as i64).unsigned_abs(), (tag as i64) < 0),
@@ -88,7 +97,7 @@ pub fn read_u64_int(mem: &Memory, l: &Layout, obj: u64) -> ReadResult<Option<u64
 }
 
 /// An instance attribute stored in the instance's dict or inline values.
-pub fn instance_attr(mem: &Memory, l: &Layout, obj: u64, name: &str) -> ReadResult<Option<u64>> {
+pub fn instance_attr(mem: &dyn ReadMem, l: &Layout, obj: u64, name: &str) -> ReadResult<Option<u64>> {
     let tp = mem.read_u64(obj + l.object.ob_type)?;
     let flags = mem.read_u64(tp + l.type_.tp_flags)?;
     let managed = flags & l.model.tp_flags_managed_dict != 0;
@@ -104,16 +113,28 @@ pub fn instance_attr(mem: &Memory, l: &Layout, obj: u64, name: &str) -> ReadResu
     };
     let dict_at = |addr: u64| -> ReadResult<Option<u64>> {
         let d = mem.read_u64(addr)?;
-        if d == 0 { Ok(None) } else { dict_get(mem, l, d, name) }
+        if d == 0 {
+            Ok(None)
+        } else {
+            dict_get(mem, l, d, name)
+        }
     };
     match l.model.instance_attrs {
         InstanceAttrs::InstanceDict => {
             let off = mem.read_u64(tp + l.type_.tp_dictoffset)? as i64;
-            if off <= 0 { Ok(None) } else { dict_at(obj + off as u64) }
+            if off <= 0 {
+                Ok(None)
+            } else {
+                dict_at(obj + off as u64)
+            }
         }
         InstanceAttrs::ValuesPointer if managed => {
             let values = mem.read_u64(obj.wrapping_sub(32))?;
-            if values != 0 { from_cached_keys(values) } else { dict_at(obj.wrapping_sub(24)) }
+            if values != 0 {
+                from_cached_keys(values)
+            } else {
+                dict_at(obj.wrapping_sub(24))
+            }
         }
         InstanceAttrs::DictOrValues if managed => {
             let w = mem.read_u64(obj.wrapping_sub(24))?;
@@ -128,12 +149,20 @@ pub fn instance_attr(mem: &Memory, l: &Layout, obj: u64, name: &str) -> ReadResu
         InstanceAttrs::InlineValues if flags & l.model.tp_flags_inline_values != 0 => {
             let values = obj + mem.read_u64(tp + l.type_.tp_basicsize)?;
             let valid = mem.read_vec(values + l.dictvalues.valid.unwrap_or(0), 1)?[0];
-            if valid != 0 { from_cached_keys(values) } else { dict_at(obj.wrapping_sub(24)) }
+            if valid != 0 {
+                from_cached_keys(values)
+            } else {
+                dict_at(obj.wrapping_sub(24))
+            }
         }
         _ if managed => dict_at(obj.wrapping_sub(24)),
         _ => {
             let off = mem.read_u64(tp + l.type_.tp_dictoffset)? as i64;
-            if off <= 0 { Ok(None) } else { dict_at(obj + off as u64) }
+            if off <= 0 {
+                Ok(None)
+            } else {
+                dict_at(obj + off as u64)
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! what it points to, and PyCode_Type through a running frame.
 
 use super::layout::{FrameModel, Layout};
-use crate::process::memory::{Fields, Memory};
+use crate::process::memory::{Fields, ReadMem};
 use crate::process::{MapEntry, Process};
 
 const MAX_REGION: u64 = 256 << 20;
@@ -34,7 +34,9 @@ pub fn find_runtime(process: &Process, binary: &MapEntry, l: &Layout) -> Option<
         if len > MAX_REGION {
             continue;
         }
-        let Ok(buf) = mem.read_vec(region.start, len as usize) else { continue };
+        let Ok(buf) = mem.read_vec(region.start, len as usize) else {
+            continue;
+        };
         if l.model.debug_offsets {
             // 3.13+: the runtime starts with its own description, cookie first.
             if let Some(pos) = (0..buf.len().saturating_sub(8)).step_by(8).find(|&i| &buf[i..i + 8] == b"xdebugpy") {
@@ -50,7 +52,9 @@ pub fn find_runtime(process: &Process, binary: &MapEntry, l: &Layout) -> Option<
                 continue;
             }
             // The main interpreter's first thread state must point back at it.
-            let Ok(tstate) = mem.read_u64(main + l.interp.threads_head) else { continue };
+            let Ok(tstate) = mem.read_u64(main + l.interp.threads_head) else {
+                continue;
+            };
             if tstate == 0 || tstate & 7 != 0 {
                 continue;
             }
@@ -75,7 +79,7 @@ pub fn find_runtime(process: &Process, binary: &MapEntry, l: &Layout) -> Option<
     None
 }
 
-fn chain_reaches(mem: &Memory, l: &Layout, head: u64, main: u64) -> bool {
+fn chain_reaches(mem: &dyn ReadMem, l: &Layout, head: u64, main: u64) -> bool {
     let mut interp = head;
     for _ in 0..64 {
         if interp == main {
@@ -90,17 +94,15 @@ fn chain_reaches(mem: &Memory, l: &Layout, head: u64, main: u64) -> bool {
 }
 
 /// PyCode_Type, as the type of a running frame's code object whose type is named "code".
-pub fn find_code_type(mem: &Memory, l: &Layout, runtime: u64) -> Option<u64> {
+pub fn find_code_type(mem: &dyn ReadMem, l: &Layout, runtime: u64) -> Option<u64> {
     let interp = mem.read_u64(runtime + l.runtime.interpreters_main).ok()?;
     let mut tstate = mem.read_u64(interp + l.interp.threads_head).ok()?;
     for _ in 0..10_000 {
         if tstate == 0 {
             break;
         }
-        let mut frame = mem.read_u64(tstate + l.tstate.frame).ok()?;
-        if let (true, Some(off)) = (l.model.frame_via_cframe, l.tstate.cframe_current_frame) {
-            frame = if frame == 0 { 0 } else { mem.read_u64(frame + off).ok()? };
-        }
+        // (the walk itself needs PyCode_Type: only the hop to the top frame is shared)
+        let mut frame = super::stack::top_frame(mem, l, tstate).ok()?.frame;
         for _ in 0..1000 {
             if frame == 0 {
                 break;

@@ -4,11 +4,11 @@
 
 use super::code::{CodeCache, CodeInfo};
 use super::discover::{discover, Discovery, Target};
-use super::stack::{self, RawFrame};
+use super::stack;
 use super::thread_ids::ThreadIds;
 use super::{thread_names, threads};
 use crate::error::{Error, Result};
-use crate::process::memory::{ReadError, ReadResult};
+use crate::process::memory::{ReadError, ReadMem, ReadResult};
 use crate::process::tasks::Tasks;
 use crate::process::Process;
 use std::sync::Arc;
@@ -112,7 +112,13 @@ impl Reader {
                     }
                     Tasks::comm(self.process.pid, tid).filter(|c| *c != self.process.comm)
                 });
-                out.push(ThreadStack { tid, thread_id: ts.thread_id, name, holds_gil: holder == Some(ts.addr), frames });
+                out.push(ThreadStack {
+                    tid,
+                    thread_id: ts.thread_id,
+                    name,
+                    holds_gil: holder == Some(ts.addr),
+                    frames,
+                });
             }
         }
         Ok(out)
@@ -120,18 +126,15 @@ impl Reader {
 }
 
 /// One thread's stack, resolved; Fault if it changed while we read it.
-pub fn read_stack(
-    mem: &crate::process::Memory,
-    t: &Target,
-    codes: &mut CodeCache,
-    tstate: u64,
-) -> ReadResult<Vec<Frame>> {
-    let mut raw: Vec<RawFrame> = Vec::new();
-    stack::walk_consistent(mem, t, tstate, &mut raw, &mut Vec::new(), |code| {
+pub fn read_stack(mem: &dyn ReadMem, t: &Target, codes: &mut CodeCache, tstate: u64) -> ReadResult<Vec<Frame>> {
+    let mut w = stack::Walk::default();
+    let mut lookup = |code| {
         let info = codes.get(mem, &t.layout, t.code_type, code)?;
-        Ok((info.bytecode_start, info.first_traceable))
-    })?;
-    raw.iter()
+        Ok(info.facts())
+    };
+    stack::walk_consistent(mem, &t.layout, tstate, &mut lookup, &mut w)?;
+    w.frames
+        .iter()
         .map(|f| {
             // it was a code object during the walk
             let code = codes.get(mem, &t.layout, t.code_type, f.code).map_err(stack::torn)?;

@@ -1,11 +1,14 @@
 //! Walking one thread's Python frames, innermost first. The walk yields raw frames
 //! (code address, frame address, bytecode offset); names and lines are resolved
 //! separately, through the code cache, so a sampler can keep raw frames only.
+//!
+//! Everything here reads through `ReadMem`: the live process for dumps, the tick's copy
+//! for the sampler (where a frame outside the copy is `Missing`, never read behind the
+//! copy's back), a simulated memory in tests. The rules for telling a real stack from a
+//! torn read are in docs/ARCHITECTURE.md ("Torn reads").
 
-use super::discover::Target;
-use super::layout::FrameModel;
-use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
-use crate::process::prefetch::Prefetch;
+use super::layout::{FrameModel, Layout};
+use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
 
 /// Deeper than this is a loop in what we read, not a real stack (CPython's own C stack
 /// limits keep real Python stacks far shallower).
@@ -13,87 +16,137 @@ pub const MAX_DEPTH: usize = 50_000;
 
 const USER_SPACE_END: u64 = 0x8000_0000_0000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct RawFrame {
     pub code: u64,
     pub frame: u64,
     /// byte offset of the current instruction in the bytecode
     pub offset: i64,
+    /// what the frame's local slots say about which call this is (bytecode.rs proofs)
+    pub locals: Locals,
 }
 
-/// The thread's innermost frame pointer, as the thread state holds it now.
-pub fn top_frame(mem: &Memory, t: &Target, tstate: u64) -> ReadResult<u64> {
-    let l = &t.layout;
-    let p = mem.read_u64(tstate + l.tstate.frame)?;
-    match l.tstate.cframe_current_frame {
-        Some(off) if l.model.frame_via_cframe => {
-            if p == 0 {
-                Ok(0)
-            } else {
-                mem.read_u64(p + off)
-            }
-        }
-        _ => Ok(p),
+/// A fingerprint of one frame's local slots, for telling two calls of one function at
+/// one frame address apart: the objects in the slots a call never rebinds (its
+/// arguments, its cells), and which of the locals it never unbinds are bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Locals {
+    pub read: bool,
+    pub fixed: u64,
+    pub bound: u64,
+}
+
+impl Locals {
+    /// Whether `self` (an earlier sample) and `now` cannot be the same call.
+    pub fn proves_new_call(&self, now: &Locals) -> bool {
+        self.read && now.read && (self.fixed != now.fixed || self.bound & !now.bound != 0)
     }
 }
 
-/// Reads the stack starting at `frame`, taking frames from `local` where it holds them
-/// and reading the rest. `visited` gets every frame read, Python or not (entry frames
-/// on the C stack included), so a sampler can ask for all of them at once next time. Errors mean the memory changed under us.
-pub fn walk(
-    mem: &Memory,
-    t: &Target,
-    mut frame: u64,
-    out: &mut Vec<RawFrame>,
-    visited: &mut Vec<u64>,
-    local: &Prefetch,
-    mut code_start: impl FnMut(u64) -> ReadResult<(u64, i64)>,
-) -> ReadResult<()> {
-    out.clear();
-    visited.clear();
-    let l = &t.layout;
+/// What the walk needs to know of a code object: where its bytecode starts (3.11+, to
+/// turn an instruction pointer into an offset) and before which offset a frame has not
+/// started running.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeFacts {
+    pub bytecode_start: u64,
+    pub first_traceable: i64,
+    /// local slots never rebound within a call, and locals never unbound (masks < 64)
+    pub fixed_slots: u64,
+    pub undeletable: u64,
+}
+
+/// Looks code objects up for the walk: `NotCode` when the address holds something else.
+pub trait CodeLookup {
+    fn facts(&mut self, code: u64) -> ReadResult<CodeFacts>;
+}
+
+impl<F: FnMut(u64) -> ReadResult<CodeFacts>> CodeLookup for F {
+    fn facts(&mut self, code: u64) -> ReadResult<CodeFacts> {
+        self(code)
+    }
+}
+
+/// The walk's inputs and outputs, kept between walks so nothing is allocated once warm.
+#[derive(Default)]
+pub struct Walk {
+    /// innermost first
+    pub frames: Vec<RawFrame>,
+    /// every frame read, Python or not (C-stack entry frames included), innermost first:
+    /// what a sampler asks for next time
+    pub visited: Vec<u64>,
+    /// the last walk ended at a frame that cannot be a thread's outermost one
+    pub truncated: bool,
+}
+
+/// Where a thread's innermost frame pointer is and what it holds. 3.11-3.12 keep it in
+/// the CFrame of the innermost running evaluation loop (on the C stack), which the
+/// thread state points to: two hops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Top {
+    /// the innermost frame (0: no Python frame)
+    pub frame: u64,
+    /// the CFrame the pointer was read from (3.11-3.12), else 0
+    pub cframe: u64,
+}
+
+/// The thread's innermost frame, as `mem` holds it.
+pub fn top_frame(mem: &dyn ReadMem, l: &Layout, tstate: u64) -> ReadResult<Top> {
+    let p = mem.read_u64(tstate + l.tstate.frame)?;
+    match l.tstate.cframe_current_frame {
+        Some(off) if l.model.frame_via_cframe => {
+            let frame = if p == 0 { 0 } else { mem.read_u64(p + off)? };
+            Ok(Top { frame, cframe: p })
+        }
+        _ => Ok(Top { frame: p, cframe: 0 }),
+    }
+}
+
+/// Reads the stack starting at `frame`. Errors mean the memory changed under us
+/// (`Fault`), or, reading a tick's copy, that a frame is not in it (`Missing`).
+pub fn walk(mem: &dyn ReadMem, l: &Layout, mut frame: u64, codes: &mut dyn CodeLookup, w: &mut Walk) -> ReadResult<()> {
+    w.frames.clear();
+    w.visited.clear();
+    w.truncated = false;
     let f = &l.frame;
     let mut buf = [0u8; 128];
     let len = (f.size as usize).clamp(8, buf.len());
-    let mut seen = 0usize;
+    let mut root_owner = None;
     while frame != 0 {
-        seen += 1;
         // Frames are aligned user-space addresses: anything else is a torn read, and
         // following it would only read more garbage.
-        if seen > MAX_DEPTH || frame & 7 != 0 || frame >= USER_SPACE_END {
+        if w.visited.len() >= MAX_DEPTH || frame & 7 != 0 || frame >= USER_SPACE_END {
             return Err(ReadError::Fault);
         }
-        visited.push(frame);
-        let b = match local.get(frame, len) {
-            Some(b) => b,
-            None => {
-                mem.read(frame, &mut buf[..len])?;
-                &buf[..len]
-            }
-        };
+        w.visited.push(frame);
+        mem.read(frame, &mut buf[..len])?;
+        let b = &buf[..len];
         let previous = b.u64_at(f.previous);
         let code = b.u64_at(f.code) & !l.model.stackref_tag_mask;
         match l.model.frames {
             FrameModel::FrameObject => {
                 let lasti = b.i32_at(f.lasti.unwrap_or(0)) as i64;
-                out.push(RawFrame { code, frame, offset: lasti * l.model.lasti_unit as i64 });
+                let locals = match codes.facts(code) {
+                    Ok(c) => read_locals(mem, l, frame, &c),
+                    Err(_) => Locals::default(), // (names are resolved later, with their own checks)
+                };
+                w.frames.push(RawFrame { code, frame, offset: lasti * l.model.lasti_unit as i64, locals });
             }
             FrameModel::InterpreterFrame => {
                 let owner = b.u8_at(f.owner.unwrap_or(0));
+                root_owner = Some(owner);
                 let non_python = l.model.owner_first_non_python.is_some_and(|first| owner >= first);
                 if !non_python && code != 0 {
-                    // (start of bytecode, first traceable offset) or Fault if not a code object
-                    match code_start(code) {
-                        Ok((start, first_traceable)) => {
-                            let offset = b.u64_at(f.instr.unwrap_or(0)).wrapping_sub(start) as i64;
-                            let incomplete =
-                                Some(owner) != l.model.owner_generator && offset < first_traceable;
+                    match codes.facts(code) {
+                        Ok(c) => {
+                            let offset = b.u64_at(f.instr.unwrap_or(0)).wrapping_sub(c.bytecode_start) as i64;
+                            let incomplete = Some(owner) != l.model.owner_generator && offset < c.first_traceable;
                             if !incomplete {
-                                out.push(RawFrame { code, frame, offset });
+                                let locals = read_locals(mem, l, frame, &c);
+                                w.frames.push(RawFrame { code, frame, offset, locals });
                             }
                         }
                         // 3.13+ frames may execute something that is not a code object;
-                        // an unreadable one means the stack changed under us.
+                        // before, a frame whose code is not a code object is a torn read.
                         Err(ReadError::NotCode) if l.model.debug_offsets => {}
                         Err(ReadError::NotCode) => return Err(ReadError::Fault),
                         Err(e) => return Err(e),
@@ -103,22 +156,54 @@ pub fn walk(
         }
         frame = previous;
     }
+    // A thread's outermost frame is never a generator's: a generator runs because some
+    // frame resumed it, and its frame links back to that one while it runs. A chain
+    // that ends in one was read while the generator was suspended: a stale copy.
+    if root_owner.is_some() && root_owner == l.model.owner_generator {
+        w.truncated = true;
+        return Err(ReadError::Fault);
+    }
     Ok(())
 }
 
+/// The frame's local slots that can prove a new call; not `read` where they are not in
+/// `mem` (a frame outside a tick's copy keeps no proof, it is never a reason to re-read).
+fn read_locals(mem: &dyn ReadMem, l: &Layout, frame: u64, c: &CodeFacts) -> Locals {
+    let wanted = c.fixed_slots | c.undeletable;
+    let Some(at) = l.frame.localsplus.filter(|_| wanted != 0) else { return Locals::default() };
+    let n = 64 - wanted.leading_zeros() as usize;
+    let mut buf = [0u8; 64 * 8];
+    if mem.read(frame + at, &mut buf[..n * 8]).is_err() {
+        return Locals::default();
+    }
+    let mut locals = Locals { read: true, fixed: 0, bound: 0 };
+    for i in 0..n {
+        // 3.14+ slots are tagged references: the tag says how the reference is owned, the
+        // rest is the object (and a NULL reference may carry a tag)
+        let v = buf.u64_at(i as u64 * 8) & !l.model.stackref_tag_mask;
+        if c.fixed_slots >> i & 1 == 1 {
+            locals.fixed = (locals.fixed.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+        if c.undeletable >> i & 1 == 1 && v != 0 {
+            locals.bound |= 1 << i;
+        }
+    }
+    locals
+}
+
 /// The thread's stack read directly, frame by frame, believed only if the thread state
-/// still points at the same innermost frame afterwards (Fault if it moved).
+/// still points at the same innermost frame afterwards (Fault if it moved). For dumps,
+/// which retry; the sampler reads a copy instead (sampler.rs).
 pub fn walk_consistent(
-    mem: &Memory,
-    t: &Target,
+    mem: &dyn ReadMem,
+    l: &Layout,
     tstate: u64,
-    out: &mut Vec<RawFrame>,
-    visited: &mut Vec<u64>,
-    code_start: impl FnMut(u64) -> ReadResult<(u64, i64)>,
+    codes: &mut dyn CodeLookup,
+    w: &mut Walk,
 ) -> ReadResult<()> {
-    let top = top_frame(mem, t, tstate)?;
-    walk(mem, t, top, out, visited, &Prefetch::default(), code_start)?;
-    if top_frame(mem, t, tstate)? != top {
+    let top = top_frame(mem, l, tstate)?;
+    walk(mem, l, top.frame, codes, w)?;
+    if top_frame(mem, l, tstate)? != top {
         return Err(ReadError::Fault);
     }
     Ok(())

@@ -2,13 +2,13 @@
 //! from another process and may be stale.
 
 use super::layout::Layout;
-use crate::process::memory::{Fields, Memory, ReadError, ReadResult};
+use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
 
 /// Longest string we will read (names and file paths are far shorter).
 pub const MAX_CHARS: u64 = 4096;
 pub const MAX_BYTES: u64 = 1 << 20;
 
-pub fn read_unicode(mem: &Memory, layout: &Layout, addr: u64) -> ReadResult<String> {
+pub fn read_unicode(mem: &dyn ReadMem, layout: &Layout, addr: u64) -> ReadResult<String> {
     if addr == 0 {
         return Err(ReadError::Fault);
     }
@@ -48,7 +48,7 @@ fn decode(raw: &[u8], kind: u32) -> ReadResult<String> {
     }
 }
 
-pub fn read_bytes(mem: &Memory, layout: &Layout, addr: u64) -> ReadResult<Vec<u8>> {
+pub fn read_bytes(mem: &dyn ReadMem, layout: &Layout, addr: u64) -> ReadResult<Vec<u8>> {
     if addr == 0 {
         return Err(ReadError::Fault);
     }
@@ -60,7 +60,7 @@ pub fn read_bytes(mem: &Memory, layout: &Layout, addr: u64) -> ReadResult<Vec<u8
 }
 
 /// Compares a unicode object with an ASCII name without decoding it (dict key lookup).
-pub fn unicode_equals(mem: &Memory, layout: &Layout, addr: u64, want: &str) -> ReadResult<bool> {
+pub fn unicode_equals(mem: &dyn ReadMem, layout: &Layout, addr: u64, want: &str) -> ReadResult<bool> {
     let u = &layout.unicode;
     let mut head = [0u8; 64];
     let n = (u.ascii_data as usize).min(64);

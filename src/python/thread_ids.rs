@@ -3,7 +3,7 @@
 //! glibc's struct pthread, at an offset we discover once by matching /proc/PID/task.
 
 use super::threads::ThreadState;
-use crate::process::memory::{Fields, Memory};
+use crate::process::memory::{Fields, ReadMem};
 use crate::process::tasks::Tasks;
 
 const SCAN: usize = 2048;
@@ -31,7 +31,7 @@ impl ThreadIds {
     /// not started or has already finished has no OS thread of its own).
     /// `verify_live` checks every tid against /proc (a dump must not show a thread that
     /// has ended); a sampler can skip that where tids need no translation.
-    pub fn resolve(&mut self, mem: &Memory, states: &[ThreadState], verify_live: bool) -> Vec<Option<i32>> {
+    pub fn resolve(&mut self, mem: &dyn ReadMem, states: &[ThreadState], verify_live: bool) -> Vec<Option<i32>> {
         if states.iter().any(|s| s.native_id.is_none()) && self.pthread_tid_offset.is_none() {
             self.pthread_tid_offset = self.find_offset(mem, states);
         }
@@ -78,7 +78,7 @@ impl ThreadIds {
     /// The offset of the tid in struct pthread: the one where the most thread states hold
     /// a live tid of this process, all different. Threads starting or ending while we
     /// look may not match; live ones do.
-    fn find_offset(&self, mem: &Memory, states: &[ThreadState]) -> Option<u64> {
+    fn find_offset(&self, mem: &dyn ReadMem, states: &[ThreadState]) -> Option<u64> {
         let known = self.known_target_tids();
         let structs: Vec<Vec<u8>> =
             states.iter().filter(|s| s.thread_id != 0).filter_map(|s| mem.read_vec(s.thread_id, SCAN).ok()).collect();

@@ -41,9 +41,10 @@ pub struct Interpreter {
 
 impl Interpreter {
     pub fn version_tuple(&self) -> (u32, u32, u32) {
-        let mut parts = self.version.split('.').map(|p| {
-            p.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap_or(0)
-        });
+        let mut parts = self
+            .version
+            .split('.')
+            .map(|p| p.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap_or(0));
         (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0))
     }
 
@@ -90,9 +91,7 @@ pub fn missing_prerequisite(what: &str) {
 }
 
 pub fn pythons_dir() -> PathBuf {
-    std::env::var_os("VIZATTACH_PYTHONS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/vizattach-pythons"))
+    std::env::var_os("VIZATTACH_PYTHONS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/vizattach-pythons"))
 }
 
 /// Every interpreter in `$VIZATTACH_PYTHONS/manifest.json`, or None (after a skip note)
@@ -109,15 +108,11 @@ pub fn load_manifest() -> Option<Vec<Interpreter>> {
             return None;
         }
     };
-    let doc: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-    let entries = doc["interpreters"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{}: no \"interpreters\" array", path.display()));
+    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let entries =
+        doc["interpreters"].as_array().unwrap_or_else(|| panic!("{}: no \"interpreters\" array", path.display()));
     let field = |e: &Value, k: &str| -> String {
-        e[k].as_str()
-            .unwrap_or_else(|| panic!("{}: entry without string {k:?}: {e}", path.display()))
-            .to_string()
+        e[k].as_str().unwrap_or_else(|| panic!("{}: entry without string {k:?}: {e}", path.display())).to_string()
     };
     Some(
         entries
@@ -139,8 +134,7 @@ pub fn load_manifest() -> Option<Vec<Interpreter>> {
 /// the C embedder of the host libpython3.11 and a host python3.11 whose executable was
 /// deleted after start. None (after a skip note) when there is no manifest.
 pub fn dump_targets() -> Option<Vec<Interpreter>> {
-    let mut all: Vec<Interpreter> =
-        load_manifest()?.into_iter().filter(|i| i.is_supported()).collect();
+    let mut all: Vec<Interpreter> = load_manifest()?.into_iter().filter(|i| i.is_supported()).collect();
     match embed_interpreter() {
         Ok(i) => all.push(i),
         Err(e) => missing_prerequisite(&format!("cannot build the libpython3.11 embedder: {e}")),
@@ -222,10 +216,12 @@ where
         for _ in 0..workers.max(1) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(interp) = interpreters.get(i) else { break };
+                let Some(interp) = interpreters.get(i) else {
+                    break;
+                };
                 let started = Instant::now();
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(interp)))
-                    .unwrap_or_else(|panic| {
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(interp))).unwrap_or_else(|panic| {
                         let msg = panic
                             .downcast_ref::<String>()
                             .cloned()
@@ -313,12 +309,7 @@ impl Target {
     /// `wait_expected`, or `wait_json("expected.json")`).
     pub fn start(interp: &Interpreter, fixture: &str) -> Result<Target, String> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let unique = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst),
-            interp.name
-        );
+        let unique = format!("{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst), interp.name);
         let target_dir = Path::new(WORK_BASE).join(&unique);
         let host_dir = rooted(&interp.root, &target_dir);
         fs::create_dir_all(&host_dir).map_err(|e| format!("mkdir {}: {e}", host_dir.display()))?;
@@ -350,7 +341,18 @@ impl Target {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        let child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+        // A freshly copied executable can be "busy" for a moment: another test thread's
+        // fork may still hold the copy's write descriptor until its child execs.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc_etxtbsy()) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.map_err(|e| format!("spawn {cmd:?}: {e}"))?,
+            }
+        };
         std::mem::forget(cleanup); // Target's Drop owns the directory now
         Ok(Target {
             interpreter: interp.clone(),
@@ -383,8 +385,7 @@ impl Target {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(text) = fs::read_to_string(&path) {
-                let v = serde_json::from_str(&text)
-                    .map_err(|e| format!("{}: bad JSON: {e}", path.display()))?;
+                let v = serde_json::from_str(&text).map_err(|e| format!("{}: bad JSON: {e}", path.display()))?;
                 self.delete_executable_copy()?;
                 return Ok(v);
             }
@@ -541,8 +542,8 @@ pub fn dump_with(pid: u32, extra: &[&str]) -> Result<Dump, String> {
 /// Dumps until the set of tids equals `tids` (e.g. the fixture's recorder thread has
 /// exited), for up to `timeout`. Any failing dump is an error right away.
 pub fn dump_until_tids(pid: u32, tids: &BTreeSet<i64>, timeout: Duration) -> Result<Dump, String> {
-    dump_until(pid, timeout, |d| &d.tids() == tids && d.threads.iter().all(|t| t.tid.is_some()))
-        .map_err(|(last, e)| match last {
+    dump_until(pid, timeout, |d| &d.tids() == tids && d.threads.iter().all(|t| t.tid.is_some())).map_err(|(last, e)| {
+        match last {
             Some(d) => {
                 let got = d.tids();
                 format!(
@@ -555,16 +556,13 @@ pub fn dump_until_tids(pid: u32, tids: &BTreeSet<i64>, timeout: Duration) -> Res
                 )
             }
             None => e,
-        })
+        }
+    })
 }
 
 /// Dumps until `done(dump)` holds, for up to `timeout`. The error carries the last dump.
 #[allow(clippy::result_large_err)]
-pub fn dump_until(
-    pid: u32,
-    timeout: Duration,
-    done: impl Fn(&Dump) -> bool,
-) -> Result<Dump, (Option<Dump>, String)> {
+pub fn dump_until(pid: u32, timeout: Duration, done: impl Fn(&Dump) -> bool) -> Result<Dump, (Option<Dump>, String)> {
     let deadline = Instant::now() + timeout;
     loop {
         let d = dump(pid).map_err(|e| (None, e))?;
@@ -660,9 +658,7 @@ fn parse_frames(v: &Value) -> Result<Vec<Frame>, String> {
         .as_array()
         .ok_or("\"frames\" is not an array")?
         .iter()
-        .map(|f| {
-            Ok(Frame { function: get_str(f, "function")?, file: get_str(f, "file")?, line: get_i64(f, "line")? })
-        })
+        .map(|f| Ok(Frame { function: get_str(f, "function")?, file: get_str(f, "file")?, line: get_i64(f, "line")? }))
         .collect()
 }
 
@@ -764,11 +760,7 @@ pub fn diff_threads(expected: &[ThreadStack], got: &[ThreadStack], extra_allowed
             }
         }
         if have.frames.len() != want.frames.len() {
-            diffs.push(format!(
-                "{label}: {} frames expected, {} dumped",
-                want.frames.len(),
-                have.frames.len()
-            ));
+            diffs.push(format!("{label}: {} frames expected, {} dumped", want.frames.len(), have.frames.len()));
         }
         let mut shown = 0;
         for i in 0..want.frames.len().max(have.frames.len()) {
@@ -782,7 +774,13 @@ pub fn diff_threads(expected: &[ThreadStack], got: &[ThreadStack], extra_allowed
                 break;
             }
             let show = |f: Option<&Frame>| f.map_or("<none>".to_string(), |f| f.to_string());
-            diffs.push(format!("{label}: frame #{i}: expected {}\n{:>w$}got      {}", show(w), "", show(h), w = label.len() + 14));
+            diffs.push(format!(
+                "{label}: frame #{i}: expected {}\n{:>w$}got      {}",
+                show(w),
+                "",
+                show(h),
+                w = label.len() + 14
+            ));
         }
     }
     if !extra_allowed {
@@ -790,7 +788,10 @@ pub fn diff_threads(expected: &[ThreadStack], got: &[ThreadStack], extra_allowed
         for t in got.iter().filter(|t| !want.contains(&t.tid)) {
             diffs.push(format!(
                 "unexpected thread tid {:?} thread_id {:?} {:?} with {} frames",
-                t.tid, t.thread_id, t.name, t.frames.len()
+                t.tid,
+                t.thread_id,
+                t.name,
+                t.frames.len()
             ));
         }
     }
@@ -850,8 +851,7 @@ pub fn check_dump(expected: &Expected, got: &Dump) -> Result<(), String> {
 /// The targets the record tests run against: every supported manifest entry plus the
 /// libpython3.11 embedder (when it builds). None (after a skip note) without a manifest.
 pub fn record_targets() -> Option<Vec<Interpreter>> {
-    let mut all: Vec<Interpreter> =
-        load_manifest()?.into_iter().filter(|i| i.is_supported()).collect();
+    let mut all: Vec<Interpreter> = load_manifest()?.into_iter().filter(|i| i.is_supported()).collect();
     match embed_interpreter() {
         Ok(i) => all.push(i),
         Err(e) => missing_prerequisite(&format!("cannot build the libpython3.11 embedder: {e}")),
@@ -870,12 +870,7 @@ pub struct WorkDir {
 impl WorkDir {
     pub fn new(interp: &Interpreter) -> Result<WorkDir, String> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let unique = format!(
-            "{}-w{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst),
-            interp.name
-        );
+        let unique = format!("{}-w{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst), interp.name);
         let target_dir = Path::new(WORK_BASE).join(&unique);
         let host_dir = rooted(&interp.root, &target_dir);
         fs::create_dir_all(&host_dir).map_err(|e| format!("mkdir {}: {e}", host_dir.display()))?;
@@ -927,4 +922,9 @@ impl Target {
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.process.exited()
     }
+}
+
+/// ETXTBSY on Linux.
+fn libc_etxtbsy() -> i32 {
+    26
 }

@@ -1,0 +1,99 @@
+//! A simulated target memory for tests: regions of bytes, and scripted changes that
+//! happen while a read is under way (just before a chosen span is copied), so every way
+//! a read of a running program can tear is reproduced exactly, every time.
+
+use super::memory::{ReadMem, ReadResult, Span};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+type Change = Box<dyn FnOnce(&mut Regions)>;
+
+#[derive(Default)]
+pub struct Regions {
+    map: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Regions {
+    pub fn map(&mut self, addr: u64, len: usize) {
+        self.map.insert(addr, vec![0; len]);
+    }
+
+    pub fn unmap(&mut self, addr: u64) {
+        self.map.remove(&addr);
+    }
+
+    fn find(&self, addr: u64, len: usize) -> Option<(u64, &Vec<u8>)> {
+        let (&start, bytes) = self.map.range(..=addr).next_back()?;
+        (addr + len as u64 <= start + bytes.len() as u64).then_some((start, bytes))
+    }
+
+    pub fn write(&mut self, addr: u64, data: &[u8]) {
+        let (&start, bytes) = self.map.range_mut(..=addr).next_back().expect("write to unmapped simulated memory");
+        let o = (addr - start) as usize;
+        bytes[o..o + data.len()].copy_from_slice(data);
+    }
+
+    pub fn u64(&mut self, addr: u64, v: u64) {
+        self.write(addr, &v.to_le_bytes());
+    }
+
+    pub fn u32(&mut self, addr: u64, v: u32) {
+        self.write(addr, &v.to_le_bytes());
+    }
+
+    pub fn u8(&mut self, addr: u64, v: u8) {
+        self.write(addr, &[v]);
+    }
+
+    pub fn copy(&mut self, from: u64, to: u64, len: usize) {
+        let (start, bytes) = self.find(from, len).expect("copy from unmapped simulated memory");
+        let o = (from - start) as usize;
+        let data = bytes[o..o + len].to_vec();
+        self.write(to, &data);
+    }
+}
+
+#[derive(Default)]
+pub struct SimMem {
+    pub regions: RefCell<Regions>,
+    /// (span address, changes), run just before the next span at that address is read
+    script: RefCell<Vec<(u64, Change)>>,
+    pub spans_read: RefCell<usize>,
+}
+
+impl SimMem {
+    pub fn with(&self, f: impl FnOnce(&mut Regions)) {
+        f(&mut self.regions.borrow_mut());
+    }
+
+    /// Runs `change` just before a span starting at `addr` is next read.
+    pub fn when_reading(&self, addr: u64, change: impl FnOnce(&mut Regions) + 'static) {
+        self.script.borrow_mut().push((addr, Box::new(change)));
+    }
+
+    pub fn pending_changes(&self) -> usize {
+        self.script.borrow().len()
+    }
+}
+
+impl ReadMem for SimMem {
+    fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
+        for (n, s) in spans.iter().enumerate() {
+            let due = {
+                let mut script = self.script.borrow_mut();
+                script.iter().position(|(a, _)| *a == s.addr).map(|i| script.remove(i).1)
+            };
+            if let Some(change) = due {
+                change(&mut self.regions.borrow_mut());
+            }
+            *self.spans_read.borrow_mut() += 1;
+            let regions = self.regions.borrow();
+            let Some((start, bytes)) = regions.find(s.addr, s.len) else {
+                return Ok(n);
+            };
+            let o = (s.addr - start) as usize;
+            buf[s.at..s.at + s.len].copy_from_slice(&bytes[o..o + s.len]);
+        }
+        Ok(spans.len())
+    }
+}

@@ -1,0 +1,399 @@
+//! The sampler against a simulated 3.12 interpreter whose memory changes in the middle
+//! of a read: each way a read of a running program can tear, pinned.
+
+use super::*;
+use crate::process::simmem::{Regions, SimMem};
+use crate::python::layout::Layout;
+use crate::python::version::Version;
+use std::rc::Rc;
+
+const RUNTIME: u64 = 0x10_000;
+const INTERP: u64 = 0x20_000;
+const TSTATE: u64 = 0x30_000;
+const TSTATE2: u64 = 0x31_000;
+const CFRAME: u64 = 0x38_000;
+const CFRAME2: u64 = 0x39_000;
+const CHUNK: u64 = 0x40_000;
+const CHUNK_SIZE: usize = 16 << 10;
+const CODES: u64 = 0x50_000;
+const STRINGS: u64 = 0x60_000;
+const CODE_TYPE: u64 = 0x70_000;
+const HEAP: u64 = 0x80_000;
+/// frame slots in the chunk: header, then one slot per depth
+const SLOT: u64 = 160;
+
+fn layout() -> Layout {
+    Layout::for_minor(3, 12).unwrap()
+}
+
+fn slot(depth: u64) -> u64 {
+    CHUNK + 24 + depth * SLOT
+}
+
+fn code(n: u64) -> u64 {
+    CODES + n * 0x400
+}
+
+/// The simulated process: one interpreter, threads with a stack each in a data chunk.
+struct Sim {
+    mem: Rc<SimMem>,
+    l: Layout,
+}
+
+/// Lets the sampler own a handle on memory the test keeps changing.
+struct Shared(Rc<SimMem>);
+impl ReadMem for Shared {
+    fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
+        self.0.read_spans(spans, buf)
+    }
+}
+
+fn my_tid() -> i32 {
+    std::process::id() as i32
+}
+
+impl Sim {
+    fn new() -> Sim {
+        let l = layout();
+        let mem = Rc::new(SimMem::default());
+        mem.with(|r| {
+            r.map(RUNTIME, 4096);
+            r.map(INTERP, 4096);
+            r.map(CFRAME, 0x2000); // the C stack: CFRAME2 lies in it, 4 KiB deeper in
+            r.map(CHUNK, CHUNK_SIZE);
+            r.map(CODES, 0x4000);
+            r.map(STRINGS, 0x4000);
+            r.map(CODE_TYPE, 0x400);
+            r.map(HEAP, 0x4000);
+            r.u64(RUNTIME + l.runtime.interpreters_head, INTERP);
+            r.u64(RUNTIME + l.runtime.interpreters_main, INTERP);
+            r.u64(CHUNK + l.chunk.size, CHUNK_SIZE as u64);
+            for n in 0..16 {
+                write_code(r, &l, n);
+            }
+        });
+        let sim = Sim { mem, l };
+        sim.add_thread(TSTATE, CFRAME, 0x1111, my_tid(), 0);
+        sim
+    }
+
+    /// A thread state linked at the head of the list.
+    fn add_thread(&self, ts: u64, cframe: u64, thread_id: u64, native: i32, next: u64) {
+        let l = &self.l;
+        let l2 = l.clone();
+        self.mem.with(|r| {
+            r.map(ts, 1024);
+            r.u64(ts + l2.tstate.next, next);
+            r.u64(ts + l2.tstate.interp, INTERP);
+            r.u64(ts + l2.tstate.frame, cframe);
+            r.u64(ts + l2.tstate.thread_id, thread_id);
+            r.u32(ts + l2.tstate.native_thread_id.unwrap(), native as u32);
+            r.u64(ts + l2.tstate.datastack_chunk.unwrap(), CHUNK);
+            r.u64(INTERP + l2.interp.threads_head, ts);
+        });
+        let _ = l;
+    }
+
+    fn sampler(&self) -> Sampler<Shared> {
+        let target = Target {
+            version: Version::from_hex(0x030c01f0),
+            layout: self.l.clone(),
+            runtime: RUNTIME,
+            code_type: CODE_TYPE,
+            executable: "/sim/python3.12".into(),
+            libpython: None,
+            notes: Vec::new(),
+        };
+        let pid = std::process::id() as i32;
+        Sampler::new(pid, Shared(self.mem.clone()), target, CodeCache::default(), ThreadIds::new(pid))
+    }
+}
+
+fn write_code(r: &mut Regions, l: &Layout, n: u64) {
+    let c = code(n);
+    let name = STRINGS + n * 0x100;
+    let file = STRINGS + 0x3000;
+    let lines = STRINGS + 0x3800;
+    r.u64(c + l.object.ob_type, CODE_TYPE);
+    r.u64(c + l.code.filename, file);
+    r.u64(c + l.code.name, name);
+    r.u64(c + l.code.qualname.unwrap(), name);
+    r.u32(c + l.code.firstlineno, 10 * n as u32 + 1);
+    r.u64(c + l.code.linetable, lines);
+    r.u32(c + l.code.firsttraceable.unwrap(), 0);
+    unicode(r, l, name, &format!("f{n}"));
+    unicode(r, l, file, "/sim/app.py");
+    r.u64(lines + l.bytes.size, 0);
+}
+
+fn unicode(r: &mut Regions, l: &Layout, at: u64, s: &str) {
+    r.u64(at + l.unicode.length, s.len() as u64);
+    r.u32(at + l.unicode.state, (1 << 2) | (1 << 5) | (1 << 6));
+    r.write(at + l.unicode.ascii_data, s.as_bytes());
+}
+
+/// Writes a frame running code `n` at `at`, called from `previous`, at offset `offset`.
+fn frame(r: &mut Regions, l: &Layout, at: u64, n: u64, previous: u64, offset: u64) {
+    r.u64(at + l.frame.previous, previous);
+    r.u64(at + l.frame.code, code(n));
+    r.u64(at + l.frame.instr.unwrap(), code(n) + l.code.code_adaptive.unwrap() + offset);
+    r.u8(at + l.frame.owner.unwrap(), 0);
+}
+
+/// Sets a thread's stack to the codes `stack` (root first) in consecutive chunk slots
+/// from `first`, and points its CFrame at the innermost.
+fn stack(r: &mut Regions, l: &Layout, cframe: u64, first: u64, stack: &[u64]) {
+    let mut prev = 0;
+    for (i, &n) in stack.iter().enumerate() {
+        let at = slot(first + i as u64);
+        frame(r, l, at, n, prev, 2 * (i as u64 + 1));
+        prev = at;
+    }
+    r.u64(cframe + l.tstate.cframe_current_frame.unwrap(), prev);
+}
+
+/// One tick; the messages it sent, and its batch.
+fn tick(s: &mut Sampler<Shared>, stats: &Stats) -> (Vec<Message>, SampleBatch) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    assert!(s.tick(&tx, stats).unwrap());
+    let mut msgs: Vec<Message> = rx.try_iter().collect();
+    let i = msgs.iter().rposition(|m| matches!(m, Message::Sample(_))).expect("a sample");
+    let Message::Sample(b) = msgs.remove(i) else { unreachable!() };
+    (msgs, b)
+}
+
+/// Each thread's stack in the batch as code numbers, root first (None: no sample).
+fn stacks(b: &SampleBatch) -> Vec<(u64, Option<Vec<u64>>)> {
+    let mut v: Vec<_> = b
+        .threads
+        .iter()
+        .map(|t| (t.key, b.stack(t).map(|s| s.iter().map(|f| (f.code - CODES) / 0x400).collect())))
+        .collect();
+    v.sort_by_key(|(k, _)| *k);
+    v
+}
+
+fn lost(stats: &Stats) -> u64 {
+    stats.lost_total()
+}
+
+fn ended(msgs: &[Message]) -> Vec<u64> {
+    msgs.iter().filter_map(|m| if let Message::ThreadEnded { key, .. } = m { Some(*key) } else { None }).collect()
+}
+
+#[test]
+fn a_steady_stack_is_read_whole() {
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    for _ in 0..3 {
+        let (_, b) = tick(&mut s, &stats);
+        assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2, 3]))]);
+    }
+    assert_eq!(lost(&stats), 0);
+}
+
+#[test]
+fn a_return_while_the_group_is_copied_gives_the_stack_at_the_end_not_a_mix() {
+    // The thread returns from f3 and f2 and calls f5 from f1 into f2's old slot while its
+    // group is being copied: the copy holds f5 at slot 2 and f3's stale frame at slot 3,
+    // which still links to slot 2. Walking from the first top alone would show f3 called
+    // by f5; the second top (slot 2) lies on that chain, so the stack at the end of the
+    // read is the chain from there.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    tick(&mut s, &stats);
+    let l2 = l.clone();
+    sim.mem.when_reading(CHUNK, move |r| {
+        frame(r, &l2, slot(2), 5, slot(1), 40);
+        r.u64(CFRAME + l2.tstate.cframe_current_frame.unwrap(), slot(2));
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(sim.mem.pending_changes(), 0);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 5]))]);
+    assert_eq!(lost(&stats), 0);
+    // stamped with the end of the read: the moment it describes
+    assert!(b.threads[0].time_ns > b.time_ns);
+}
+
+#[test]
+fn a_call_while_the_group_is_copied_gives_the_stack_at_the_start() {
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 2]));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    tick(&mut s, &stats);
+    // f2 calls f6 while the group is copied: f6's frame is written just before the
+    // chunk is copied, and becomes the top before the top pointer is read again
+    let l2 = l.clone();
+    sim.mem.when_reading(CHUNK, move |r| frame(r, &l2, slot(3), 6, slot(2), 2));
+    let l3 = l.clone();
+    sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| {
+        r.u64(CFRAME + l3.tstate.cframe_current_frame.unwrap(), slot(3));
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2]))]);
+    assert_eq!(lost(&stats), 0);
+    assert!(b.threads[0].time_ns < b.time_ns);
+}
+
+#[test]
+fn a_thread_that_never_holds_still_is_lost_and_counted_as_moved() {
+    // Between the two reads of its top pointer the thread leaves f3 (slot 3) for a
+    // generator f9 resumed by f1, and back, every time: neither top lies on the other's
+    // chain, so no read shows one real stack.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    let gen_frame = HEAP + 0x200;
+    sim.mem.with(|r| {
+        stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]);
+        frame(r, &l, gen_frame, 9, slot(1), 6);
+        r.u8(gen_frame + l.frame.owner.unwrap(), l.model.owner_generator.unwrap());
+    });
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    tick(&mut s, &stats);
+    for k in 0..2 * ATTEMPTS as u64 {
+        let l2 = l.clone();
+        sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| {
+            let top = if k % 2 == 0 { gen_frame } else { slot(3) };
+            r.u64(CFRAME + l2.tstate.cframe_current_frame.unwrap(), top);
+        });
+    }
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, None)]);
+    assert_eq!(stats.lost[Loss::Moved as usize].load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_stack_deeper_than_last_tick_is_read_whole() {
+    // 40 more frames than the last walk saw: past the part of the chunk that was copied.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1]));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    tick(&mut s, &stats);
+    let deep: Vec<u64> = (0..42).map(|i| i % 16).collect();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &deep));
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(deep.clone()))]);
+    assert_eq!(lost(&stats), 0);
+}
+
+#[test]
+fn a_generator_frame_at_the_root_is_a_stale_copy() {
+    // A generator's frame read while it was suspended links to nothing: a chain ending
+    // there is cut short, and is read again rather than shown with the generator as root.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    let gen_frame = HEAP + 0x100;
+    sim.mem.with(|r| {
+        stack(r, &l, CFRAME, 0, &[0, 1]);
+        frame(r, &l, gen_frame, 7, slot(1), 8);
+        r.u8(gen_frame + l.frame.owner.unwrap(), l.model.owner_generator.unwrap());
+        frame(r, &l, slot(2), 8, gen_frame, 4);
+        r.u64(CFRAME + l.tstate.cframe_current_frame.unwrap(), slot(2));
+    });
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 7, 8]))]);
+    // this time the generator's frame is copied while it is (seemingly) suspended
+    let l2 = l.clone();
+    sim.mem.when_reading(gen_frame, move |r| r.u64(gen_frame + l2.frame.previous, 0));
+    let l3 = l.clone();
+    sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| r.u64(gen_frame + l3.frame.previous, slot(1)));
+    let retried = stats.retried.load(Ordering::Relaxed);
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 7, 8]))]);
+    assert_eq!((lost(&stats), stats.retried.load(Ordering::Relaxed) - retried), (0, 1));
+}
+
+#[test]
+fn a_new_evaluation_loop_is_followed_to_its_cframe() {
+    // 3.12 keeps the top pointer in the CFrame of the innermost evaluation loop: a call
+    // through C moves the thread state to a new CFrame the copy did not include.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1]));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    tick(&mut s, &stats);
+    sim.mem.with(|r| {
+        stack(r, &l, CFRAME2, 0, &[0, 1, 2]);
+        r.u64(TSTATE + l.tstate.frame, CFRAME2);
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2]))]);
+    assert_eq!(lost(&stats), 0);
+}
+
+#[test]
+fn churn_in_the_thread_list_never_ends_a_living_thread() {
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1]));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    tick(&mut s, &stats);
+    // A thread is being linked in while the list is copied: the head changes under the
+    // read, and the direct re-read that follows finds the list changed again.
+    let l2 = l.clone();
+    sim.mem.when_reading(INTERP + l.interp.threads_head, move |r| {
+        r.map(TSTATE2, 1024);
+        r.u64(TSTATE2 + l2.tstate.interp, 0xdead_0000); // half-built: not ours yet
+        r.u64(INTERP + l2.interp.threads_head, TSTATE2);
+    });
+    for _ in 0..3 {
+        let (msgs, b) = tick(&mut s, &stats);
+        assert!(ended(&msgs).is_empty(), "a living thread was ended");
+        assert!(stacks(&b).iter().all(|(k, st)| *k != TSTATE || st.as_deref() == Some(&[0, 1][..])));
+    }
+    // The new thread settles; a while later it finishes and is unlinked: only it ends.
+    sim.mem.with(|r| {
+        r.u64(TSTATE2 + l.tstate.interp, INTERP);
+        r.u64(TSTATE2 + l.tstate.next, TSTATE);
+        r.u64(TSTATE2 + l.tstate.frame, CFRAME2);
+        r.u64(TSTATE2 + l.tstate.thread_id, 0x2222);
+        r.u32(TSTATE2 + l.tstate.native_thread_id.unwrap(), my_tid() as u32 + 1);
+        r.u64(TSTATE2 + l.tstate.datastack_chunk.unwrap(), CHUNK);
+        stack(r, &l, CFRAME2, 20, &[9, 10]);
+    });
+    let (msgs, b) = tick(&mut s, &stats);
+    assert!(ended(&msgs).is_empty());
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1])), (TSTATE2, Some(vec![9, 10]))]);
+    sim.mem.with(|r| r.u64(INTERP + l.interp.threads_head, TSTATE));
+    let (msgs, b) = tick(&mut s, &stats);
+    assert_eq!(ended(&msgs), vec![TSTATE2]);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1]))]);
+}
+
+#[test]
+fn a_thread_state_reused_by_another_thread_ends_the_first() {
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1]));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(b.threads[0].tid, my_tid());
+    // freed and allocated again for a new thread at the same address
+    sim.mem.with(|r| {
+        r.u64(TSTATE + l.tstate.thread_id, 0x3333);
+        r.u32(TSTATE + l.tstate.native_thread_id.unwrap(), my_tid() as u32 + 2);
+        stack(r, &l, CFRAME, 0, &[4]);
+    });
+    let (msgs, _) = tick(&mut s, &stats);
+    assert_eq!(ended(&msgs), vec![TSTATE]);
+    let (msgs, b) = tick(&mut s, &stats);
+    assert!(ended(&msgs).is_empty());
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![4]))]);
+    assert_eq!(b.threads[0].tid, my_tid() + 2);
+}
