@@ -273,7 +273,7 @@ fn low_bits(n: u32) -> u64 {
 /// The analysis proper: pure, bounded, never panics on any input.
 pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
     let code = c.bytecode;
-    if code.len() > MAX_CODE_BYTES || code.len() % 2 != 0 {
+    if code.len() > MAX_CODE_BYTES || !code.len().is_multiple_of(2) {
         return CallProofs::none();
     }
     let handlers = if ops.jump_after_caches {
