@@ -179,7 +179,7 @@ pub fn record(opts: Options) -> Result<i32> {
     drop(sink); // completes the gzip stream
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let exit = match child {
-        Some(mut c) => c.wait().map(|s| exit_code(s)).unwrap_or(1),
+        Some(mut c) => c.wait().map(exit_code).unwrap_or(1),
         None => 0,
     };
     if let Err(e) = finished {
@@ -337,11 +337,11 @@ fn spawn_progress(stats: Arc<Stats>, stop: Arc<AtomicBool>) -> std::thread::Join
 
 pub fn humantime(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 3_600_000 == 0 {
+    if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

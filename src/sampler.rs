@@ -138,6 +138,9 @@ struct Live {
     /// last stack, root first
     prev: Vec<StackFrame>,
     plan: Plan,
+    /// the outermost frame of the last stack kept, and a different one seen once since
+    root: u64,
+    new_root: u64,
 }
 
 /// One interpreter's thread list.
@@ -190,7 +193,7 @@ enum Attempt {
 /// Below this interval sleeping costs more than it saves: spin to the deadline.
 const SPIN_BELOW_NS: u64 = 60_000;
 /// Bytes of a data-stack chunk to read beyond the deepest frame seen last time.
-const CHUNK_SLACK: usize = 4096;
+const CHUNK_SLACK: usize = 8192;
 const CHUNK_FIRST_READ: usize = 4096;
 /// Frames this close together are read as one piece (cheaper than two iovecs).
 const MERGE_GAP: u64 = 512;
@@ -651,6 +654,8 @@ impl<M: ReadMem> Sampler<M> {
                                 named: false,
                                 prev: Vec::new(),
                                 plan: Plan::default(),
+                                root: 0,
+                                new_root: 0,
                             }))
                         }
                         None => Thread::Unresolved { ids },
@@ -757,6 +762,8 @@ impl<M: ReadMem> Sampler<M> {
         // The walk takes frames from the copy and, where a frame is not in it (a generator
         // started since the plan was made, most often), from the process itself.
         let behind = CopyThenProcess { copy: pf, process: mem };
+        walk.chunk = (chunk, chunk + live.plan.chunk_size as u64);
+        walk_after.chunk = walk.chunk;
         let walked = stack::walk(&behind, l, top.frame, &mut lookup(codes, mem, t), walk);
         let frame_len = l.frame.size as usize;
         let copied_from = |k: usize, w: &Walk| w.visited[k..].iter().all(|&f| pf.get(f, frame_len).is_some());
@@ -774,12 +781,17 @@ impl<M: ReadMem> Sampler<M> {
         }
         // Which moment the stack describes, if any (docs/ARCHITECTURE.md, "Torn reads").
         let mut time = time;
-        if after == top {
-            // The thread stayed in its frame while the group was copied. Frames read after
-            // the copy (generators started since the plan was made) are its callers or
-            // their generators: a running generator's frame links to whoever resumed it
-            // until it yields, and one that yielded since links to nothing (caught as a
-            // truncated chain).
+        if after == top && whole_copy {
+            // the thread stayed in its frame while the group was copied
+        } else if after == top {
+            // Frames read after the copy (a generator started since the plan was made, a
+            // stack deeper than planned): believable only if the thread is still in the
+            // same frame after they were read. A frame that stayed on top all along kept
+            // its callers.
+            if stack::top_frame(mem, l, key)? != top {
+                return Ok(Attempt::Retry(Loss::Moved));
+            }
+            time = now_ns();
         } else if let Some(k) = walk.visited.iter().position(|&f| f == after.frame) {
             // It only returned while the group was copied: the stack at the end is this
             // walk from the second top on, if the copy holds all of that part.
@@ -802,6 +814,16 @@ impl<M: ReadMem> Sampler<M> {
             }
             time = read_span.0;
         }
+        // A thread's outermost frame lives as long as its outermost call: a stack that
+        // ends elsewhere is believed once a second read shows the same (a chain cut short
+        // by a stale link shows a new root, different each time).
+        let root = walk.visited.last().copied().unwrap_or(0);
+        if live.root != 0 && root != live.root && root != live.new_root {
+            live.new_root = root;
+            return Ok(Attempt::Retry(Loss::Truncated));
+        }
+        live.root = root;
+        live.new_root = 0;
         let start = batch.frames.len();
         let prev = &live.prev;
         let mut same_so_far = true;

@@ -140,10 +140,16 @@ fn frame(r: &mut Regions, l: &Layout, at: u64, n: u64, previous: u64, offset: u6
     r.u8(at + l.frame.owner.unwrap(), 0);
 }
 
+/// The C-stack entry frame every 3.12+ evaluation starts from: a thread's outermost.
+const ENTRY: u64 = CFRAME + 0x1800;
+
 /// Sets a thread's stack to the codes `stack` (root first) in consecutive chunk slots
-/// from `first`, and points its CFrame at the innermost.
+/// from `first`, above the entry frame, and points its CFrame at the innermost.
 fn stack(r: &mut Regions, l: &Layout, cframe: u64, first: u64, stack: &[u64]) {
-    let mut prev = 0;
+    r.u64(ENTRY + l.frame.previous, 0);
+    r.u64(ENTRY + l.frame.code, 0);
+    r.u8(ENTRY + l.frame.owner.unwrap(), l.model.owner_first_non_python.unwrap());
+    let mut prev = ENTRY;
     for (i, &n) in stack.iter().enumerate() {
         let at = slot(first + i as u64);
         frame(r, l, at, n, prev, 2 * (i as u64 + 1));

@@ -180,7 +180,8 @@ pub fn common_calls(old: &[StackFrame], new: &[StackFrame], codes: &CodeTable, t
             told.by_locals += 1;
             break;
         }
-        if b.offset < a.offset && codes.get(b.code_id).is_some_and(|c| !c.proofs.offset_can_go_back(a.offset, b.offset)) {
+        if b.offset < a.offset && codes.get(b.code_id).is_some_and(|c| !c.proofs.offset_can_go_back(a.offset, b.offset))
+        {
             told.by_offset += 1;
             break;
         }

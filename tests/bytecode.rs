@@ -379,7 +379,10 @@ fn check(interp: &Interpreter) -> Result<(), String> {
             hidden += is_hidden as usize;
             if is_hidden {
                 if !sound(&from_raw, &truth, deopt.len() as i64) {
-                    errors.push(format!("{name}: in-memory analysis (hidden opcodes) proves too much: {}", proofs_json(&from_raw)));
+                    errors.push(format!(
+                        "{name}: in-memory analysis (hidden opcodes) proves too much: {}",
+                        proofs_json(&from_raw)
+                    ));
                 }
             } else if from_raw != truth {
                 errors.push(format!(

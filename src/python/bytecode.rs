@@ -35,7 +35,7 @@
 
 use super::layout::Layout;
 use super::strings::read_bytes;
-use crate::process::memory::{Fields, ReadMem, ReadError, ReadResult};
+use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
@@ -273,7 +273,7 @@ fn low_bits(n: u32) -> u64 {
 /// The analysis proper: pure, bounded, never panics on any input.
 pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
     let code = c.bytecode;
-    if code.len() > MAX_CODE_BYTES || code.len() % 2 != 0 {
+    if code.len() > MAX_CODE_BYTES || !code.len().is_multiple_of(2) {
         return CallProofs::none();
     }
     let handlers = if ops.jump_after_caches {
@@ -407,8 +407,16 @@ fn read_shape_and_analyze(mem: &dyn ReadMem, layout: &Layout, addr: u64) -> Read
     let c = &layout.code;
     let need = |o: Option<u64>| o.ok_or(ReadError::Fault);
     let fields = [
-        c.code, c.ob_size, c.argcount, c.kwonlyargcount, c.flags, c.nlocals, c.cellvars,
-        c.nlocalsplus, c.localspluskinds, c.exceptiontable,
+        c.code,
+        c.ob_size,
+        c.argcount,
+        c.kwonlyargcount,
+        c.flags,
+        c.nlocals,
+        c.cellvars,
+        c.nlocalsplus,
+        c.localspluskinds,
+        c.exceptiontable,
     ];
     let top = fields.iter().flatten().max().copied().ok_or(ReadError::Fault)? + 8;
     if top > 1024 {

@@ -76,6 +76,9 @@ pub struct Walk {
     pub visited: Vec<u64>,
     /// the last walk ended at a frame that cannot be a thread's outermost one
     pub truncated: bool,
+    /// input: the thread's newest data-stack chunk, [start, end), when known. Within one
+    /// chunk a caller's frame always lies below its callee's.
+    pub chunk: (u64, u64),
 }
 
 /// Where a thread's innermost frame pointer is and what it holds. 3.11-3.12 keep it in
@@ -122,6 +125,10 @@ pub fn walk(mem: &dyn ReadMem, l: &Layout, mut frame: u64, codes: &mut dyn CodeL
         let b = &buf[..len];
         let previous = b.u64_at(f.previous);
         let code = b.u64_at(f.code) & !l.model.stackref_tag_mask;
+        let in_chunk = |a: u64| a >= w.chunk.0 && a < w.chunk.1;
+        if in_chunk(frame) && in_chunk(previous) && previous >= frame {
+            return Err(ReadError::Fault); // a stale frame linking to a newer one
+        }
         match l.model.frames {
             FrameModel::FrameObject => {
                 let lasti = b.i32_at(f.lasti.unwrap_or(0)) as i64;
@@ -158,8 +165,15 @@ pub fn walk(mem: &dyn ReadMem, l: &Layout, mut frame: u64, codes: &mut dyn CodeL
     }
     // A thread's outermost frame is never a generator's: a generator runs because some
     // frame resumed it, and its frame links back to that one while it runs. A chain
-    // that ends in one was read while the generator was suspended: a stale copy.
-    if root_owner.is_some() && root_owner == l.model.owner_generator {
+    // that ends in one was read while the generator was suspended: a stale copy. From
+    // 3.12 on every evaluation starts from an entry frame the interpreter owns, so a
+    // chain must end at one.
+    let truncated = match (root_owner, l.model.owner_first_non_python) {
+        (Some(owner), Some(first)) => owner < first,
+        (Some(owner), None) => Some(owner) == l.model.owner_generator,
+        (None, _) => false,
+    };
+    if truncated {
         w.truncated = true;
         return Err(ReadError::Fault);
     }
