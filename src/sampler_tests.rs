@@ -403,3 +403,44 @@ fn a_thread_state_reused_by_another_thread_ends_the_first() {
     assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![4]))]);
     assert_eq!(b.threads[0].tid, my_tid() + 2);
 }
+
+#[test]
+fn a_chain_cut_short_by_a_stale_link_is_not_believed() {
+    // The copy of f2's slot still holds an older frame's link to nothing: walking it ends
+    // at a Python frame, not at the entry frame every 3.12+ evaluation starts from.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    tick(&mut s, &stats);
+    let l2 = l.clone();
+    sim.mem.when_reading(CHUNK, move |r| r.u64(slot(2) + l2.frame.previous, 0));
+    let l3 = l.clone();
+    sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| r.u64(slot(2) + l3.frame.previous, slot(1)));
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2, 3]))]);
+    assert_eq!(lost(&stats), 0);
+}
+
+#[test]
+fn a_frame_linking_to_a_newer_one_in_its_chunk_is_torn() {
+    // Within one data-stack chunk a caller lies below its callee; a copy where f3 links
+    // to a frame above it is a stale slot, never shown.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    tick(&mut s, &stats);
+    for _ in 0..ATTEMPTS {
+        let l2 = l.clone();
+        sim.mem.when_reading(CHUNK, move |r| {
+            frame(r, &l2, slot(5), 6, slot(1), 2);
+            r.u64(slot(3) + l2.frame.previous, slot(5));
+        });
+    }
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, None)]);
+    assert_eq!(stats.lost[Loss::Torn as usize].load(Ordering::Relaxed), 1);
+}
