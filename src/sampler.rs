@@ -193,7 +193,7 @@ enum Attempt {
 /// Below this interval sleeping costs more than it saves: spin to the deadline.
 const SPIN_BELOW_NS: u64 = 60_000;
 /// Bytes of a data-stack chunk to read beyond the deepest frame seen last time.
-const CHUNK_SLACK: usize = 8192;
+const CHUNK_SLACK: usize = 4096;
 const CHUNK_FIRST_READ: usize = 4096;
 /// Frames this close together are read as one piece (cheaper than two iovecs).
 const MERGE_GAP: u64 = 512;

@@ -18,6 +18,9 @@ pub struct Prefetch {
     check: Vec<bool>,
     /// whether the last read filled spans[i] completely
     ok: Vec<bool>,
+    /// bytes asked for so far; `buf` only grows (never cleared: every byte served was
+    /// written by the last read, so nothing is zeroed per tick)
+    used: usize,
     buf: Vec<u8>,
     /// indices of filled, non-check spans sorted by address, and the largest end of
     /// any span up to each position (lets a lookup stop early when walking back)
@@ -30,7 +33,7 @@ impl Prefetch {
         self.spans.clear();
         self.check.clear();
         self.ok.clear();
-        self.buf.clear();
+        self.used = 0;
         self.index.clear();
         self.max_end.clear();
     }
@@ -40,10 +43,13 @@ impl Prefetch {
     }
 
     fn push(&mut self, addr: u64, len: usize, check: bool) -> usize {
-        let at = self.buf.len();
+        let at = self.used;
         self.spans.push(Span { addr, len, at });
         self.check.push(check);
-        self.buf.resize(at + len, 0); // no allocation once the buffer has grown
+        self.used += len;
+        if self.buf.len() < self.used {
+            self.buf.resize(self.used, 0);
+        }
         self.spans.len() - 1
     }
 
