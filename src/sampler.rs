@@ -147,7 +147,9 @@ struct Live {
 struct Listed {
     interp: u64,
     /// every state linked, in list order: what a tick's copy is compared with
-    raw: Vec<u64>,
+    /// (and whose thread each says it is: a state made for a new thread carries its
+    /// creator's id until the thread runs, and is only sampled from then on)
+    raw: Vec<(u64, u64)>,
     /// one state per thread (threads::one_per_thread): what is sampled
     states: Vec<u64>,
 }
@@ -175,6 +177,11 @@ struct Plan {
     chunk_len: usize,
     /// the chunk's size, from its header (0: not read yet)
     chunk_size: usize,
+    /// how far the data stack reached at the last walk, and how much more to read beyond
+    /// it: twice the latest growth, decaying, so a thread sleeping in one place costs
+    /// little and a deepening recursion is read whole
+    used: usize,
+    slack: usize,
     /// frames outside that window: older chunks, generators, C-stack entry frames,
     /// frame objects (before 3.11)
     frames: Vec<u64>,
@@ -193,7 +200,9 @@ enum Attempt {
 /// Below this interval sleeping costs more than it saves: spin to the deadline.
 const SPIN_BELOW_NS: u64 = 60_000;
 /// Bytes of a data-stack chunk to read beyond the deepest frame seen last time.
-const CHUNK_SLACK: usize = 4096;
+const CHUNK_SLACK_FIRST: usize = 4096;
+const CHUNK_SLACK_MIN: usize = 512;
+const CHUNK_SLACK_MAX: usize = 16 << 10;
 const CHUNK_FIRST_READ: usize = 4096;
 /// Frames this close together are read as one piece (cheaper than two iovecs).
 const MERGE_GAP: u64 = 512;
@@ -510,7 +519,7 @@ impl<M: ReadMem> Sampler<M> {
         for i in 0..self.interps.len() {
             for j in 0..self.interps[i].raw.len() {
                 // (a duplicate state of a thread being created is read for the list check)
-                self.want_thread(self.interps[i].raw[j]);
+                self.want_thread(self.interps[i].raw[j].0);
             }
         }
         self.fetch()
@@ -604,7 +613,7 @@ impl<M: ReadMem> Sampler<M> {
             n += 1;
             let mut k = 0;
             let states = threads::for_each_state(&self.pf, t, interp, |s| {
-                same &= known.raw.get(k) == Some(&s.addr);
+                same &= known.raw.get(k) == Some(&(s.addr, s.thread_id));
                 k += 1;
                 same
             });
@@ -628,7 +637,7 @@ impl<M: ReadMem> Sampler<M> {
             let Ok(raw) = threads::thread_states_raw(mem, t, interp) else {
                 return Ok(());
             };
-            let raw_addrs: Vec<u64> = raw.iter().map(|s| s.addr).collect();
+            let raw_addrs: Vec<(u64, u64)> = raw.iter().map(|s| (s.addr, s.thread_id)).collect();
             let states = threads::one_per_thread(raw);
             let unsettled = states.iter().any(|s| match self.threads.get(&s.addr) {
                 Some(Thread::Live(l)) => l.ids != (s.thread_id, s.native_id.unwrap_or(0)),
@@ -958,9 +967,15 @@ fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_t
             Some(n) if n <= size => used.max(n as usize),
             _ => used,
         };
+        let grew = used.saturating_sub(plan.used);
+        plan.slack = match plan.slack {
+            0 => CHUNK_SLACK_FIRST,
+            s => (s - s / 8).max(2 * grew).clamp(CHUNK_SLACK_MIN, CHUNK_SLACK_MAX),
+        };
+        plan.used = used;
         plan.chunk = chunk;
         plan.chunk_size = size as usize;
-        plan.chunk_len = (used + CHUNK_SLACK).max(CHUNK_FIRST_READ).min(size as usize);
+        plan.chunk_len = (used + plan.slack).min(size as usize);
         plan.frames.clear();
         plan.frames.extend(visited.iter().filter(|&&f| !(window.contains(&f) && f + frame_len <= window.end)));
     } else {
