@@ -204,6 +204,9 @@ const CHUNK_SLACK_FIRST: usize = 4096;
 const CHUNK_SLACK_MIN: usize = 512;
 const CHUNK_SLACK_MAX: usize = 16 << 10;
 const CHUNK_FIRST_READ: usize = 4096;
+/// Bytes read after a frame outside the data-stack window: its first local slots (32),
+/// which the call proofs read.
+const LOCALS_READ: u64 = 256;
 /// Frames this close together are read as one piece (cheaper than two iovecs).
 const MERGE_GAP: u64 = 512;
 const MAX_SPAN: u64 = 64 << 10;
@@ -554,7 +557,7 @@ impl<M: ReadMem> Sampler<M> {
         }
         // Frames outside the chunk window, merged where they are close: one piece per
         // region, not per frame.
-        let frame_len = l.frame.size;
+        let frame_len = l.frame.localsplus.unwrap_or(l.frame.size).max(l.frame.size) + LOCALS_READ;
         self.spans.clear();
         self.spans.extend_from_slice(&plan.frames);
         self.spans.sort_unstable();
@@ -773,7 +776,7 @@ impl<M: ReadMem> Sampler<M> {
         let behind = CopyThenProcess { copy: pf, process: mem };
         walk.chunk = (chunk, chunk + live.plan.chunk_size as u64);
         walk_after.chunk = walk.chunk;
-        let walked = stack::walk(&behind, l, top.frame, &mut lookup(codes, mem, t), walk);
+        let walked = stack::walk_with_locals_from(&behind, pf, l, top.frame, &mut lookup(codes, mem, t), walk);
         let frame_len = l.frame.size as usize;
         let copied_from = |k: usize, w: &Walk| w.visited[k..].iter().all(|&f| pf.get(f, frame_len).is_some());
         match walked {

@@ -22,10 +22,8 @@ pub struct Prefetch {
     /// written by the last read, so nothing is zeroed per tick)
     used: usize,
     buf: Vec<u8>,
-    /// indices of filled, non-check spans sorted by address, and the largest end of
-    /// any span up to each position (lets a lookup stop early when walking back)
+    /// filled, non-check spans not inside another, by address (ends increase too)
     index: Vec<u32>,
-    max_end: Vec<u64>,
 }
 
 impl Prefetch {
@@ -35,7 +33,6 @@ impl Prefetch {
         self.ok.clear();
         self.used = 0;
         self.index.clear();
-        self.max_end.clear();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,14 +75,18 @@ impl Prefetch {
         self.index.clear();
         self.index.extend((0..self.spans.len() as u32).filter(|&i| self.ok[i as usize] && !self.check[i as usize]));
         let spans = &self.spans;
-        self.index.sort_unstable_by_key(|&i| spans[i as usize].addr);
-        self.max_end.clear();
+        self.index.sort_unstable_by_key(|&i| (spans[i as usize].addr, std::cmp::Reverse(spans[i as usize].len)));
+        // A span that ends before some earlier-starting span ends lies inside that span:
+        // drop it, so starts and ends both increase and one binary search finds the only
+        // span that can hold an address.
         let mut end = 0;
-        for &i in &self.index {
+        self.index.retain(|&i| {
             let s = &spans[i as usize];
-            end = end.max(s.addr + s.len as u64);
-            self.max_end.push(end);
-        }
+            let e = s.addr + s.len as u64;
+            let keep = e > end;
+            end = end.max(e);
+            keep
+        });
         Ok(())
     }
 
@@ -99,20 +100,13 @@ impl Prefetch {
     #[inline]
     pub fn get(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let end = addr.checked_add(len as u64)?;
-        // the last span starting at or before addr, then back while any span may reach
-        let mut i = self.index.partition_point(|&i| self.spans[i as usize].addr <= addr);
-        while i > 0 {
-            i -= 1;
-            if self.max_end[i] < end {
-                return None;
-            }
-            let s = &self.spans[self.index[i] as usize];
-            if end <= s.addr + s.len as u64 {
-                let o = s.at + (addr - s.addr) as usize;
-                return self.buf.get(o..o + len);
-            }
+        let i = self.index.partition_point(|&i| self.spans[i as usize].addr <= addr).checked_sub(1)?;
+        let s = &self.spans[self.index[i] as usize];
+        if end > s.addr + s.len as u64 {
+            return None;
         }
-        None
+        let o = s.at + (addr - s.addr) as usize;
+        self.buf.get(o..o + len)
     }
 }
 

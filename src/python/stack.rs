@@ -106,7 +106,21 @@ pub fn top_frame(mem: &dyn ReadMem, l: &Layout, tstate: u64) -> ReadResult<Top> 
 
 /// Reads the stack starting at `frame`. Errors mean the memory changed under us
 /// (`Fault`), or, reading a tick's copy, that a frame is not in it (`Missing`).
-pub fn walk(mem: &dyn ReadMem, l: &Layout, mut frame: u64, codes: &mut dyn CodeLookup, w: &mut Walk) -> ReadResult<()> {
+pub fn walk(mem: &dyn ReadMem, l: &Layout, frame: u64, codes: &mut dyn CodeLookup, w: &mut Walk) -> ReadResult<()> {
+    walk_with_locals_from(mem, mem, l, frame, codes, w)
+}
+
+/// `walk`, taking the frames' local slots (call proofs only) from `locals`: a sampler
+/// passes its copy, so a frame whose slots it did not copy keeps no proof rather than
+/// costing a read of its own.
+pub fn walk_with_locals_from(
+    mem: &dyn ReadMem,
+    locals: &dyn ReadMem,
+    l: &Layout,
+    mut frame: u64,
+    codes: &mut dyn CodeLookup,
+    w: &mut Walk,
+) -> ReadResult<()> {
     w.frames.clear();
     w.visited.clear();
     w.truncated = false;
@@ -133,7 +147,7 @@ pub fn walk(mem: &dyn ReadMem, l: &Layout, mut frame: u64, codes: &mut dyn CodeL
             FrameModel::FrameObject => {
                 let lasti = b.i32_at(f.lasti.unwrap_or(0)) as i64;
                 let locals = match codes.facts(code) {
-                    Ok(c) => read_locals(mem, l, frame, &c),
+                    Ok(c) => read_locals(locals, l, frame, &c),
                     Err(_) => Locals::default(), // (names are resolved later, with their own checks)
                 };
                 w.frames.push(RawFrame { code, frame, offset: lasti * l.model.lasti_unit as i64, locals });
@@ -148,8 +162,8 @@ pub fn walk(mem: &dyn ReadMem, l: &Layout, mut frame: u64, codes: &mut dyn CodeL
                             let offset = b.u64_at(f.instr.unwrap_or(0)).wrapping_sub(c.bytecode_start) as i64;
                             let incomplete = Some(owner) != l.model.owner_generator && offset < c.first_traceable;
                             if !incomplete {
-                                let locals = read_locals(mem, l, frame, &c);
-                                w.frames.push(RawFrame { code, frame, offset, locals });
+                                let slots = read_locals(locals, l, frame, &c);
+                                w.frames.push(RawFrame { code, frame, offset, locals: slots });
                             }
                         }
                         // 3.13+ frames may execute something that is not a code object;
