@@ -774,7 +774,10 @@ impl<M: ReadMem> Sampler<M> {
         // The walk takes frames from the copy and, where a frame is not in it (a generator
         // started since the plan was made, most often), from the process itself.
         let behind = CopyThenProcess { copy: pf, process: mem };
-        walk.chunk = (chunk, chunk + live.plan.chunk_size as u64);
+        // (the chunk's extent is known once its header was copied, i.e. a tick after a
+        // thread moved to a new chunk)
+        let size = if live.plan.chunk == chunk { live.plan.chunk_size as u64 } else { 0 };
+        walk.chunk = (chunk, chunk + size);
         walk_after.chunk = walk.chunk;
         let walked = stack::walk_with_locals_from(&behind, pf, l, top.frame, &mut lookup(codes, mem, t), walk);
         let frame_len = l.frame.size as usize;

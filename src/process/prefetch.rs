@@ -35,10 +35,6 @@ impl Prefetch {
         self.index.clear();
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
     fn push(&mut self, addr: u64, len: usize, check: bool) -> usize {
         let at = self.used;
         self.spans.push(Span { addr, len, at });
