@@ -214,8 +214,12 @@ const MAX_SPAN: u64 = 64 << 10;
 const RESOLVE_EVERY_NS: u64 = 10_000_000;
 /// The most C stack read to catch a thread's CFrame wherever it is next.
 const CFRAME_WINDOW: u64 = 12 << 10;
-/// Reads of one thread per tick before its sample is given up (the first included).
-const ATTEMPTS: usize = 4;
+/// Reads of one thread per tick before its sample is given up (the first included):
+/// always `ATTEMPTS_ALWAYS`, and up to `ATTEMPTS` while within half the interval, so
+/// re-reads do not push the next tick back (at `--rate max` there is no interval).
+const ATTEMPTS: usize = 8;
+const ATTEMPTS_ALWAYS: usize = 4;
+const RETRY_SHARE: u64 = 2;
 
 pub struct Sampler<M: ReadMem = Memory> {
     pub pid: i32,
@@ -242,6 +246,8 @@ pub struct Sampler<M: ReadMem = Memory> {
     pf_codes: Prefetch,
     /// when the last fetch started and ended
     read_span: (u64, u64),
+    /// re-reads of this tick stop here (half the interval after it began)
+    retry_until: Option<u64>,
     /// scratch for the walk from the second top pointer
     walk_after: Walk,
     last_name_scan_ns: u64,
@@ -326,6 +332,7 @@ impl<M: ReadMem> Sampler<M> {
             unchecked: Vec::new(),
             pf_codes: Prefetch::default(),
             read_span: (0, 0),
+            retry_until: None,
             walk_after: Walk::default(),
             last_name_scan_ns: 0,
             stale_list: true,
@@ -362,6 +369,10 @@ impl<M: ReadMem> Sampler<M> {
             if end_ns.is_some_and(|e| now_ns() >= e) {
                 return StopReason::Requested;
             }
+            self.retry_until = match interval_ns {
+                0 => None,
+                i => Some(now_ns() + i / RETRY_SHARE),
+            };
             match self.tick(tx, stats) {
                 Ok(true) => {}
                 Ok(false) => return StopReason::ConsumerGone,
@@ -455,7 +466,8 @@ impl<M: ReadMem> Sampler<M> {
                     Attempt::Retry(why) => failed.push((key, why)),
                 }
             }
-            if failed.is_empty() || attempt + 1 == ATTEMPTS {
+            let out_of_time = attempt + 1 >= ATTEMPTS_ALWAYS && self.retry_until.is_none_or(|d| now_ns() >= d);
+            if failed.is_empty() || attempt + 1 == ATTEMPTS || out_of_time {
                 break;
             }
             // Read again at once, only the threads that need it: first their states, to
