@@ -158,6 +158,18 @@ fn stack(r: &mut Regions, l: &Layout, cframe: u64, first: u64, stack: &[u64]) {
     r.u64(cframe + l.tstate.cframe_current_frame.unwrap(), prev);
 }
 
+/// A simulated thread running the codes `st` (root first), and a sampler that has read it
+/// once (its plan is warm).
+fn warm(st: &[u64]) -> (Sim, Layout, Sampler<Shared>, Stats) {
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, st));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    tick(&mut s, &stats);
+    (sim, l, s, stats)
+}
+
 /// One tick; the messages it sent, and its batch.
 fn tick(s: &mut Sampler<Shared>, stats: &Stats) -> (Vec<Message>, SampleBatch) {
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -208,12 +220,7 @@ fn a_return_while_the_group_is_copied_gives_the_stack_at_the_end_not_a_mix() {
     // which still links to slot 2. Walking from the first top alone would show f3 called
     // by f5; the second top (slot 2) lies on that chain, so the stack at the end of the
     // read is the chain from there.
-    let sim = Sim::new();
-    let l = sim.l.clone();
-    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]));
-    let mut s = sim.sampler();
-    let stats = Stats::default();
-    tick(&mut s, &stats);
+    let (sim, l, mut s, stats) = warm(&[0, 1, 2, 3]);
     let l2 = l.clone();
     sim.mem.when_reading(CHUNK, move |r| {
         frame(r, &l2, slot(2), 5, slot(1), 40);
@@ -229,12 +236,7 @@ fn a_return_while_the_group_is_copied_gives_the_stack_at_the_end_not_a_mix() {
 
 #[test]
 fn a_call_while_the_group_is_copied_gives_the_stack_at_the_start() {
-    let sim = Sim::new();
-    let l = sim.l.clone();
-    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 2]));
-    let mut s = sim.sampler();
-    let stats = Stats::default();
-    tick(&mut s, &stats);
+    let (sim, l, mut s, stats) = warm(&[0, 1, 2]);
     // f2 calls f6 while the group is copied: f6's frame is written just before the
     // chunk is copied, and becomes the top before the top pointer is read again
     let l2 = l.clone();
@@ -280,12 +282,7 @@ fn a_thread_that_never_holds_still_is_lost_and_counted_as_moved() {
 #[test]
 fn a_stack_deeper_than_last_tick_is_read_whole() {
     // 40 more frames than the last walk saw: past the part of the chunk that was copied.
-    let sim = Sim::new();
-    let l = sim.l.clone();
-    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1]));
-    let mut s = sim.sampler();
-    let stats = Stats::default();
-    tick(&mut s, &stats);
+    let (sim, l, mut s, stats) = warm(&[0, 1]);
     let deep: Vec<u64> = (0..42).map(|i| i % 16).collect();
     sim.mem.with(|r| stack(r, &l, CFRAME, 0, &deep));
     let (_, b) = tick(&mut s, &stats);
@@ -326,12 +323,7 @@ fn a_generator_frame_at_the_root_is_a_stale_copy() {
 fn a_new_evaluation_loop_is_followed_to_its_cframe() {
     // 3.12 keeps the top pointer in the CFrame of the innermost evaluation loop: a call
     // through C moves the thread state to a new CFrame the copy did not include.
-    let sim = Sim::new();
-    let l = sim.l.clone();
-    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1]));
-    let mut s = sim.sampler();
-    let stats = Stats::default();
-    tick(&mut s, &stats);
+    let (sim, l, mut s, stats) = warm(&[0, 1]);
     sim.mem.with(|r| {
         stack(r, &l, CFRAME2, 0, &[0, 1, 2]);
         r.u64(TSTATE + l.tstate.frame, CFRAME2);
@@ -343,12 +335,7 @@ fn a_new_evaluation_loop_is_followed_to_its_cframe() {
 
 #[test]
 fn churn_in_the_thread_list_never_ends_a_living_thread() {
-    let sim = Sim::new();
-    let l = sim.l.clone();
-    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1]));
-    let mut s = sim.sampler();
-    let stats = Stats::default();
-    tick(&mut s, &stats);
+    let (sim, l, mut s, stats) = warm(&[0, 1]);
     // A thread is being linked in while the list is copied: the head changes under the
     // read, and the direct re-read that follows finds the list changed again.
     let l2 = l.clone();
@@ -408,12 +395,7 @@ fn a_thread_state_reused_by_another_thread_ends_the_first() {
 fn a_chain_cut_short_by_a_stale_link_is_not_believed() {
     // The copy of f2's slot still holds an older frame's link to nothing: walking it ends
     // at a Python frame, not at the entry frame every 3.12+ evaluation starts from.
-    let sim = Sim::new();
-    let l = sim.l.clone();
-    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]));
-    let mut s = sim.sampler();
-    let stats = Stats::default();
-    tick(&mut s, &stats);
+    let (sim, l, mut s, stats) = warm(&[0, 1, 2, 3]);
     let l2 = l.clone();
     sim.mem.when_reading(CHUNK, move |r| r.u64(slot(2) + l2.frame.previous, 0));
     let l3 = l.clone();
@@ -427,12 +409,7 @@ fn a_chain_cut_short_by_a_stale_link_is_not_believed() {
 fn a_frame_linking_to_a_newer_one_in_its_chunk_is_torn() {
     // Within one data-stack chunk a caller lies below its callee; a copy where f3 links
     // to a frame above it is a stale slot, never shown.
-    let sim = Sim::new();
-    let l = sim.l.clone();
-    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]));
-    let mut s = sim.sampler();
-    let stats = Stats::default();
-    tick(&mut s, &stats);
+    let (sim, l, mut s, stats) = warm(&[0, 1, 2, 3]);
     for _ in 0..ATTEMPTS {
         let l2 = l.clone();
         sim.mem.when_reading(CHUNK, move |r| {
