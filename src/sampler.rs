@@ -303,12 +303,9 @@ fn lookup<'a>(
     mem: &'a dyn ReadMem,
     t: &'a Target,
 ) -> impl FnMut(u64) -> ReadResult<CodeFacts> + 'a {
-    move |code| {
-        let info = match codes.cached(code) {
-            Some(i) => i.clone(),
-            None => codes.get(mem, &t.layout, t.code_type, code)?,
-        };
-        Ok(info.facts())
+    move |code| match codes.cached(code) {
+        Some(info) => Ok(info.facts()),
+        None => Ok(codes.get(mem, &t.layout, t.code_type, code)?.facts()),
     }
 }
 
@@ -602,8 +599,7 @@ impl<M: ReadMem> Sampler<M> {
         let (Some(ts), Some(Thread::Live(live))) = (pf.get(key, *tstate_len), threads.get_mut(&key)) else {
             return;
         };
-        let chunk = l.tstate.datastack_chunk.map(|o| ts.u64_at(o)).unwrap_or(0);
-        let stack_top = l.tstate.datastack_top.map(|o| ts.u64_at(o)).unwrap_or(0);
+        let (chunk, stack_top) = data_stack(l, ts);
         if l.model.frame_via_cframe {
             live.plan.see_cframe(ts.u64_at(l.tstate.frame));
         }
@@ -732,8 +728,7 @@ impl<M: ReadMem> Sampler<M> {
             return Ok(Attempt::Retry(Loss::Incomplete));
         };
         let ids = (ts.u64_at(l.tstate.thread_id), l.tstate.native_thread_id.map(|o| ts.i32_at(o)).unwrap_or(0));
-        let chunk = l.tstate.datastack_chunk.map(|o| ts.u64_at(o)).unwrap_or(0);
-        let stack_top = l.tstate.datastack_top.map(|o| ts.u64_at(o)).unwrap_or(0);
+        let (chunk, stack_top) = data_stack(l, ts);
         let Some(thread) = threads.get_mut(&key) else {
             return Ok(Attempt::Skipped);
         };
@@ -959,6 +954,13 @@ impl<M: ReadMem> Sampler<M> {
             }
         }
     }
+}
+
+/// The thread's newest data-stack chunk and the top of its data stack (3.11+), as the
+/// copy of its thread state holds them; zeros before 3.11.
+fn data_stack(l: &Layout, ts: &[u8]) -> (u64, u64) {
+    let at = |o: Option<u64>| o.map(|o| ts.u64_at(o)).unwrap_or(0);
+    (at(l.tstate.datastack_chunk), at(l.tstate.datastack_top))
 }
 
 /// What to copy next time for a thread whose walk read `visited`: the newest chunk as
