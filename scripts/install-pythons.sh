@@ -23,13 +23,14 @@ need_host_pkg() {
 
 # debootstrap for the roots, gcc for the offset probes and the embedder fixture,
 # libpython3.11-dev for the embedder (a target whose runtime lives in libpython).
-need_host_pkg debootstrap gcc libpython3.11-dev python3.11-dev
+# python3.11-dbg: Debian's debug build (Py_DEBUG), a test interpreter of its own.
+need_host_pkg debootstrap gcc libpython3.11-dev python3.11-dev python3.11-dbg
 
 # suite  packages
 ROOTS=(
   "bullseye python3.9 python3.9-dev"
   "trixie python3.13 python3.13-dev"
-  "sid python3.13 python3.13-dev python3.14 python3.14-dev python3.15 python3.15-dev"
+  "sid python3.13 python3.13-dev python3.14 python3.14-dev python3.14-dbg python3.15 python3.15-dev"
 )
 
 build_root() {
@@ -180,6 +181,7 @@ for suite, exes in (("bullseye", ["python3.9"]), ("trixie", ["python3.13"]),
                     ("sid", ["python3.13", "python3.14", "python3.15"])):
     for exe in exes:
         add(f"{suite}-{exe}", os.path.join(base, suite), f"/usr/bin/{exe}", f"debian {suite}")
+add("sid-python3.14-dbg", os.path.join(base, "sid"), "/usr/bin/python3.14d", "debian sid, debug build")
 # The static, stripped builds linked above (build_static).
 for suite, minor in (("bullseye", "3.9"), ("trixie", "3.13"), ("sid", "3.14"), ("sid", "3.15")):
     add(f"{suite}-static-stripped-{minor}", os.path.join(base, suite), f"/opt/vizattach-static/{minor}/python",
@@ -187,6 +189,7 @@ for suite, minor in (("bullseye", "3.9"), ("trixie", "3.13"), ("sid", "3.14"), (
 seen = set()
 add("host-python3.11", "/", "/usr/bin/python3.11", "debian bookworm (host)")
 seen.add(os.path.realpath("/usr/bin/python3.11"))
+add("host-python3.11-dbg", "/", "/usr/bin/python3.11d", "debian bookworm (host), debug build")
 add("host-static-stripped-3.11", "/", "/opt/vizattach-static/3.11/python",
     "debian bookworm libpython3.11.a, static, stripped", static=True)
 for d in os.environ.get("PATH", "").split(":"):

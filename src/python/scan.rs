@@ -76,9 +76,12 @@ pub fn find_runtime(process: &Process, binary: &MapEntry, l: &Layout) -> Option<
             if !chain_reaches(&local, l, head, main) {
                 continue;
             }
-            if let (Some(holder), Some(_)) = (l.runtime.gil_holder, l.runtime.gil_locked) {
+            if let (Some(holder), Some(locked)) = (l.runtime.gil_holder, l.runtime.gil_locked) {
+                // The last holder may have ended since (and a debug build scribbles over
+                // freed memory): only a held GIL's holder is sure to be alive.
                 let h = buf.u64_at((off + holder as usize) as u64);
-                if h != 0 && local.read_u64(h + l.tstate.interp).ok() != Some(main) {
+                let held = buf.u32_at((off + locked as usize) as u64) != 0;
+                if held && h != 0 && local.read_u64(h + l.tstate.interp).ok() != Some(main) {
                     continue;
                 }
             }
