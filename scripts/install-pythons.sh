@@ -83,7 +83,7 @@ int main(int argc, char **argv) { return Py_BytesMain(argc, argv); }'
 build_static() {
     local root=$1 minor=$2 name=$3 export_runtime=$4
     local sysroot=${root%/} out_dir="$root/opt/vizattach-static/$name" libdir="$root/usr/lib/x86_64-linux-gnu"
-    local stamp="$minor export=$export_runtime v1"
+    local stamp="$minor export=$export_runtime v2"
     [ -n "$sysroot" ] || sysroot=/
     if [ -x "$out_dir/python" ] && [ "$(cat "$out_dir/.stamp" 2>/dev/null)" = "$stamp" ]; then
         return 0
@@ -120,7 +120,7 @@ build_static() {
     done
     local link=(gcc --sysroot="$sysroot" -B"$libdir" -L"$work/ld" -L"$libdir" -no-pie -O1 -I"$root/usr/include/python$minor"
         "$work/main.c" -o "$work/python" -Wl,-E -Wl,--version-script="$work/exports.ver"
-        "$libdir/libpython$minor.a" "${libs[@]}")
+        -Wl,--whole-archive "$libdir/libpython$minor.a" -Wl,--no-whole-archive "${libs[@]}")
     # Debian's libpython3.12+.a leaves out the HACL* hash objects its _md5/_sha*/_blake2
     # modules call (the shared library has them). The tests never hash without OpenSSL,
     # so those calls abort with a message rather than block the link.

@@ -10,4 +10,5 @@ pub mod process;
 pub mod python;
 pub mod record;
 pub mod sampler;
+pub mod subinterpreters;
 pub mod timeline;
