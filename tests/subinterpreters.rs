@@ -25,9 +25,11 @@ struct Slice {
     end: f64,
 }
 
+type Nested = BTreeMap<i64, Vec<(Slice, Vec<String>)>>;
+
 /// Complete events per tid, each with the names of the slices enclosing it (outermost
 /// first), nesting taken from time containment as the viewers draw it.
-fn nested(trace: &Value) -> Result<BTreeMap<i64, Vec<(Slice, Vec<String>)>>, String> {
+fn nested(trace: &Value) -> Result<Nested, String> {
     let events = trace["traceEvents"].as_array().ok_or("no traceEvents array")?;
     let mut by_tid: BTreeMap<i64, Vec<Slice>> = BTreeMap::new();
     for e in events.iter().filter(|e| e["ph"] == "X") {
