@@ -20,6 +20,7 @@ pub fn to_json(reader: &Reader, threads: &[ThreadStack]) -> serde_json::Value {
                 "function": f.code.name,
                 "file": f.code.filename,
                 "line": f.line,
+                "interpreter": f.interp,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
@@ -46,7 +47,13 @@ pub fn to_text(reader: &Reader, threads: &[ThreadStack]) -> String {
         if th.frames.is_empty() {
             let _ = writeln!(s, "    (no Python frames: running C code or idle)");
         }
-        for f in &th.frames {
+        // Where a stack runs in a subinterpreter, each run of its frames is headed by the
+        // interpreter's id; a stack only in the main interpreter has no headings.
+        let marked = th.frames.iter().any(|f| f.interp != 0);
+        for (i, f) in th.frames.iter().enumerate() {
+            if marked && (i == 0 || th.frames[i - 1].interp != f.interp) {
+                let _ = writeln!(s, "  [interpreter {}]", f.interp);
+            }
             let _ = writeln!(s, "    {} ({}:{})", f.code.name, f.code.filename, f.line);
         }
     }

@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 const VIZATTACH: &str = env!("CARGO_BIN_EXE_vizattach");
 const HOSTS: usize = 2;
@@ -120,4 +120,76 @@ fn record_nests_subinterpreter_frames_in_their_thread() {
         return;
     };
     for_each_interpreter(&targets, 2, check_record);
+}
+
+/// Dumps until every host thread is caught inside its subinterpreter; each dump must show
+/// each OS thread once, and a host thread's subinterpreter frames (interpreter != 0) on
+/// top of the main interpreter's frames down to `host`.
+fn check_dump(interp: &Interpreter) -> Result<(), String> {
+    let work = WorkDir::new(interp)?;
+    let argv = work.command_line("subinterp.py", &["60".into(), HOSTS.to_string()]);
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).current_dir(work.host_path("")).stdin(Stdio::null()).stdout(Stdio::null());
+    let target = KillOnDrop(cmd.spawn().map_err(|e| format!("spawn {argv:?}: {e}"))?);
+    let pid = target.pid().to_string();
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+        let out = run_vizattach(&["dump", "--pid", &pid, "--json"])?;
+        if !out.status.success() {
+            last = out.describe();
+            continue; // not up yet
+        }
+        let dump: Value = serde_json::from_str(&out.stdout).map_err(|e| format!("dump is not JSON: {e}"))?;
+        let threads = dump["threads"].as_array().ok_or("no threads array")?;
+        let mut tids: Vec<i64> = threads.iter().filter_map(|t| t["tid"].as_i64()).collect();
+        let n = tids.len();
+        tids.sort_unstable();
+        tids.dedup();
+        if tids.len() != n {
+            return Err(format!("a thread is listed twice: {}", out.stdout));
+        }
+        let mut inside = 0;
+        for t in threads {
+            let frames: Vec<(String, i64)> = t["frames"]
+                .as_array()
+                .ok_or("no frames array")?
+                .iter()
+                .map(|f| (f["function"].as_str().unwrap_or("").to_string(), f["interpreter"].as_i64().unwrap_or(-1)))
+                .collect();
+            let Some(host) = frames.iter().position(|f| f.0 == "host") else {
+                continue;
+            };
+            let Some(sub) = frames.iter().position(|f| f.0 == "sub_outer") else {
+                continue;
+            };
+            // innermost first: every frame above the entry runs in the subinterpreter,
+            // every frame from Interpreter.exec (or its 3.12/3.13 caller) down in main
+            let id = frames[sub].1;
+            let boundary = frames.iter().position(|f| f.1 == 0).unwrap_or(frames.len());
+            if sub > host
+                || id <= 0
+                || frames[..boundary].iter().any(|f| f.1 != id)
+                || frames[boundary..].iter().any(|f| f.1 != 0)
+                || boundary > host
+            {
+                return Err(format!("thread {}: frames (function, interpreter) {frames:?}", t["tid"]));
+            }
+            inside += 1;
+        }
+        if inside == HOSTS {
+            return Ok(());
+        }
+        last = format!("{inside} of {HOSTS} host threads inside: {}", out.stdout);
+    }
+    Err(format!("never saw every host thread inside its subinterpreter; last: {last}"))
+}
+
+#[test]
+fn dump_joins_subinterpreter_frames_to_their_thread() {
+    let Some(targets) = subinterpreter_targets() else {
+        return;
+    };
+    for_each_interpreter(&targets, 2, check_dump);
 }
