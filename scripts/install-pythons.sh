@@ -30,7 +30,7 @@ need_host_pkg debootstrap gcc libpython3.11-dev python3.11-dev python3.11-dbg
 ROOTS=(
   "bullseye python3.9 python3.9-dev"
   "trixie python3.13 python3.13-dev"
-  "sid python3.13 python3.13-dev python3.14 python3.14-dev python3.14-dbg python3.15 python3.15-dev"
+  "sid python3.13 python3.13-dev python3.14 python3.14-dev python3.14-dbg python3.14-nopie python3.15 python3.15-dev"
 )
 
 build_root() {
@@ -181,6 +181,9 @@ for suite, exes in (("bullseye", ["python3.9"]), ("trixie", ["python3.13"]),
                     ("sid", ["python3.13", "python3.14", "python3.15"])):
     for exe in exes:
         add(f"{suite}-{exe}", os.path.join(base, suite), f"/usr/bin/{exe}", f"debian {suite}")
+# python3.14-nopie diverts /usr/bin/python3.14 (so sid-python3.14 above is the -nopie
+# build) and keeps the regular executable as python3.14-pie.
+add("sid-python3.14-pie", os.path.join(base, "sid"), "/usr/bin/python3.14-pie", "debian sid, the executable python3.14-nopie diverts")
 add("sid-python3.14-dbg", os.path.join(base, "sid"), "/usr/bin/python3.14d", "debian sid, debug build")
 # The static, stripped builds linked above (build_static).
 for suite, minor in (("bullseye", "3.9"), ("trixie", "3.13"), ("sid", "3.14"), ("sid", "3.15")):
