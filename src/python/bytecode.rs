@@ -182,9 +182,11 @@ impl Opcodes {
         static ALL: [OnceLock<Opcodes>; TABLES.len()] = [const { OnceLock::new() }; TABLES.len()];
         let i = TABLES.iter().position(|(m, _)| *m == minor)?;
         let (m, text) = TABLES[i];
-        Some(ALL[i].get_or_init(|| {
-            Opcodes::parse(text).unwrap_or_else(|e| panic!("python_versions/opcodes/{m}.toml: {e}"))
-        }))
+        Some(
+            ALL[i].get_or_init(|| {
+                Opcodes::parse(text).unwrap_or_else(|e| panic!("python_versions/opcodes/{m}.toml: {e}"))
+            }),
+        )
     }
 }
 
