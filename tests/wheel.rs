@@ -75,7 +75,9 @@ fn wheel_installs_into_a_fresh_venv_and_dumps() {
     assert!(kind.contains("static"), "the wheel's binary is not static: {kind}");
 
     let venv = dir.join("venv");
-    run(Command::new(HOST_PYTHON311).args(["-m", "venv"]).arg(&venv), "python3.11 -m venv");
+    // the interpreter scripts/build-wheel made its venv with (it saw to venv support)
+    let base = Path::new(ROOT).join("target/maturin-venv/bin/python");
+    run(Command::new(&base).args(["-m", "venv"]).arg(&venv), "python -m venv");
     run(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--no-index", "--no-deps", "--disable-pip-version-check", "-q"])
