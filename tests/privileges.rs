@@ -82,7 +82,7 @@ fn binaries(dir: &Path) -> Vec<PathBuf> {
         .map(|(from, name)| {
             let to = dir.join(name);
             if !to.exists() {
-                fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+                copy_executable(&from, &to).unwrap_or_else(|e| panic!("{e}"));
             }
             to
         })

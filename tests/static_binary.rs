@@ -66,6 +66,35 @@ fn static_binary_is_static() {
     let ldd = Command::new("ldd").arg(&b).output().unwrap();
     let text = String::from_utf8_lossy(&ldd.stdout).to_string() + &String::from_utf8_lossy(&ldd.stderr);
     assert!(!text.contains("=>") && !text.contains("libc.so"), "ldd {}: {text}", b.display());
+    // Static glibc cannot serve user, group or host look-ups (NSS loads its modules at
+    // run time): none of their entry points may be linked in. (std's weak-symbol probes
+    // pull in dlsym, which finds nothing in a static binary and is harmless.)
+    let nm = Command::new("nm").arg("--defined-only").arg(&b).output().expect("nm (binutils)");
+    assert!(nm.status.success(), "nm {}: {}", b.display(), String::from_utf8_lossy(&nm.stderr));
+    let symbols = String::from_utf8_lossy(&nm.stdout);
+    let nss: Vec<&str> = symbols
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|s| {
+            matches!(
+                *s,
+                "getpwnam"
+                    | "getpwnam_r"
+                    | "getpwuid"
+                    | "getpwuid_r"
+                    | "getgrnam"
+                    | "getgrgid"
+                    | "getgrouplist"
+                    | "initgroups"
+                    | "getaddrinfo"
+                    | "gethostbyname"
+                    | "gethostbyname_r"
+                    | "getservbyname"
+                    | "getnameinfo"
+            )
+        })
+        .collect();
+    assert!(nss.is_empty(), "{} links NSS look-ups: {nss:?}", b.display());
     eprintln!("{}: {} bytes, {kind}", b.display(), fs::metadata(&b).unwrap().len());
 }
 
@@ -78,7 +107,7 @@ fn static_binary_in_an_empty_root() {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("empty-root-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(root.join("proc")).unwrap();
-    fs::copy(bin(), root.join("vizattach")).unwrap();
+    copy_executable(&bin(), &root.join("vizattach")).unwrap();
     struct Cleanup(PathBuf);
     impl Drop for Cleanup {
         fn drop(&mut self) {
@@ -111,7 +140,7 @@ fn static_binary_in_the_bullseye_root() {
         let mut target = Target::start(interp, "main_fixture.py")?;
         let expected = target.wait_expected()?;
         // The work directory lives inside the bullseye root; the binary goes there too.
-        fs::copy(bin(), target.host_path("vizattach")).map_err(|e| format!("copy the binary: {e}"))?;
+        copy_executable(&bin(), &target.host_path("vizattach"))?;
         let exe = target.target_path("vizattach").display().to_string();
         let libc = fs::read_dir(interp.root.join("lib/x86_64-linux-gnu"))
             .map_err(|e| e.to_string())?

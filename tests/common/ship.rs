@@ -235,3 +235,21 @@ pub fn check_trace_has_stacks(path: &Path, expected: &Expected) -> Result<usize,
     }
     Ok(names.values().map(|n| n.len()).sum())
 }
+
+/// Copies an executable to `to` and returns once it can be run. A fresh copy is "busy"
+/// (ETXTBSY) while any child forked by another test thread during the copy still holds
+/// its write descriptor, until that child execs; once one exec of the copy succeeds, no
+/// writer is left and none can appear.
+pub fn copy_executable(from: &Path, to: &Path) -> Result<(), String> {
+    fs::copy(from, to).map_err(|e| format!("copy {} to {}: {e}", from.display(), to.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Command::new(to).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc_etxtbsy()) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => return Err(format!("run {}: {e}", to.display())),
+        }
+    }
+}
