@@ -71,8 +71,7 @@ fn wheel_installs_into_a_fresh_venv_and_dumps() {
 
     let dir = fresh_dir("wheel");
     let inside = extract(&whl, &format!("vizattach-{version}.data/scripts/vizattach"), &dir.join("unpacked"));
-    let kind = file_type(&inside).unwrap();
-    assert!(kind.contains("static"), "the wheel's binary is not static: {kind}");
+    assert_eq!(not_static(&inside).unwrap(), None, "the wheel's binary is not static");
 
     let venv = dir.join("venv");
     // the interpreter scripts/build-wheel made its venv with (it saw to venv support)
@@ -135,8 +134,7 @@ fn pip_wheel_from_the_checkout() {
     assert!(name.contains("-py3-none-"), "{name}");
     let version = env!("CARGO_PKG_VERSION");
     let inside = extract(&whl, &format!("vizattach-{version}.data/scripts/vizattach"), &out.join("unpacked"));
-    let kind = file_type(&inside).unwrap();
-    assert!(kind.contains("static"), "{name}: the binary is not static: {kind}");
+    assert_eq!(not_static(&inside).unwrap(), None, "{name}: the binary is not static");
     let v = run(Command::new(&inside).arg("--version"), "vizattach --version");
     assert_eq!(v.trim(), format!("vizattach {version}"));
     let _ = fs::remove_dir_all(&out);

@@ -31,10 +31,23 @@ pub fn static_binary() -> Result<PathBuf, String> {
         .clone()
 }
 
-/// `file -b PATH`.
-pub fn file_type(path: &Path) -> Result<String, String> {
-    let out = Command::new("file").arg("-b").arg(path).output().map_err(|e| format!("file: {e}"))?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+/// Why `path` is not a static executable (its program interpreter, the libraries it
+/// needs), or None when it is one. readelf comes with binutils, as the linker does.
+pub fn not_static(path: &Path) -> Result<Option<String>, String> {
+    let readelf = |flag: &str| -> Result<String, String> {
+        let out = Command::new("readelf").arg(flag).arg(path).output().map_err(|e| format!("readelf: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("readelf {flag} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let why: Vec<String> = readelf("-lW")?
+        .lines()
+        .chain(readelf("-dW")?.lines())
+        .filter(|l| l.contains("Requesting program interpreter") || l.contains("(NEEDED)"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    Ok((!why.is_empty()).then(|| why.join("; ")))
 }
 
 /// The host interpreter and Debian bullseye's 3.9 (glibc 2.31, in its chroot), from the
