@@ -3,6 +3,8 @@
 //! comparing its `dump --json` output with what a fixture recorded about itself.
 #![allow(dead_code)]
 
+pub mod ship;
+
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
