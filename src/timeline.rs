@@ -1,4 +1,4 @@
-//! Stack deltas -> entry/exit slices, per thread (DESIGN.md section 3).
+//! Stack deltas -> entry/exit slices, per thread (docs/ARCHITECTURE.md, "Timeline semantics").
 //!
 //! Two consecutive samples share the frames that are the same call: same code object,
 //! same frame address, same call site in the parent. Frames that left are closed and

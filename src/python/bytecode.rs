@@ -1,5 +1,5 @@
 //! What a code object's bytecode lets the timeline prove about two samples of one frame:
-//! that they belong to two different invocations (DESIGN.md section 6). The analysis runs
+//! that they belong to two different invocations (docs/ARCHITECTURE.md, "Telling back-to-back calls apart"). The analysis runs
 //! once per code object, when the code cache first reads it.
 //!
 //! Three facts, each a property of *one* invocation that a new invocation may break:
