@@ -9,5 +9,6 @@ pub mod output;
 pub mod process;
 pub mod python;
 pub mod record;
+pub mod repair;
 pub mod sampler;
 pub mod timeline;

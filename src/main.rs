@@ -91,6 +91,16 @@ enum Command {
     },
     /// List the CPython versions vizattach reads, and where each layout comes from.
     Versions,
+    /// Finish the file of a capture that was killed (SIGKILL, OOM, a dropped session).
+    ///
+    /// FILE is the capture's -o path (or its .vizattach-journal). Formats other than
+    /// .pftrace keep a journal next to the file while recording; repair writes the file
+    /// from it, with every slice up to the last flush (at most about a second before the
+    /// kill). A .pftrace opens as it is; repair cuts off a packet the kill cut short.
+    Repair {
+        /// The capture's output file
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -149,6 +159,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
             } else {
                 print!("{}", vizattach::dump::to_text(&reader, &threads));
             }
+            Ok(0)
+        }
+        Command::Repair { file } => {
+            println!("{}", vizattach::repair::repair(&file)?);
             Ok(0)
         }
         Command::Versions => {

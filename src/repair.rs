@@ -1,0 +1,139 @@
+//! `vizattach repair FILE`: turns what a killed capture left into a file its viewers open.
+//!
+//! - A journaled format (everything but a plain `.pftrace`) left `FILE.vizattach-journal`
+//!   (and `FILE.vizattach-partial`): the journal is replayed through the format's writer
+//!   into `FILE` (output/journal.rs).
+//! - A `.pftrace` loads as it is; a packet the kill cut in half is cut off here, so the
+//!   file ends on a whole packet.
+
+use crate::error::{Error, Result};
+use crate::output::journal::{self, Paths};
+use crate::output::Format;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Repairs, and says what it did in a few lines.
+pub fn repair(path: &Path) -> Result<String> {
+    let paths = Paths::from_any(path);
+    let out = paths.out.display();
+    if paths.journal.exists() {
+        if !paths.partial.exists() && paths.out.exists() {
+            // killed between the final rename and the journal's removal: already complete
+            std::fs::remove_file(&paths.journal).map_err(|e| io_error(&paths.journal, e))?;
+            return Ok(format!("{out} was complete; removed its leftover journal"));
+        }
+        return replay(&paths);
+    }
+    if !paths.out.exists() {
+        return Err(Error::Usage(format!(
+            "no such file: {out} (nor {}); give the -o path of the capture to repair",
+            paths.journal.display()
+        )));
+    }
+    match Format::from_path(&paths.out) {
+        Some((Format::Perfetto, false)) => cut_to_whole_packets(&paths.out),
+        _ => Ok(format!(
+            "{out} has no journal next to it ({}): it was finished cleanly (or the journal was removed); nothing to repair",
+            paths.journal.display()
+        )),
+    }
+}
+
+fn replay(paths: &Paths) -> Result<String> {
+    let r = journal::replay(paths, |h| {
+        // Sources for JSON's file_info: through the target's root while it runs, else ours.
+        if h.root.exists() {
+            h.root.clone()
+        } else {
+            PathBuf::from("/")
+        }
+    });
+    let r = match r {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            // the kill came before the capture's first record: nothing to recover
+            let _ = std::fs::remove_file(&paths.journal);
+            let _ = std::fs::remove_file(&paths.partial);
+            return Err(Error::Usage(format!(
+                "{}: the capture was stopped before it recorded anything ({e}); nothing to recover, its leftovers are removed",
+                paths.out.display()
+            )));
+        }
+        Err(e) => return Err(io_error(&paths.journal, e)),
+    };
+    let (first, last) = r.span_ns;
+    let mut s = format!(
+        "repaired {} ({}) from its journal: {} slices ({} of them still open at the end, closed there), {} samples counted, {} threads, {:.2} s of capture",
+        paths.out.display(),
+        r.header.format.name(),
+        r.slices + r.closed_at_end,
+        r.closed_at_end,
+        r.samples_counted,
+        r.threads,
+        last.saturating_sub(first) as f64 / 1e9,
+    );
+    if let Some(c) = &r.cut {
+        s += &format!("\nthe journal ended early: {c}");
+    }
+    s += &format!("\nopen it with {}", crate::output::how_to_open(r.header.format, &paths.out));
+    Ok(s)
+}
+
+/// The file is a `Trace` message: packets, each `0x0a`, a varint length, the packet.
+fn cut_to_whole_packets(path: &Path) -> Result<String> {
+    let f = File::options().read(true).write(true).open(path).map_err(|e| io_error(path, e))?;
+    let len = f.metadata().map_err(|e| io_error(path, e))?.len();
+    let mut r = BufReader::with_capacity(1 << 16, &f);
+    let (mut at, mut packets) = (0u64, 0u64);
+    let whole = loop {
+        let mut tag = [0u8];
+        if r.read(&mut tag).map_err(|e| io_error(path, e))? == 0 {
+            break at;
+        }
+        if tag[0] != 0x0a {
+            return Err(Error::Usage(format!(
+                "{}: not a Perfetto trace written by vizattach (byte {at} starts no packet)",
+                path.display()
+            )));
+        }
+        let Some((n, size)) = read_varint(&mut r).map_err(|e| io_error(path, e))? else { break at };
+        let end = at + 1 + size as u64 + n;
+        if end > len {
+            break at;
+        }
+        r.seek(SeekFrom::Start(end)).map_err(|e| io_error(path, e))?;
+        at = end;
+        packets += 1;
+    };
+    if whole == len {
+        return Ok(format!("{}: {packets} whole packets, nothing to repair; it opens as it is", path.display()));
+    }
+    f.set_len(whole).map_err(|e| io_error(path, e))?;
+    Ok(format!(
+        "{}: cut {} bytes of a packet the kill cut short; {packets} whole packets kept\nopen it with {}",
+        path.display(),
+        len - whole,
+        crate::output::how_to_open(Format::Perfetto, path)
+    ))
+}
+
+/// A varint and how many bytes it took; None if the file ends inside it.
+fn read_varint(r: &mut impl Read) -> io::Result<Option<(u64, usize)>> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let mut b = [0u8];
+        if r.read(&mut b)? == 0 {
+            return Ok(None);
+        }
+        v |= u64::from(b[0] & 0x7f) << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return Ok(Some((v, i + 1)));
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::InvalidData, "a packet length longer than 10 bytes"))
+}
+
+fn io_error(path: &Path, e: io::Error) -> Error {
+    Error::Io(format!("cannot repair {}: {e}", path.display()))
+}
