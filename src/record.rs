@@ -18,7 +18,7 @@ use std::time::Duration;
 const CONSUMER_NAP: Duration = Duration::from_millis(2);
 /// How often the writers hand what they buffer to the file (Sink::checkpoint): what a
 /// vizattach killed without warning can lose (README, "What survives a crash").
-const CHECKPOINT_NS: u64 = 1_000_000_000;
+const CHECKPOINT_NS: u64 = 500_000_000;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Rate {

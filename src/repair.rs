@@ -62,16 +62,24 @@ fn replay(paths: &Paths) -> Result<String> {
         }
         Err(e) => return Err(io_error(&paths.journal, e)),
     };
+    let what = if matches!(r.header.format, Format::Collapsed | Format::Flamegraph) {
+        format!("{} samples counted", r.samples_counted)
+    } else {
+        format!(
+            "{} slices ({} of them still open at the end, closed there)",
+            r.slices + r.closed_at_end,
+            r.closed_at_end
+        )
+    };
     let (first, last) = r.span_ns;
+    // the metadata of the last checkpoint knows when the capture began; without one
+    // (killed in its first half second) the journal's own times tell
+    let secs = if r.info.duration_s > 0.0 { r.info.duration_s } else { last.saturating_sub(first) as f64 / 1e9 };
     let mut s = format!(
-        "repaired {} ({}) from its journal: {} slices ({} of them still open at the end, closed there), {} samples counted, {} threads, {:.2} s of capture",
+        "repaired {} ({}) from its journal: {what}, {} threads, the first {secs:.2} s of the capture",
         paths.out.display(),
         r.header.format.name(),
-        r.slices + r.closed_at_end,
-        r.closed_at_end,
-        r.samples_counted,
         r.threads,
-        last.saturating_sub(first) as f64 / 1e9,
     );
     if let Some(c) = &r.cut {
         s += &format!("\nthe journal ended early: {c}");

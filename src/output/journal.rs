@@ -11,8 +11,8 @@
 //!   length-prefixed records: code objects, thread names, slice opens and closes (for the
 //!   formats made of slices), sample counts per distinct stack since the last checkpoint
 //!   (for the formats that count samples), and the capture's metadata at each checkpoint;
-//! - records are buffered and reach the file after 64 KiB or at the next checkpoint (at
-//!   least once a second), so the journal lags the capture by about a second at most;
+//! - records are buffered and reach the file after 64 KiB or at the next checkpoint (every
+//!   half second, record.rs), so the journal lags the capture by half a second at most;
 //! - a clean finish renames the partial file to `OUT`, then deletes the journal.
 //!
 //! `vizattach repair OUT` (src/repair.rs) replays a journal through the same writer and
