@@ -17,6 +17,7 @@ Examples:
   vizattach dump --pid 1234           every thread's Python stack, innermost frame first
   vizattach dump --pid 1234 --json    the same as JSON, for scripts
   vizattach versions                  which CPython versions can be read, and how
+  vizattach repair trace.json         finish the file of a capture whose vizattach was killed
 
 Reading another process needs root or CAP_SYS_PTRACE (docker: --cap-add SYS_PTRACE),
 or the same user with kernel.yama.ptrace_scope=0.")]

@@ -457,10 +457,14 @@ impl Records {
 /// Opens a journal and reads its header.
 fn open(path: &Path) -> io::Result<(Header, Records)> {
     let mut r = BufReader::with_capacity(1 << 16, File::open(path)?);
-    let mut magic = [0u8; MAGIC.len()];
-    r.read_exact(&mut magic).map_err(|_| io::Error::new(io::ErrorKind::UnexpectedEof, "the journal is empty"))?;
-    if magic != MAGIC {
+    let mut magic = Vec::new();
+    (&mut r).take(MAGIC.len() as u64).read_to_end(&mut magic)?;
+    if !MAGIC.starts_with(&magic) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "not a vizattach journal"));
+    }
+    if magic.len() < MAGIC.len() {
+        // cut inside the first write: the capture had not begun
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the journal is empty"));
     }
     let mut records = Records { r, buf: Vec::new(), clock: Clock::default(), cut: false };
     let raw =
@@ -693,6 +697,53 @@ mod tests {
         assert_eq!(f.signed().unwrap(), -7);
         assert_eq!(f.str().unwrap(), "é;x");
         assert!(f.varint().is_err(), "running out of bytes is damage, not zero");
+    }
+
+    /// A journal cut at every byte (where a kill may cut it) replays into a file that
+    /// parses, with what its whole records hold; never an error but "empty" for a cut
+    /// inside the header.
+    #[test]
+    fn a_journal_cut_anywhere_replays() {
+        let dir = std::env::temp_dir().join(format!("vizattach-journal-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("cap.speedscope.json");
+        let mut j = Journaled::create(&out, Format::Speedscope, false, 42, "/".into(), "python3 app.py").unwrap();
+        let (a, b) =
+            (CodeInfo::named(0, "main".into(), "/a.py".into(), 1), CodeInfo::named(1, "f".into(), "/a.py".into(), 9));
+        j.code(&a).unwrap();
+        j.code(&b).unwrap();
+        j.thread(7, "MainThread").unwrap();
+        j.open(7, &a, 1_000_000).unwrap();
+        for i in 0..20u64 {
+            j.open(7, &b, 2_000_000 + i * 1000).unwrap();
+            j.close(7, &b, 2_000_000 + i * 1000, 2_000_500 + i * 1000).unwrap();
+        }
+        j.checkpoint(&empty_info(), 2_100_000).unwrap();
+        let whole = std::fs::read(Paths::of(&out).journal).unwrap();
+        let cut_dir = dir.join("cut");
+        std::fs::create_dir_all(&cut_dir).unwrap();
+        let mut last_slices = 0;
+        for n in 0..=whole.len() {
+            let paths = Paths::of(&cut_dir.join("cap.speedscope.json"));
+            std::fs::write(&paths.journal, &whole[..n]).unwrap();
+            match replay(&paths, |_| "/".into()) {
+                Ok(r) => {
+                    let doc: serde_json::Value =
+                        serde_json::from_slice(&std::fs::read(&paths.out).unwrap()).expect("a file that parses");
+                    assert!(doc["profiles"].is_array());
+                    assert!(r.slices >= last_slices, "a longer journal never holds less");
+                    last_slices = r.slices;
+                    assert!(!paths.journal.exists() && !paths.partial.exists());
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "cut at {n}: {e}");
+                    assert!(n <= MAGIC.len() + 40, "only a cut inside the header is 'empty' ({n})");
+                }
+            }
+        }
+        assert_eq!(last_slices, 20);
+        drop(j);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

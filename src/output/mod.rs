@@ -216,8 +216,10 @@ fn create_one(
     root: PathBuf,
     process_name: &str,
 ) -> io::Result<Box<dyn Sink + Send>> {
-    if format == Format::Perfetto && !gzip {
-        // A stream of whole packets is its own recovery: no journal (journal.rs).
+    // A stream of whole packets is its own recovery, and a pipe or a device cannot be
+    // renamed into place: no journal for those (journal.rs).
+    let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+    if format == Format::Perfetto && !gzip || special {
         return writer(path, format, gzip, pid, root, process_name);
     }
     Ok(Box::new(journal::Journaled::create(path, format, gzip, pid, root, process_name)?))
