@@ -251,7 +251,7 @@ pub(crate) fn writer(
     Ok(match format {
         Format::Viztracer => Box::new(chrome::ChromeJson::new(out, pid, root, process_name)?),
         Format::Perfetto => Box::new(perfetto::Perfetto::new(out, None, pid, process_name)?),
-        Format::Speedscope => Box::new(speedscope::Speedscope::new(out, process_name)),
+        Format::Speedscope => Box::new(speedscope::Speedscope::new(out, process_name).spill_next_to(path)),
         Format::Collapsed => Box::new(collapsed::Collapsed::new(out)),
         Format::Flamegraph => Box::new(flamegraph::FlameGraph::new(out, process_name)),
     })
