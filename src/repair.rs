@@ -23,6 +23,12 @@ pub fn repair(path: &Path) -> Result<String> {
             std::fs::remove_file(&paths.journal).map_err(|e| io_error(&paths.journal, e))?;
             return Ok(format!("{out} was complete; removed its leftover journal"));
         }
+        if paths.partial.exists() && journal::ends_complete(&paths.journal).map_err(|e| io_error(&paths.journal, e))? {
+            // killed between the last write of a clean finish and the rename
+            std::fs::rename(&paths.partial, &paths.out).map_err(|e| io_error(&paths.partial, e))?;
+            std::fs::remove_file(&paths.journal).map_err(|e| io_error(&paths.journal, e))?;
+            return Ok(format!("{out} was complete (vizattach was killed while finishing it); renamed into place"));
+        }
         return replay(&paths);
     }
     if !paths.out.exists() {

@@ -43,6 +43,9 @@ const OPEN: u8 = b'O';
 const CLOSE: u8 = b'X';
 const COUNT: u8 = b'S';
 const PROGRESS: u8 = b'P';
+/// The last record of a journal whose partial file is complete (only the rename is left):
+/// distinctive bytes, so no other record's tail can pass for it.
+const END: &[u8] = b"E vizattach journal: the partial file is complete\n";
 
 /// The three names of one output: the file, its partial form, its journal.
 #[derive(Debug, Clone)]
@@ -337,6 +340,11 @@ impl Sink for Journaled {
     fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
         let n = self.inner()?.finish(info)?;
         drop(self.inner.take()); // completes a gzip stream, closes the file
+                                 // a kill from here on loses nothing: repair finds this and renames the file
+        self.record.clear();
+        self.record.extend_from_slice(END);
+        self.push()?;
+        self.flush()?;
         std::fs::rename(&self.paths.partial, &self.paths.out)?;
         std::fs::remove_file(&self.paths.journal)?;
         Ok(n)
@@ -444,6 +452,7 @@ impl Records {
                 let ids = (1..len).map(|_| f.id()).collect::<io::Result<Vec<u32>>>()?;
                 Record::Count { tid, ids, n }
             }
+            _ if raw == END => return Ok(None),
             PROGRESS => {
                 let last_ns = clock.get(&mut f)?;
                 let info = serde_json::from_str(&f.str()?).map_err(|_| damaged())?;
@@ -452,6 +461,20 @@ impl Records {
             _ => return Err(damaged()),
         }))
     }
+}
+
+/// Whether the journal ends in END: its partial file is complete.
+pub fn ends_complete(path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let tail = END.len() as u64 + 1;
+    if len < MAGIC.len() as u64 + tail {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; tail as usize];
+    f.read_exact_at(&mut buf, len - tail)?;
+    Ok(buf[0] as usize == END.len() && &buf[1..] == END)
 }
 
 /// Opens a journal and reads its header.
@@ -742,7 +765,17 @@ mod tests {
             }
         }
         assert_eq!(last_slices, 20);
-        drop(j);
+        // a clean finish: the output in place, no journal; the moment before the rename
+        // is told by the journal's END record
+        let paths = Paths::of(&out);
+        assert!(!ends_complete(&paths.journal).unwrap());
+        j.finish(&empty_info()).unwrap();
+        assert!(out.exists() && !paths.journal.exists() && !paths.partial.exists());
+        let mut ended = whole.clone();
+        ended.push(END.len() as u8);
+        ended.extend_from_slice(END);
+        std::fs::write(&paths.journal, &ended).unwrap();
+        assert!(ends_complete(&paths.journal).unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
