@@ -643,6 +643,11 @@ pub fn replay(paths: &Paths, root: impl FnOnce(&Header) -> PathBuf) -> io::Resul
     })
 }
 
+#[cfg(test)]
+pub(crate) fn tests_info() -> CaptureInfo {
+    empty_info()
+}
+
 fn empty_info() -> CaptureInfo {
     CaptureInfo {
         vizattach_version: env!("CARGO_PKG_VERSION").into(),

@@ -218,3 +218,48 @@ impl Sink for Speedscope {
         Ok(w.n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Far more events than a chunk, on two threads: the file lists each thread's events
+    /// in order, spilled chunks first, exactly as they came.
+    #[test]
+    fn spilled_events_come_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("vizattach-spill-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.speedscope.json");
+        let out = Box::new(std::fs::File::create(&path).unwrap());
+        let mut s = Speedscope::new(out, "t").spill_next_to(&path);
+        let (a, b) =
+            (CodeInfo::named(0, "a".into(), "/t.py".into(), 1), CodeInfo::named(1, "b".into(), "/t.py".into(), 5));
+        let n = 3 * CHUNK as u64 + 17;
+        for i in 0..n {
+            let tid = 1 + (i % 2) as i32;
+            let c = if i % 3 == 0 { &a } else { &b };
+            s.open(tid, c, 1000 + 10 * i).unwrap();
+            s.close(tid, c, 1000 + 10 * i, 1005 + 10 * i).unwrap();
+        }
+        assert!(s.profiles.iter().all(|p| !p.spilled.is_empty()), "the test must spill");
+        let info = super::super::journal::tests_info();
+        s.finish(&info).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let mut seen = 0;
+        for (k, p) in doc["profiles"].as_array().unwrap().iter().enumerate() {
+            let events = p["events"].as_array().unwrap();
+            assert_eq!(events.len() as u64, 2 * ((n + 1 - k as u64) / 2), "thread {k}: every open and close");
+            for (j, e) in events.iter().enumerate() {
+                let i = k as u64 + 2 * (j as u64 / 2);
+                let at = if j % 2 == 0 { 10 * i } else { 10 * i + 5 };
+                assert_eq!(e["at"].as_u64(), Some(at), "thread {k} event {j}");
+                assert_eq!(e["type"], if j % 2 == 0 { "O" } else { "C" });
+                assert_eq!(e["frame"].as_u64(), Some(if i % 3 == 0 { 0 } else { 1 }));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 2 * n);
+        assert!(std::fs::read_dir(&dir).unwrap().count() == 1, "the spill file is never left behind");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
