@@ -237,7 +237,7 @@ mod tests {
         let n = 3 * CHUNK as u64 + 17;
         for i in 0..n {
             let tid = 1 + (i % 2) as i32;
-            let c = if i % 3 == 0 { &a } else { &b };
+            let c = if i.is_multiple_of(3) { &a } else { &b };
             s.open(tid, c, 1000 + 10 * i).unwrap();
             s.close(tid, c, 1000 + 10 * i, 1005 + 10 * i).unwrap();
         }
@@ -254,7 +254,7 @@ mod tests {
                 let at = if j % 2 == 0 { 10 * i } else { 10 * i + 5 };
                 assert_eq!(e["at"].as_u64(), Some(at), "thread {k} event {j}");
                 assert_eq!(e["type"], if j % 2 == 0 { "O" } else { "C" });
-                assert_eq!(e["frame"].as_u64(), Some(if i % 3 == 0 { 0 } else { 1 }));
+                assert_eq!(e["frame"].as_u64(), Some(if i.is_multiple_of(3) { 0 } else { 1 }));
                 seen += 1;
             }
         }
