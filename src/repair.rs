@@ -5,6 +5,9 @@
 //!   into `FILE` (output/journal.rs).
 //! - A `.pftrace` loads as it is; a packet the kill cut in half is cut off here, so the
 //!   file ends on a whole packet.
+//! - A VizTracer JSON without its journal (removed, or written by an older vizattach) is
+//!   closed as text: cut after its last whole event, then the closing lines. Slices still
+//!   open at the kill were never written to it, so they are missing there.
 
 use crate::error::{Error, Result};
 use crate::output::journal::{self, Paths};
@@ -30,6 +33,9 @@ pub fn repair(path: &Path) -> Result<String> {
             return Ok(format!("{out} was complete (vizattach was killed while finishing it); renamed into place"));
         }
         return replay(&paths);
+    }
+    if paths.partial.exists() && Format::from_path(&paths.out) == Some((Format::Viztracer, false)) {
+        return close_json_text(&paths);
     }
     if !paths.out.exists() {
         return Err(Error::Usage(format!(
@@ -92,6 +98,51 @@ fn replay(paths: &Paths) -> Result<String> {
     }
     s += &format!("\nopen it with {}", crate::output::how_to_open(r.header.format, &paths.out));
     Ok(s)
+}
+
+/// Our JSON has one event per line (`{...},`): keeps the lines up to the last whole event
+/// and appends the closing lines, with a `recovered` note and no sources.
+fn close_json_text(paths: &Paths) -> Result<String> {
+    use std::io::{BufRead, Write};
+    let partial = &paths.partial;
+    let r = BufReader::with_capacity(1 << 16, File::open(partial).map_err(|e| io_error(partial, e))?);
+    let mut out = io::BufWriter::new(File::create(&paths.out).map_err(|e| io_error(&paths.out, e))?);
+    let mut lines = r.split(b'\n');
+    let first = lines.next().transpose().map_err(|e| io_error(partial, e))?.unwrap_or_default();
+    if first != b"{\"traceEvents\":[" {
+        let _ = std::fs::remove_file(&paths.out);
+        return Err(Error::Usage(format!("{}: not a VizTracer JSON written by vizattach", partial.display())));
+    }
+    let write = |out: &mut io::BufWriter<File>, b: &[u8]| out.write_all(b).map_err(|e| io_error(&paths.out, e));
+    write(&mut out, b"{\"traceEvents\":[")?;
+    let mut events = 0u64;
+    for line in lines {
+        let line = line.map_err(|e| io_error(partial, e))?;
+        let event = line.strip_suffix(b",").unwrap_or(&line);
+        // a line the kill cut short does not parse: it and anything after it go
+        if serde_json::from_slice::<serde_json::Value>(event).map_or(true, |v| !v.is_object()) {
+            break;
+        }
+        write(&mut out, if events == 0 { b"\n" } else { b",\n" })?;
+        write(&mut out, event)?;
+        events += 1;
+    }
+    let note = "closed by `vizattach repair` from a capture that did not finish, without its journal: \
+                slices still open at the kill are missing";
+    let tail = format!(
+        "\n],\n\"displayTimeUnit\":\"ns\",\n\"viztracer_metadata\":{{\"version\":\"vizattach {}\",\"overflow\":false,\"recovered\":{}}},\n\"file_info\":{{\"files\":{{}},\"functions\":{{}}}}}}\n",
+        env!("CARGO_PKG_VERSION"),
+        serde_json::Value::from(note)
+    );
+    write(&mut out, tail.as_bytes())?;
+    out.flush().map_err(|e| io_error(&paths.out, e))?;
+    drop(out);
+    std::fs::remove_file(partial).map_err(|e| io_error(partial, e))?;
+    Ok(format!(
+        "closed {} as text (no journal beside it): {events} events kept; slices still open at the kill are missing\nopen it with {}",
+        paths.out.display(),
+        crate::output::how_to_open(Format::Viztracer, &paths.out)
+    ))
 }
 
 /// The file is a `Trace` message: packets, each `0x0a`, a varint length, the packet.

@@ -87,9 +87,25 @@ struct Killed {
     stderr: String,
 }
 
+/// When to count the time to the kill from.
+#[derive(Clone, Copy, PartialEq)]
+enum From {
+    /// vizattach's start (the kill may come during the attach)
+    Spawn,
+    /// the capture's start: the moment its output files appear (after the attach)
+    Capture,
+}
+
 /// Records process `pid` into `dir/outputs[0]` (and the other outputs) and SIGKILLs
-/// vizattach `after` its start.
-fn capture_and_kill(pid: u32, dir: &Path, outputs: &[&str], extra: &[&str], after: Duration) -> Result<Killed, String> {
+/// vizattach `after` its start or its capture's start.
+fn capture_and_kill(
+    pid: u32,
+    dir: &Path,
+    outputs: &[&str],
+    extra: &[&str],
+    from: From,
+    after: Duration,
+) -> Result<Killed, String> {
     fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let paths: Vec<PathBuf> = outputs.iter().map(|o| dir.join(o)).collect();
     let err_path = dir.join("vizattach.stderr");
@@ -100,6 +116,19 @@ fn capture_and_kill(pid: u32, dir: &Path, outputs: &[&str], extra: &[&str], afte
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(&err_path).map_err(|e| e.to_string())?);
     let mut child = KillOnDrop(cmd.spawn().map_err(|e| format!("spawn vizattach: {e}"))?);
+    if from == From::Capture {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !paths[0].exists() && !with_suffix(&paths[0], JOURNAL).exists() {
+            if Instant::now() > deadline || child.exited().is_some() {
+                let _ = child.0.kill();
+                return Err(format!(
+                    "the capture did not start: {}",
+                    fs::read_to_string(&err_path).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     std::thread::sleep(after);
     let finished = child.exited().is_some();
     let at_ns = mono_ns();
@@ -329,6 +358,7 @@ struct Kept {
     /// from the end of the last complete slice in the .pftrace to the kill
     loss_s: f64,
     json_slices: usize,
+    text_slices: usize,
     samples_counted: u64,
 }
 
@@ -353,8 +383,10 @@ fn check_killed(dist: &Path, dir: &Path, killed: &Killed) -> Result<Kept, String
             return Err(format!("{o}: expected only {o}{JOURNAL} (and {o}{PARTIAL}) after the kill"));
         }
     }
+    // without its journal, the partial JSON is closed as text (the fallback)
+    fs::copy(p(&format!("cap.json{PARTIAL}")), p(&format!("text.json{PARTIAL}"))).map_err(|e| e.to_string())?;
     let mut summaries = Vec::new();
-    for o in OUTPUTS.iter().filter(|o| **o != "cap.pftrace") {
+    for o in OUTPUTS.iter().filter(|o| **o != "cap.pftrace").chain(&["text.json"]) {
         let out = repair(&p(o))?;
         if !out.status.success() {
             return Err(format!("repair {o} failed: {}", out.describe()));
@@ -382,6 +414,18 @@ fn check_killed(dist: &Path, dir: &Path, killed: &Killed) -> Result<Kept, String
         {
             return Err(format!("slice open at the kill in cap.pftrace is not in cap.json: {o:?}"));
         }
+    }
+    // the text fallback keeps slices that closed before its last flush, and nothing else
+    // (its buffer may have reached the file after the journal's last flush: compared up to
+    // the journal's end)
+    let text = tp_slices(dist, &p("text.json"))?;
+    let json_end = last_end(&json).saturating_sub(MARGIN_NS);
+    let whole: BTreeSet<(i64, &str, u64, Option<u64>)> =
+        json.iter().map(|s| (s.tid, s.name.as_str(), s.start, s.end)).collect();
+    let lacking =
+        |s: &&Slice| s.end.is_some_and(|e| e <= json_end) && !whole.contains(&(s.tid, s.name.as_str(), s.start, s.end));
+    if let Some(s) = text.iter().find(lacking) {
+        return Err(format!("text.json (closed without its journal) has a slice cap.json lacks: {s:?}"));
     }
     let (json_x, meta) = json_events(&p("cap.json"))?;
     if !meta["recovered"].as_str().is_some_and(|r| r.contains("vizattach repair")) {
@@ -413,6 +457,7 @@ fn check_killed(dist: &Path, dir: &Path, killed: &Killed) -> Result<Kept, String
         open: open.len(),
         loss_s,
         json_slices: json.len(),
+        text_slices: text.len(),
         samples_counted: counts.values().sum(),
     })
 }
@@ -424,12 +469,14 @@ fn sigkill_at_1_2_and_10_s_keeps_all_but_the_last_half_second() {
     let pid = target.pid;
     let kills = [1u64, 2, 10];
     let dirs: Vec<PathBuf> = kills.iter().map(|s| target.host_path(&format!("kill-{s}s"))).collect();
-    // three captures of the same target at once, killed at 1, 2 and 10 s
+    // three captures of the same target at once, killed 1, 2 and 10 s into the capture
     let killed: Vec<Result<Killed, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = kills
             .iter()
             .zip(&dirs)
-            .map(|(secs, dir)| s.spawn(move || capture_and_kill(pid, dir, &OUTPUTS, &[], Duration::from_secs(*secs))))
+            .map(|(secs, dir)| {
+                s.spawn(move || capture_and_kill(pid, dir, &OUTPUTS, &[], From::Capture, Duration::from_secs(*secs)))
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -442,8 +489,9 @@ fn sigkill_at_1_2_and_10_s_keeps_all_but_the_last_half_second() {
             Ok(kept) => {
                 eprintln!(
                     "SIGKILL at {secs} s: .pftrace {} complete slices + {} open at the kill, the last complete one \
-                     ending {:.2} s before the kill; repaired .json {} slices; {} samples counted in .collapsed",
-                    kept.complete, kept.open, kept.loss_s, kept.json_slices, kept.samples_counted
+                     ending {:.2} s before the kill; repaired .json {} slices (closed as text without its journal: {}); \
+                     {} samples counted in .collapsed",
+                    kept.complete, kept.open, kept.loss_s, kept.json_slices, kept.text_slices, kept.samples_counted
                 );
                 if *secs >= 2 && (kept.complete == 0 || kept.loss_s > MAX_LOSS_S) {
                     failures.push(format!(
@@ -534,7 +582,7 @@ fn sigkill_at_random_moments_never_leaves_a_file_that_does_not_open() {
             _ => ("finish", 280 + rng.below(150), &["--duration", "300ms"]),
         };
         let dir = target.host_path(&format!("random-{i}"));
-        let killed = capture_and_kill(target.pid, &dir, &[format], extra, Duration::from_millis(after));
+        let killed = capture_and_kill(target.pid, &dir, &[format], extra, From::Spawn, Duration::from_millis(after));
         let result = killed.and_then(|k| open_the_documented_way(dist, &dir.join(format)).map(|r| (r, k.finished)));
         match result {
             Ok((r, finished)) => eprintln!(
