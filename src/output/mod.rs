@@ -115,9 +115,10 @@ pub trait Sink {
     ) -> io::Result<()> {
         Ok(())
     }
-    /// Called at least once a second during a capture: hand what is buffered to the file,
-    /// so a vizattach killed without warning loses about a second at most (README, "What
-    /// survives a crash"). `info` is the capture so far, `last_ns` its last sample.
+    /// Called every half second during a capture (record.rs): hand what is buffered to
+    /// the file, so a vizattach killed without warning loses half a second at most
+    /// (README, "What survives a crash"). `info` is the capture so far, `last_ns` its last
+    /// sample.
     fn checkpoint(&mut self, _info: &CaptureInfo, _last_ns: u64) -> io::Result<()> {
         Ok(())
     }
