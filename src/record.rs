@@ -177,7 +177,9 @@ pub fn record(opts: Options) -> Result<i32> {
     };
     if let Err(e) = finished {
         return Err(Error::Io(format!(
-            "writing {} failed after {samples} samples: {e}; the file is incomplete",
+            "writing {} failed after {samples} samples: {e}; the file is incomplete: once there is room, \
+             `vizattach repair {}` finishes what reached the disk",
+            path.display(),
             path.display()
         )));
     }
