@@ -10,6 +10,7 @@ pub mod output;
 pub mod process;
 pub mod python;
 pub mod record;
+pub mod repair;
 pub mod sampler;
 pub mod subinterpreters;
 pub mod timeline;

@@ -18,6 +18,7 @@ Examples:
   vizattach dump --pid 1234           every thread's Python stack, innermost frame first
   vizattach dump --pid 1234 --json    the same as JSON, for scripts
   vizattach versions                  which CPython versions can be read, and how
+  vizattach repair trace.json         finish the file of a capture whose vizattach was killed
 
 Reading another process needs root or CAP_SYS_PTRACE (docker: --cap-add SYS_PTRACE),
 or the same user with kernel.yama.ptrace_scope=0.")]
@@ -111,6 +112,16 @@ enum Command {
         #[arg(long, short, default_value = "1000", value_parser = record::parse_rate)]
         rate: Rate,
     },
+    /// Finish the file of a capture that was killed (SIGKILL, OOM, a dropped session).
+    ///
+    /// FILE is the capture's -o path (or its .vizattach-journal). Formats other than
+    /// .pftrace keep a journal next to the file while recording; repair writes the file
+    /// from it, with every slice up to the last flush (at most about a second before the
+    /// kill). A .pftrace opens as it is; repair cuts off a packet the kill cut short.
+    Repair {
+        /// The capture's output file
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -174,6 +185,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
         }
         Command::Demo { python, duration, rate } => {
             vizattach::demo::run(vizattach::demo::Options { python, duration, rate })
+        }
+        Command::Repair { file } => {
+            println!("{}", vizattach::repair::repair(&file)?);
+            Ok(0)
         }
         Command::Versions => {
             println!("{:<6} {:<8} {:<7} layout source", "minor", "headers", "tested");

@@ -16,6 +16,9 @@ use std::time::Duration;
 /// How long the timeline thread sleeps when it has caught up: 4096 queued samples last
 /// 20 ms even at 200k samples/s.
 const CONSUMER_NAP: Duration = Duration::from_millis(2);
+/// How often the writers hand what they buffer to the file (Sink::checkpoint): what a
+/// vizattach killed without warning can lose (README, "What survives a crash").
+const CHECKPOINT_NS: u64 = 500_000_000;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Rate {
@@ -98,16 +101,30 @@ pub fn record(opts: Options) -> Result<i32> {
     let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(64);
     sampler.recycle_from(recycle_rx);
     let stats = Arc::new(Stats::default());
+    let facts =
+        Facts { python_version: python_version.clone(), pid, command_line: command_line.clone(), rate: opts.rate };
+    let (consumer_stats, consumer_facts) = (stats.clone(), facts.clone());
     let consumer = std::thread::Builder::new()
         .name("timeline".into())
         .spawn(move || {
             let mut sink = sink;
             let mut timeline = Timeline::default();
             let mut error = None;
+            let mut next_checkpoint = now_ns() + CHECKPOINT_NS;
             // Drain, then nap: a receiver blocked in recv() makes the sampler wake it
             // (a futex call and a context switch) on every sample; a napping one costs
             // the sampler nothing. The channel holds far more than one nap's worth.
             loop {
+                // A clock read per message (vDSO, tens of ns) keeps the bound whether the
+                // channel is busy or idle.
+                let now = now_ns();
+                if now >= next_checkpoint && error.is_none() {
+                    next_checkpoint = now + CHECKPOINT_NS;
+                    let info = capture_info(&consumer_facts, &consumer_stats, &timeline);
+                    if let Err(e) = sink.checkpoint(&info, timeline.last_ns) {
+                        error = Some(e);
+                    }
+                }
                 let msg = match rx.try_recv() {
                     Ok(m) => m,
                     Err(crossbeam_channel::TryRecvError::Empty) => {
@@ -152,33 +169,9 @@ pub fn record(opts: Options) -> Result<i32> {
     }
     let (mut timeline, mut sink, error) =
         consumer.join().map_err(|_| Error::Io("the timeline thread failed".into()))?;
-    let stopped_ns = stats.last_sample_ns.load(Ordering::Relaxed);
-    let started_ns = stats.started_ns.load(Ordering::Relaxed);
-    let duration_s = stopped_ns.saturating_sub(started_ns) as f64 / 1e9;
     let samples = timeline.samples;
-    let info = CaptureInfo {
-        vizattach_version: env!("CARGO_PKG_VERSION").into(),
-        python_version: python_version.clone(),
-        pid,
-        command_line,
-        rate_requested: opts.rate.to_string(),
-        rate_achieved: if duration_s > 0.0 { samples as f64 / duration_s } else { 0.0 },
-        samples,
-        missed_ticks: stats.missed_ticks.load(Ordering::Relaxed),
-        dropped_samples: stats.dropped.load(Ordering::Relaxed),
-        thread_samples: stats.thread_samples.load(Ordering::Relaxed),
-        lost_samples: std::iter::once(("total", stats.lost_total()))
-            .chain(crate::sampler::LOSS_NAMES.iter().zip(&stats.lost).map(|(k, n)| (*k, n.load(Ordering::Relaxed))))
-            .collect(),
-        retried_samples: stats.retried.load(Ordering::Relaxed),
-        failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
-        calls_told_apart: [("locals", timeline.told_apart.by_locals), ("offset", timeline.told_apart.by_offset)]
-            .into_iter()
-            .collect(),
-        longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,
-        duration_s,
-        clock: "CLOCK_MONOTONIC",
-    };
+    let info = capture_info(&facts, &stats, &timeline);
+    let duration_s = info.duration_s;
     let comm_of = |tid: i32| crate::process::tasks::Tasks::comm(pid, tid).unwrap_or_else(|| format!("thread {tid}"));
     let finished = match error {
         Some(e) => Err(e),
@@ -192,7 +185,9 @@ pub fn record(opts: Options) -> Result<i32> {
     };
     if let Err(e) = finished {
         return Err(Error::Io(format!(
-            "writing {} failed after {samples} samples: {e}; the file is incomplete",
+            "writing {} failed after {samples} samples: {e}; the file is incomplete: once there is room, \
+             `vizattach repair {}` finishes what reached the disk",
+            path.display(),
             path.display()
         )));
     }
@@ -222,6 +217,47 @@ pub fn record(opts: Options) -> Result<i32> {
         return Err(Error::Io(e));
     }
     Ok(exit)
+}
+
+/// What is known of a capture before it starts.
+#[derive(Clone)]
+struct Facts {
+    python_version: String,
+    pid: i32,
+    command_line: String,
+    rate: Rate,
+}
+
+/// The capture's metadata as of now: at the end, and at every checkpoint.
+fn capture_info(facts: &Facts, stats: &Stats, timeline: &Timeline) -> CaptureInfo {
+    let stopped_ns = stats.last_sample_ns.load(Ordering::Relaxed);
+    let started_ns = stats.started_ns.load(Ordering::Relaxed);
+    let duration_s = stopped_ns.saturating_sub(started_ns) as f64 / 1e9;
+    let samples = timeline.samples;
+    CaptureInfo {
+        vizattach_version: env!("CARGO_PKG_VERSION").into(),
+        python_version: facts.python_version.clone(),
+        pid: facts.pid,
+        command_line: facts.command_line.clone(),
+        rate_requested: facts.rate.to_string(),
+        rate_achieved: if duration_s > 0.0 { samples as f64 / duration_s } else { 0.0 },
+        samples,
+        missed_ticks: stats.missed_ticks.load(Ordering::Relaxed),
+        dropped_samples: stats.dropped.load(Ordering::Relaxed),
+        thread_samples: stats.thread_samples.load(Ordering::Relaxed),
+        lost_samples: std::iter::once(("total", stats.lost_total()))
+            .chain(crate::sampler::LOSS_NAMES.iter().zip(&stats.lost).map(|(k, n)| (*k, n.load(Ordering::Relaxed))))
+            .collect(),
+        retried_samples: stats.retried.load(Ordering::Relaxed),
+        failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
+        calls_told_apart: [("locals", timeline.told_apart.by_locals), ("offset", timeline.told_apart.by_offset)]
+            .into_iter()
+            .collect(),
+        longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,
+        duration_s,
+        clock: "CLOCK_MONOTONIC",
+        recovered: None,
+    }
 }
 
 /// In launch mode the interpreter is not there at once: retry until it is, without a

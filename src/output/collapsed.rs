@@ -3,10 +3,12 @@
 //! distinct stack, not per sample) and written sorted at the end.
 
 use super::{CaptureInfo, Sink};
+use crate::python::code::CodeInfo;
 use crate::sampler::StackFrame;
 use crate::timeline::CodeTable;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
+use std::sync::Arc;
 
 /// Sample counts per (thread, stack of code ids); names are resolved once per code.
 #[derive(Default)]
@@ -26,14 +28,19 @@ impl Counts {
             return;
         }
         let ids: Vec<u32> = stack.iter().map(|f| f.code_id).collect();
+        self.add(tid, ids, 1, &|id| codes.get(id).cloned());
+    }
+
+    /// `n` samples of one stack of code ids, root first.
+    pub fn add(&mut self, tid: i32, ids: Vec<u32>, n: u64, code: &dyn Fn(u32) -> Option<Arc<CodeInfo>>) {
         for &id in &ids {
-            if let (false, Some(code)) = (self.frames.contains_key(&id), codes.get(id)) {
+            if let (false, Some(code)) = (self.frames.contains_key(&id), code(id)) {
                 // ';' separates frames and a line ends a record: neither may appear in one
-                let name = super::chrome::slice_name(code).replace([';', '\n', '\r'], ":");
+                let name = super::chrome::slice_name(&code).replace([';', '\n', '\r'], ":");
                 self.frames.insert(id, name);
             }
         }
-        *self.stacks.entry((tid, ids)).or_insert(0) += 1;
+        *self.stacks.entry((tid, ids)).or_insert(0) += n;
     }
 
     /// The `stack count` lines, sorted (the order flame graph tools expect).
@@ -74,7 +81,18 @@ impl Sink for Collapsed {
         Ok(())
     }
 
-    fn close(&mut self, _: i32, _: &crate::python::code::CodeInfo, _: u64, _: u64) -> io::Result<()> {
+    fn counted(
+        &mut self,
+        tid: i32,
+        ids: &[u32],
+        n: u64,
+        code: &dyn Fn(u32) -> Option<Arc<CodeInfo>>,
+    ) -> io::Result<()> {
+        self.counts.add(tid, ids.to_vec(), n, code);
+        Ok(())
+    }
+
+    fn close(&mut self, _: i32, _: &CodeInfo, _: u64, _: u64) -> io::Result<()> {
         Ok(())
     }
 

@@ -3,9 +3,11 @@
 
 use super::collapsed::Counts;
 use super::{CaptureInfo, Sink};
+use crate::python::code::CodeInfo;
 use crate::sampler::StackFrame;
 use crate::timeline::CodeTable;
 use std::io::{self, Write};
+use std::sync::Arc;
 
 pub struct FlameGraph {
     out: Box<dyn Write + Send>,
@@ -30,7 +32,18 @@ impl Sink for FlameGraph {
         Ok(())
     }
 
-    fn close(&mut self, _: i32, _: &crate::python::code::CodeInfo, _: u64, _: u64) -> io::Result<()> {
+    fn counted(
+        &mut self,
+        tid: i32,
+        ids: &[u32],
+        n: u64,
+        code: &dyn Fn(u32) -> Option<Arc<CodeInfo>>,
+    ) -> io::Result<()> {
+        self.counts.add(tid, ids.to_vec(), n, code);
+        Ok(())
+    }
+
+    fn close(&mut self, _: i32, _: &CodeInfo, _: u64, _: u64) -> io::Result<()> {
         Ok(())
     }
 

@@ -3,11 +3,13 @@
 pub mod chrome;
 pub mod collapsed;
 pub mod flamegraph;
+pub mod journal;
 pub mod perfetto;
 pub mod speedscope;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::python::code::CodeInfo;
 use crate::sampler::StackFrame;
@@ -40,6 +42,9 @@ pub struct CaptureInfo {
     pub longest_lag_us: f64,
     pub duration_s: f64,
     pub clock: &'static str,
+    /// set when `vizattach repair` rebuilt the file from a killed capture's journal
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<String>,
 }
 
 /// What every writer is fed, in time order per thread: thread names, slice opens and
@@ -76,7 +81,11 @@ impl CaptureInfo {
         if !why.is_empty() {
             s += &format!(" ({})", why.join(", "));
         }
-        s + &format!(", {} retried", self.retried_samples)
+        s += &format!(", {} retried", self.retried_samples);
+        if let Some(r) = &self.recovered {
+            s += &format!("; {r}");
+        }
+        s
     }
 }
 
@@ -95,6 +104,24 @@ pub trait Sink {
         Ok(())
     }
     fn close(&mut self, tid: i32, code: &CodeInfo, start_ns: u64, end_ns: u64) -> io::Result<()>;
+    /// `n` samples of one thread's stack of code ids, root first: how a replayed journal
+    /// feeds the formats that count samples (journal.rs).
+    fn counted(
+        &mut self,
+        _tid: i32,
+        _ids: &[u32],
+        _n: u64,
+        _code: &dyn Fn(u32) -> Option<Arc<CodeInfo>>,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+    /// Called every half second during a capture (record.rs): hand what is buffered to
+    /// the file, so a vizattach killed without warning loses half a second at most
+    /// (README, "What survives a crash"). `info` is the capture so far, `last_ns` its last
+    /// sample.
+    fn checkpoint(&mut self, _info: &CaptureInfo, _last_ns: u64) -> io::Result<()> {
+        Ok(())
+    }
     fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64>;
 }
 
@@ -111,6 +138,17 @@ pub const FORMATS: &str = "viztracer (.json), perfetto (.pftrace, .perfetto-trac
 collapsed (.collapsed, .txt), flamegraph (.svg); add .gz to gzip any of them";
 
 impl Format {
+    /// The name `from_name` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Viztracer => "viztracer",
+            Format::Perfetto => "perfetto",
+            Format::Speedscope => "speedscope",
+            Format::Collapsed => "collapsed",
+            Format::Flamegraph => "flamegraph",
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<Format> {
         match name {
             "viztracer" | "json" | "chrome" => Some(Format::Viztracer),
@@ -187,6 +225,24 @@ fn create_one(
     root: PathBuf,
     process_name: &str,
 ) -> io::Result<Box<dyn Sink + Send>> {
+    // A stream of whole packets is its own recovery, and a pipe or a device cannot be
+    // renamed into place: no journal for those (journal.rs).
+    let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+    if format == Format::Perfetto && !gzip || special {
+        return writer(path, format, gzip, pid, root, process_name);
+    }
+    Ok(Box::new(journal::Journaled::create(path, format, gzip, pid, root, process_name)?))
+}
+
+/// The writer of one format into `path`, nothing more.
+pub(crate) fn writer(
+    path: &Path,
+    format: Format,
+    gzip: bool,
+    pid: i32,
+    root: PathBuf,
+    process_name: &str,
+) -> io::Result<Box<dyn Sink + Send>> {
     let file = std::fs::File::create(path)?;
     if format == Format::Perfetto && !gzip {
         // unbuffered: the writer batches whole packets itself, so that after a failed
@@ -204,7 +260,7 @@ fn create_one(
     Ok(match format {
         Format::Viztracer => Box::new(chrome::ChromeJson::new(out, pid, root, process_name)?),
         Format::Perfetto => Box::new(perfetto::Perfetto::new(out, None, pid, process_name)?),
-        Format::Speedscope => Box::new(speedscope::Speedscope::new(out, process_name)),
+        Format::Speedscope => Box::new(speedscope::Speedscope::new(out, process_name).spill_next_to(path)),
         Format::Collapsed => Box::new(collapsed::Collapsed::new(out)),
         Format::Flamegraph => Box::new(flamegraph::FlameGraph::new(out, process_name)),
     })
@@ -228,6 +284,9 @@ impl Sink for Tee {
     }
     fn close(&mut self, tid: i32, code: &CodeInfo, start_ns: u64, end_ns: u64) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.close(tid, code, start_ns, end_ns))
+    }
+    fn checkpoint(&mut self, info: &CaptureInfo, last_ns: u64) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.checkpoint(info, last_ns))
     }
     fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
         let mut first = 0;

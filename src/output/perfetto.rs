@@ -454,7 +454,10 @@ impl Perfetto {
                 f("longest_lag_us", info.longest_lag_us),
                 f("duration_s", info.duration_s),
                 s("clock", info.clock),
-            ],
+            ]
+            .into_iter()
+            .chain(info.recovered.as_deref().map(|r| s("recovered", r)))
+            .collect(),
             ..Default::default()
         }
     }
@@ -474,6 +477,12 @@ impl Sink for Perfetto {
     fn close(&mut self, tid: i32, _code: &CodeInfo, _start_ns: u64, end_ns: u64) -> io::Result<()> {
         let e = TrackEvent { r#type: Some(TYPE_SLICE_END), ..Default::default() };
         self.event(tid, end_ns, e, None)
+    }
+
+    /// Whole packets only reach the file, so what a kill leaves loads as it is.
+    fn checkpoint(&mut self, _info: &CaptureInfo, _last_ns: u64) -> io::Result<()> {
+        self.flush_batch()?;
+        self.out.flush()
     }
 
     fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {

@@ -2,8 +2,10 @@
 //! `C` (close) events, which is exactly the timeline's entry/exit stream, plus a shared
 //! frame table (name, file, line).
 //!
-//! A profile lists one thread's events together, so events are kept per thread (16 bytes
-//! each) and written at the end. Times are nanoseconds from the capture's first event:
+//! A profile lists one thread's events together, so events are kept per thread and written
+//! at the end: the latest CHUNK of each thread in memory, older ones in chunks in an
+//! unlinked spill file next to the output, so memory stays flat however long the capture
+//! (12 bytes an event on disk). Times are nanoseconds from the capture's first event:
 //! absolute CLOCK_MONOTONIC values outgrow a double's exact integers after ~104 days of
 //! uptime. The capture metadata goes into the file's `name`, which speedscope shows.
 
@@ -17,11 +19,63 @@ pub const SCHEMA: &str = "https://www.speedscope.app/file-format-schema.json";
 
 struct Profile {
     tid: i32,
-    /// (time, frame index | OPEN)
+    /// (time, frame index | OPEN): the events not yet spilled
     events: Vec<(u64, u32)>,
+    /// where this thread's earlier events lie in the spill file, CHUNK events each, in order
+    spilled: Vec<u64>,
+    first: Option<u64>,
+    last: u64,
 }
 
 const OPEN: u32 = 1 << 31;
+/// Events a thread keeps in memory before they go to the spill file.
+const CHUNK: usize = 4096;
+const EVENT_BYTES: usize = 12;
+
+/// The spill file: created on first need in `dir`, unlinked at once (nothing to clean up,
+/// whatever happens to us).
+struct Spill {
+    dir: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    len: u64,
+    buf: Vec<u8>,
+}
+
+impl Spill {
+    fn write(&mut self, events: &[(u64, u32)]) -> io::Result<u64> {
+        if self.file.is_none() {
+            let path = self.dir.join(format!(".vizattach-spill-{}", std::process::id()));
+            let f = std::fs::File::options().read(true).write(true).create_new(true).open(&path)?;
+            std::fs::remove_file(&path)?;
+            self.file = Some(f);
+        }
+        self.buf.clear();
+        for &(at, f) in events {
+            self.buf.extend_from_slice(&at.to_le_bytes());
+            self.buf.extend_from_slice(&f.to_le_bytes());
+        }
+        let at = self.len;
+        if let Some(f) = &mut self.file {
+            f.write_all(&self.buf)?;
+        }
+        self.len += self.buf.len() as u64;
+        Ok(at)
+    }
+
+    fn read(&mut self, at: u64, into: &mut Vec<(u64, u32)>) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.buf.resize(CHUNK * EVENT_BYTES, 0);
+        let f = self.file.as_ref().ok_or_else(|| io::Error::other("no spill file"))?;
+        f.read_exact_at(&mut self.buf, at)?;
+        into.clear();
+        for e in self.buf.chunks_exact(EVENT_BYTES) {
+            let at = u64::from_le_bytes(e[..8].try_into().unwrap_or_default());
+            let f = u32::from_le_bytes(e[8..].try_into().unwrap_or_default());
+            into.push((at, f));
+        }
+        Ok(())
+    }
+}
 
 pub struct Speedscope {
     out: Box<dyn Write + Send>,
@@ -34,6 +88,7 @@ pub struct Speedscope {
     profiles: Vec<Profile>,
     profile_of: HashMap<i32, usize>,
     names: HashMap<i32, String>,
+    spill: Spill,
 }
 
 impl Speedscope {
@@ -47,7 +102,19 @@ impl Speedscope {
             profiles: Vec::new(),
             profile_of: HashMap::new(),
             names: HashMap::new(),
+            spill: Spill { dir: std::env::temp_dir(), file: None, len: 0, buf: Vec::new() },
         }
+    }
+
+    /// Spill next to `output` (the file system that holds the output has room for it;
+    /// a temp dir may be RAM).
+    pub fn spill_next_to(mut self, output: &std::path::Path) -> Speedscope {
+        if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+            self.spill.dir = dir.to_path_buf();
+        } else {
+            self.spill.dir = ".".into();
+        }
+        self
     }
 
     fn frame(&mut self, code: &CodeInfo) -> u32 {
@@ -68,13 +135,21 @@ impl Speedscope {
         i
     }
 
-    fn push(&mut self, tid: i32, at: u64, frame: u32) {
+    fn push(&mut self, tid: i32, at: u64, frame: u32) -> io::Result<()> {
         let n = self.profiles.len();
         let i = *self.profile_of.entry(tid).or_insert(n);
         if i == n {
-            self.profiles.push(Profile { tid, events: Vec::new() });
+            self.profiles.push(Profile { tid, events: Vec::new(), spilled: Vec::new(), first: None, last: 0 });
         }
-        self.profiles[i].events.push((at, frame));
+        let p = &mut self.profiles[i];
+        p.first.get_or_insert(at);
+        p.last = at;
+        p.events.push((at, frame));
+        if p.events.len() == CHUNK {
+            p.spilled.push(self.spill.write(&p.events)?);
+            p.events.clear();
+        }
+        Ok(())
     }
 }
 
@@ -86,18 +161,16 @@ impl Sink for Speedscope {
 
     fn open(&mut self, tid: i32, code: &CodeInfo, start_ns: u64) -> io::Result<()> {
         let f = self.frame(code);
-        self.push(tid, start_ns, f | OPEN);
-        Ok(())
+        self.push(tid, start_ns, f | OPEN)
     }
 
     fn close(&mut self, tid: i32, code: &CodeInfo, _start_ns: u64, end_ns: u64) -> io::Result<()> {
         let f = self.frame(code);
-        self.push(tid, end_ns, f);
-        Ok(())
+        self.push(tid, end_ns, f)
     }
 
     fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
-        let base = self.profiles.iter().filter_map(|p| p.events.first()).map(|e| e.0).min().unwrap_or(0);
+        let base = self.profiles.iter().filter_map(|p| p.first).min().unwrap_or(0);
         let name = format!("{} ({})", self.process_name, info.summary());
         let head = format!(
             "{{\"$schema\":\"{SCHEMA}\",\"name\":{},\"exporter\":{},\"activeProfileIndex\":0,\"shared\":{{\"frames\":{}}},\"profiles\":[",
@@ -107,29 +180,86 @@ impl Sink for Speedscope {
         );
         let mut w = super::Counting { inner: self.out.as_mut(), n: 0 };
         w.write_all(head.as_bytes())?;
+        let mut chunk = Vec::with_capacity(CHUNK);
         for (i, p) in self.profiles.iter().enumerate() {
             let thread = self.names.get(&p.tid).map(String::as_str).unwrap_or("thread");
-            let start = p.events.first().map_or(0, |e| e.0 - base);
-            let end = p.events.last().map_or(0, |e| e.0 - base);
+            let start = p.first.map_or(0, |t| t - base);
+            let end = p.first.map_or(0, |_| p.last - base);
             write!(
                 w,
                 "{}{{\"type\":\"evented\",\"name\":{},\"unit\":\"nanoseconds\",\"startValue\":{start},\"endValue\":{end},\"events\":[",
                 if i > 0 { "," } else { "" },
                 serde_json::to_string(&super::thread_label(thread, p.tid)).unwrap_or_default()
             )?;
-            for (j, &(at, f)) in p.events.iter().enumerate() {
-                let (kind, frame) = if f & OPEN != 0 { ('O', f & !OPEN) } else { ('C', f) };
-                write!(
-                    w,
-                    "{}{{\"type\":\"{kind}\",\"frame\":{frame},\"at\":{}}}",
-                    if j > 0 { "," } else { "" },
-                    at - base
-                )?;
+            let mut comma = false;
+            for k in 0..=p.spilled.len() {
+                let events = match p.spilled.get(k) {
+                    Some(&at) => {
+                        self.spill.read(at, &mut chunk)?;
+                        &chunk
+                    }
+                    None => &p.events,
+                };
+                for &(at, f) in events {
+                    let (kind, frame) = if f & OPEN != 0 { ('O', f & !OPEN) } else { ('C', f) };
+                    write!(
+                        w,
+                        "{}{{\"type\":\"{kind}\",\"frame\":{frame},\"at\":{}}}",
+                        if comma { "," } else { "" },
+                        at - base
+                    )?;
+                    comma = true;
+                }
             }
             w.write_all(b"]}")?;
         }
         w.write_all(b"]}\n")?;
         w.flush()?;
         Ok(w.n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Far more events than a chunk, on two threads: the file lists each thread's events
+    /// in order, spilled chunks first, exactly as they came.
+    #[test]
+    fn spilled_events_come_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("vizattach-spill-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.speedscope.json");
+        let out = Box::new(std::fs::File::create(&path).unwrap());
+        let mut s = Speedscope::new(out, "t").spill_next_to(&path);
+        let (a, b) =
+            (CodeInfo::named(0, "a".into(), "/t.py".into(), 1), CodeInfo::named(1, "b".into(), "/t.py".into(), 5));
+        let n = 3 * CHUNK as u64 + 17;
+        for i in 0..n {
+            let tid = 1 + (i % 2) as i32;
+            let c = if i.is_multiple_of(3) { &a } else { &b };
+            s.open(tid, c, 1000 + 10 * i).unwrap();
+            s.close(tid, c, 1000 + 10 * i, 1005 + 10 * i).unwrap();
+        }
+        assert!(s.profiles.iter().all(|p| !p.spilled.is_empty()), "the test must spill");
+        let info = super::super::journal::tests_info();
+        s.finish(&info).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let mut seen = 0;
+        for (k, p) in doc["profiles"].as_array().unwrap().iter().enumerate() {
+            let events = p["events"].as_array().unwrap();
+            assert_eq!(events.len() as u64, 2 * ((n + 1 - k as u64) / 2), "thread {k}: every open and close");
+            for (j, e) in events.iter().enumerate() {
+                let i = k as u64 + 2 * (j as u64 / 2);
+                let at = if j % 2 == 0 { 10 * i } else { 10 * i + 5 };
+                assert_eq!(e["at"].as_u64(), Some(at), "thread {k} event {j}");
+                assert_eq!(e["type"], if j % 2 == 0 { "O" } else { "C" });
+                assert_eq!(e["frame"].as_u64(), Some(if i.is_multiple_of(3) { 0 } else { 1 }));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 2 * n);
+        assert!(std::fs::read_dir(&dir).unwrap().count() == 1, "the spill file is never left behind");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

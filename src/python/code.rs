@@ -57,6 +57,22 @@ impl CodeInfo {
         }
     }
 
+    /// A code object known only by its name and place: what a capture's journal keeps of
+    /// it (output/journal.rs), enough for every writer.
+    pub fn named(id: u32, name: String, filename: String, first_line: i32) -> CodeInfo {
+        CodeInfo {
+            id,
+            name,
+            filename,
+            first_line,
+            linetable: Vec::new(),
+            bytecode_start: 0,
+            first_traceable: 0,
+            identity: (0, 0),
+            proofs: CallProofs::none(),
+        }
+    }
+
     /// What a stack walk needs of this code object.
     pub fn facts(&self) -> super::stack::CodeFacts {
         super::stack::CodeFacts {

@@ -29,6 +29,8 @@ pub use std::sync::atomic::{AtomicUsize, Ordering};
 pub use std::sync::{Mutex, OnceLock};
 pub use std::time::{Duration, Instant};
 
+pub mod tp;
+
 /// The Python fixtures, copied into every target's work directory.
 pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 /// Host interpreter for the embedder and deleted-executable targets and its config tool.

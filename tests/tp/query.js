@@ -197,6 +197,6 @@ setTimeout(() => {
   } catch (e) {
     result.load_error = String(e && e.stack || e);
   }
-  console.log(JSON.stringify(result));
-  process.exit(0);
+  // exit only once written: a pipe takes 64 KiB at once, and exit() drops the rest
+  process.stdout.write(JSON.stringify(result) + '\n', () => process.exit(0));
 }, 0);
