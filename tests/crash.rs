@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vizattach::output::perfetto::proto;
 
-/// One capture written in every format; the first is `-o`, the others VIZATTACH_ALSO_WRITE.
+/// One capture written in every format (`-o` once per file).
 const OUTPUTS: [&str; 6] =
     ["cap.json", "cap.pftrace", "cap.json.gz", "cap.speedscope.json", "cap.collapsed", "cap.svg"];
 const JOURNAL: &str = ".vizattach-journal";
@@ -110,10 +110,11 @@ fn capture_and_kill(
     let paths: Vec<PathBuf> = outputs.iter().map(|o| dir.join(o)).collect();
     let err_path = dir.join("vizattach.stderr");
     let mut cmd = Command::new(VIZATTACH);
-    cmd.args(["--pid", &pid.to_string(), "-q", "-o"]).arg(&paths[0]).args(extra);
-    if paths.len() > 1 {
-        cmd.env("VIZATTACH_ALSO_WRITE", std::env::join_paths(&paths[1..]).map_err(|e| e.to_string())?);
+    cmd.args(["--pid", &pid.to_string(), "-q"]);
+    for p in &paths {
+        cmd.arg("-o").arg(p);
     }
+    cmd.args(extra);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(fs::File::create(&err_path).map_err(|e| e.to_string())?);
     let mut child = KillOnDrop(cmd.spawn().map_err(|e| format!("spawn vizattach: {e}"))?);
     if from == From::Capture {
