@@ -18,10 +18,6 @@ impl Regions {
         self.map.insert(addr, vec![0; len]);
     }
 
-    pub fn unmap(&mut self, addr: u64) {
-        self.map.remove(&addr);
-    }
-
     fn find(&self, addr: u64, len: usize) -> Option<(u64, &Vec<u8>)> {
         let (&start, bytes) = self.map.range(..=addr).next_back()?;
         (addr + len as u64 <= start + bytes.len() as u64).then_some((start, bytes))
