@@ -1,9 +1,11 @@
-//! `vizattach dump`: every thread's stack now, as text or JSON.
+//! `vizattach dump`: every thread's stack now, as text or JSON, with each thread's status
+//! (python/diagnose.rs) and, with `--locals`, every frame's arguments and locals.
 
+use crate::python::diagnose::{Diagnosis, OwnerKnown, Status, Wait};
 use crate::python::snapshot::{Reader, ThreadStack};
 use serde_json::json;
 
-pub fn to_json(reader: &Reader, threads: &[ThreadStack]) -> serde_json::Value {
+pub fn to_json(reader: &Reader, threads: &[ThreadStack], d: &Diagnosis) -> serde_json::Value {
     json!({
         "pid": reader.process.pid,
         "python": {
@@ -11,21 +13,113 @@ pub fn to_json(reader: &Reader, threads: &[ThreadStack]) -> serde_json::Value {
             "executable": reader.target.executable,
             "libpython": reader.target.libpython,
         },
-        "threads": threads.iter().map(|t| json!({
+        "threads": threads.iter().enumerate().map(|(i, t)| json!({
             "tid": t.tid,
             "thread_id": t.thread_id,
             "name": t.name,
             "holds_gil": t.holds_gil,
-            "frames": t.frames.iter().map(|f| json!({
-                "function": f.code.name,
-                "file": f.code.filename,
-                "line": f.line,
-            })).collect::<Vec<_>>(),
+            "status": status_json(threads, &d.status[i]),
+            "frames": t.frames.iter().enumerate().map(|(fi, f)| {
+                let mut v = json!({
+                    "kind": "python",
+                    "function": f.code.name,
+                    "file": f.code.filename,
+                    "line": f.line,
+                });
+                if let Some(locals) = d.locals.as_ref().and_then(|l| l.get(i)).and_then(|l| l.get(fi)) {
+                    let map: serde_json::Map<String, serde_json::Value> =
+                        locals.iter().map(|(k, r)| (k.clone(), json!(r))).collect();
+                    v["locals"] = serde_json::Value::Object(map);
+                }
+                v
+            }).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "deadlocks": d.deadlocks.iter().map(|c| json!({
+            "tids": c.iter().map(|&i| threads[i].tid).collect::<Vec<_>>(),
+            "description": deadlock_text(threads, d, c),
         })).collect::<Vec<_>>(),
     })
 }
 
-pub fn to_text(reader: &Reader, threads: &[ThreadStack]) -> String {
+fn status_json(threads: &[ThreadStack], s: &Status) -> serde_json::Value {
+    json!({
+        "on_cpu": s.on_cpu,
+        "gil": s.gil.as_str(),
+        "syscall": s.syscall,
+        "waiting_on": s.waiting_on.as_ref().map(|w| json!({
+            "kind": w.kind,
+            "lock": w.lock_repr,
+            "address": format!("{:#x}", w.lock),
+            "object": w.object,
+            "via": w.via,
+            "function": w.function,
+            "owner": w.owner.map(|(o, how)| json!({
+                "tid": threads[o].tid,
+                "thread_id": threads[o].thread_id,
+                "name": threads[o].name,
+                "certain": how == OwnerKnown::Recorded,
+            })),
+        })),
+    })
+}
+
+fn thread_label(t: &ThreadStack) -> String {
+    let tid = t.tid.map(|t| t.to_string()).unwrap_or_else(|| "?".into());
+    match &t.name {
+        Some(n) => format!("{tid} \"{n}\""),
+        None => tid,
+    }
+}
+
+fn wait_text(threads: &[ThreadStack], w: &Wait) -> String {
+    let mut s = format!("waiting for {} `{}` in {}", w.kind, w.via, w.function);
+    match &w.object {
+        Some(o) => s += &format!(" ({o}, lock {})", w.lock_repr),
+        None => s += &format!(" ({})", w.lock_repr),
+    }
+    match w.owner {
+        Some((o, OwnerKnown::Recorded)) => s += &format!(", owned by thread {}", thread_label(&threads[o])),
+        Some((o, OwnerKnown::Likely)) => s += &format!(", likely held by thread {}", thread_label(&threads[o])),
+        None => {}
+    }
+    s
+}
+
+fn deadlock_text(threads: &[ThreadStack], d: &Diagnosis, cycle: &[usize]) -> String {
+    cycle
+        .iter()
+        .map(|&i| {
+            let w = d.status[i].waiting_on.as_ref();
+            format!(
+                "thread {} waits for {} `{}` held by thread {}",
+                thread_label(&threads[i]),
+                w.map(|w| w.kind.as_str()).unwrap_or("?"),
+                w.map(|w| w.via.as_str()).unwrap_or("?"),
+                w.and_then(|w| w.owner).map(|(o, _)| thread_label(&threads[o])).unwrap_or_else(|| "?".into())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn status_text(s: &Status) -> String {
+    let mut parts = Vec::new();
+    match s.gil {
+        crate::python::diagnose::Gil::Held => parts.push("holds the GIL".to_string()),
+        crate::python::diagnose::Gil::Waiting => parts.push("waits for the GIL".to_string()),
+        crate::python::diagnose::Gil::No => {}
+    }
+    if s.on_cpu {
+        parts.push("on CPU".to_string());
+    } else if let Some(sc) = &s.syscall {
+        parts.push(format!("sleeping in {sc}"));
+    } else {
+        parts.push("sleeping".to_string());
+    }
+    parts.join(", ")
+}
+
+pub fn to_text(reader: &Reader, threads: &[ThreadStack], d: &Diagnosis) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let t = &reader.target;
@@ -35,20 +129,68 @@ pub fn to_text(reader: &Reader, threads: &[ThreadStack]) -> String {
         let _ = write!(s, ", runtime in {lib}");
     }
     let _ = writeln!(s, ")");
-    for th in threads {
+    for (i, th) in threads.iter().enumerate() {
         let _ = writeln!(s);
-        let tid = th.tid.map(|t| t.to_string()).unwrap_or_else(|| "?".into());
-        let _ = write!(s, "Thread {tid}");
-        if let Some(n) = &th.name {
-            let _ = write!(s, " \"{n}\"");
+        let _ = writeln!(s, "Thread {} ({})", thread_label(th), status_text(&d.status[i]));
+        if let Some(w) = &d.status[i].waiting_on {
+            let _ = writeln!(s, "    {}", wait_text(threads, w));
         }
-        let _ = writeln!(s, "{}", if th.holds_gil { " (holds the GIL)" } else { "" });
         if th.frames.is_empty() {
             let _ = writeln!(s, "    (no Python frames: running C code or idle)");
         }
-        for f in &th.frames {
+        for (fi, f) in th.frames.iter().enumerate() {
             let _ = writeln!(s, "    {} ({}:{})", f.code.name, f.code.filename, f.line);
+            if let Some(locals) = d.locals.as_ref().and_then(|l| l.get(i)).and_then(|l| l.get(fi)) {
+                for (k, r) in locals {
+                    let _ = writeln!(s, "        {k} = {r}");
+                }
+            }
         }
     }
+    for c in &d.deadlocks {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Likely deadlock: {}", deadlock_text(threads, d, c));
+    }
     s
+}
+
+/// How many times the stacks are read again when one moved while its locals were read.
+const LOCALS_ATTEMPTS: usize = 10;
+
+/// A snapshot and what `diagnose` reads on top of it. Locals and lock waits are read
+/// after the stacks; they are believed when every thread's stack is still the same
+/// afterwards, and read again otherwise (a thread that never holds still keeps the last
+/// read: each value in it was read safely, but they may come from different moments).
+pub fn read(reader: &mut Reader, with_locals: bool) -> crate::error::Result<(Vec<ThreadStack>, Diagnosis)> {
+    let mut attempt = 0;
+    loop {
+        let threads = reader.snapshot()?;
+        let d = crate::python::diagnose::diagnose(
+            &reader.process.memory,
+            &reader.target,
+            reader.process.pid,
+            &threads,
+            with_locals,
+        );
+        attempt += 1;
+        if attempt >= LOCALS_ATTEMPTS || still(reader, &threads) {
+            return Ok((threads, d));
+        }
+    }
+}
+
+fn still(reader: &mut Reader, threads: &[ThreadStack]) -> bool {
+    let mem = reader.process.memory;
+    threads.iter().all(|th| {
+        match crate::python::snapshot::read_stack(&mem, &reader.target, &mut reader.codes, th.tstate) {
+            Ok(now) => {
+                now.len() == th.frames.len()
+                    && now
+                        .iter()
+                        .zip(&th.frames)
+                        .all(|(a, b)| a.addr == b.addr && a.line == b.line && a.code_addr == b.code_addr)
+            }
+            Err(_) => false,
+        }
+    })
 }

@@ -78,9 +78,15 @@ enum Command {
         /// Process id of the Python process
         #[arg(long, short)]
         pid: i32,
-        /// Print JSON: {"pid", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil", "frames": [{"function", "file", "line"}]}]}
+        /// Print JSON: {"pid", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil",
+        /// "status": {"on_cpu", "gil", "syscall", "waiting_on"}, "frames": [{"kind", "function", "file", "line"}]}],
+        /// "deadlocks": [...]}
         #[arg(long)]
         json: bool,
+        /// Also show each Python frame's arguments and locals (cells and free variables
+        /// included), as safe bounded reprs read from memory: nothing runs in the target
+        #[arg(long)]
+        locals: bool,
         /// Also print how the interpreter was found and any layout differences
         #[arg(long, short)]
         verbose: bool,
@@ -128,7 +134,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 quiet: a.quiet,
             })
         }
-        Command::Dump { pid, json, verbose, scan } => {
+        Command::Dump { pid, json, locals, verbose, scan } => {
             let how = if scan { Discovery::Scan } else { Discovery::Symbols };
             let mut reader = Reader::attach_with(pid, how)?;
             if verbose {
@@ -143,11 +149,11 @@ fn run(cli: Cli) -> Result<i32, Error> {
                     eprintln!("vizattach: _Py_DebugOffsets differs from our {} table: {n}", t.layout.about.minor);
                 }
             }
-            let threads = reader.snapshot()?;
+            let (threads, diagnosis) = vizattach::dump::read(&mut reader, locals)?;
             if json {
-                println!("{}", vizattach::dump::to_json(&reader, &threads));
+                println!("{}", vizattach::dump::to_json(&reader, &threads, &diagnosis));
             } else {
-                print!("{}", vizattach::dump::to_text(&reader, &threads));
+                print!("{}", vizattach::dump::to_text(&reader, &threads, &diagnosis));
             }
             Ok(0)
         }

@@ -16,9 +16,15 @@ use std::sync::Arc;
 pub struct Frame {
     pub code: Arc<CodeInfo>,
     pub line: i32,
+    /// where the frame and its code object are in the target (for --locals)
+    pub addr: u64,
+    pub code_addr: u64,
 }
 
 pub struct ThreadStack {
+    /// the thread state and its interpreter in the target
+    pub tstate: u64,
+    pub interp: u64,
     pub tid: Option<i32>,
     pub thread_id: u64,
     pub name: Option<String>,
@@ -113,6 +119,8 @@ impl Reader {
                     Tasks::comm(self.process.pid, tid).filter(|c| *c != self.process.comm)
                 });
                 out.push(ThreadStack {
+                    tstate: ts.addr,
+                    interp,
                     tid,
                     thread_id: ts.thread_id,
                     name,
@@ -139,7 +147,7 @@ pub fn read_stack(mem: &dyn ReadMem, t: &Target, codes: &mut CodeCache, tstate: 
             // it was a code object during the walk
             let code = codes.get(mem, &t.layout, t.code_type, f.code).map_err(stack::torn)?;
             let line = code.line(&t.layout, f.offset);
-            Ok(Frame { code, line })
+            Ok(Frame { code, line, addr: f.frame, code_addr: f.code })
         })
         .collect()
 }
