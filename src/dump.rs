@@ -1,11 +1,68 @@
 //! `vizattach dump`: every thread's stack now, as text or JSON, with each thread's status
 //! (python/diagnose.rs) and, with `--locals`, every frame's arguments and locals.
 
+use crate::native::{self, Mixed, NativeStacks};
 use crate::python::diagnose::{Diagnosis, OwnerKnown, Status, Wait};
-use crate::python::snapshot::{Reader, ThreadStack};
+use crate::python::snapshot::{Frame, Reader, ThreadStack};
 use serde_json::json;
 
-pub fn to_json(reader: &Reader, threads: &[ThreadStack], d: &Diagnosis) -> serde_json::Value {
+/// What one dump read: the stacks, what was read on top of them, and with --native the
+/// threads' C stacks.
+pub struct Dumped {
+    pub threads: Vec<ThreadStack>,
+    pub diagnosis: Diagnosis,
+    pub native: Option<NativeStacks>,
+}
+
+fn python_frame_json(f: &Frame, locals: Option<&crate::python::diagnose::FrameLocals>) -> serde_json::Value {
+    let mut v = json!({
+        "kind": "python",
+        "function": f.code.name,
+        "file": f.code.filename,
+        "line": f.line,
+    });
+    if let Some(locals) = locals {
+        let map: serde_json::Map<String, serde_json::Value> =
+            locals.iter().map(|(k, r)| (k.clone(), json!(r))).collect();
+        v["locals"] = serde_json::Value::Object(map);
+    }
+    v
+}
+
+fn native_frame_json(n: &native::NativeFrame) -> serde_json::Value {
+    json!({
+        "kind": "native",
+        "function": n.function,
+        "library": n.library,
+        "address": format!("{:#x}", n.address),
+        "file": null,
+        "line": null,
+    })
+}
+
+/// A thread's frames as JSON: Python frames, or with --native both kinds spliced.
+fn frames_json(reader: &Reader, dumped: &Dumped, i: usize) -> Vec<serde_json::Value> {
+    let t = &dumped.threads[i];
+    let locals = |fi: usize| dumped.diagnosis.locals.as_ref().and_then(|l| l.get(i)).and_then(|l| l.get(fi));
+    let index = |f: &Frame| t.frames.iter().position(|g| std::ptr::eq(g, f)).unwrap_or(0);
+    match native_of(dumped, t) {
+        Some(Ok(stack)) => native::splice(&reader.process.memory, &reader.target, &t.frames, stack)
+            .into_iter()
+            .map(|m| match m {
+                Mixed::Python(f) => python_frame_json(f, locals(index(f))),
+                Mixed::Native(n) => native_frame_json(n),
+            })
+            .collect(),
+        _ => t.frames.iter().enumerate().map(|(fi, f)| python_frame_json(f, locals(fi))).collect(),
+    }
+}
+
+fn native_of<'a>(dumped: &'a Dumped, t: &ThreadStack) -> Option<&'a Result<Vec<native::NativeFrame>, String>> {
+    dumped.native.as_ref()?.get(&t.tid?)
+}
+
+pub fn to_json(reader: &Reader, dumped: &Dumped) -> serde_json::Value {
+    let (threads, d) = (&dumped.threads, &dumped.diagnosis);
     json!({
         "pid": reader.process.pid,
         "python": {
@@ -19,20 +76,8 @@ pub fn to_json(reader: &Reader, threads: &[ThreadStack], d: &Diagnosis) -> serde
             "name": t.name,
             "holds_gil": t.holds_gil,
             "status": status_json(threads, &d.status[i]),
-            "frames": t.frames.iter().enumerate().map(|(fi, f)| {
-                let mut v = json!({
-                    "kind": "python",
-                    "function": f.code.name,
-                    "file": f.code.filename,
-                    "line": f.line,
-                });
-                if let Some(locals) = d.locals.as_ref().and_then(|l| l.get(i)).and_then(|l| l.get(fi)) {
-                    let map: serde_json::Map<String, serde_json::Value> =
-                        locals.iter().map(|(k, r)| (k.clone(), json!(r))).collect();
-                    v["locals"] = serde_json::Value::Object(map);
-                }
-                v
-            }).collect::<Vec<_>>(),
+            "native_error": native_of(dumped, t).and_then(|r| r.as_ref().err()),
+            "frames": frames_json(reader, dumped, i),
         })).collect::<Vec<_>>(),
         "deadlocks": d.deadlocks.iter().map(|c| json!({
             "tids": c.iter().map(|&i| threads[i].tid).collect::<Vec<_>>(),
@@ -119,7 +164,27 @@ fn status_text(s: &Status) -> String {
     parts.join(", ")
 }
 
-pub fn to_text(reader: &Reader, threads: &[ThreadStack], d: &Diagnosis) -> String {
+fn python_frame_text(s: &mut String, f: &Frame, locals: Option<&crate::python::diagnose::FrameLocals>) {
+    use std::fmt::Write;
+    let _ = writeln!(s, "    {} ({}:{})", f.code.name, f.code.filename, f.line);
+    for (k, r) in locals.into_iter().flatten() {
+        let _ = writeln!(s, "        {k} = {r}");
+    }
+}
+
+fn native_frame_text(s: &mut String, n: &native::NativeFrame) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        "    [C] {} ({}) {:#x}",
+        n.function.as_deref().unwrap_or("??"),
+        n.library.as_deref().unwrap_or("?"),
+        n.address
+    );
+}
+
+pub fn to_text(reader: &Reader, dumped: &Dumped) -> String {
+    let (threads, d) = (&dumped.threads, &dumped.diagnosis);
     use std::fmt::Write;
     let mut s = String::new();
     let t = &reader.target;
@@ -135,16 +200,30 @@ pub fn to_text(reader: &Reader, threads: &[ThreadStack], d: &Diagnosis) -> Strin
         if let Some(w) = &d.status[i].waiting_on {
             let _ = writeln!(s, "    {}", wait_text(threads, w));
         }
+        let locals = |fi: usize| d.locals.as_ref().and_then(|l| l.get(i)).and_then(|l| l.get(fi));
+        match native_of(dumped, th) {
+            Some(Ok(stack)) => {
+                for m in native::splice(&reader.process.memory, &reader.target, &th.frames, stack) {
+                    match m {
+                        Mixed::Python(f) => {
+                            let fi = th.frames.iter().position(|g| std::ptr::eq(g, f)).unwrap_or(0);
+                            python_frame_text(&mut s, f, locals(fi));
+                        }
+                        Mixed::Native(n) => native_frame_text(&mut s, n),
+                    }
+                }
+                continue;
+            }
+            Some(Err(why)) => {
+                let _ = writeln!(s, "    (no C stack: {why})");
+            }
+            None => {}
+        }
         if th.frames.is_empty() {
             let _ = writeln!(s, "    (no Python frames: running C code or idle)");
         }
         for (fi, f) in th.frames.iter().enumerate() {
-            let _ = writeln!(s, "    {} ({}:{})", f.code.name, f.code.filename, f.line);
-            if let Some(locals) = d.locals.as_ref().and_then(|l| l.get(i)).and_then(|l| l.get(fi)) {
-                for (k, r) in locals {
-                    let _ = writeln!(s, "        {k} = {r}");
-                }
-            }
+            python_frame_text(&mut s, f, locals(fi));
         }
     }
     for c in &d.deadlocks {
@@ -161,7 +240,7 @@ const LOCALS_ATTEMPTS: usize = 10;
 /// after the stacks; they are believed when every thread's stack is still the same
 /// afterwards, and read again otherwise (a thread that never holds still keeps the last
 /// read: each value in it was read safely, but they may come from different moments).
-pub fn read(reader: &mut Reader, with_locals: bool) -> crate::error::Result<(Vec<ThreadStack>, Diagnosis)> {
+pub fn read(reader: &mut Reader, with_locals: bool, with_native: bool) -> crate::error::Result<Dumped> {
     let mut attempt = 0;
     loop {
         let threads = reader.snapshot()?;
@@ -174,7 +253,15 @@ pub fn read(reader: &mut Reader, with_locals: bool) -> crate::error::Result<(Vec
         );
         attempt += 1;
         if attempt >= LOCALS_ATTEMPTS || still(reader, &threads) {
-            return Ok((threads, d));
+            // C stacks last: the only step that pauses the target, after every read that
+            // does not
+            let native = if with_native {
+                let tids: Vec<i32> = threads.iter().filter_map(|t| t.tid).collect();
+                Some(native::capture(&reader.process, &tids)?)
+            } else {
+                None
+            };
+            return Ok(Dumped { threads, diagnosis: d, native });
         }
     }
 }

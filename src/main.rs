@@ -87,6 +87,11 @@ enum Command {
         /// included), as safe bounded reprs read from memory: nothing runs in the target
         #[arg(long)]
         locals: bool,
+        /// Also unwind each thread's C stack (DWARF CFI, frame pointers as a fallback) and
+        /// splice the Python frames in. Pauses each thread briefly (ptrace) to copy its
+        /// registers and stack; a watchdog guarantees it runs on within 3 s whatever happens
+        #[arg(long)]
+        native: bool,
         /// Also print how the interpreter was found and any layout differences
         #[arg(long, short)]
         verbose: bool,
@@ -134,7 +139,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 quiet: a.quiet,
             })
         }
-        Command::Dump { pid, json, locals, verbose, scan } => {
+        Command::Dump { pid, json, locals, native, verbose, scan } => {
             let how = if scan { Discovery::Scan } else { Discovery::Symbols };
             let mut reader = Reader::attach_with(pid, how)?;
             if verbose {
@@ -149,11 +154,11 @@ fn run(cli: Cli) -> Result<i32, Error> {
                     eprintln!("vizattach: _Py_DebugOffsets differs from our {} table: {n}", t.layout.about.minor);
                 }
             }
-            let (threads, diagnosis) = vizattach::dump::read(&mut reader, locals)?;
+            let dumped = vizattach::dump::read(&mut reader, locals, native)?;
             if json {
-                println!("{}", vizattach::dump::to_json(&reader, &threads, &diagnosis));
+                println!("{}", vizattach::dump::to_json(&reader, &dumped));
             } else {
-                print!("{}", vizattach::dump::to_text(&reader, &threads, &diagnosis));
+                print!("{}", vizattach::dump::to_text(&reader, &dumped));
             }
             Ok(0)
         }

@@ -170,6 +170,9 @@ pub struct FrameOffsets {
     /// the frame's module globals dict (f_globals)
     #[serde(default)]
     pub globals: Option<u64>,
+    /// 3.11: the first frame of an evaluation-loop call
+    #[serde(default)]
+    pub is_entry: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

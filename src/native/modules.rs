@@ -1,0 +1,110 @@
+//! The ELF files a process has mapped executable, as `dump --native` needs them: where
+//! each is loaded (its bias), its call-frame information (.eh_frame with its
+//! .eh_frame_hdr index, .debug_frame) and its function symbols (.symtab and .dynsym), so
+//! a return address can be unwound through and named. Each file is read once per dump,
+//! through the path the target sees (process/mod.rs `file_path`).
+
+use crate::process::{MapEntry, Process};
+use goblin::elf::{program_header::PT_LOAD, sym::STT_FUNC, Elf};
+
+pub struct Module {
+    /// the executable mapping's range in the target
+    pub start: u64,
+    pub end: u64,
+    /// target address = file virtual address + bias
+    pub bias: u64,
+    pub path: String,
+    pub eh_frame: Option<Section>,
+    pub eh_frame_hdr: Option<Section>,
+    pub debug_frame: Option<Section>,
+    pub text_vaddr: u64,
+    /// (file vaddr, size, name), sorted by address
+    symbols: Vec<(u64, u64, String)>,
+}
+
+pub struct Section {
+    pub vaddr: u64,
+    pub data: Vec<u8>,
+}
+
+impl Module {
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.start && addr < self.end
+    }
+
+    /// The function containing the target address `addr`, and how far into it.
+    pub fn symbol(&self, addr: u64) -> Option<(&str, u64)> {
+        let v = addr.wrapping_sub(self.bias);
+        let i = self.symbols.partition_point(|s| s.0 <= v);
+        let (start, size, name) = self.symbols.get(i.checked_sub(1)?)?;
+        (v < start + (*size).max(1)).then(|| (name.as_str(), v - start))
+    }
+
+    /// The file name, for the "library" field.
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
+/// Every executable file mapping of the process that parses as ELF.
+pub fn load(process: &Process) -> Vec<Module> {
+    let text = std::fs::read_to_string(format!("/proc/{}/maps", process.pid)).unwrap_or_default();
+    // (process/maps.rs keeps no execute bit: the start addresses of r-x mappings)
+    let executable: std::collections::HashSet<u64> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let range = f.next()?;
+            let perms = f.next()?;
+            perms.contains('x').then(|| u64::from_str_radix(range.split('-').next()?, 16).ok()).flatten()
+        })
+        .collect();
+    crate::process::maps::parse(&text)
+        .iter()
+        .filter(|m| executable.contains(&m.start) && m.path.starts_with('/'))
+        .filter_map(|m| load_one(process, m))
+        .collect()
+}
+
+fn load_one(process: &Process, m: &MapEntry) -> Option<Module> {
+    let data = std::fs::read(process.file_path(m)).ok()?;
+    let elf = Elf::parse(&data).ok()?;
+    // the PT_LOAD this mapping comes from: its file offset says where in vaddr space it starts
+    let seg = elf.program_headers.iter().find(|p| {
+        p.p_type == PT_LOAD && p.p_offset & !0xfff <= m.offset && m.offset < p.p_offset + p.p_filesz.max(1)
+    })?;
+    let vaddr_of_start = (seg.p_vaddr & !0xfff) + (m.offset - (seg.p_offset & !0xfff));
+    let bias = m.start.wrapping_sub(vaddr_of_start);
+    let section = |name: &str| -> Option<Section> {
+        let sh = elf.section_headers.iter().find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(name))?;
+        let range = sh.file_range()?;
+        Some(Section { vaddr: sh.sh_addr, data: data.get(range)?.to_vec() })
+    };
+    let text_vaddr = elf
+        .section_headers
+        .iter()
+        .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".text"))
+        .map(|s| s.sh_addr)
+        .unwrap_or(0);
+    let mut symbols: Vec<(u64, u64, String)> = Vec::new();
+    for (syms, strtab) in [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)] {
+        for s in syms.iter().filter(|s| s.st_type() == STT_FUNC && s.st_value != 0) {
+            if let Some(name) = strtab.get_at(s.st_name).filter(|n| !n.is_empty()) {
+                symbols.push((s.st_value, s.st_size, name.to_string()));
+            }
+        }
+    }
+    symbols.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    symbols.dedup_by(|a, b| a.0 == b.0);
+    Some(Module {
+        start: m.start,
+        end: m.end,
+        bias,
+        path: m.path.clone(),
+        eh_frame: section(".eh_frame"),
+        eh_frame_hdr: section(".eh_frame_hdr"),
+        debug_frame: section(".debug_frame"),
+        text_vaddr,
+        symbols,
+    })
+}
