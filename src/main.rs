@@ -92,6 +92,9 @@ enum Command {
         /// registers and stack; a watchdog guarantees it runs on within 3 s whatever happens
         #[arg(long)]
         native: bool,
+        /// Keep the first thread paused this long during --native (tests of the watchdog)
+        #[arg(long, hide = true, default_value = "0")]
+        native_hold_ms: u64,
         /// Also print how the interpreter was found and any layout differences
         #[arg(long, short)]
         verbose: bool,
@@ -139,7 +142,8 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 quiet: a.quiet,
             })
         }
-        Command::Dump { pid, json, locals, native, verbose, scan } => {
+        Command::Dump { pid, json, locals, native, native_hold_ms, verbose, scan } => {
+            vizattach::native::pause::HOLD_MS.store(native_hold_ms, std::sync::atomic::Ordering::Relaxed);
             let how = if scan { Discovery::Scan } else { Discovery::Symbols };
             let mut reader = Reader::attach_with(pid, how)?;
             if verbose {

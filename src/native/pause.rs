@@ -26,6 +26,10 @@ pub const STACK_COPY: u64 = 512 * 1024;
 /// The x86-64 red zone below the stack pointer, copied too.
 const RED_ZONE: u64 = 128;
 
+/// Tests only (the hidden `--native-hold-ms`): keep the first thread paused this long,
+/// to prove the watchdog and the kernel resume it whatever happens to vizattach.
+pub static HOLD_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// One thread's registers and the copy of its stack, taken while it was stopped.
 pub struct Captured {
     pub tid: i32,
@@ -63,12 +67,13 @@ pub fn capture_all(
     let started = Instant::now();
     let mut done = Vec::new();
     let mut missed = Vec::new();
-    for &tid in tids {
-        if started.elapsed() > WATCHDOG / 2 {
+    for (i, &tid) in tids.iter().enumerate() {
+        if started.elapsed() > WATCHDOG / 2 && i > 0 {
             missed.push(Missed { tid, why: "not paused: the pausing phase ran out of time".into() });
             continue;
         }
-        match capture_one(tid, &stack_end) {
+        let hold = if i == 0 { HOLD_MS.load(std::sync::atomic::Ordering::Relaxed) } else { 0 };
+        match capture_one(tid, &stack_end, hold) {
             Ok(c) => done.push(c),
             Err(CaptureError::Denied(e)) => {
                 drop(watchdog);
@@ -111,7 +116,11 @@ impl Drop for Seized {
     }
 }
 
-fn capture_one(tid: i32, stack_end: &impl Fn(u64) -> Option<u64>) -> std::result::Result<Captured, CaptureError> {
+fn capture_one(
+    tid: i32,
+    stack_end: &impl Fn(u64) -> Option<u64>,
+    hold_ms: u64,
+) -> std::result::Result<Captured, CaptureError> {
     match ptrace(libc::PTRACE_SEIZE, tid, 0, 0) {
         Ok(_) => {}
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
@@ -133,6 +142,9 @@ fn capture_one(tid: i32, stack_end: &impl Fn(u64) -> Option<u64>) -> std::result
     use crate::process::memory::ReadMem;
     if mem.read(start, &mut stack).is_err() {
         stack.clear();
+    }
+    if hold_ms > 0 {
+        std::thread::sleep(Duration::from_millis(hold_ms));
     }
     drop(seized); // resume before anything else happens
     Ok(Captured { tid, regs, stack_start: start, stack })
