@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-pythons.sh
+# libc's detached debug information: dump --native's file:line test reads it by build-id
+dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libc6-dbg >/dev/null; }
 python3 scripts/gen-offsets --check
 python3 scripts/gen-opcodes --check
 cargo build --release --all-targets

@@ -35,8 +35,8 @@ fn native_frame_json(n: &native::NativeFrame) -> serde_json::Value {
         "function": n.function,
         "library": n.library,
         "address": format!("{:#x}", n.address),
-        "file": null,
-        "line": null,
+        "file": n.file,
+        "line": n.line,
     })
 }
 
@@ -174,12 +174,15 @@ fn python_frame_text(s: &mut String, f: &Frame, locals: Option<&crate::python::d
 
 fn native_frame_text(s: &mut String, n: &native::NativeFrame) {
     use std::fmt::Write;
+    let at = match (&n.file, n.line) {
+        (Some(f), Some(l)) => format!("{f}:{l}"),
+        _ => format!("{:#x}", n.address),
+    };
     let _ = writeln!(
         s,
-        "    [C] {} ({}) {:#x}",
+        "    [C] {} ({} {at})",
         n.function.as_deref().unwrap_or("??"),
         n.library.as_deref().unwrap_or("?"),
-        n.address
     );
 }
 

@@ -139,6 +139,51 @@ fn check_c_caller(v: &Value) -> Result<(), String> {
     }
 }
 
+/// With detached debug information installed (libc6-dbg by scripts/test.sh,
+/// python3.11-dbg by scripts/install-pythons.sh), the host interpreter's sleeping main
+/// thread shows libc frames with file:line, read from the debug file found by
+/// build-id, and `time_sleep`, a static function of python3.11 that its own symbol
+/// tables (no .symtab, and .dynsym lists exported functions only) cannot name.
+#[test]
+fn file_and_line_from_detached_debug_info() {
+    let Some(interp) = host_interpreter() else {
+        missing_prerequisite("no host-python3.11 in the manifest");
+        return;
+    };
+    if !Path::new("/usr/lib/debug/.build-id").is_dir()
+        || Command::new("dpkg").args(["-s", "libc6-dbg"]).output().map_or(true, |o| !o.status.success())
+    {
+        missing_prerequisite("libc6-dbg is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    for_each_interpreter(&[interp], 1, |interp| {
+        let target = start(interp)?.ok_or("the host interpreter cannot load C code")?;
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let out = run_vizattach(&["dump", "--pid", &target.pid.to_string(), "--json", "--native"])?;
+            let v: Value =
+                serde_json::from_str(&out.stdout).map_err(|e| format!("not JSON ({e}): {}", out.describe()))?;
+            let main = thread(&v, "MainThread")?;
+            let frames = main["frames"].as_array().ok_or("no frames")?;
+            let libc_located = frames.iter().any(|f| {
+                f["library"] == "libc.so.6"
+                    && f["file"].as_str().is_some_and(|p| p.ends_with(".c") || p.ends_with(".S"))
+                    && f["line"].as_u64().is_some_and(|l| l > 0)
+            });
+            // time.sleep -> clock_nanosleep: __GI___clock_nanosleep is not in libc's .dynsym
+            let static_named =
+                frames.iter().any(|f| f["function"].as_str().is_some_and(|n| n.contains("clock_nanosleep")));
+            if libc_located && static_named {
+                return runs_on(&target);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no libc frame with file:line and a debug-info name: {}", main["frames"]));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+}
+
 /// Every thread of the target untraced and not stopped, and the ticker thread counting.
 fn runs_on(target: &Target) -> Result<(), String> {
     let deadline = Instant::now() + SETTLE;

@@ -1,8 +1,12 @@
 //! The ELF files a process has mapped executable, as `dump --native` needs them: where
 //! each is loaded (its bias), its call-frame information (.eh_frame with its
 //! .eh_frame_hdr index, .debug_frame) and its function symbols (.symtab and .dynsym), so
-//! a return address can be unwound through and named. Each file is read once per dump,
-//! through the path the target sees (process/mod.rs `file_path`).
+//! a return address can be unwound through and named, and where debug information
+//! exists (the file itself, or a detached `.debug` file found by build-id under
+//! /usr/lib/debug/.build-id, as Debian's -dbgsym / libc6-dbg packages install them, in
+//! the target's root first) file:line and the names of functions the file's own symbol
+//! tables leave out. Each file is read once per dump, through the path the target sees
+//! (process/mod.rs `file_path`).
 
 use crate::process::{MapEntry, Process};
 use goblin::elf::{program_header::PT_LOAD, sym::STT_FUNC, Elf};
@@ -20,6 +24,15 @@ pub struct Module {
     pub text_vaddr: u64,
     /// (file vaddr, size, name), sorted by address
     symbols: Vec<(u64, u64, String)>,
+    /// DWARF line tables and the full symbol table, when debug information was found
+    debug: Option<addr2line::Loader>,
+}
+
+/// Where a C frame's code came from, as far as debug information tells.
+pub struct Located {
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
 }
 
 pub struct Section {
@@ -38,6 +51,23 @@ impl Module {
         let i = self.symbols.partition_point(|s| s.0 <= v);
         let (start, size, name) = self.symbols.get(i.checked_sub(1)?)?;
         (v < start + (*size).max(1)).then(|| (name.as_str(), v - start))
+    }
+
+    /// Name, file and line of the code at target address `addr` (for a caller, pass the
+    /// return address minus one: the call itself).
+    pub fn locate(&self, addr: u64) -> Located {
+        let v = addr.wrapping_sub(self.bias);
+        let mut out = Located { function: self.symbol(addr).map(|(n, _)| n.to_string()), file: None, line: None };
+        if let Some(d) = &self.debug {
+            if out.function.is_none() {
+                out.function = d.find_symbol(v).map(str::to_string);
+            }
+            if let Ok(Some(loc)) = d.find_location(v) {
+                out.file = loc.file.map(str::to_string);
+                out.line = loc.line;
+            }
+        }
+        out
     }
 
     /// The file name, for the "library" field.
@@ -94,6 +124,14 @@ fn load_one(process: &Process, m: &MapEntry) -> Option<Module> {
             }
         }
     }
+    let build_id = elf.iter_note_headers(&data).into_iter().flatten().flatten().find_map(|n| {
+        (n.n_type == goblin::elf::note::NT_GNU_BUILD_ID && n.name == "GNU")
+            .then(|| n.desc.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    });
+    let has_dwarf = elf.section_headers.iter().any(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".debug_line"));
+    let debug = debug_file(process, build_id.as_deref())
+        .and_then(|p| addr2line::Loader::new(p).ok())
+        .or_else(|| has_dwarf.then(|| addr2line::Loader::new(process.file_path(m)).ok()).flatten());
     symbols.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
     symbols.dedup_by(|a, b| a.0 == b.0);
     Some(Module {
@@ -106,5 +144,16 @@ fn load_one(process: &Process, m: &MapEntry) -> Option<Module> {
         debug_frame: section(".debug_frame"),
         text_vaddr,
         symbols,
+        debug,
     })
+}
+
+/// The detached debug file with this build-id: in the target's root, then in ours.
+fn debug_file(process: &Process, build_id: Option<&str>) -> Option<std::path::PathBuf> {
+    let id = build_id.filter(|id| id.len() > 2)?;
+    let rel = format!("usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]);
+    [format!("/proc/{}/root/{rel}", process.pid), format!("/{rel}")]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file())
 }

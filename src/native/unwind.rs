@@ -21,6 +21,9 @@ pub struct NativeFrame {
     pub address: u64,
     pub function: Option<String>,
     pub library: Option<String>,
+    /// source position, where debug information exists
+    pub file: Option<String>,
+    pub line: Option<u32>,
 }
 
 /// Reads a word from the stack copy, or from the live process outside it.
@@ -54,11 +57,12 @@ pub fn unwind(pid: i32, modules: &[Module], c: &Captured) -> Vec<NativeFrame> {
     let mut out = Vec::new();
     for depth in 0..MAX_FRAMES {
         let module = modules.iter().find(|m| m.contains(if depth == 0 { ip } else { ip.wrapping_sub(1) }));
-        out.push(NativeFrame {
-            address: ip,
-            function: module.and_then(|m| m.symbol(if depth == 0 { ip } else { ip - 1 })).map(|(n, _)| n.to_string()),
-            library: module.map(|m| m.file_name().to_string()),
-        });
+        let located = module.map(|m| m.locate(if depth == 0 { ip } else { ip - 1 }));
+        let (function, file, line) = match located {
+            Some(l) => (l.function, l.file, l.line),
+            None => (None, None, None),
+        };
+        out.push(NativeFrame { address: ip, function, library: module.map(|m| m.file_name().to_string()), file, line });
         let Some(module) = module else { break };
         // a return address points after the call: look up the call itself
         let lookup = if depth == 0 { ip } else { ip - 1 };
