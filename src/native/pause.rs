@@ -65,6 +65,7 @@ pub fn capture_all(
     }
     let watchdog = Watchdog::start()?;
     let started = Instant::now();
+    let mut pending = Vec::new();
     let mut done = Vec::new();
     let mut missed = Vec::new();
     for (i, &tid) in tids.iter().enumerate() {
@@ -83,6 +84,19 @@ pub fn capture_all(
                 });
             }
             Err(CaptureError::Other(why)) => missed.push(Missed { tid, why }),
+            Err(CaptureError::NotStopped(s)) => {
+                missed.push(Missed { tid, why: format!("did not stop within {STOP_WAIT:?}") });
+                pending.push(s);
+            }
+        }
+    }
+    // A thread still to stop would stay stopped once it does: wait for it (within the
+    // watchdog's bound) and let it go. One that never stops is released by the kernel
+    // when vizattach exits, right after the dump.
+    for s in pending {
+        let left = WATCHDOG.saturating_sub(started.elapsed()).saturating_sub(Duration::from_millis(200));
+        if wait_stopped(s.0, left).is_err() {
+            std::mem::forget(s); // not stopped: PTRACE_DETACH would fail anyway
         }
     }
     drop(watchdog);
@@ -92,6 +106,9 @@ pub fn capture_all(
 enum CaptureError {
     Denied(std::io::Error),
     Other(String),
+    /// seized and interrupted, but not stopped yet (in an uninterruptible sleep): it can
+    /// be detached only once it stops
+    NotStopped(Seized),
 }
 
 fn ptrace(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> std::io::Result<libc::c_long> {
@@ -130,7 +147,12 @@ fn capture_one(
     }
     let seized = Seized(tid);
     ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0).map_err(|e| CaptureError::Other(format!("not paused: {e}")))?;
-    wait_stopped(tid)?;
+    if let Err(e) = wait_stopped(tid, STOP_WAIT) {
+        return Err(match e {
+            CaptureError::Other(why) if why.starts_with("did not stop") => CaptureError::NotStopped(seized),
+            e => e,
+        });
+    }
     let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
     ptrace(libc::PTRACE_GETREGS, tid, 0, &mut regs as *mut _ as usize)
         .map_err(|e| CaptureError::Other(format!("no registers: {e}")))?;
@@ -151,8 +173,8 @@ fn capture_one(
 }
 
 /// Waits (polling, never blocking without bound) for the interrupt stop.
-fn wait_stopped(tid: i32) -> std::result::Result<(), CaptureError> {
-    let deadline = Instant::now() + STOP_WAIT;
+fn wait_stopped(tid: i32, wait: Duration) -> std::result::Result<(), CaptureError> {
+    let deadline = Instant::now() + wait;
     loop {
         let mut status = 0;
         // SAFETY: waitpid on a thread we trace, with a valid status pointer.
@@ -167,7 +189,7 @@ fn wait_stopped(tid: i32) -> std::result::Result<(), CaptureError> {
             return Err(CaptureError::Other(format!("not paused: {}", std::io::Error::last_os_error())));
         }
         if Instant::now() > deadline {
-            return Err(CaptureError::Other(format!("did not stop within {STOP_WAIT:?}")));
+            return Err(CaptureError::Other(format!("did not stop within {wait:?}")));
         }
         std::thread::sleep(Duration::from_micros(50));
     }
