@@ -37,6 +37,7 @@ fn native_frame_json(n: &native::NativeFrame) -> serde_json::Value {
         "address": format!("{:#x}", n.address),
         "file": n.file,
         "line": n.line,
+        "inlined": n.inlined,
     })
 }
 
@@ -180,8 +181,9 @@ fn native_frame_text(s: &mut String, n: &native::NativeFrame) {
     };
     let _ = writeln!(
         s,
-        "    [C] {} ({} {at})",
+        "    [C] {}{} ({} {at})",
         n.function.as_deref().unwrap_or("??"),
+        if n.inlined { " (inlined)" } else { "" },
         n.library.as_deref().unwrap_or("?"),
     );
 }

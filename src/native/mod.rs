@@ -47,7 +47,8 @@ pub enum Mixed<'a> {
 /// entered: each evaluation-loop call is preceded by the Python frames it runs. When the
 /// evaluation loop cannot be found (no symbols), the Python frames come first.
 pub fn splice<'a>(mem: &dyn ReadMem, t: &Target, python: &'a [Frame], native: &'a [NativeFrame]) -> Vec<Mixed<'a>> {
-    let evals = native.iter().filter(|f| f.function.as_deref() == Some(EVAL_FUNCTION)).count();
+    let is_eval = |f: &NativeFrame| !f.inlined && f.function.as_deref() == Some(EVAL_FUNCTION);
+    let evals = native.iter().filter(|f| is_eval(f)).count();
     let mut out = Vec::new();
     let mut py = python.iter();
     if evals == 0 {
@@ -56,7 +57,7 @@ pub fn splice<'a>(mem: &dyn ReadMem, t: &Target, python: &'a [Frame], native: &'
         return out;
     }
     for n in native {
-        if n.function.as_deref() == Some(EVAL_FUNCTION) {
+        if is_eval(n) {
             // this call runs Python frames up to and including the first it entered
             for f in py.by_ref() {
                 out.push(Mixed::Python(f));

@@ -33,6 +33,8 @@ pub struct Located {
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// a function inlined into the next one (no call of its own on the stack)
+    pub inlined: bool,
 }
 
 pub struct Section {
@@ -50,22 +52,43 @@ impl Module {
         let v = addr.wrapping_sub(self.bias);
         let i = self.symbols.partition_point(|s| s.0 <= v);
         let (start, size, name) = self.symbols.get(i.checked_sub(1)?)?;
-        (v < start + (*size).max(1)).then(|| (name.as_str(), v - start))
+        (v < start.saturating_add((*size).max(1))).then(|| (name.as_str(), v - start))
     }
 
     /// Name, file and line of the code at target address `addr` (for a caller, pass the
-    /// return address minus one: the call itself).
-    pub fn locate(&self, addr: u64) -> Located {
+    /// return address minus one: the call itself), innermost first: functions inlined
+    /// there come before the function that holds the code, as the DWARF says.
+    pub fn locate(&self, addr: u64) -> Vec<Located> {
         let v = addr.wrapping_sub(self.bias);
-        let mut out = Located { function: self.symbol(addr).map(|(n, _)| n.to_string()), file: None, line: None };
-        if let Some(d) = &self.debug {
-            if out.function.is_none() {
-                out.function = d.find_symbol(v).map(str::to_string);
+        let own = self.symbol(addr).map(|(n, _)| n.to_string());
+        let Some(d) = &self.debug else {
+            return vec![Located { function: own, file: None, line: None, inlined: false }];
+        };
+        let mut out = Vec::new();
+        if let Ok(mut frames) = d.find_frames(v) {
+            while let Ok(Some(f)) = frames.next() {
+                let function = f.function.as_ref().and_then(|n| n.raw_name().ok()).map(|n| n.into_owned());
+                let (file, line) = f.location.map(|l| (l.file.map(str::to_string), l.line)).unwrap_or((None, None));
+                out.push(Located { function, file, line, inlined: true });
             }
-            if let Ok(Some(loc)) = d.find_location(v) {
-                out.file = loc.file.map(str::to_string);
-                out.line = loc.line;
+        }
+        match out.last_mut() {
+            // the outermost is the function itself: the symbol table's name for it
+            // (with its .lto_priv suffix) is the one tools and profilers show
+            Some(last) => {
+                last.inlined = false;
+                if own.is_some() {
+                    last.function = own;
+                } else if last.function.is_none() {
+                    last.function = d.find_symbol(v).map(str::to_string);
+                }
             }
+            None => out.push(Located {
+                function: own.or_else(|| d.find_symbol(v).map(str::to_string)),
+                file: None,
+                line: None,
+                inlined: false,
+            }),
         }
         out
     }
@@ -101,7 +124,9 @@ fn load_one(process: &Process, m: &MapEntry) -> Option<Module> {
     let elf = Elf::parse(&data).ok()?;
     // the PT_LOAD this mapping comes from: its file offset says where in vaddr space it starts
     let seg = elf.program_headers.iter().find(|p| {
-        p.p_type == PT_LOAD && p.p_offset & !0xfff <= m.offset && m.offset < p.p_offset + p.p_filesz.max(1)
+        p.p_type == PT_LOAD
+            && p.p_offset & !0xfff <= m.offset
+            && m.offset < p.p_offset.saturating_add(p.p_filesz.max(1))
     })?;
     let vaddr_of_start = (seg.p_vaddr & !0xfff) + (m.offset - (seg.p_offset & !0xfff));
     let bias = m.start.wrapping_sub(vaddr_of_start);

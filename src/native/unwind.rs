@@ -24,6 +24,8 @@ pub struct NativeFrame {
     /// source position, where debug information exists
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// inlined into the next frame (same address; no call of its own)
+    pub inlined: bool,
 }
 
 /// Reads a word from the stack copy, or from the live process outside it.
@@ -34,8 +36,8 @@ struct StackMem<'a> {
 
 impl StackMem<'_> {
     fn word(&self, addr: u64) -> Option<u64> {
-        let off = addr.checked_sub(self.c.stack_start)? as usize;
-        match self.c.stack.get(off..off + 8) {
+        let off = usize::try_from(addr.checked_sub(self.c.stack_start)?).ok()?;
+        match self.c.stack.get(off..off.checked_add(8)?) {
             Some(b) => Some(u64::from_le_bytes(b.try_into().ok()?)),
             None => self.live.read_u64(addr).ok(),
         }
@@ -57,12 +59,18 @@ pub fn unwind(pid: i32, modules: &[Module], c: &Captured) -> Vec<NativeFrame> {
     let mut out = Vec::new();
     for depth in 0..MAX_FRAMES {
         let module = modules.iter().find(|m| m.contains(if depth == 0 { ip } else { ip.wrapping_sub(1) }));
-        let located = module.map(|m| m.locate(if depth == 0 { ip } else { ip - 1 }));
-        let (function, file, line) = match located {
-            Some(l) => (l.function, l.file, l.line),
-            None => (None, None, None),
-        };
-        out.push(NativeFrame { address: ip, function, library: module.map(|m| m.file_name().to_string()), file, line });
+        let library = module.map(|m| m.file_name().to_string());
+        match module {
+            Some(m) => {
+                for l in m.locate(if depth == 0 { ip } else { ip - 1 }) {
+                    let (function, file, line, inlined) = (l.function, l.file, l.line, l.inlined);
+                    out.push(NativeFrame { address: ip, function, library: library.clone(), file, line, inlined });
+                }
+            }
+            None => {
+                out.push(NativeFrame { address: ip, function: None, library, file: None, line: None, inlined: false })
+            }
+        }
         let Some(module) = module else { break };
         // a return address points after the call: look up the call itself
         let lookup = if depth == 0 { ip } else { ip - 1 };
@@ -73,7 +81,7 @@ pub fn unwind(pid: i32, modules: &[Module], c: &Captured) -> Vec<NativeFrame> {
                 if bp == 0 || bp < sp {
                     break;
                 }
-                Step { cfa: bp + 16, ra: mem.word(bp + 8), bp: mem.word(bp) }
+                Step { cfa: bp.wrapping_add(16), ra: mem.word(bp.wrapping_add(8)), bp: mem.word(bp) }
             }
         };
         let Some(ra) = step.ra.filter(|&r| r != 0) else { break };
