@@ -20,6 +20,7 @@ fn python_frame_json(f: &Frame, locals: Option<&crate::python::diagnose::FrameLo
         "function": f.code.name,
         "file": f.code.filename,
         "line": f.line,
+        "interpreter": f.interp,
     });
     if let Some(locals) = locals {
         let map: serde_json::Map<String, serde_json::Value> =
@@ -173,6 +174,19 @@ fn python_frame_text(s: &mut String, f: &Frame, locals: Option<&crate::python::d
     }
 }
 
+/// `[interpreter N]` before the first frame of each run of one interpreter's frames, in
+/// a stack that leaves the main interpreter (none for a stack only in the main one).
+fn interpreter_heading(s: &mut String, th: &ThreadStack, f: &Frame) {
+    use std::fmt::Write;
+    if !th.frames.iter().any(|g| g.interp != 0) {
+        return;
+    }
+    let i = th.frames.iter().position(|g| std::ptr::eq(g, f)).unwrap_or(0);
+    if i == 0 || th.frames[i - 1].interp != f.interp {
+        let _ = writeln!(s, "  [interpreter {}]", f.interp);
+    }
+}
+
 fn native_frame_text(s: &mut String, n: &native::NativeFrame) {
     use std::fmt::Write;
     let at = match (&n.file, n.line) {
@@ -212,6 +226,7 @@ pub fn to_text(reader: &Reader, dumped: &Dumped) -> String {
                     match m {
                         Mixed::Python(f) => {
                             let fi = th.frames.iter().position(|g| std::ptr::eq(g, f)).unwrap_or(0);
+                            interpreter_heading(&mut s, th, f);
                             python_frame_text(&mut s, f, locals(fi));
                         }
                         Mixed::Native(n) => native_frame_text(&mut s, n),
@@ -227,7 +242,10 @@ pub fn to_text(reader: &Reader, dumped: &Dumped) -> String {
         if th.frames.is_empty() {
             let _ = writeln!(s, "    (no Python frames: running C code or idle)");
         }
+        // Where a stack runs in a subinterpreter, each run of its frames is headed by the
+        // interpreter's id; a stack only in the main interpreter has no headings.
         for (fi, f) in th.frames.iter().enumerate() {
+            interpreter_heading(&mut s, th, f);
             python_frame_text(&mut s, f, locals(fi));
         }
     }
@@ -272,17 +290,15 @@ pub fn read(reader: &mut Reader, with_locals: bool, with_native: bool) -> crate:
 }
 
 fn still(reader: &mut Reader, threads: &[ThreadStack]) -> bool {
-    let mem = reader.process.memory;
+    // a fresh snapshot, not a re-walk of each thread state: a thread in several
+    // interpreters is joined from several states
+    let Ok(now) = reader.snapshot() else { return false };
     threads.iter().all(|th| {
-        match crate::python::snapshot::read_stack(&mem, &reader.target, &mut reader.codes, th.tstate) {
-            Ok(now) => {
-                now.len() == th.frames.len()
-                    && now
-                        .iter()
-                        .zip(&th.frames)
-                        .all(|(a, b)| a.addr == b.addr && a.line == b.line && a.code_addr == b.code_addr)
-            }
-            Err(_) => false,
-        }
+        now.iter().find(|n| n.tid == th.tid && n.thread_id == th.thread_id).is_some_and(|n| {
+            n.frames.len() == th.frames.len()
+                && n.frames.iter().zip(&th.frames).all(|(a, b)| {
+                    a.addr == b.addr && a.line == b.line && a.code_addr == b.code_addr && a.interp == b.interp
+                })
+        })
     })
 }

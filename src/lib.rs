@@ -11,4 +11,5 @@ pub mod process;
 pub mod python;
 pub mod record;
 pub mod sampler;
+pub mod subinterpreters;
 pub mod timeline;

@@ -78,7 +78,7 @@ pub fn record(opts: Options) -> Result<i32> {
     };
     let path = opts.output.clone().unwrap_or_else(|| default_name(pid, gzip));
     let command_line = reader.process.cmdline();
-    let sink = output::create(&path, format, gzip, pid, PathBuf::from(format!("/proc/{pid}/root")), &command_line)
+    let sink = output::create(&path, format, gzip, pid, reader.process.root_dir(), &command_line)
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
     let python_version = reader.target.version.to_string();
     let Reader { process, target, codes, ids } = reader;

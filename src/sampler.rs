@@ -21,6 +21,7 @@ use crate::python::layout::{FrameModel, Layout};
 use crate::python::stack::{self, CodeFacts, Locals, Top, Walk};
 use crate::python::thread_ids::ThreadIds;
 use crate::python::{thread_names, threads};
+use crate::subinterpreters::{Joiner, Rank};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -258,6 +259,10 @@ pub struct Sampler<M: ReadMem = Memory> {
     last_list_ns: u64,
     new_threads: bool,
     recycled: Option<Receiver<SampleBatch>>,
+    /// with subinterpreters: each thread state's interpreter rank, and the joiner that
+    /// makes one stack of the states one OS thread has in several interpreters
+    ranks: HashMap<u64, Rank>,
+    joiner: Joiner,
 }
 
 fn spin_until(deadline: u64) {
@@ -336,6 +341,8 @@ impl<M: ReadMem> Sampler<M> {
             last_list_ns: 0,
             new_threads: false,
             recycled: None,
+            ranks: HashMap::new(),
+            joiner: Joiner::default(),
         }
     }
 
@@ -501,6 +508,10 @@ impl<M: ReadMem> Sampler<M> {
                 l.prev.clear();
                 l.prev.extend_from_slice(stack);
             }
+        }
+        if self.interps.len() > 1 {
+            let ranks = &self.ranks;
+            self.joiner.join(&mut batch, |key| ranks.get(&key).copied().unwrap_or(0));
         }
         let fresh = self.codes.take_new();
         if !fresh.is_empty() {
@@ -686,6 +697,14 @@ impl<M: ReadMem> Sampler<M> {
             interps.push(Listed { interp, raw: raw_addrs, states: states.iter().map(|s| s.addr).collect() });
         }
         self.interps = interps;
+        self.ranks.clear();
+        if self.interps.len() > 1 {
+            // listed newest first, the main interpreter last
+            let n = self.interps.len();
+            for (i, li) in self.interps.iter().enumerate() {
+                self.ranks.extend(li.states.iter().map(|&k| (k, (n - 1 - i) as Rank)));
+            }
+        }
         self.orphans = self.threads.len() > self.interps.iter().map(|li| li.states.len()).sum::<usize>();
         Ok(())
     }

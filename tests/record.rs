@@ -962,7 +962,10 @@ fn record_launch_exit_status() {
         let trace = check_trace(&out, &interp.root, Some(&fixture))?;
         let tree = trace.file_tree(&fixture);
         match tree.slices.iter().find(|s| s.qual == "main") {
-            Some(s) if s.dur >= 80_000.0 => Ok(()),
+            // Attaching follows interpreter start-up by a poll (200 µs) plus one discovery;
+            // on a loaded 2-core machine the poller itself waits for a CPU for tens of
+            // milliseconds (77 ms seen at load 17), so only half the sleep is required.
+            Some(s) if s.dur >= 50_000.0 => Ok(()),
             Some(s) => Err(format!("main() lasted {:.1} ms in the trace, it sleeps 100 ms", s.dur / 1000.0)),
             None => Err(format!(
                 "no main() slice; fixture slices: {:?}",
@@ -994,11 +997,9 @@ fn record_launch_short_program() {
         if !names.contains(&"main") && !names.contains(&"<module>") {
             return Err(format!("neither main() nor <module> of the fixture in the trace: {names:?}"));
         }
-        if let Some(s) = tree.slices.iter().find(|s| s.qual == "main") {
-            if s.dur < 35_000.0 {
-                return Err(format!("main() lasted {:.1} ms in the trace, it sleeps 50 ms", s.dur / 1000.0));
-            }
-        }
+        // How much of main()'s 50 ms is seen depends on how soon the poller gets a CPU
+        // (record_launch_exit_status bounds that on a longer program); here, being seen
+        // at all is the point.
         Ok(())
     });
 }

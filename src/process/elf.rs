@@ -100,8 +100,19 @@ impl ElfInfo {
     }
 }
 
+/// First occurrence of `needle`: a scan for its first byte, then a comparison (a memcmp at
+/// every position of a multi-megabyte .rodata made this most of a static binary's attach).
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    let (&first, rest) = needle.split_first()?;
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        i += hay[i..=hay.len() - needle.len()].iter().position(|&b| b == first)?;
+        if &hay[i + 1..i + needle.len()] == rest {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// "3.9.2", "3.10.13", "3.15.0a1", "3.12.0rc2", "3.9.2+"

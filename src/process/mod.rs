@@ -25,6 +25,23 @@ pub struct Process {
 }
 
 impl Process {
+    /// The target's root directory as a path that outlives it: /proc/PID/root vanishes
+    /// with the process, so a writer reading sources after a short program ended would
+    /// find nothing. Where the link names a directory we see too (the same one: same
+    /// device and inode), that path is used; otherwise /proc/PID/root.
+    pub fn root_dir(&self) -> PathBuf {
+        use std::os::unix::fs::MetadataExt;
+        let proc_root = PathBuf::from(format!("/proc/{}/root", self.pid));
+        let same = |p: &PathBuf| match (std::fs::metadata(&proc_root), std::fs::metadata(p)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        match std::fs::read_link(&proc_root) {
+            Ok(p) if p.is_absolute() && same(&p) => p,
+            _ => proc_root,
+        }
+    }
+
     pub fn open(pid: i32) -> Result<Process> {
         if pid <= 0 {
             return Err(Error::Usage(format!("invalid pid {pid}: a process id is a positive number")));

@@ -37,7 +37,7 @@ use super::layout::Layout;
 use super::strings::read_bytes;
 use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 /// Longest bytecode we analyse (bytes); longer code objects get no proofs.
@@ -176,18 +176,17 @@ impl Opcodes {
         })
     }
 
-    /// The table of minor version "3.X", parsed once per process.
+    /// The table of minor version "3.X", parsed once per process, and only that one (a
+    /// dump parses one table, not all of them).
     pub fn for_minor(minor: &str) -> Option<&'static Opcodes> {
-        static ALL: OnceLock<HashMap<&'static str, Opcodes>> = OnceLock::new();
-        ALL.get_or_init(|| {
-            TABLES
-                .iter()
-                .map(|(m, t)| {
-                    (*m, Opcodes::parse(t).unwrap_or_else(|e| panic!("python_versions/opcodes/{m}.toml: {e}")))
-                })
-                .collect()
-        })
-        .get(minor)
+        static ALL: [OnceLock<Opcodes>; TABLES.len()] = [const { OnceLock::new() }; TABLES.len()];
+        let i = TABLES.iter().position(|(m, _)| *m == minor)?;
+        let (m, text) = TABLES[i];
+        Some(
+            ALL[i].get_or_init(|| {
+                Opcodes::parse(text).unwrap_or_else(|e| panic!("python_versions/opcodes/{m}.toml: {e}"))
+            }),
+        )
     }
 }
 

@@ -59,10 +59,11 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
         if let Some(c) = candidates.first() {
             // A Python binary we cannot read: say what we know instead of guessing.
             if let Some(v) = version_from_name(c.map.file_name()) {
-                return Err(Error::UnsupportedVersion {
-                    version: format!("{}.{}", v.0, v.1),
-                    why: format!("{} has no _PyRuntime symbol or .PyRuntime section", c.map.path),
-                });
+                let why = match how {
+                    Discovery::Symbols => format!("{} has no _PyRuntime symbol or .PyRuntime section", c.map.path),
+                    Discovery::Scan => format!("no runtime found by scanning the data of {}", c.map.path),
+                };
+                return Err(Error::UnsupportedVersion { version: format!("{}.{}", v.0, v.1), why });
             }
         }
         return Err(Error::NotPython { pid: process.pid, comm: process.comm.clone(), exe: exe_display });

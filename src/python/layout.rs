@@ -118,6 +118,8 @@ pub struct RuntimeOffsets {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct InterpOffsets {
+    /// the interpreter's id (0 for the main one): what dump shows per frame
+    pub id: u64,
     pub next: u64,
     pub threads_head: u64,
     pub modules: u64,
@@ -405,6 +407,7 @@ impl Layout {
         let (sec, f) = name.split_once('.')?;
         Some(match (sec, f) {
             ("runtime", "interpreters_head") => &mut self.runtime.interpreters_head,
+            ("interp", "id") => &mut self.interp.id,
             ("interp", "next") => &mut self.interp.next,
             ("interp", "threads_head") => &mut self.interp.threads_head,
             ("interp", "modules") => &mut self.interp.modules,

@@ -12,6 +12,11 @@ pub fn dict_items(mem: &dyn ReadMem, l: &Layout, dict: u64) -> ReadResult<Vec<(u
     let keys = mem.read_u64(dict + l.dict.keys)?;
     let values = mem.read_u64(dict + l.dict.values)?;
     let entries = keys_entries(mem, l, keys)?;
+    // A dict that grew while we read it has a new keys table, and the old one may already
+    // be freed and reused: what we read from it only counts if it is still the dict's.
+    if mem.read_u64(dict + l.dict.keys)? != keys {
+        return Err(ReadError::Fault);
+    }
     let mut out = Vec::with_capacity(entries.len());
     for (i, (key, value)) in entries.into_iter().enumerate() {
         if key == 0 {

@@ -16,13 +16,16 @@ use std::sync::Arc;
 pub struct Frame {
     pub code: Arc<CodeInfo>,
     pub line: i32,
+    /// the id of the interpreter running this frame (0: the main one)
+    pub interp: i64,
     /// where the frame and its code object are in the target (for --locals)
     pub addr: u64,
     pub code_addr: u64,
 }
 
 pub struct ThreadStack {
-    /// the thread state and its interpreter in the target
+    /// the thread state and its interpreter in the target (for a thread in several
+    /// interpreters, those of the one it runs in now)
     pub tstate: u64,
     pub interp: u64,
     pub tid: Option<i32>,
@@ -95,7 +98,13 @@ impl Reader {
         let t: &Target = &self.target;
         let mut out = Vec::new();
         self.ids.refresh(self.process.pid);
-        for interp in threads::interpreters(&mem, t)? {
+        let interps = threads::interpreters(&mem, t)?;
+        // A thread in a subinterpreter has a state (and part of its stack) in each
+        // interpreter it entered: ranked by entry order, joined below.
+        let mut ranked: Vec<(usize, ThreadStack)> = Vec::new();
+        for (i, &interp) in interps.iter().enumerate() {
+            let rank = interps.len() - 1 - i; // listed newest first
+            let interp_id = mem.read_u64(interp + t.layout.interp.id)? as i64;
             let states = threads::thread_states(&mem, t, interp)?;
             let holder = threads::gil_holder(&mem, t, interp)?;
             // threading._active changes as threads come and go: a torn read of it makes
@@ -110,7 +119,7 @@ impl Reader {
                 if tid.is_none() && tids_reliable {
                     continue; // no live OS thread: not started yet, or already ended
                 }
-                let frames = read_stack(&mem, t, &mut self.codes, ts.addr)?;
+                let frames = read_stack(&mem, t, &mut self.codes, ts.addr, interp_id)?;
                 let name = names.get(&ts.thread_id).cloned().or_else(|| {
                     let tid = tid?;
                     if tid == self.process.pid {
@@ -118,23 +127,70 @@ impl Reader {
                     }
                     Tasks::comm(self.process.pid, tid).filter(|c| *c != self.process.comm)
                 });
-                out.push(ThreadStack {
-                    tstate: ts.addr,
-                    interp,
-                    tid,
-                    thread_id: ts.thread_id,
-                    name,
-                    holds_gil: holder == Some(ts.addr),
-                    frames,
-                });
+                ranked.push((
+                    rank,
+                    ThreadStack {
+                        tstate: ts.addr,
+                        interp,
+                        tid,
+                        thread_id: ts.thread_id,
+                        name,
+                        holds_gil: holder == Some(ts.addr),
+                        frames,
+                    },
+                ));
             }
         }
+        join_interpreters(ranked, &mut out);
         Ok(out)
     }
 }
 
+/// One entry per OS thread: the stacks of one thread's states in several interpreters
+/// are stacked, the latest-entered interpreter's frames innermost (docs/ARCHITECTURE.md,
+/// "Subinterpreters"). States without a known tid stay entries of their own. Keeps the
+/// order in which threads were first listed.
+fn join_interpreters(mut ranked: Vec<(usize, ThreadStack)>, out: &mut Vec<ThreadStack>) {
+    let mut order: Vec<usize> = (0..ranked.len()).collect();
+    // innermost part first within a thread
+    order.sort_by_key(|&i| (ranked[i].1.tid.is_none(), ranked[i].1.tid, std::cmp::Reverse(ranked[i].0)));
+    let mut joined: Vec<Option<ThreadStack>> = Vec::new();
+    joined.resize_with(ranked.len(), || None);
+    let mut k = 0;
+    while k < order.len() {
+        let tid = ranked[order[k]].1.tid;
+        let end =
+            if tid.is_none() { k + 1 } else { k + order[k..].iter().take_while(|&&i| ranked[i].1.tid == tid).count() };
+        let group = &order[k..end];
+        let at = *group.iter().min().unwrap();
+        let outer = *group.last().unwrap();
+        let mut frames = Vec::new();
+        let mut holds_gil = false;
+        // the name the thread has where it started (the outermost part), else any
+        let mut name = ranked[outer].1.name.take();
+        for &i in group {
+            let part = &mut ranked[i].1;
+            frames.append(&mut part.frames);
+            holds_gil |= part.holds_gil;
+            name = name.or(part.name.take());
+        }
+        let thread_id = ranked[outer].1.thread_id;
+        // the state of the interpreter the thread runs in now (its innermost part)
+        let (tstate, interp) = (ranked[group[0]].1.tstate, ranked[group[0]].1.interp);
+        joined[at] = Some(ThreadStack { tstate, interp, tid, thread_id, name, holds_gil, frames });
+        k = end;
+    }
+    out.extend(joined.into_iter().flatten());
+}
+
 /// One thread's stack, resolved; Fault if it changed while we read it.
-pub fn read_stack(mem: &dyn ReadMem, t: &Target, codes: &mut CodeCache, tstate: u64) -> ReadResult<Vec<Frame>> {
+pub fn read_stack(
+    mem: &dyn ReadMem,
+    t: &Target,
+    codes: &mut CodeCache,
+    tstate: u64,
+    interp: i64,
+) -> ReadResult<Vec<Frame>> {
     let mut w = stack::Walk::default();
     let mut lookup = |code| {
         let info = codes.get(mem, &t.layout, t.code_type, code)?;
@@ -147,7 +203,7 @@ pub fn read_stack(mem: &dyn ReadMem, t: &Target, codes: &mut CodeCache, tstate: 
             // it was a code object during the walk
             let code = codes.get(mem, &t.layout, t.code_type, f.code).map_err(stack::torn)?;
             let line = code.line(&t.layout, f.offset);
-            Ok(Frame { code, line, addr: f.frame, code_addr: f.code })
+            Ok(Frame { code, line, interp, addr: f.frame, code_addr: f.code })
         })
         .collect()
 }
