@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need (Debian
 # packages, the test interpreters in debootstrap roots), checks the layout and opcode
-# tables against the interpreters, runs unit and integration tests against real
+# tables against the interpreters, checks formatting and lints, builds the static binary
+# and the wheel, runs unit and integration tests against real
 # interpreters, then the oracle suite (pip installs its programs into venvs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,13 @@ bash scripts/install-pythons.sh
 dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libc6-dbg >/dev/null; }
 python3 scripts/gen-offsets --check
 python3 scripts/gen-opcodes --check
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
 cargo build --release --all-targets
+# The shipped artifacts: the static binary and the wheel holding it (tests/static_binary.rs
+# and tests/wheel.rs run them; building here first keeps their time out of the tests).
+bash scripts/build-static >/dev/null
+bash scripts/build-wheel >/dev/null
 cargo test --release -- --test-threads=2
 # The oracle suite: real third-party programs under VizTracer, vizattach attached to the
 # same process, compared call by call (docs/oracle-results.md). The floors asserted here

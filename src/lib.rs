@@ -3,6 +3,7 @@
 //! Data flows one way: process memory -> interpreter model -> samples -> timeline -> writers.
 
 pub mod clock;
+pub mod demo;
 pub mod dump;
 pub mod error;
 pub mod native;

@@ -11,6 +11,7 @@ use vizattach::record::{self, Rate};
 #[derive(Parser)]
 #[command(name = "vizattach", version, about, long_about = None, after_help = "\
 Examples:
+  vizattach demo                          record a demo program: vizattach-demo.json and .svg
   vizattach --pid 1234 --duration 10s     record a timeline of every thread for 10 s
   vizattach --pid 1234 -o trace.json.gz   record until Ctrl-C, gzipped
   vizattach record -- python3 app.py      start app.py, record it until it exits
@@ -105,6 +106,23 @@ enum Command {
     },
     /// List the CPython versions vizattach reads, and where each layout comes from.
     Versions,
+    /// Record a small demo program for a few seconds: vizattach-demo.json and .svg.
+    ///
+    /// Starts a program embedded in vizattach (threads, nested calls, a generator,
+    /// sleeps) with the first python3 on PATH, records it into vizattach-demo.json
+    /// (timeline) and vizattach-demo.svg (flame graph) in the current directory, says how
+    /// to open them, and ends the program.
+    Demo {
+        /// The Python to run the demo with [default: the first python3 on PATH]
+        #[arg(long, value_name = "PATH")]
+        python: Option<PathBuf>,
+        /// How long to record
+        #[arg(long, short, default_value = "3s", value_parser = record::parse_duration)]
+        duration: std::time::Duration,
+        /// Samples per second, 1 to 1000000, or max
+        #[arg(long, short, default_value = "1000", value_parser = record::parse_rate)]
+        rate: Rate,
+    },
 }
 
 fn main() -> ExitCode {
@@ -140,6 +158,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 output: a.output,
                 format: a.format,
                 quiet: a.quiet,
+                also: Vec::new(),
             })
         }
         Command::Dump { pid, json, locals, native, native_hold_ms, verbose, scan } => {
@@ -165,6 +184,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 print!("{}", vizattach::dump::to_text(&reader, &dumped));
             }
             Ok(0)
+        }
+        Command::Demo { python, duration, rate } => {
+            vizattach::demo::run(vizattach::demo::Options { python, duration, rate })
         }
         Command::Versions => {
             println!("{:<6} {:<8} {:<7} layout source", "minor", "headers", "tested");

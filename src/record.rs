@@ -44,6 +44,8 @@ pub struct Options {
     pub output: Option<PathBuf>,
     pub format: Option<Format>,
     pub quiet: bool,
+    /// More files to write the same capture to, each in the format of its extension.
+    pub also: Vec<PathBuf>,
 }
 
 /// Records; returns the exit status to leave with (the program's, in launch mode).
@@ -78,7 +80,9 @@ pub fn record(opts: Options) -> Result<i32> {
     };
     let path = opts.output.clone().unwrap_or_else(|| default_name(pid, gzip));
     let command_line = reader.process.cmdline();
-    let sink = output::create(&path, format, gzip, pid, reader.process.root_dir(), &command_line)
+    let root = reader.process.root_dir();
+    let sink = output::create(&path, format, gzip, pid, root.clone(), &command_line)
+        .and_then(|s| output::also_write(s, &opts.also, pid, root, &command_line))
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
     let python_version = reader.target.version.to_string();
     let Reader { process, target, codes, ids } = reader;

@@ -171,6 +171,30 @@ pub fn create(
     Ok(Box::new(Tee(sinks)))
 }
 
+/// The same capture written to `main` and to every file of `also`, each in the format of
+/// its extension (`vizattach demo` writes JSON and SVG from one recording).
+pub fn also_write(
+    main: Box<dyn Sink + Send>,
+    also: &[PathBuf],
+    pid: i32,
+    root: PathBuf,
+    process_name: &str,
+) -> io::Result<Box<dyn Sink + Send>> {
+    if also.is_empty() {
+        return Ok(main);
+    }
+    let mut sinks = vec![main];
+    for p in also {
+        let (f, gz) = Format::from_path(p)
+            .ok_or_else(|| io::Error::other(format!("unknown format of {}; formats: {FORMATS}", p.display())))?;
+        sinks.push(
+            create_one(p, f, gz, pid, root.clone(), process_name)
+                .map_err(|e| io::Error::other(format!("{}: {e}", p.display())))?,
+        );
+    }
+    Ok(Box::new(Tee(sinks)))
+}
+
 fn create_one(
     path: &Path,
     format: Format,

@@ -25,7 +25,7 @@ impl MapEntry {
 
 pub fn read(pid: i32) -> Result<Vec<MapEntry>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map_err(|e| super::io_error(pid, "memory maps (/proc/PID/maps)", e))?;
+        .map_err(|e| super::io_error(pid, &format!("memory maps (/proc/{pid}/maps)"), e))?;
     Ok(parse(&text))
 }
 

@@ -55,7 +55,7 @@ impl Process {
             .map_err(|e| io_error(pid, "comm", e))?;
         let exe = std::fs::read_link(proc_dir.join("exe"))
             .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|e| io_error(pid, "executable (/proc/PID/exe)", e))?;
+            .map_err(|e| io_error(pid, &format!("executable (/proc/{pid}/exe)"), e))?;
         let maps = maps::read(pid)?;
         let memory = Memory::new(pid);
         memory.check_access()?;

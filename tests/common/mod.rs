@@ -3,6 +3,10 @@
 //! comparing its `dump --json` output with what a fixture recorded about itself.
 #![allow(dead_code)]
 
+pub mod recording;
+pub mod ship;
+pub mod trace;
+
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

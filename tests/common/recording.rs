@@ -1,0 +1,69 @@
+//! Running `vizattach record` from the tests: launch mode to completion, by pid with a
+//! signal to stop it, and the shared capture settings.
+
+use super::{run_with_timeout, Interpreter, KillOnDrop, RunOutput, WorkDir, VIZATTACH};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Sample rate of every capture here.
+pub const RATE: u32 = 1000;
+pub const INTERVAL_US: f64 = 1e6 / RATE as f64;
+/// Interpreters captured concurrently (timing-sensitive: the machine has 2 cores).
+pub const WORKERS: usize = 2;
+/// The tests of one file run one at a time, so captures do not compete with the
+/// fixtures' busy loops of another test for the two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `vizattach record -q --rate RATE -o OUT -- COMMAND...`, to completion.
+pub fn launch(work: &WorkDir, fixture: &str, args: &[String], out: &Path) -> Result<RunOutput, String> {
+    let mut cmd = Command::new(VIZATTACH);
+    cmd.args(["record", "-q", "--rate", &RATE.to_string(), "-o"])
+        .arg(out)
+        .arg("--")
+        .args(work.command_line(fixture, args))
+        .current_dir(work.host_path(""));
+    run_with_timeout(cmd, Duration::from_secs(90))
+}
+
+pub fn send_signal(pid: u32, sig: i32) -> Result<(), String> {
+    // SAFETY: plain kill(2) on a pid we spawned.
+    if unsafe { libc::kill(pid as i32, sig) } != 0 {
+        return Err(format!("kill({pid}, {sig}): {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// vizattach recording `pid` until stopped, output to `out`, stderr to a file.
+pub fn start_recording(pid: u32, out: &Path, stderr_file: &Path) -> Result<KillOnDrop, String> {
+    let stderr = fs::File::create(stderr_file).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(VIZATTACH);
+    cmd.args(["--pid", &pid.to_string(), "--rate", &RATE.to_string(), "-o"])
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    cmd.spawn().map(KillOnDrop).map_err(|e| format!("spawn vizattach: {e}"))
+}
+
+pub fn wait_exit(child: &mut KillOnDrop, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(s) = child.exited() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Where a failing test leaves its trace for inspection.
+pub fn failed_trace_path(interp: &Interpreter, what: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("record-{what}-{}.json", interp.name))
+}
