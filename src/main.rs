@@ -82,9 +82,23 @@ enum Command {
         /// Process id of the Python process
         #[arg(long, short)]
         pid: i32,
-        /// Print JSON: {"pid", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil", "frames": [{"function", "file", "line"}]}]}
+        /// Print JSON: {"pid", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil",
+        /// "status": {"on_cpu", "gil", "syscall", "waiting_on"}, "frames": [{"kind", "function", "file", "line"}]}],
+        /// "deadlocks": [...]}
         #[arg(long)]
         json: bool,
+        /// Also show each Python frame's arguments and locals (cells and free variables
+        /// included), as safe bounded reprs read from memory: nothing runs in the target
+        #[arg(long)]
+        locals: bool,
+        /// Also unwind each thread's C stack (DWARF CFI, frame pointers as a fallback) and
+        /// splice the Python frames in. Pauses each thread briefly (ptrace) to copy its
+        /// registers and stack; a watchdog guarantees it runs on within 3 s whatever happens
+        #[arg(long)]
+        native: bool,
+        /// Keep the first thread paused this long during --native (tests of the watchdog)
+        #[arg(long, hide = true, default_value = "0")]
+        native_hold_ms: u64,
         /// Also print how the interpreter was found and any layout differences
         #[arg(long, short)]
         verbose: bool,
@@ -160,7 +174,8 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 also: a.output.get(1..).unwrap_or_default().to_vec(),
             })
         }
-        Command::Dump { pid, json, verbose, scan } => {
+        Command::Dump { pid, json, locals, native, native_hold_ms, verbose, scan } => {
+            vizattach::native::pause::HOLD_MS.store(native_hold_ms, std::sync::atomic::Ordering::Relaxed);
             let how = if scan { Discovery::Scan } else { Discovery::Symbols };
             let mut reader = Reader::attach_with(pid, how)?;
             if verbose {
@@ -175,11 +190,11 @@ fn run(cli: Cli) -> Result<i32, Error> {
                     eprintln!("vizattach: _Py_DebugOffsets differs from our {} table: {n}", t.layout.about.minor);
                 }
             }
-            let threads = reader.snapshot()?;
+            let dumped = vizattach::dump::read(&mut reader, locals, native)?;
             if json {
-                println!("{}", vizattach::dump::to_json(&reader, &threads));
+                println!("{}", vizattach::dump::to_json(&reader, &dumped));
             } else {
-                print!("{}", vizattach::dump::to_text(&reader, &threads));
+                print!("{}", vizattach::dump::to_text(&reader, &dumped));
             }
             Ok(0)
         }

@@ -3,6 +3,7 @@
 pub mod elf;
 pub mod maps;
 pub mod memory;
+pub mod os_thread;
 pub mod prefetch;
 #[cfg(test)]
 pub mod simmem;

@@ -101,6 +101,9 @@ pub struct Model {
     pub co_fast_cell: Option<u64>,
     #[serde(default)]
     pub co_fast_free: Option<u64>,
+    /// Py_TPFLAGS_HEAPTYPE: a type defined in Python (never shown by value in --locals)
+    #[serde(default)]
+    pub tp_flags_heaptype: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +169,12 @@ pub struct FrameOffsets {
     /// (3.8-3.10 PyFrameObject.f_localsplus, 3.11+ _PyInterpreterFrame.localsplus)
     #[serde(default)]
     pub localsplus: Option<u64>,
+    /// the frame's module globals dict (f_globals)
+    #[serde(default)]
+    pub globals: Option<u64>,
+    /// 3.11: the first frame of an evaluation-loop call
+    #[serde(default)]
+    pub is_entry: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +208,13 @@ pub struct CodeOffsets {
     pub nlocals: Option<u64>,
     #[serde(default)]
     pub cellvars: Option<u64>,
+    /// variable names: co_varnames and co_freevars tuples (3.8-3.10), co_localsplusnames (3.11+)
+    #[serde(default)]
+    pub varnames: Option<u64>,
+    #[serde(default)]
+    pub freevars: Option<u64>,
+    #[serde(default)]
+    pub localsplusnames: Option<u64>,
     /// co_nlocalsplus, co_localspluskinds (bytes) and co_exceptiontable (bytes), 3.11+
     #[serde(default)]
     pub nlocalsplus: Option<u64>,
@@ -277,6 +293,58 @@ pub struct DictValuesOffsets {
     pub valid: Option<u64>,
 }
 
+/// Objects `dump --locals` shows by value (python/values.rs).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct SeqOffsets {
+    pub size: u64,
+    pub items: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct FloatOffsets {
+    pub value: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct SetOffsets {
+    pub used: u64,
+    pub mask: u64,
+    pub table: u64,
+    pub entry_size: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct CellOffsets {
+    pub r#ref: u64,
+}
+
+/// struct _gil_runtime_state: its extent, found from the holder field's address.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct GilOffsets {
+    pub last_holder: u64,
+    pub size: u64,
+}
+
+/// _thread.lock / _thread.RLock objects in both layouts (a semaphore pointer, or an
+/// inline PyMutex; 0 where the version has none), and 3.13+'s parking-lot wait entry.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct LockOffsets {
+    pub sem_size: u64,
+    pub sem_mutex: u64,
+    pub sem_locked: u64,
+    pub pymutex_size: u64,
+    pub pymutex: u64,
+    pub rlock_sem_size: u64,
+    pub rlock_sem_mutex: u64,
+    pub rlock_sem_owner: u64,
+    pub rlock_pymutex_size: u64,
+    pub rlock_pymutex: u64,
+    pub rlock_pymutex_owner: u64,
+    pub wait_entry_addr: u64,
+    pub wait_entry_sema: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct DebugHeader {
     pub cookie: u64,
@@ -306,6 +374,20 @@ pub struct Layout {
     pub dictkeys: DictKeysOffsets,
     #[serde(default)]
     pub dictvalues: DictValuesOffsets,
+    #[serde(default)]
+    pub tuple: SeqOffsets,
+    #[serde(default)]
+    pub list: SeqOffsets,
+    #[serde(default)]
+    pub float: FloatOffsets,
+    #[serde(default)]
+    pub set: SetOffsets,
+    #[serde(default)]
+    pub cell: CellOffsets,
+    #[serde(default)]
+    pub gil: GilOffsets,
+    #[serde(default)]
+    pub lock: LockOffsets,
     #[serde(default)]
     pub debug: Option<DebugHeader>,
     /// field name ("tstate.next") -> offset in _PyRuntime of the u64 that holds it

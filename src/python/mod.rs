@@ -3,9 +3,11 @@
 pub mod bytecode;
 pub mod code;
 pub mod debug_offsets;
+pub mod diagnose;
 pub mod discover;
 pub mod layout;
 pub mod linetable;
+pub mod locals;
 pub mod objects;
 pub mod scan;
 pub mod snapshot;
@@ -14,4 +16,5 @@ pub mod strings;
 pub mod thread_ids;
 pub mod thread_names;
 pub mod threads;
+pub mod values;
 pub mod version;

@@ -171,3 +171,65 @@ pub fn instance_attr(mem: &dyn ReadMem, l: &Layout, obj: u64, name: &str) -> Rea
         }
     }
 }
+
+/// Every instance attribute of `obj` as (name object, value), wherever the version keeps
+/// them (a dict, or values laid out by the type's cached keys). Empty for objects
+/// without attributes of their own.
+pub fn instance_attr_items(mem: &dyn ReadMem, l: &Layout, obj: u64) -> ReadResult<Vec<(u64, u64)>> {
+    let tp = mem.read_u64(obj + l.object.ob_type)?;
+    let flags = mem.read_u64(tp + l.type_.tp_flags)?;
+    let managed = flags & l.model.tp_flags_managed_dict != 0;
+    let from_cached_keys = |values: u64| -> ReadResult<Vec<(u64, u64)>> {
+        let keys = mem.read_u64(tp + l.type_.ht_cached_keys)?;
+        let mut out = Vec::new();
+        for (i, (k, _)) in keys_entries(mem, l, keys)?.into_iter().enumerate() {
+            let v = if k == 0 { 0 } else { split_value(mem, l, values, i)? };
+            if v != 0 {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
+    };
+    let dict_at = |addr: u64| -> ReadResult<Vec<(u64, u64)>> {
+        match mem.read_u64(addr)? {
+            0 => Ok(Vec::new()),
+            d => dict_items(mem, l, d),
+        }
+    };
+    let by_dictoffset = || -> ReadResult<Vec<(u64, u64)>> {
+        let off = mem.read_u64(tp + l.type_.tp_dictoffset)? as i64;
+        if off <= 0 {
+            Ok(Vec::new())
+        } else {
+            dict_at(obj + off as u64)
+        }
+    };
+    match l.model.instance_attrs {
+        InstanceAttrs::InstanceDict => by_dictoffset(),
+        InstanceAttrs::ValuesPointer if managed => match mem.read_u64(obj.wrapping_sub(32))? {
+            0 => dict_at(obj.wrapping_sub(24)),
+            values => from_cached_keys(values),
+        },
+        InstanceAttrs::DictOrValues if managed => {
+            let w = mem.read_u64(obj.wrapping_sub(24))?;
+            if w & 1 == 1 {
+                from_cached_keys(w.wrapping_add(1))
+            } else if w != 0 {
+                dict_items(mem, l, w)
+            } else {
+                Ok(Vec::new())
+            }
+        }
+        InstanceAttrs::InlineValues if flags & l.model.tp_flags_inline_values != 0 => {
+            let values = obj + mem.read_u64(tp + l.type_.tp_basicsize)?;
+            let valid = mem.read_vec(values + l.dictvalues.valid.unwrap_or(0), 1)?[0];
+            if valid != 0 {
+                from_cached_keys(values)
+            } else {
+                dict_at(obj.wrapping_sub(24))
+            }
+        }
+        _ if managed => dict_at(obj.wrapping_sub(24)),
+        _ => by_dictoffset(),
+    }
+}

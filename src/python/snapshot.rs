@@ -18,9 +18,16 @@ pub struct Frame {
     pub line: i32,
     /// the id of the interpreter running this frame (0: the main one)
     pub interp: i64,
+    /// where the frame and its code object are in the target (for --locals)
+    pub addr: u64,
+    pub code_addr: u64,
 }
 
 pub struct ThreadStack {
+    /// the thread state and its interpreter in the target (for a thread in several
+    /// interpreters, those of the one it runs in now)
+    pub tstate: u64,
+    pub interp: u64,
     pub tid: Option<i32>,
     pub thread_id: u64,
     pub name: Option<String>,
@@ -122,7 +129,15 @@ impl Reader {
                 });
                 ranked.push((
                     rank,
-                    ThreadStack { tid, thread_id: ts.thread_id, name, holds_gil: holder == Some(ts.addr), frames },
+                    ThreadStack {
+                        tstate: ts.addr,
+                        interp,
+                        tid,
+                        thread_id: ts.thread_id,
+                        name,
+                        holds_gil: holder == Some(ts.addr),
+                        frames,
+                    },
                 ));
             }
         }
@@ -160,7 +175,9 @@ fn join_interpreters(mut ranked: Vec<(usize, ThreadStack)>, out: &mut Vec<Thread
             name = name.or(part.name.take());
         }
         let thread_id = ranked[outer].1.thread_id;
-        joined[at] = Some(ThreadStack { tid, thread_id, name, holds_gil, frames });
+        // the state of the interpreter the thread runs in now (its innermost part)
+        let (tstate, interp) = (ranked[group[0]].1.tstate, ranked[group[0]].1.interp);
+        joined[at] = Some(ThreadStack { tstate, interp, tid, thread_id, name, holds_gil, frames });
         k = end;
     }
     out.extend(joined.into_iter().flatten());
@@ -186,7 +203,7 @@ pub fn read_stack(
             // it was a code object during the walk
             let code = codes.get(mem, &t.layout, t.code_type, f.code).map_err(stack::torn)?;
             let line = code.line(&t.layout, f.offset);
-            Ok(Frame { code, line, interp })
+            Ok(Frame { code, line, interp, addr: f.frame, code_addr: f.code })
         })
         .collect()
 }
