@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-pythons.sh
+# `go tool pprof` reads back the pprof output (tests/pprof.rs): Debian's golang-go
+if ! command -v go >/dev/null && ! ls /usr/lib/go*/bin/go >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq golang-go >/dev/null
+fi
 python3 scripts/gen-offsets --check
 python3 scripts/gen-opcodes --check
 cargo build --release --all-targets

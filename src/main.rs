@@ -41,11 +41,11 @@ struct RecordArgs {
     rate: Rate,
     /// Output file; the extension picks the format: .json (VizTracer/Chrome JSON),
     /// .pftrace or .perfetto-trace (Perfetto protobuf), .speedscope.json, .collapsed or .txt
-    /// (collapsed stacks), .svg (flame graph); add .gz to gzip
+    /// (collapsed stacks), .svg (flame graph), .pb.gz or .pprof (pprof); add .gz to gzip
     /// [default: vizattach-PID-TIMESTAMP.json in the current directory]
     #[arg(long, short)]
     output: Option<PathBuf>,
-    /// Output format, overriding the extension: viztracer, perfetto, speedscope, collapsed, flamegraph
+    /// Output format, overriding the extension: viztracer, perfetto, speedscope, collapsed, flamegraph, pprof
     #[arg(long, value_parser = parse_format)]
     format: Option<Format>,
     /// No progress line and no summary

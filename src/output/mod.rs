@@ -4,6 +4,7 @@ pub mod chrome;
 pub mod collapsed;
 pub mod flamegraph;
 pub mod perfetto;
+pub mod pprof;
 pub mod speedscope;
 
 use std::io;
@@ -105,10 +106,11 @@ pub enum Format {
     Speedscope,
     Collapsed,
     Flamegraph,
+    Pprof,
 }
 
 pub const FORMATS: &str = "viztracer (.json), perfetto (.pftrace, .perfetto-trace), speedscope (.speedscope.json), \
-collapsed (.collapsed, .txt), flamegraph (.svg); add .gz to gzip any of them";
+collapsed (.collapsed, .txt), flamegraph (.svg), pprof (.pb.gz, .pprof; always gzipped); add .gz to gzip any of them";
 
 impl Format {
     pub fn from_name(name: &str) -> Option<Format> {
@@ -118,6 +120,7 @@ impl Format {
             "speedscope" => Some(Format::Speedscope),
             "collapsed" | "folded" => Some(Format::Collapsed),
             "flamegraph" | "svg" => Some(Format::Flamegraph),
+            "pprof" => Some(Format::Pprof),
             _ => None,
         }
     }
@@ -130,7 +133,7 @@ impl Format {
             None => (name, false),
         };
         // longest suffix first: .speedscope.json is also a .json
-        const SUFFIXES: [(&str, Format); 7] = [
+        const SUFFIXES: [(&str, Format); 9] = [
             (".speedscope.json", Format::Speedscope),
             (".json", Format::Viztracer),
             (".pftrace", Format::Perfetto),
@@ -138,6 +141,8 @@ impl Format {
             (".collapsed", Format::Collapsed),
             (".txt", Format::Collapsed),
             (".svg", Format::Flamegraph),
+            (".pb", Format::Pprof),
+            (".pprof", Format::Pprof),
         ];
         SUFFIXES.iter().find(|(suffix, _)| stem.ends_with(suffix)).map(|&(_, f)| (f, gz))
     }
@@ -180,6 +185,8 @@ fn create_one(
     process_name: &str,
 ) -> io::Result<Box<dyn Sink + Send>> {
     let file = std::fs::File::create(path)?;
+    // profile.proto files are always gzipped, by the writer itself (.pb.gz is one gzip)
+    let gzip = gzip && format != Format::Pprof;
     if format == Format::Perfetto && !gzip {
         // unbuffered: the writer batches whole packets itself, so that after a failed
         // write it can cut the file back to the last complete packet
@@ -199,6 +206,7 @@ fn create_one(
         Format::Speedscope => Box::new(speedscope::Speedscope::new(out, process_name)),
         Format::Collapsed => Box::new(collapsed::Collapsed::new(out)),
         Format::Flamegraph => Box::new(flamegraph::FlameGraph::new(out, process_name)),
+        Format::Pprof => Box::new(pprof::Pprof::new(out, pid, process_name)),
     })
 }
 
@@ -248,6 +256,7 @@ pub fn how_to_open(format: Format, path: &std::path::Path) -> String {
             format!("`inferno-flamegraph < {p} > out.svg`, `flamegraph.pl {p}`, or https://www.speedscope.app")
         }
         Format::Flamegraph => format!("any web browser ({p})"),
+        Format::Pprof => format!("`go tool pprof -http=: {p}`, or send it to Pyroscope, Parca or Grafana (README)"),
     }
 }
 
