@@ -51,10 +51,19 @@ struct RecordArgs {
     /// No progress line and no summary
     #[arg(long, short)]
     quiet: bool,
+    /// Which samples collapsed, flamegraph and pprof count: wall (all: where the time
+    /// goes, waiting included; py-spy --idle), cpu (the thread was on CPU; py-spy's
+    /// default), gil (it held the GIL; py-spy --gil). The timeline always has every slice.
+    #[arg(long, default_value = "wall", value_parser = parse_mode)]
+    mode: vizattach::activity::Mode,
     /// Launch mode: the program to start and record until it exits, after `--`
     /// (vizattach exits with its exit status)
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+fn parse_mode(s: &str) -> Result<vizattach::activity::Mode, String> {
+    vizattach::activity::Mode::from_name(s).ok_or_else(|| format!("unknown mode '{s}'; modes: wall, cpu, gil"))
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -126,6 +135,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 output: a.output,
                 format: a.format,
                 quiet: a.quiet,
+                mode: a.mode,
             })
         }
         Command::Dump { pid, json, verbose, scan } => {

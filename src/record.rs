@@ -44,6 +44,8 @@ pub struct Options {
     pub output: Option<PathBuf>,
     pub format: Option<Format>,
     pub quiet: bool,
+    /// which samples the sample-count formats count (src/activity.rs)
+    pub mode: crate::activity::Mode,
 }
 
 /// Records; returns the exit status to leave with (the program's, in launch mode).
@@ -80,6 +82,7 @@ pub fn record(opts: Options) -> Result<i32> {
     let command_line = reader.process.cmdline();
     let sink = output::create(&path, format, gzip, pid, PathBuf::from(format!("/proc/{pid}/root")), &command_line)
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
+    let sink = output::mode::filter(sink, opts.mode);
     let python_version = reader.target.version.to_string();
     let Reader { process, target, codes, ids } = reader;
     let process_comm = process.comm.clone();
@@ -169,6 +172,7 @@ pub fn record(opts: Options) -> Result<i32> {
             .collect(),
         longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,
         duration_s,
+        mode: opts.mode.name(),
         clock: "CLOCK_MONOTONIC",
     };
     let comm_of = |tid: i32| crate::process::tasks::Tasks::comm(pid, tid).unwrap_or_else(|| format!("thread {tid}"));

@@ -12,6 +12,7 @@
 //! gives the reasoning. Sample buffers come back from the consumer to be reused, so a
 //! warm loop does not allocate.
 
+use crate::activity::{Activity, ActivityReader};
 use crate::clock::{now_ns, sleep_until_ns};
 use crate::process::memory::{Fields, Memory, ReadError, ReadMem, ReadResult, Span};
 use crate::process::prefetch::Prefetch;
@@ -53,11 +54,18 @@ pub struct SampleBatch {
     pub time_ns: u64,
     pub threads: Vec<ThreadSample>,
     pub frames: Vec<StackFrame>,
+    /// what each thread of `threads` was doing (same order; src/activity.rs)
+    pub activity: Vec<Activity>,
 }
 
 impl SampleBatch {
     pub fn stack(&self, t: &ThreadSample) -> Option<&[StackFrame]> {
         t.frames.and_then(|(a, b)| self.frames.get(a as usize..b as usize))
+    }
+
+    /// The activity of `threads[i]` (unknown if it was not read).
+    pub fn activity_of(&self, i: usize) -> Activity {
+        self.activity.get(i).copied().unwrap_or_default()
     }
 }
 
@@ -258,6 +266,7 @@ pub struct Sampler<M: ReadMem = Memory> {
     last_list_ns: u64,
     new_threads: bool,
     recycled: Option<Receiver<SampleBatch>>,
+    activity: ActivityReader,
 }
 
 fn spin_until(deadline: u64) {
@@ -336,6 +345,7 @@ impl<M: ReadMem> Sampler<M> {
             last_list_ns: 0,
             new_threads: false,
             recycled: None,
+            activity: ActivityReader::new(pid),
         }
     }
 
@@ -443,6 +453,8 @@ impl<M: ReadMem> Sampler<M> {
         }
         self.stale_list = false;
         batch.time_ns = time;
+        // (the GIL was read in the same batched read as the stacks' first attempt)
+        self.activity.note_gil(&self.pf, &self.target, &mut self.interps.iter().map(|li| li.interp));
 
         let mut pending = std::mem::take(&mut self.pending);
         pending.clear();
@@ -502,6 +514,12 @@ impl<M: ReadMem> Sampler<M> {
                 l.prev.extend_from_slice(stack);
             }
         }
+        batch.activity.clear();
+        for t in &batch.threads {
+            let kept = t.frames.is_some();
+            batch.activity.push(if kept { self.activity.of(t.key, t.tid) } else { Activity::default() });
+        }
+        self.activity.end_tick();
         let fresh = self.codes.take_new();
         if !fresh.is_empty() {
             // Names must reach the consumer before the samples that use them: block.
@@ -534,6 +552,7 @@ impl<M: ReadMem> Sampler<M> {
                 self.want_thread(self.interps[i].raw[j].0);
             }
         }
+        ActivityReader::want_gil(&mut self.pf, &self.target, &mut self.interps.iter().map(|li| li.interp));
         self.fetch()
     }
 

@@ -3,6 +3,7 @@
 pub mod chrome;
 pub mod collapsed;
 pub mod flamegraph;
+pub mod mode;
 pub mod perfetto;
 pub mod pprof;
 pub mod speedscope;
@@ -10,6 +11,7 @@ pub mod speedscope;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::activity::Activity;
 use crate::python::code::CodeInfo;
 use crate::sampler::StackFrame;
 use crate::timeline::CodeTable;
@@ -40,6 +42,8 @@ pub struct CaptureInfo {
     pub calls_told_apart: std::collections::BTreeMap<&'static str, u64>,
     pub longest_lag_us: f64,
     pub duration_s: f64,
+    /// which samples the sample-count formats counted: wall, cpu or gil (`--mode`)
+    pub mode: &'static str,
     pub clock: &'static str,
 }
 
@@ -86,6 +90,10 @@ pub trait Sink {
     /// A code object met for the first time, before any slice uses it: the moment to
     /// read anything about it from the target, which may be gone by the end.
     fn code(&mut self, _code: &CodeInfo) -> io::Result<()> {
+        Ok(())
+    }
+    /// What a thread was doing at a sample (src/activity.rs), just before its `sample`.
+    fn activity(&mut self, _tid: i32, _time_ns: u64, _activity: Activity) -> io::Result<()> {
         Ok(())
     }
     /// One thread's stack in one sample, root first.
@@ -219,6 +227,9 @@ impl Sink for Tee {
     }
     fn code(&mut self, code: &CodeInfo) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.code(code))
+    }
+    fn activity(&mut self, tid: i32, time_ns: u64, activity: Activity) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.activity(tid, time_ns, activity))
     }
     fn sample(&mut self, tid: i32, stack: &[StackFrame], codes: &CodeTable) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.sample(tid, stack, codes))

@@ -1,0 +1,238 @@
+//! Per-thread activity in every sample: on CPU or not, holds the GIL or not.
+//!
+//! - On CPU: the state letter of /proc/PID/task/TID/stat at the tick ('R': running or
+//!   runnable, what py-spy calls active). Each thread's file is opened once and kept open;
+//!   a tick costs one pread per kept thread sample (about 2-4 us: the kernel formats the
+//!   whole line), and parsing is a byte scan, no allocation. The state is instantaneous,
+//!   like the stack beside it: the stack of a thread that has just gone to sleep is not
+//!   counted as CPU.
+//! - The GIL: its `locked` flag and its holder (a thread state address), read where the
+//!   layout's `[model] gil` says the GIL lives (the runtime up to 3.11, each interpreter
+//!   from 3.12), as spans of the tick's one batched read: no system call of its own.
+//!
+//! The timeline shows both (a counter track per thread in Perfetto, counter events in
+//! JSON); `--mode` picks the samples that the sample-count formats count.
+
+use crate::process::prefetch::Prefetch;
+use crate::python::discover::Target;
+use crate::python::layout::GilHome;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// What a thread was doing at a sample, each part possibly unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Activity(u8);
+
+impl Activity {
+    const CPU_KNOWN: u8 = 1;
+    const ON_CPU: u8 = 2;
+    const GIL_KNOWN: u8 = 4;
+    const HOLDS_GIL: u8 = 8;
+
+    pub fn new(on_cpu: Option<bool>, holds_gil: Option<bool>) -> Activity {
+        let mut a = 0;
+        if let Some(c) = on_cpu {
+            a |= Activity::CPU_KNOWN | if c { Activity::ON_CPU } else { 0 };
+        }
+        if let Some(g) = holds_gil {
+            a |= Activity::GIL_KNOWN | if g { Activity::HOLDS_GIL } else { 0 };
+        }
+        Activity(a)
+    }
+
+    pub fn on_cpu(self) -> Option<bool> {
+        (self.0 & Activity::CPU_KNOWN != 0).then_some(self.0 & Activity::ON_CPU != 0)
+    }
+
+    pub fn holds_gil(self) -> Option<bool> {
+        (self.0 & Activity::GIL_KNOWN != 0).then_some(self.0 & Activity::HOLDS_GIL != 0)
+    }
+}
+
+/// Which samples the sample-count formats (collapsed, flame graph, pprof) count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// every sample: where the time goes, waiting included (py-spy --idle)
+    #[default]
+    Wall,
+    /// samples where the thread was on CPU (py-spy's default, which drops idle threads)
+    Cpu,
+    /// samples where the thread held the GIL (py-spy --gil)
+    Gil,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Wall => "wall",
+            Mode::Cpu => "cpu",
+            Mode::Gil => "gil",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Mode> {
+        match s {
+            "wall" => Some(Mode::Wall),
+            "cpu" => Some(Mode::Cpu),
+            "gil" => Some(Mode::Gil),
+            _ => None,
+        }
+    }
+
+    /// An unknown state is not counted as CPU or GIL: the filter keeps what it can prove.
+    pub fn keeps(self, a: Activity) -> bool {
+        match self {
+            Mode::Wall => true,
+            Mode::Cpu => a.on_cpu() == Some(true),
+            Mode::Gil => a.holds_gil() == Some(true),
+        }
+    }
+}
+
+/// Files of threads not sampled for this many ticks are closed.
+const PRUNE_EVERY: u64 = 4096;
+
+struct StatFile {
+    file: File,
+    last_tick: u64,
+}
+
+/// Reads activity for the sampler: kept-open stat files, and the GIL from the tick's copy.
+pub struct ActivityReader {
+    pid: i32,
+    stats: HashMap<i32, StatFile>,
+    tick: u64,
+    /// thread states holding a GIL as of this tick's read; None when it could not be read
+    holders: Option<Vec<u64>>,
+}
+
+impl ActivityReader {
+    pub fn new(pid: i32) -> ActivityReader {
+        ActivityReader { pid, stats: HashMap::new(), tick: 0, holders: Some(Vec::new()) }
+    }
+
+    /// Where the GIL's `locked` flag and holder lie, for the GIL home of this layout:
+    /// (address, length, offset of locked, offset of holder) per GIL.
+    /// False when the layout does not say where the GIL is.
+    fn gil_spans(t: &Target, interps: &mut dyn Iterator<Item = u64>, mut f: impl FnMut(u64, usize, u64, u64)) -> bool {
+        let l = &t.layout;
+        let (locked, holder) = match l.model.gil {
+            GilHome::Runtime => (l.runtime.gil_locked, l.runtime.gil_holder),
+            GilHome::Interp => (l.interp.gil_locked, l.interp.gil_holder),
+        };
+        let (Some(locked), Some(holder)) = (locked, holder) else {
+            return false;
+        };
+        let lo = locked.min(holder);
+        let len = (locked.max(holder) - lo + 8) as usize;
+        match l.model.gil {
+            GilHome::Runtime => f(t.runtime + lo, len, locked - lo, holder - lo),
+            GilHome::Interp => interps.for_each(|i| f(i + lo, len, locked - lo, holder - lo)),
+        }
+        true
+    }
+
+    /// Asks the tick's batched read for the GIL of each interpreter.
+    pub fn want_gil(pf: &mut Prefetch, t: &Target, interps: &mut dyn Iterator<Item = u64>) {
+        ActivityReader::gil_spans(t, interps, |addr, len, _, _| {
+            pf.want(addr, len);
+        });
+    }
+
+    /// Takes the GIL holders from the tick's copy (before any re-read replaces it).
+    pub fn note_gil(&mut self, pf: &Prefetch, t: &Target, interps: &mut dyn Iterator<Item = u64>) {
+        let mut holders = self.holders.take().unwrap_or_default();
+        holders.clear();
+        let mut read_ok = true;
+        let has_gil = ActivityReader::gil_spans(t, interps, |addr, len, locked, holder| match pf.get(addr, len) {
+            Some(b) => {
+                let at = |o: u64, n: usize| b.get(o as usize..o as usize + n);
+                let is_locked = at(locked, 4).is_some_and(|v| v != [0, 0, 0, 0]);
+                let who = at(holder, 8).map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8]))).unwrap_or(0);
+                if is_locked && who != 0 {
+                    holders.push(who);
+                }
+            }
+            None => read_ok = false,
+        });
+        self.holders = (has_gil && read_ok).then_some(holders);
+    }
+
+    /// The activity of a thread sampled this tick: `key` its thread state, `tid` its OS
+    /// thread id (in our pid namespace).
+    pub fn of(&mut self, key: u64, tid: i32) -> Activity {
+        let gil = self.holders.as_ref().map(|h| h.contains(&key));
+        Activity::new(self.on_cpu(tid), gil)
+    }
+
+    /// Call once per tick, after the samples: closes files of threads long gone.
+    pub fn end_tick(&mut self) {
+        self.tick += 1;
+        if self.tick.is_multiple_of(PRUNE_EVERY) {
+            let tick = self.tick;
+            self.stats.retain(|_, s| tick - s.last_tick < PRUNE_EVERY);
+        }
+    }
+
+    fn on_cpu(&mut self, tid: i32) -> Option<bool> {
+        if tid <= 0 {
+            return None;
+        }
+        if !self.stats.contains_key(&tid) {
+            // once per thread: the open and its path are off the per-tick path
+            let file = File::open(format!("/proc/{}/task/{tid}/stat", self.pid)).ok()?;
+            self.stats.insert(tid, StatFile { file, last_tick: self.tick });
+        }
+        let s = self.stats.get_mut(&tid)?;
+        s.last_tick = self.tick;
+        let mut buf = [0u8; 512];
+        match s.file.read_at(&mut buf, 0) {
+            Ok(n) if n > 0 => state_is_running(&buf[..n]),
+            _ => {
+                // the thread is gone (ESRCH) or the file unreadable: forget it
+                self.stats.remove(&tid);
+                None
+            }
+        }
+    }
+}
+
+/// The state letter of a stat line, "pid (comm) S ...": after the last ')', since a
+/// thread's name may itself hold parentheses.
+fn state_is_running(line: &[u8]) -> Option<bool> {
+    let close = line.iter().rposition(|&b| b == b')')?;
+    line.get(close + 2).map(|&s| s == b'R')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_letter_after_the_last_parenthesis() {
+        assert_eq!(state_is_running(b"12 (python3) R 1 12 12 0"), Some(true));
+        assert_eq!(state_is_running(b"12 (a) b) S 1 12"), Some(false));
+        assert_eq!(state_is_running(b"12 (x"), None);
+    }
+
+    #[test]
+    fn modes_keep_what_they_can_prove() {
+        let busy = Activity::new(Some(true), Some(true));
+        let waiting = Activity::new(Some(false), Some(false));
+        let unknown = Activity::new(None, None);
+        assert!(Mode::Wall.keeps(waiting) && Mode::Wall.keeps(unknown));
+        assert!(Mode::Cpu.keeps(busy) && !Mode::Cpu.keeps(waiting) && !Mode::Cpu.keeps(unknown));
+        assert!(Mode::Gil.keeps(busy) && !Mode::Gil.keeps(waiting) && !Mode::Gil.keeps(unknown));
+        assert_eq!(busy.on_cpu(), Some(true));
+        assert_eq!(unknown.holds_gil(), None);
+    }
+
+    #[test]
+    fn this_thread_is_running_while_it_reads_its_own_stat() {
+        let mut r = ActivityReader::new(std::process::id() as i32);
+        let tid = unsafe { libc::gettid() };
+        assert_eq!(r.on_cpu(tid), Some(true));
+        assert_eq!(r.on_cpu(-1), None);
+    }
+}
