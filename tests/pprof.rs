@@ -214,7 +214,7 @@ fn one_capture(interp: &Interpreter, go: &Path) -> Result<(), String> {
     }
 
     let raw = parse_raw(&go_pprof(go, &["-raw"], &pb)?)?;
-    if raw.sample_types != ["samples/count", "wall/nanoseconds"] {
+    if raw.sample_types != ["samples/count", "wall/nanoseconds", "cpu/nanoseconds"] {
         return Err(format!("sample types {:?}", raw.sample_types));
     }
     // pprof's stacks, turned into collapsed lines: thread label, then frames root first,
@@ -229,8 +229,11 @@ fn one_capture(interp: &Interpreter, go: &Path) -> Result<(), String> {
         if s.labels.get("pid").map(String::as_str) != Some(&pid.to_string()) {
             return Err(format!("sample's pid label is not {pid}: {s:?}"));
         }
-        if s.values.len() != 2 || s.values[1] != s.values[0] * raw.period {
+        if s.values.len() != 3 || s.values[1] != s.values[0] * raw.period {
             return Err(format!("wall/nanoseconds is not samples x period ({}): {s:?}", raw.period));
+        }
+        if s.values[2] % raw.period.max(1) != 0 || s.values[2] > s.values[1] {
+            return Err(format!("cpu/nanoseconds is not a share of wall in whole periods: {s:?}"));
         }
         let mut frames = Vec::new();
         for id in s.locations.iter().rev() {

@@ -10,9 +10,12 @@
 //!
 //! Values per sample: `samples/count`, and `wall/nanoseconds` (each sample weighs the
 //! capture's mean tick interval: duration / ticks, so a capture that fell behind still
-//! adds up to its real length).
+//! adds up to its real length), and `cpu/nanoseconds` when the thread's CPU state was
+//! read (src/activity.rs): the same weight for samples taken while it was on CPU, 0 for
+//! the others; a sampled estimate of CPU time, exact to within a tick per state change.
 
 use super::{CaptureInfo, Sink};
+use crate::activity::Activity;
 use crate::python::code::CodeInfo;
 use crate::sampler::StackFrame;
 use crate::timeline::CodeTable;
@@ -134,6 +137,7 @@ pub mod proto {
 #[derive(Default, Clone, Copy)]
 struct Counted {
     samples: i64,
+    on_cpu: i64,
 }
 
 /// Strings by index, index 0 the empty string (profile.proto requires it).
@@ -176,6 +180,10 @@ pub struct Pprof {
     counts: HashMap<(i32, Vec<u64>), Counted>,
     /// scratch: one sample's location ids, leaf first
     stack: Vec<u64>,
+    /// the activity announced with the sample that comes next, and whether any sample
+    /// had a known CPU state (then cpu/nanoseconds is written)
+    activity: Activity,
+    cpu_known: bool,
 }
 
 impl Pprof {
@@ -193,6 +201,8 @@ impl Pprof {
             locations: Vec::new(),
             counts: HashMap::new(),
             stack: Vec::new(),
+            activity: Activity::default(),
+            cpu_known: false,
         }
     }
 
@@ -226,6 +236,7 @@ impl Pprof {
         s.id("");
         let samples = ValueType { r#type: s.id("samples"), unit: s.id("count") };
         let wall = ValueType { r#type: s.id("wall"), unit: s.id("nanoseconds") };
+        let cpu = self.cpu_known.then(|| ValueType { r#type: s.id("cpu"), unit: s.id("nanoseconds") });
         // Every tick samples every thread once: a sample stands for one tick interval.
         let interval_ns =
             if info.samples > 0 { (info.duration_s * 1e9 / info.samples as f64).round() as i64 } else { 0 };
@@ -258,7 +269,11 @@ impl Pprof {
             let name = self.threads.get(tid).cloned().unwrap_or_else(|| format!("thread {tid}"));
             sample.push(Sample {
                 location_id: stack.clone(),
-                value: vec![c.samples, c.samples * interval_ns],
+                value: if cpu.is_some() {
+                    vec![c.samples, c.samples * interval_ns, c.on_cpu * interval_ns]
+                } else {
+                    vec![c.samples, c.samples * interval_ns]
+                },
                 label: vec![
                     Label { key: k_name, str: s.id(&name), ..Default::default() },
                     Label { key: k_tid, num: *tid as i64, ..Default::default() },
@@ -279,7 +294,7 @@ impl Pprof {
         let started_ns = self.started.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
         Profile {
             default_sample_type: samples.r#type,
-            sample_type: vec![samples, wall.clone()],
+            sample_type: [Some(samples), Some(wall.clone()), cpu].into_iter().flatten().collect(),
             sample,
             mapping,
             location,
@@ -300,7 +315,14 @@ impl Sink for Pprof {
         Ok(())
     }
 
+    fn activity(&mut self, _tid: i32, _time_ns: u64, activity: Activity) -> io::Result<()> {
+        self.activity = activity;
+        self.cpu_known |= activity.on_cpu().is_some();
+        Ok(())
+    }
+
     fn sample(&mut self, tid: i32, stack: &[StackFrame], codes: &CodeTable) -> io::Result<()> {
+        let on_cpu = std::mem::take(&mut self.activity).on_cpu() == Some(true);
         if stack.is_empty() {
             return Ok(());
         }
@@ -313,7 +335,9 @@ impl Sink for Pprof {
             }
         }
         if !ids.is_empty() {
-            self.counts.entry((tid, ids.clone())).or_default().samples += 1;
+            let c = self.counts.entry((tid, ids.clone())).or_default();
+            c.samples += 1;
+            c.on_cpu += on_cpu as i64;
         }
         self.stack = ids;
         Ok(())
