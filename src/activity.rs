@@ -1,11 +1,17 @@
 //! Per-thread activity in every sample: on CPU or not, holds the GIL or not.
 //!
-//! - On CPU: the state letter of /proc/PID/task/TID/stat at the tick ('R': running or
-//!   runnable, what py-spy calls active). Each thread's file is opened once and kept open;
-//!   a tick costs one pread per kept thread sample (about 2-4 us: the kernel formats the
-//!   whole line), and parsing is a byte scan, no allocation. The state is instantaneous,
-//!   like the stack beside it: the stack of a thread that has just gone to sleep is not
-//!   counted as CPU.
+//! - On CPU: the thread's state at the tick is running or runnable ('R' in
+//!   /proc/PID/task/TID/stat: what py-spy calls active; a runnable thread on a loaded
+//!   machine wants the CPU as much as a running one). That line costs the kernel 5-30 us
+//!   to format (it is the whole task status), so it is read only when a cheaper file
+//!   cannot tell: the thread's CPU time (first field of .../schedstat, ~1 us) is read
+//!   every tick, and
+//!   - grew by nearly the whole interval since its previous sample: it is running;
+//!   - did not grow, and the thread was off CPU at its previous sample: still off;
+//!   - otherwise (it ran part of the interval, or stopped running): the state letter.
+//!   So a thread that computes or sleeps steadily costs one ~1 us pread per tick; one
+//!   that changes state, or is often preempted, costs a stat read at those ticks. Files
+//!   are opened once per thread and kept open; parsing is a byte scan, no allocation.
 //! - The GIL: its `locked` flag and its holder (a thread state address), read where the
 //!   layout's `[model] gil` says the GIL lives (the runtime up to 3.11, each interpreter
 //!   from 3.12), as spans of the tick's one batched read: no system call of its own.
@@ -93,12 +99,23 @@ impl Mode {
 /// Files of threads not sampled for this many ticks are closed.
 const PRUNE_EVERY: u64 = 4096;
 
+/// The CPU-time share of an interval above which a thread is taken as running without
+/// reading its state (it ran nearly all of it: still running at its end).
+const SURELY_RUNNING: f64 = 0.9;
+
 struct StatFile {
-    file: File,
+    schedstat: File,
+    /// opened the first time the state letter is needed
+    stat: Option<File>,
     last_tick: u64,
+    /// CPU time and sample time at the previous read (0: none yet), and what it was then
+    cpu_ns: u64,
+    at_ns: u64,
+    was_on: Option<bool>,
 }
 
-/// Reads activity for the sampler: kept-open stat files, and the GIL from the tick's copy.
+/// Reads activity for the sampler: kept-open schedstat files, and the GIL from the tick's
+/// copy.
 pub struct ActivityReader {
     pid: i32,
     stats: HashMap<i32, StatFile>,
@@ -160,10 +177,10 @@ impl ActivityReader {
     }
 
     /// The activity of a thread sampled this tick: `key` its thread state, `tid` its OS
-    /// thread id (in our pid namespace).
-    pub fn of(&mut self, key: u64, tid: i32) -> Activity {
+    /// thread id (in our pid namespace), `time_ns` when its stack was read.
+    pub fn of(&mut self, key: u64, tid: i32, time_ns: u64) -> Activity {
         let gil = self.holders.as_ref().map(|h| h.contains(&key));
-        Activity::new(self.on_cpu(tid), gil)
+        Activity::new(self.on_cpu(tid, time_ns), gil)
     }
 
     /// Call once per tick, after the samples: closes files of threads long gone.
@@ -175,26 +192,44 @@ impl ActivityReader {
         }
     }
 
-    fn on_cpu(&mut self, tid: i32) -> Option<bool> {
+    fn on_cpu(&mut self, tid: i32, time_ns: u64) -> Option<bool> {
         if tid <= 0 {
             return None;
         }
         if !self.stats.contains_key(&tid) {
             // once per thread: the open and its path are off the per-tick path
-            let file = File::open(format!("/proc/{}/task/{tid}/stat", self.pid)).ok()?;
-            self.stats.insert(tid, StatFile { file, last_tick: self.tick });
+            let schedstat = File::open(format!("/proc/{}/task/{tid}/schedstat", self.pid)).ok()?;
+            let s = StatFile { schedstat, stat: None, last_tick: 0, cpu_ns: 0, at_ns: 0, was_on: None };
+            self.stats.insert(tid, s);
         }
+        let pid = self.pid;
         let s = self.stats.get_mut(&tid)?;
         s.last_tick = self.tick;
         let mut buf = [0u8; 512];
-        match s.file.read_at(&mut buf, 0) {
-            Ok(n) if n > 0 => state_is_running(&buf[..n]),
-            _ => {
-                // the thread is gone (ESRCH) or the file unreadable: forget it
-                self.stats.remove(&tid);
-                None
+        let cpu_ns = s.schedstat.read_at(&mut buf, 0).ok().and_then(|n| first_number(&buf[..n]));
+        let Some(cpu_ns) = cpu_ns else {
+            // the thread is gone (ESRCH) or the file unreadable: forget it
+            self.stats.remove(&tid);
+            return None;
+        };
+        let ran = cpu_ns.saturating_sub(s.cpu_ns);
+        let elapsed = time_ns.saturating_sub(s.at_ns);
+        let known = s.at_ns != 0 && elapsed > 0;
+        s.cpu_ns = cpu_ns;
+        s.at_ns = time_ns;
+        let on = if known && ran as f64 >= elapsed as f64 * SURELY_RUNNING {
+            Some(true)
+        } else if known && ran == 0 && s.was_on == Some(false) {
+            Some(false)
+        } else {
+            if s.stat.is_none() {
+                s.stat = File::open(format!("/proc/{pid}/task/{tid}/stat")).ok();
             }
-        }
+            let n = s.stat.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok()).unwrap_or(0);
+            state_is_running(&buf[..n])
+        };
+        s.was_on = on;
+        on
     }
 }
 
@@ -203,6 +238,15 @@ impl ActivityReader {
 fn state_is_running(line: &[u8]) -> Option<bool> {
     let close = line.iter().rposition(|&b| b == b')')?;
     line.get(close + 2).map(|&s| s == b'R')
+}
+
+/// The leading decimal number of a /proc line.
+fn first_number(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 {
+        return None;
+    }
+    line[..digits].iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add((d - b'0') as u64))
 }
 
 #[cfg(test)]
@@ -214,6 +258,13 @@ mod tests {
         assert_eq!(state_is_running(b"12 (python3) R 1 12 12 0"), Some(true));
         assert_eq!(state_is_running(b"12 (a) b) S 1 12"), Some(false));
         assert_eq!(state_is_running(b"12 (x"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_the_first_field() {
+        assert_eq!(first_number(b"90951588 1426210953 236\n"), Some(90951588));
+        assert_eq!(first_number(b""), None);
+        assert_eq!(first_number(b"99999999999999999999999 1"), None);
     }
 
     #[test]
@@ -229,10 +280,29 @@ mod tests {
     }
 
     #[test]
-    fn this_thread_is_running_while_it_reads_its_own_stat() {
+    fn a_spinning_thread_is_on_cpu_a_sleeping_one_is_not() {
+        use std::time::{Duration, Instant};
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_millis(300) {
+                std::hint::spin_loop();
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        });
+        let tid = rx.recv().unwrap();
         let mut r = ActivityReader::new(std::process::id() as i32);
-        let tid = unsafe { libc::gettid() };
-        assert_eq!(r.on_cpu(tid), Some(true));
-        assert_eq!(r.on_cpu(-1), None);
+        let now = crate::clock::now_ns;
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.on_cpu(tid, now()), Some(true), "spinning (first sight: its state)");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.on_cpu(tid, now()), Some(true), "spinning");
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(r.on_cpu(tid, now()), Some(false), "gone to sleep");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.on_cpu(tid, now()), Some(false), "still asleep");
+        assert_eq!(r.on_cpu(-1, now()), None);
+        worker.join().unwrap();
     }
 }

@@ -517,7 +517,7 @@ impl<M: ReadMem> Sampler<M> {
         batch.activity.clear();
         for t in &batch.threads {
             let kept = t.frames.is_some();
-            batch.activity.push(if kept { self.activity.of(t.key, t.tid) } else { Activity::default() });
+            batch.activity.push(if kept { self.activity.of(t.key, t.tid, t.time_ns) } else { Activity::default() });
         }
         self.activity.end_tick();
         let fresh = self.codes.take_new();

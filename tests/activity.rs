@@ -6,6 +6,7 @@
 //!   JSON, and `--mode cpu` drops its sleeping frames from the collapsed output;
 //! - with a thread that keeps the GIL in C code and one that waits for it, `--mode gil`
 //!   counts the first and (nearly) not the second; `--mode wall` counts both.
+//!
 //! Bounds are loose: the machine may be loaded, and states change between a read of the
 //! stack and of /proc (a few microseconds apart).
 
