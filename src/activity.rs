@@ -8,10 +8,12 @@
 //!   every tick, and
 //!   - grew by nearly the whole interval since its previous sample: it is running;
 //!   - did not grow, and the thread was off CPU at its previous sample: still off;
-//!   - otherwise (it ran part of the interval, or stopped running): the state letter.
+//!   - otherwise (it ran part of the interval, or stopped running): the state letter,
+//!     read at most once per millisecond per thread (in between, the last one read).
 //!   So a thread that computes or sleeps steadily costs one ~1 us pread per tick; one
-//!   that changes state, or is often preempted, costs a stat read at those ticks. Files
-//!   are opened once per thread and kept open; parsing is a byte scan, no allocation.
+//!   that changes state, or is often preempted, costs a stat read at those ticks, at most
+//!   1000 per second. Files are opened once per thread and kept open; parsing is a byte
+//!   scan, no allocation.
 //! - The GIL: its `locked` flag and its holder (a thread state address), read where the
 //!   layout's `[model] gil` says the GIL lives (the runtime up to 3.11, each interpreter
 //!   from 3.12), as spans of the tick's one batched read: no system call of its own.
@@ -102,6 +104,8 @@ const PRUNE_EVERY: u64 = 4096;
 /// The CPU-time share of an interval above which a thread is taken as running without
 /// reading its state (it ran nearly all of it: still running at its end).
 const SURELY_RUNNING: f64 = 0.9;
+/// The state letter is read at most this often per thread.
+const STAT_EVERY_NS: u64 = 1_000_000;
 
 struct StatFile {
     schedstat: File,
@@ -112,6 +116,8 @@ struct StatFile {
     cpu_ns: u64,
     at_ns: u64,
     was_on: Option<bool>,
+    /// when the state letter was last read
+    stat_at_ns: u64,
 }
 
 /// Reads activity for the sampler: kept-open schedstat files, and the GIL from the tick's
@@ -199,7 +205,7 @@ impl ActivityReader {
         if !self.stats.contains_key(&tid) {
             // once per thread: the open and its path are off the per-tick path
             let schedstat = File::open(format!("/proc/{}/task/{tid}/schedstat", self.pid)).ok()?;
-            let s = StatFile { schedstat, stat: None, last_tick: 0, cpu_ns: 0, at_ns: 0, was_on: None };
+            let s = StatFile { schedstat, stat: None, last_tick: 0, cpu_ns: 0, at_ns: 0, was_on: None, stat_at_ns: 0 };
             self.stats.insert(tid, s);
         }
         let pid = self.pid;
@@ -221,7 +227,10 @@ impl ActivityReader {
             Some(true)
         } else if known && ran == 0 && s.was_on == Some(false) {
             Some(false)
+        } else if s.was_on.is_some() && time_ns.saturating_sub(s.stat_at_ns) < STAT_EVERY_NS {
+            s.was_on
         } else {
+            s.stat_at_ns = time_ns;
             if s.stat.is_none() {
                 s.stat = File::open(format!("/proc/{pid}/task/{tid}/stat")).ok();
             }
