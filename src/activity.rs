@@ -4,16 +4,15 @@
 //!   /proc/PID/task/TID/stat: what py-spy calls active; a runnable thread on a loaded
 //!   machine wants the CPU as much as a running one). That line costs the kernel 5-30 us
 //!   to format (it is the whole task status), so it is read only when a cheaper file
-//!   cannot tell: the thread's CPU time (first field of .../schedstat, ~1 us) is read
-//!   every tick, and
-//!   - grew by nearly the whole interval since its previous sample: it is running;
-//!   - did not grow, and the thread was off CPU at its previous sample: still off;
-//!   - otherwise (it ran part of the interval, or stopped running): the state letter,
-//!     read at most once per millisecond per thread (in between, the last one read).
-//!   So a thread that computes or sleeps steadily costs one ~1 us pread per tick; one
-//!   that changes state, or is often preempted, costs a stat read at those ticks, at most
-//!   1000 per second. Files are opened once per thread and kept open; parsing is a byte
-//!   scan, no allocation.
+//!   cannot tell. The thread's CPU time (first field of .../schedstat, ~1 us) is read
+//!   every tick. If it grew by nearly the whole interval since the thread's previous
+//!   sample, the thread is running; if it did not grow and the thread was off CPU at its
+//!   previous sample, it still is; otherwise (it ran part of the interval, or stopped
+//!   running) the state letter decides, read at most once per millisecond per thread (in
+//!   between, the last one read). So a thread that computes or sleeps steadily costs one
+//!   ~1 us pread per tick; one that changes state, or is often preempted, costs a stat
+//!   read at those ticks, at most 1000 per second. Files are opened once per thread and
+//!   kept open; parsing is a byte scan, no allocation.
 //! - The GIL: its `locked` flag and its holder (a thread state address), read where the
 //!   layout's `[model] gil` says the GIL lives (the runtime up to 3.11, each interpreter
 //!   from 3.12), as spans of the tick's one batched read: no system call of its own.
