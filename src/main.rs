@@ -84,9 +84,13 @@ enum Command {
     /// The target keeps running: stacks are read from its memory, and a read that
     /// races with the program (the stack changed while being read) is retried.
     Dump {
-        /// Process id of the Python process
-        #[arg(long, short)]
-        pid: i32,
+        /// Process id of the Python process (several --pid: each of them)
+        #[arg(long, short, required = true)]
+        pid: Vec<i32>,
+        /// Also every Python descendant of each --pid (forked workers, multiprocessing,
+        /// Python children of a shell); others are skipped and listed on stderr
+        #[arg(long)]
+        subprocesses: bool,
         /// Print JSON: {"pid", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil", "frames": [{"function", "file", "line"}]}]}
         #[arg(long)]
         json: bool,
@@ -138,8 +142,19 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 mode: a.mode,
             })
         }
-        Command::Dump { pid, json, verbose, scan } => {
+        Command::Dump { pid, json, verbose, scan, subprocesses } => {
             let how = if scan { Discovery::Scan } else { Discovery::Symbols };
+            if subprocesses || pid.len() > 1 {
+                let many = vizattach::dump::many(&pid, subprocesses, how)?;
+                if json {
+                    println!("{}", many.to_json());
+                } else {
+                    print!("{}", many.to_text());
+                }
+                eprintln!("vizattach: {}", many.summary());
+                return Ok(0);
+            }
+            let pid = pid[0];
             let mut reader = Reader::attach_with(pid, how)?;
             if verbose {
                 let t = &reader.target;
