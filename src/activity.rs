@@ -289,15 +289,19 @@ mod tests {
 
     #[test]
     fn a_spinning_thread_is_on_cpu_a_sleeping_one_is_not() {
-        use std::time::{Duration, Instant};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use std::time::Duration;
+        let (stop, asleep) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let (tx, rx) = std::sync::mpsc::channel();
+        let (stop2, asleep2) = (stop.clone(), asleep.clone());
         let worker = std::thread::spawn(move || {
             tx.send(unsafe { libc::gettid() }).unwrap();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_millis(300) {
+            while !stop2.load(Ordering::Relaxed) {
                 std::hint::spin_loop();
             }
-            std::thread::sleep(Duration::from_millis(400));
+            asleep2.store(true, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(300));
         });
         let tid = rx.recv().unwrap();
         let mut r = ActivityReader::new(std::process::id() as i32);
@@ -306,7 +310,12 @@ mod tests {
         assert_eq!(r.on_cpu(tid, now()), Some(true), "spinning (first sight: its state)");
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(r.on_cpu(tid, now()), Some(true), "spinning");
-        std::thread::sleep(Duration::from_millis(350));
+        stop.store(true, Ordering::Relaxed);
+        while !asleep.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // (a moment to get from the flag into the sleep, even on a loaded machine)
+        std::thread::sleep(Duration::from_millis(50));
         assert_eq!(r.on_cpu(tid, now()), Some(false), "gone to sleep");
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(r.on_cpu(tid, now()), Some(false), "still asleep");
