@@ -182,7 +182,7 @@ fn pprof_targets() -> Option<Vec<Interpreter>> {
     for minor in ["3.9", "3.10", "3.11", "3.15"] {
         let pick = all
             .iter()
-            .filter(|i| i.minor_version() == minor)
+            .filter(|i| i.minor_version() == minor && !i.name.ends_with("-dbg"))
             .min_by_key(|i| (i.name != "host-python3.11", i.delete_executable));
         match pick {
             Some(i) => chosen.push(i.clone()),

@@ -15,8 +15,10 @@ use std::time::Duration;
 fn tree_targets() -> Option<Vec<Interpreter>> {
     let all = load_manifest()?;
     let mut chosen: Vec<Interpreter> = all.iter().filter(|i| i.name == "host-python3.11").cloned().collect();
-    let newer =
-        all.iter().filter(|i| !i.in_chroot() && i.version_tuple() >= (3, 12, 0)).max_by_key(|i| i.version_tuple());
+    let newer = all
+        .iter()
+        .filter(|i| !i.in_chroot() && !i.name.ends_with("-dbg") && i.version_tuple() >= (3, 12, 0))
+        .max_by_key(|i| i.version_tuple());
     match newer {
         Some(i) => chosen.push(i.clone()),
         None => missing_prerequisite("no 3.12+ interpreter outside a chroot in the manifest"),
