@@ -128,6 +128,7 @@ pub fn run(opts: Options) -> Result<i32> {
         format: None,
         quiet: false,
         also: vec![PathBuf::from(SVG)],
+        mode: crate::activity::Mode::Wall,
     })?;
     drop(running);
     // record's summary said how to open the timeline; the flame graph is the other file

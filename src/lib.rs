@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: process memory -> interpreter model -> samples -> timeline -> writers.
 
+pub mod activity;
 pub mod clock;
 pub mod demo;
 pub mod dump;

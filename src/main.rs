@@ -43,22 +43,31 @@ struct RecordArgs {
     rate: Rate,
     /// Output file; the extension picks the format: .json (VizTracer/Chrome JSON),
     /// .pftrace or .perfetto-trace (Perfetto protobuf), .speedscope.json, .collapsed or .txt
-    /// (collapsed stacks), .svg (flame graph); add .gz to gzip
+    /// (collapsed stacks), .svg (flame graph), .pb.gz or .pprof (pprof); add .gz to gzip
     /// [default: vizattach-PID-TIMESTAMP.json in the current directory].
     /// Give -o several times to write the same capture to several files, each in the
     /// format of its extension (-o run.pftrace -o run.svg)
     #[arg(long, short)]
     output: Vec<PathBuf>,
-    /// Output format of the first -o, overriding its extension: viztracer, perfetto, speedscope, collapsed, flamegraph
+    /// Output format of the first -o, overriding its extension: viztracer, perfetto, speedscope, collapsed, flamegraph, pprof
     #[arg(long, value_parser = parse_format)]
     format: Option<Format>,
     /// No progress line and no summary
     #[arg(long, short)]
     quiet: bool,
+    /// Which samples collapsed, flamegraph and pprof count: wall (all: where the time
+    /// goes, waiting included; py-spy --idle), cpu (the thread was on CPU; py-spy's
+    /// default), gil (it held the GIL; py-spy --gil). The timeline always has every slice.
+    #[arg(long, default_value = "wall", value_parser = parse_mode)]
+    mode: vizattach::activity::Mode,
     /// Launch mode: the program to start and record until it exits, after `--`
     /// (vizattach exits with its exit status)
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+fn parse_mode(s: &str) -> Result<vizattach::activity::Mode, String> {
+    vizattach::activity::Mode::from_name(s).ok_or_else(|| format!("unknown mode '{s}'; modes: wall, cpu, gil"))
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -79,12 +88,16 @@ enum Command {
     /// The target keeps running: stacks are read from its memory, and a read that
     /// races with the program (the stack changed while being read) is retried.
     Dump {
-        /// Process id of the Python process
-        #[arg(long, short)]
-        pid: i32,
+        /// Process id of the Python process (several --pid: each of them)
+        #[arg(long, short, required = true)]
+        pid: Vec<i32>,
+        /// Also every Python descendant of each --pid (forked workers, multiprocessing,
+        /// Python children of a shell); others are skipped and listed on stderr
+        #[arg(long)]
+        subprocesses: bool,
         /// Print JSON: {"pid", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil",
         /// "status": {"on_cpu", "gil", "syscall", "waiting_on"}, "frames": [{"kind", "function", "file", "line"}]}],
-        /// "deadlocks": [...]}
+        /// "deadlocks": [...]}; with several processes {"processes": [...], "skipped": [...]}
         #[arg(long)]
         json: bool,
         /// Also show each Python frame's arguments and locals (cells and free variables
@@ -172,11 +185,23 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 format: a.format,
                 quiet: a.quiet,
                 also: a.output.get(1..).unwrap_or_default().to_vec(),
+                mode: a.mode,
             })
         }
-        Command::Dump { pid, json, locals, native, native_hold_ms, verbose, scan } => {
+        Command::Dump { pid, json, locals, native, native_hold_ms, verbose, scan, subprocesses } => {
             vizattach::native::pause::HOLD_MS.store(native_hold_ms, std::sync::atomic::Ordering::Relaxed);
             let how = if scan { Discovery::Scan } else { Discovery::Symbols };
+            if subprocesses || pid.len() > 1 {
+                let many = vizattach::dump::many(&pid, subprocesses, how, locals, native)?;
+                if json {
+                    println!("{}", many.to_json());
+                } else {
+                    print!("{}", many.to_text());
+                }
+                eprintln!("vizattach: {}", many.summary());
+                return Ok(0);
+            }
+            let pid = pid[0];
             let mut reader = Reader::attach_with(pid, how)?;
             if verbose {
                 let t = &reader.target;

@@ -49,6 +49,8 @@ pub struct Options {
     pub quiet: bool,
     /// More files to write the same capture to, each in the format of its extension.
     pub also: Vec<PathBuf>,
+    /// which samples the sample-count formats count (src/activity.rs)
+    pub mode: crate::activity::Mode,
 }
 
 /// Records; returns the exit status to leave with (the program's, in launch mode).
@@ -91,6 +93,7 @@ pub fn record(opts: Options) -> Result<i32> {
     let sink = output::create(&path, format, gzip, pid, root.clone(), &command_line)
         .and_then(|s| output::also_write(s, &opts.also, pid, root, &command_line))
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
+    let sink = output::mode::filter(sink, opts.mode);
     let python_version = reader.target.version.to_string();
     let Reader { process, target, codes, ids } = reader;
     let process_comm = process.comm.clone();
@@ -101,8 +104,13 @@ pub fn record(opts: Options) -> Result<i32> {
     let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(64);
     sampler.recycle_from(recycle_rx);
     let stats = Arc::new(Stats::default());
-    let facts =
-        Facts { python_version: python_version.clone(), pid, command_line: command_line.clone(), rate: opts.rate };
+    let facts = Facts {
+        python_version: python_version.clone(),
+        pid,
+        command_line: command_line.clone(),
+        rate: opts.rate,
+        mode: opts.mode.name(),
+    };
     let (consumer_stats, consumer_facts) = (stats.clone(), facts.clone());
     let consumer = std::thread::Builder::new()
         .name("timeline".into())
@@ -226,6 +234,7 @@ struct Facts {
     pid: i32,
     command_line: String,
     rate: Rate,
+    mode: &'static str,
 }
 
 /// The capture's metadata as of now: at the end, and at every checkpoint.
@@ -255,6 +264,7 @@ fn capture_info(facts: &Facts, stats: &Stats, timeline: &Timeline) -> CaptureInf
             .collect(),
         longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,
         duration_s,
+        mode: facts.mode,
         clock: "CLOCK_MONOTONIC",
         recovered: None,
     }

@@ -74,7 +74,7 @@ fn replay(paths: &Paths) -> Result<String> {
         }
         Err(e) => return Err(io_error(&paths.journal, e)),
     };
-    let what = if matches!(r.header.format, Format::Collapsed | Format::Flamegraph) {
+    let what = if matches!(r.header.format, Format::Collapsed | Format::Flamegraph | Format::Pprof) {
         format!("{} samples counted", r.samples_counted)
     } else {
         format!(

@@ -12,6 +12,7 @@
 //! gives the reasoning. Sample buffers come back from the consumer to be reused, so a
 //! warm loop does not allocate.
 
+use crate::activity::{Activity, ActivityReader};
 use crate::clock::{now_ns, sleep_until_ns};
 use crate::process::memory::{Fields, Memory, ReadError, ReadMem, ReadResult, Span};
 use crate::process::prefetch::Prefetch;
@@ -54,11 +55,18 @@ pub struct SampleBatch {
     pub time_ns: u64,
     pub threads: Vec<ThreadSample>,
     pub frames: Vec<StackFrame>,
+    /// what each thread of `threads` was doing (same order; src/activity.rs)
+    pub activity: Vec<Activity>,
 }
 
 impl SampleBatch {
     pub fn stack(&self, t: &ThreadSample) -> Option<&[StackFrame]> {
         t.frames.and_then(|(a, b)| self.frames.get(a as usize..b as usize))
+    }
+
+    /// The activity of `threads[i]` (unknown if it was not read).
+    pub fn activity_of(&self, i: usize) -> Activity {
+        self.activity.get(i).copied().unwrap_or_default()
     }
 }
 
@@ -263,6 +271,7 @@ pub struct Sampler<M: ReadMem = Memory> {
     /// makes one stack of the states one OS thread has in several interpreters
     ranks: HashMap<u64, Rank>,
     joiner: Joiner,
+    activity: ActivityReader,
 }
 
 fn spin_until(deadline: u64) {
@@ -343,6 +352,7 @@ impl<M: ReadMem> Sampler<M> {
             recycled: None,
             ranks: HashMap::new(),
             joiner: Joiner::default(),
+            activity: ActivityReader::new(pid),
         }
     }
 
@@ -450,6 +460,8 @@ impl<M: ReadMem> Sampler<M> {
         }
         self.stale_list = false;
         batch.time_ns = time;
+        // (the GIL was read in the same batched read as the stacks' first attempt)
+        self.activity.note_gil(&self.pf, &self.target, &mut self.interps.iter().map(|li| li.interp));
 
         let mut pending = std::mem::take(&mut self.pending);
         pending.clear();
@@ -513,6 +525,12 @@ impl<M: ReadMem> Sampler<M> {
             let ranks = &self.ranks;
             self.joiner.join(&mut batch, |key| ranks.get(&key).copied().unwrap_or(0));
         }
+        batch.activity.clear();
+        for t in &batch.threads {
+            let kept = t.frames.is_some();
+            batch.activity.push(if kept { self.activity.of(t.key, t.tid, t.time_ns) } else { Activity::default() });
+        }
+        self.activity.end_tick();
         let fresh = self.codes.take_new();
         if !fresh.is_empty() {
             // Names must reach the consumer before the samples that use them: block.
@@ -545,6 +563,7 @@ impl<M: ReadMem> Sampler<M> {
                 self.want_thread(self.interps[i].raw[j].0);
             }
         }
+        ActivityReader::want_gil(&mut self.pf, &self.target, &mut self.interps.iter().map(|li| li.interp));
         self.fetch()
     }
 

@@ -81,11 +81,12 @@ impl Timeline {
                 self.last_ns = batch.time_ns;
                 // A thread missing from a batch, or without a stack in it, keeps its last
                 // view: threads end only by ThreadEnded.
-                for t in &batch.threads {
+                for (i, t) in batch.threads.iter().enumerate() {
                     let Some(frames) = batch.stack(t) else {
                         continue;
                     };
                     self.tids.insert(t.tid);
+                    sink.activity(t.tid, t.time_ns, batch.activity_of(i))?;
                     sink.sample(t.tid, frames, &self.codes)?;
                     let (mut track, at) = match self.tracks.remove(&t.key) {
                         Some(track) => {

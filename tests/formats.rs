@@ -350,6 +350,8 @@ fn read_pftrace(path: &Path) -> Result<(Capture, BTreeMap<String, Value>, String
                     *track_tid.get(&track).ok_or(format!("packet {i}: track {track} has no thread descriptor"))?;
                 slices.push(Slice { tid, start, neg_end: -(ts as i64), depth: stack.len(), name });
             }
+            // activity counters (src/activity.rs): tests/activity.rs reads them
+            Some(proto::TYPE_COUNTER) => {}
             Some(proto::TYPE_INSTANT) if e.name.as_deref() == Some("vizattach capture") => {
                 for a in &e.debug_annotations {
                     let v = if let Some(s) = &a.string_value {

@@ -3,6 +3,7 @@
 //! file_info (the source of every file named, so vizviewer can show it).
 
 use super::{CaptureInfo, Sink};
+use crate::activity::Activity;
 use crate::python::code::CodeInfo;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -29,6 +30,8 @@ pub struct ChromeJson {
     /// spans exactly the same interval.
     pending: Vec<String>,
     pending_at: (i32, u64),
+    /// per thread: the activity last written as a counter event, and its last sample
+    activity: std::collections::HashMap<i32, (Activity, u64)>,
 }
 
 impl ChromeJson {
@@ -49,6 +52,7 @@ impl ChromeJson {
             written: head.len() as u64,
             pending: Vec::new(),
             pending_at: (0, 0),
+            activity: std::collections::HashMap::new(),
         })
     }
 
@@ -124,6 +128,35 @@ impl Sink for ChromeJson {
             "{{\"ph\":\"M\",\"pid\":{},\"tid\":{tid},\"name\":\"thread_name\",\"args\":{{\"name\":{}}}}}",
             self.pid,
             serde_json::to_string(name).unwrap_or_default()
+        );
+        self.flush_pending()?;
+        self.event(&e)
+    }
+
+    /// A counter event "activity TID" (args on_cpu, holds_gil: 1 or 0) whenever it
+    /// changes, halfway between the samples that differ, like slice boundaries.
+    fn activity(&mut self, tid: i32, time_ns: u64, activity: Activity) -> io::Result<()> {
+        let previous = self.activity.insert(tid, (activity, time_ns));
+        let at = match previous {
+            Some((a, _)) if a == activity => return Ok(()),
+            Some((_, last)) => last + time_ns.saturating_sub(last) / 2,
+            None => time_ns,
+        };
+        let mut args = Vec::new();
+        if let Some(c) = activity.on_cpu() {
+            args.push(format!("\"on_cpu\":{}", c as u8));
+        }
+        if let Some(g) = activity.holds_gil() {
+            args.push(format!("\"holds_gil\":{}", g as u8));
+        }
+        if args.is_empty() {
+            return Ok(());
+        }
+        let e = format!(
+            "{{\"ph\":\"C\",\"name\":\"activity {tid}\",\"ts\":{},\"pid\":{},\"tid\":{tid},\"args\":{{{}}}}}",
+            us(at),
+            self.pid,
+            args.join(",")
         );
         self.flush_pending()?;
         self.event(&e)

@@ -79,7 +79,7 @@ impl Paths {
 
 /// Which parts of the stream a format needs from the journal.
 fn needs(format: Format) -> (bool, bool) {
-    let counts = matches!(format, Format::Collapsed | Format::Flamegraph);
+    let counts = matches!(format, Format::Collapsed | Format::Flamegraph | Format::Pprof);
     (!counts, counts)
 }
 
@@ -281,6 +281,11 @@ impl Sink for Journaled {
             }
         }
         Ok(())
+    }
+
+    /// Forwarded, not journaled: a repaired file has no activity counters.
+    fn activity(&mut self, tid: i32, time_ns: u64, activity: crate::activity::Activity) -> io::Result<()> {
+        self.inner()?.activity(tid, time_ns, activity)
     }
 
     fn open(&mut self, tid: i32, code: &CodeInfo, start_ns: u64) -> io::Result<()> {
@@ -666,6 +671,7 @@ fn empty_info() -> CaptureInfo {
         calls_told_apart: BTreeMap::new(),
         longest_lag_us: 0.0,
         duration_s: 0.0,
+        mode: "wall",
         clock: "CLOCK_MONOTONIC",
         recovered: None,
     }
@@ -698,6 +704,11 @@ fn info_from_json(v: &serde_json::Value) -> CaptureInfo {
         calls_told_apart: names("calls_told_apart", &["locals", "offset"]),
         longest_lag_us: f("longest_lag_us"),
         duration_s: f("duration_s"),
+        mode: match v["mode"].as_str() {
+            Some("cpu") => "cpu",
+            Some("gil") => "gil",
+            _ => "wall",
+        },
         clock: "CLOCK_MONOTONIC",
         recovered: None,
     }

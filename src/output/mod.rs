@@ -4,13 +4,16 @@ pub mod chrome;
 pub mod collapsed;
 pub mod flamegraph;
 pub mod journal;
+pub mod mode;
 pub mod perfetto;
+pub mod pprof;
 pub mod speedscope;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::activity::Activity;
 use crate::python::code::CodeInfo;
 use crate::sampler::StackFrame;
 use crate::timeline::CodeTable;
@@ -41,6 +44,8 @@ pub struct CaptureInfo {
     pub calls_told_apart: std::collections::BTreeMap<&'static str, u64>,
     pub longest_lag_us: f64,
     pub duration_s: f64,
+    /// which samples the sample-count formats counted: wall, cpu or gil (`--mode`)
+    pub mode: &'static str,
     pub clock: &'static str,
     /// set when `vizattach repair` rebuilt the file from a killed capture's journal
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +101,10 @@ pub trait Sink {
     fn code(&mut self, _code: &CodeInfo) -> io::Result<()> {
         Ok(())
     }
+    /// What a thread was doing at a sample (src/activity.rs), just before its `sample`.
+    fn activity(&mut self, _tid: i32, _time_ns: u64, _activity: Activity) -> io::Result<()> {
+        Ok(())
+    }
     /// One thread's stack in one sample, root first.
     fn sample(&mut self, _tid: i32, _stack: &[StackFrame], _codes: &CodeTable) -> io::Result<()> {
         Ok(())
@@ -132,10 +141,11 @@ pub enum Format {
     Speedscope,
     Collapsed,
     Flamegraph,
+    Pprof,
 }
 
 pub const FORMATS: &str = "viztracer (.json), perfetto (.pftrace, .perfetto-trace), speedscope (.speedscope.json), \
-collapsed (.collapsed, .txt), flamegraph (.svg); add .gz to gzip any of them";
+collapsed (.collapsed, .txt), flamegraph (.svg), pprof (.pb.gz, .pprof; always gzipped); add .gz to gzip any of them";
 
 impl Format {
     /// The name `from_name` takes.
@@ -146,6 +156,7 @@ impl Format {
             Format::Speedscope => "speedscope",
             Format::Collapsed => "collapsed",
             Format::Flamegraph => "flamegraph",
+            Format::Pprof => "pprof",
         }
     }
 
@@ -156,6 +167,7 @@ impl Format {
             "speedscope" => Some(Format::Speedscope),
             "collapsed" | "folded" => Some(Format::Collapsed),
             "flamegraph" | "svg" => Some(Format::Flamegraph),
+            "pprof" => Some(Format::Pprof),
             _ => None,
         }
     }
@@ -168,7 +180,7 @@ impl Format {
             None => (name, false),
         };
         // longest suffix first: .speedscope.json is also a .json
-        const SUFFIXES: [(&str, Format); 7] = [
+        const SUFFIXES: [(&str, Format); 9] = [
             (".speedscope.json", Format::Speedscope),
             (".json", Format::Viztracer),
             (".pftrace", Format::Perfetto),
@@ -176,6 +188,8 @@ impl Format {
             (".collapsed", Format::Collapsed),
             (".txt", Format::Collapsed),
             (".svg", Format::Flamegraph),
+            (".pb", Format::Pprof),
+            (".pprof", Format::Pprof),
         ];
         SUFFIXES.iter().find(|(suffix, _)| stem.ends_with(suffix)).map(|&(_, f)| (f, gz))
     }
@@ -244,6 +258,8 @@ pub(crate) fn writer(
     process_name: &str,
 ) -> io::Result<Box<dyn Sink + Send>> {
     let file = std::fs::File::create(path)?;
+    // profile.proto files are always gzipped, by the writer itself (.pb.gz is one gzip)
+    let gzip = gzip && format != Format::Pprof;
     if format == Format::Perfetto && !gzip {
         // unbuffered: the writer batches whole packets itself, so that after a failed
         // write it can cut the file back to the last complete packet
@@ -263,6 +279,7 @@ pub(crate) fn writer(
         Format::Speedscope => Box::new(speedscope::Speedscope::new(out, process_name).spill_next_to(path)),
         Format::Collapsed => Box::new(collapsed::Collapsed::new(out)),
         Format::Flamegraph => Box::new(flamegraph::FlameGraph::new(out, process_name)),
+        Format::Pprof => Box::new(pprof::Pprof::new(out, pid, process_name)),
     })
 }
 
@@ -275,6 +292,9 @@ impl Sink for Tee {
     }
     fn code(&mut self, code: &CodeInfo) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.code(code))
+    }
+    fn activity(&mut self, tid: i32, time_ns: u64, activity: Activity) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.activity(tid, time_ns, activity))
     }
     fn sample(&mut self, tid: i32, stack: &[StackFrame], codes: &CodeTable) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.sample(tid, stack, codes))
@@ -315,6 +335,7 @@ pub fn how_to_open(format: Format, path: &std::path::Path) -> String {
             format!("`inferno-flamegraph < {p} > out.svg`, `flamegraph.pl {p}`, or https://www.speedscope.app")
         }
         Format::Flamegraph => format!("any web browser ({p})"),
+        Format::Pprof => format!("`go tool pprof -http=: {p}`, or send it to Pyroscope, Parca or Grafana (README)"),
     }
 }
 

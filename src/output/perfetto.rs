@@ -22,6 +22,7 @@
 //! (disk full), the file is cut back to the last complete packet and stays a valid trace.
 
 use super::{CaptureInfo, Sink};
+use crate::activity::Activity;
 use crate::python::code::CodeInfo;
 use std::collections::HashMap;
 use std::fs::File;
@@ -77,6 +78,8 @@ pub mod proto {
         pub source_location_iid: Option<u64>,
         #[prost(message, repeated, tag = "4")]
         pub debug_annotations: Vec<DebugAnnotation>,
+        #[prost(int64, optional, tag = "30")]
+        pub counter_value: Option<i64>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -164,7 +167,13 @@ pub mod proto {
         pub process: Option<ProcessDescriptor>,
         #[prost(message, optional, tag = "4")]
         pub thread: Option<ThreadDescriptor>,
+        #[prost(message, optional, tag = "8")]
+        pub counter: Option<CounterDescriptor>,
     }
+
+    /// Marks a track as a counter track (no fields needed: values are plain integers).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CounterDescriptor {}
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ProcessDescriptor {
@@ -189,6 +198,7 @@ pub mod proto {
     pub const TYPE_SLICE_BEGIN: i32 = 1;
     pub const TYPE_SLICE_END: i32 = 2;
     pub const TYPE_INSTANT: i32 = 3;
+    pub const TYPE_COUNTER: i32 = 4;
     pub const SEQ_INCREMENTAL_STATE_CLEARED: u32 = 1;
     pub const SEQ_NEEDS_INCREMENTAL_STATE: u32 = 2;
     pub const CLOCK_MONOTONIC: u32 = 3;
@@ -231,7 +241,12 @@ pub struct Perfetto {
     ends: Vec<usize>,
     /// bytes already in the file, all whole packets
     committed: u64,
+    /// per thread: the activity last written to its counter tracks, and its last sample
+    activity: HashMap<i32, (Activity, u64)>,
 }
+
+/// A thread's activity tracks, beside its slices: (bit that tells their uuids apart, name).
+const ACTIVITY_TRACKS: [(u64, &str); 2] = [(1 << 56, "on CPU"), (1 << 57, "holds GIL")];
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -263,6 +278,7 @@ impl Perfetto {
             batch: Vec::with_capacity(BATCH + 4096),
             ends: Vec::new(),
             committed: 0,
+            activity: HashMap::new(),
         };
         p.packet(&TracePacket {
             trusted_packet_sequence_id: Some(PROCESS_SEQUENCE),
@@ -467,6 +483,49 @@ impl Sink for Perfetto {
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
         self.sequence(tid)?;
         self.packet(&self.thread_descriptor(tid, Some(name)))
+    }
+
+    /// Two counter tracks per thread, "on CPU" and "holds GIL" (1 or 0), changed halfway
+    /// between the samples that differ, like slice boundaries.
+    fn activity(&mut self, tid: i32, time_ns: u64, activity: Activity) -> io::Result<()> {
+        let (at, before) = match self.activity.get(&tid) {
+            Some(&(a, last)) => (last + time_ns.saturating_sub(last) / 2, Some(a)),
+            None => {
+                self.sequence(tid)?;
+                for (bit, name) in ACTIVITY_TRACKS {
+                    self.packet(&TracePacket {
+                        trusted_packet_sequence_id: Some(PROCESS_SEQUENCE),
+                        track_descriptor: Some(TrackDescriptor {
+                            uuid: Some(uuid(self.pid, tid) ^ bit),
+                            parent_uuid: Some(uuid(self.pid, tid)),
+                            name: Some(name.into()),
+                            counter: Some(CounterDescriptor {}),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })?;
+                }
+                (time_ns, None)
+            }
+        };
+        self.activity.insert(tid, (activity, time_ns));
+        let values = [activity.on_cpu(), activity.holds_gil()];
+        let old = before.map(|b| [b.on_cpu(), b.holds_gil()]);
+        for (i, (bit, _)) in ACTIVITY_TRACKS.iter().enumerate() {
+            if old.is_some_and(|o| o[i] == values[i]) {
+                continue;
+            }
+            if let Some(v) = values[i] {
+                let e = TrackEvent {
+                    r#type: Some(TYPE_COUNTER),
+                    track_uuid: Some(uuid(self.pid, tid) ^ bit),
+                    counter_value: Some(v as i64),
+                    ..Default::default()
+                };
+                self.event(tid, at, e, None)?;
+            }
+        }
+        Ok(())
     }
 
     fn open(&mut self, tid: i32, code: &CodeInfo, start_ns: u64) -> io::Result<()> {

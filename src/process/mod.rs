@@ -8,6 +8,7 @@ pub mod prefetch;
 #[cfg(test)]
 pub mod simmem;
 pub mod tasks;
+pub mod tree;
 
 use crate::error::{Error, Result};
 use std::path::PathBuf;

@@ -20,6 +20,9 @@ pub struct CodeInfo {
     pub filename: String,
     pub first_line: i32,
     linetable: Vec<u8>,
+    /// How `linetable` is encoded, so writers away from the layout can turn an offset
+    /// into a line (`line_at`).
+    line_format: super::layout::LineTable,
     /// Where the bytecode starts in memory (3.11+), so an instruction pointer becomes an offset.
     pub bytecode_start: u64,
     /// Byte offset before which a 3.11+ frame has not started running yet.
@@ -50,6 +53,7 @@ impl CodeInfo {
             filename: "/t.py".into(),
             first_line: 1,
             linetable: Vec::new(),
+            line_format: super::layout::LineTable::Locations,
             bytecode_start: 0,
             first_traceable: 0,
             identity: (0, 0),
@@ -66,6 +70,7 @@ impl CodeInfo {
             filename,
             first_line,
             linetable: Vec::new(),
+            line_format: super::layout::LineTable::Locations,
             bytecode_start: 0,
             first_traceable: 0,
             identity: (0, 0),
@@ -90,6 +95,12 @@ impl CodeInfo {
         let name = bytes.u64_at(c.qualname.unwrap_or(c.name) - lo);
         let file = bytes.u64_at(c.filename - lo);
         self.identity == (name, file)
+    }
+
+    /// The line of a byte offset in this code's bytecode (the first line if the table
+    /// does not say).
+    pub fn line_at(&self, offset: i64) -> i32 {
+        linetable::line_for(self.line_format, &self.linetable, self.first_line, offset).unwrap_or(self.first_line)
     }
 
     pub fn line(&self, layout: &Layout, offset: i64) -> i32 {
@@ -149,6 +160,7 @@ impl CodeCache {
             filename: read_unicode(mem, layout, file_ptr)?,
             first_line: head.i32_at(c.firstlineno),
             linetable: read_bytes(mem, layout, head.u64_at(c.linetable))?,
+            line_format: layout.model.line_table,
             bytecode_start: c.code_adaptive.map(|o| addr + o).unwrap_or(0),
             first_traceable: c.firsttraceable.map(|o| head.i32_at(o) as i64 * 2).unwrap_or(0),
             identity: (name_ptr, file_ptr),

@@ -199,6 +199,13 @@ pub fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Res
                 }
                 slices.push(Slice { name: name.to_string(), qual, file, ts, dur, tid, parent: None });
             }
+            // per-thread activity counters (src/activity.rs; tests/activity.rs checks them)
+            Some("C") if e["name"].as_str().is_some_and(|n| n.starts_with("activity ")) => {
+                let args = e["args"].as_object().map(|a| a.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+                if args.is_empty() || args.iter().any(|k| k != "on_cpu" && k != "holds_gil") {
+                    problems.push(format!("activity counter with other arguments: {e}"));
+                }
+            }
             _ => problems.push(format!("unexpected event {e}")),
         }
     }

@@ -1,0 +1,325 @@
+//! Per-thread activity in every sample: on CPU or not, holds the GIL or not.
+//!
+//! - On CPU: the thread's state at the tick is running or runnable ('R' in
+//!   /proc/PID/task/TID/stat: what py-spy calls active; a runnable thread on a loaded
+//!   machine wants the CPU as much as a running one). That line costs the kernel 5-30 us
+//!   to format (it is the whole task status), so it is read only when a cheaper file
+//!   cannot tell. The thread's CPU time (first field of .../schedstat, ~1 us) is read
+//!   every tick. If it grew by nearly the whole interval since the thread's previous
+//!   sample, the thread is running; if it did not grow and the thread was off CPU at its
+//!   previous sample, it still is; otherwise (it ran part of the interval, or stopped
+//!   running) the state letter decides, read at most once per millisecond per thread (in
+//!   between, the last one read). So a thread that computes or sleeps steadily costs one
+//!   ~1 us pread per tick; one that changes state, or is often preempted, costs a stat
+//!   read at those ticks, at most 1000 per second. Files are opened once per thread and
+//!   kept open; parsing is a byte scan, no allocation.
+//! - The GIL: its `locked` flag and its holder (a thread state address), read where the
+//!   layout's `[model] gil` says the GIL lives (the runtime up to 3.11, each interpreter
+//!   from 3.12), as spans of the tick's one batched read: no system call of its own.
+//!
+//! The timeline shows both (a counter track per thread in Perfetto, counter events in
+//! JSON); `--mode` picks the samples that the sample-count formats count.
+
+use crate::process::prefetch::Prefetch;
+use crate::python::discover::Target;
+use crate::python::layout::GilHome;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// What a thread was doing at a sample, each part possibly unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Activity(u8);
+
+impl Activity {
+    const CPU_KNOWN: u8 = 1;
+    const ON_CPU: u8 = 2;
+    const GIL_KNOWN: u8 = 4;
+    const HOLDS_GIL: u8 = 8;
+
+    pub fn new(on_cpu: Option<bool>, holds_gil: Option<bool>) -> Activity {
+        let mut a = 0;
+        if let Some(c) = on_cpu {
+            a |= Activity::CPU_KNOWN | if c { Activity::ON_CPU } else { 0 };
+        }
+        if let Some(g) = holds_gil {
+            a |= Activity::GIL_KNOWN | if g { Activity::HOLDS_GIL } else { 0 };
+        }
+        Activity(a)
+    }
+
+    pub fn on_cpu(self) -> Option<bool> {
+        (self.0 & Activity::CPU_KNOWN != 0).then_some(self.0 & Activity::ON_CPU != 0)
+    }
+
+    pub fn holds_gil(self) -> Option<bool> {
+        (self.0 & Activity::GIL_KNOWN != 0).then_some(self.0 & Activity::HOLDS_GIL != 0)
+    }
+}
+
+/// Which samples the sample-count formats (collapsed, flame graph, pprof) count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// every sample: where the time goes, waiting included (py-spy --idle)
+    #[default]
+    Wall,
+    /// samples where the thread was on CPU (py-spy's default, which drops idle threads)
+    Cpu,
+    /// samples where the thread held the GIL (py-spy --gil)
+    Gil,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Wall => "wall",
+            Mode::Cpu => "cpu",
+            Mode::Gil => "gil",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Mode> {
+        match s {
+            "wall" => Some(Mode::Wall),
+            "cpu" => Some(Mode::Cpu),
+            "gil" => Some(Mode::Gil),
+            _ => None,
+        }
+    }
+
+    /// An unknown state is not counted as CPU or GIL: the filter keeps what it can prove.
+    pub fn keeps(self, a: Activity) -> bool {
+        match self {
+            Mode::Wall => true,
+            Mode::Cpu => a.on_cpu() == Some(true),
+            Mode::Gil => a.holds_gil() == Some(true),
+        }
+    }
+}
+
+/// Files of threads not sampled for this many ticks are closed.
+const PRUNE_EVERY: u64 = 4096;
+
+/// The CPU-time share of an interval above which a thread is taken as running without
+/// reading its state (it ran nearly all of it: still running at its end).
+const SURELY_RUNNING: f64 = 0.9;
+/// The state letter is read at most this often per thread.
+const STAT_EVERY_NS: u64 = 1_000_000;
+
+struct StatFile {
+    schedstat: File,
+    /// opened the first time the state letter is needed
+    stat: Option<File>,
+    last_tick: u64,
+    /// CPU time and sample time at the previous read (0: none yet), and what it was then
+    cpu_ns: u64,
+    at_ns: u64,
+    was_on: Option<bool>,
+    /// when the state letter was last read
+    stat_at_ns: u64,
+}
+
+/// Reads activity for the sampler: kept-open schedstat files, and the GIL from the tick's
+/// copy.
+pub struct ActivityReader {
+    pid: i32,
+    stats: HashMap<i32, StatFile>,
+    tick: u64,
+    /// thread states holding a GIL as of this tick's read; None when it could not be read
+    holders: Option<Vec<u64>>,
+}
+
+impl ActivityReader {
+    pub fn new(pid: i32) -> ActivityReader {
+        ActivityReader { pid, stats: HashMap::new(), tick: 0, holders: Some(Vec::new()) }
+    }
+
+    /// Where the GIL's `locked` flag and holder lie, for the GIL home of this layout:
+    /// (address, length, offset of locked, offset of holder) per GIL.
+    /// False when the layout does not say where the GIL is.
+    fn gil_spans(t: &Target, interps: &mut dyn Iterator<Item = u64>, mut f: impl FnMut(u64, usize, u64, u64)) -> bool {
+        let l = &t.layout;
+        let (locked, holder) = match l.model.gil {
+            GilHome::Runtime => (l.runtime.gil_locked, l.runtime.gil_holder),
+            GilHome::Interp => (l.interp.gil_locked, l.interp.gil_holder),
+        };
+        let (Some(locked), Some(holder)) = (locked, holder) else {
+            return false;
+        };
+        let lo = locked.min(holder);
+        let len = (locked.max(holder) - lo + 8) as usize;
+        match l.model.gil {
+            GilHome::Runtime => f(t.runtime + lo, len, locked - lo, holder - lo),
+            GilHome::Interp => interps.for_each(|i| f(i + lo, len, locked - lo, holder - lo)),
+        }
+        true
+    }
+
+    /// Asks the tick's batched read for the GIL of each interpreter.
+    pub fn want_gil(pf: &mut Prefetch, t: &Target, interps: &mut dyn Iterator<Item = u64>) {
+        ActivityReader::gil_spans(t, interps, |addr, len, _, _| {
+            pf.want(addr, len);
+        });
+    }
+
+    /// Takes the GIL holders from the tick's copy (before any re-read replaces it).
+    pub fn note_gil(&mut self, pf: &Prefetch, t: &Target, interps: &mut dyn Iterator<Item = u64>) {
+        let mut holders = self.holders.take().unwrap_or_default();
+        holders.clear();
+        let mut read_ok = true;
+        let has_gil = ActivityReader::gil_spans(t, interps, |addr, len, locked, holder| match pf.get(addr, len) {
+            Some(b) => {
+                let at = |o: u64, n: usize| b.get(o as usize..o as usize + n);
+                let is_locked = at(locked, 4).is_some_and(|v| v != [0, 0, 0, 0]);
+                let who = at(holder, 8).map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8]))).unwrap_or(0);
+                if is_locked && who != 0 {
+                    holders.push(who);
+                }
+            }
+            None => read_ok = false,
+        });
+        self.holders = (has_gil && read_ok).then_some(holders);
+    }
+
+    /// The activity of a thread sampled this tick: `key` its thread state, `tid` its OS
+    /// thread id (in our pid namespace), `time_ns` when its stack was read.
+    pub fn of(&mut self, key: u64, tid: i32, time_ns: u64) -> Activity {
+        let gil = self.holders.as_ref().map(|h| h.contains(&key));
+        Activity::new(self.on_cpu(tid, time_ns), gil)
+    }
+
+    /// Call once per tick, after the samples: closes files of threads long gone.
+    pub fn end_tick(&mut self) {
+        self.tick += 1;
+        if self.tick.is_multiple_of(PRUNE_EVERY) {
+            let tick = self.tick;
+            self.stats.retain(|_, s| tick - s.last_tick < PRUNE_EVERY);
+        }
+    }
+
+    fn on_cpu(&mut self, tid: i32, time_ns: u64) -> Option<bool> {
+        if tid <= 0 {
+            return None;
+        }
+        if !self.stats.contains_key(&tid) {
+            // once per thread: the open and its path are off the per-tick path
+            let schedstat = File::open(format!("/proc/{}/task/{tid}/schedstat", self.pid)).ok()?;
+            let s = StatFile { schedstat, stat: None, last_tick: 0, cpu_ns: 0, at_ns: 0, was_on: None, stat_at_ns: 0 };
+            self.stats.insert(tid, s);
+        }
+        let pid = self.pid;
+        let s = self.stats.get_mut(&tid)?;
+        s.last_tick = self.tick;
+        let mut buf = [0u8; 512];
+        let cpu_ns = s.schedstat.read_at(&mut buf, 0).ok().and_then(|n| first_number(&buf[..n]));
+        let Some(cpu_ns) = cpu_ns else {
+            // the thread is gone (ESRCH) or the file unreadable: forget it
+            self.stats.remove(&tid);
+            return None;
+        };
+        let ran = cpu_ns.saturating_sub(s.cpu_ns);
+        let elapsed = time_ns.saturating_sub(s.at_ns);
+        let known = s.at_ns != 0 && elapsed > 0;
+        s.cpu_ns = cpu_ns;
+        s.at_ns = time_ns;
+        let on = if known && ran as f64 >= elapsed as f64 * SURELY_RUNNING {
+            Some(true)
+        } else if known && ran == 0 && s.was_on == Some(false) {
+            Some(false)
+        } else if s.was_on.is_some() && time_ns.saturating_sub(s.stat_at_ns) < STAT_EVERY_NS {
+            s.was_on
+        } else {
+            s.stat_at_ns = time_ns;
+            if s.stat.is_none() {
+                s.stat = File::open(format!("/proc/{pid}/task/{tid}/stat")).ok();
+            }
+            let n = s.stat.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok()).unwrap_or(0);
+            state_is_running(&buf[..n])
+        };
+        s.was_on = on;
+        on
+    }
+}
+
+/// The state letter of a stat line, "pid (comm) S ...": after the last ')', since a
+/// thread's name may itself hold parentheses.
+fn state_is_running(line: &[u8]) -> Option<bool> {
+    let close = line.iter().rposition(|&b| b == b')')?;
+    line.get(close + 2).map(|&s| s == b'R')
+}
+
+/// The leading decimal number of a /proc line.
+fn first_number(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 {
+        return None;
+    }
+    line[..digits].iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add((d - b'0') as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_letter_after_the_last_parenthesis() {
+        assert_eq!(state_is_running(b"12 (python3) R 1 12 12 0"), Some(true));
+        assert_eq!(state_is_running(b"12 (a) b) S 1 12"), Some(false));
+        assert_eq!(state_is_running(b"12 (x"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_the_first_field() {
+        assert_eq!(first_number(b"90951588 1426210953 236\n"), Some(90951588));
+        assert_eq!(first_number(b""), None);
+        assert_eq!(first_number(b"99999999999999999999999 1"), None);
+    }
+
+    #[test]
+    fn modes_keep_what_they_can_prove() {
+        let busy = Activity::new(Some(true), Some(true));
+        let waiting = Activity::new(Some(false), Some(false));
+        let unknown = Activity::new(None, None);
+        assert!(Mode::Wall.keeps(waiting) && Mode::Wall.keeps(unknown));
+        assert!(Mode::Cpu.keeps(busy) && !Mode::Cpu.keeps(waiting) && !Mode::Cpu.keeps(unknown));
+        assert!(Mode::Gil.keeps(busy) && !Mode::Gil.keeps(waiting) && !Mode::Gil.keeps(unknown));
+        assert_eq!(busy.on_cpu(), Some(true));
+        assert_eq!(unknown.holds_gil(), None);
+    }
+
+    #[test]
+    fn a_spinning_thread_is_on_cpu_a_sleeping_one_is_not() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use std::time::Duration;
+        let (stop, asleep) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop2, asleep2) = (stop.clone(), asleep.clone());
+        let worker = std::thread::spawn(move || {
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            while !stop2.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+            asleep2.store(true, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let tid = rx.recv().unwrap();
+        let mut r = ActivityReader::new(std::process::id() as i32);
+        let now = crate::clock::now_ns;
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.on_cpu(tid, now()), Some(true), "spinning (first sight: its state)");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.on_cpu(tid, now()), Some(true), "spinning");
+        stop.store(true, Ordering::Relaxed);
+        while !asleep.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // (a moment to get from the flag into the sleep, even on a loaded machine)
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.on_cpu(tid, now()), Some(false), "gone to sleep");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(r.on_cpu(tid, now()), Some(false), "still asleep");
+        assert_eq!(r.on_cpu(-1, now()), None);
+        worker.join().unwrap();
+    }
+}
