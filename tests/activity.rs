@@ -208,12 +208,12 @@ fn mode_gil_does_not_count_a_thread_waiting_for_the_gil() {
     for_each_interpreter(&targets, 2, gil);
 }
 
-/// (clap's usual error: the line naming the remedy, then a pointer to --help)
+/// One line naming the modes (argument errors are one line like every other error).
 #[test]
 fn unknown_mode_fails_naming_the_modes() {
     let out = run_vizattach(&["--pid", "1", "--mode", "idle"]).unwrap();
     assert!(!out.status.success());
-    let line = out.stderr.lines().next().unwrap_or("");
+    let line = expect_error_line(&out).unwrap();
     for m in ["wall", "cpu", "gil"] {
         assert!(line.contains(m), "error does not list {m}: {line}");
     }
