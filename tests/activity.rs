@@ -39,14 +39,12 @@ fn activity_targets() -> Option<Vec<Interpreter>> {
     Some(chosen)
 }
 
-/// Records `target` by pid for `secs` in `mode`, to `outputs` (the first is `-o`).
+/// Records `target` by pid for `secs` in `mode`, to `outputs` (one `-o` each).
 fn record(target: &Target, mode: &str, secs: &str, outputs: &[&str]) -> Result<(), String> {
     let mut cmd = Command::new(VIZATTACH);
-    cmd.args(["--pid", &target.pid.to_string(), "-q", "-d", secs, "--mode", mode, "-o"]);
-    cmd.arg(target.host_path(outputs[0]));
-    let also: Vec<_> = outputs[1..].iter().map(|o| target.host_path(o)).collect();
-    if !also.is_empty() {
-        cmd.env("VIZATTACH_ALSO_WRITE", std::env::join_paths(also).map_err(|e| e.to_string())?);
+    cmd.args(["--pid", &target.pid.to_string(), "-q", "-d", secs, "--mode", mode]);
+    for o in outputs {
+        cmd.arg("-o").arg(target.host_path(o));
     }
     let out = run_with_timeout(cmd, Duration::from_secs(120))?;
     if !out.status.success() {

@@ -198,9 +198,8 @@ fn one_capture(interp: &Interpreter, go: &Path) -> Result<(), String> {
     let truth_path = work.target_path("truth.json").display().to_string();
     let (pb, collapsed) = (work.host_path("cap.pb.gz"), work.host_path("cap.collapsed"));
     let mut cmd = Command::new(VIZATTACH);
-    cmd.args(["record", "-q", "--rate", "500", "-o"]).arg(&pb);
+    cmd.args(["record", "-q", "--rate", "500", "-o"]).arg(&pb).arg("-o").arg(&collapsed);
     cmd.arg("--").args(work.command_line("pprof_work.py", &[truth_path, "1.5".into()]));
-    cmd.env("VIZATTACH_ALSO_WRITE", &collapsed);
     let out = run_with_timeout(cmd, Duration::from_secs(120))?;
     if !out.status.success() {
         return Err(format!("vizattach record failed: {}", out.describe()));
