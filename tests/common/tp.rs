@@ -24,7 +24,8 @@ pub fn web_dist() -> Option<&'static Path> {
     }
 }
 
-fn sh(cmd: &mut Command) -> Result<(), String> {
+/// Runs `cmd`; its stderr is the error when it fails.
+pub fn sh(cmd: &mut Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
