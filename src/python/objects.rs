@@ -101,73 +101,83 @@ pub fn read_u64_int(mem: &dyn ReadMem, l: &Layout, obj: u64) -> ReadResult<Optio
     Ok(u64::try_from(v).ok())
 }
 
-/// An instance attribute stored in the instance's dict or inline values.
-pub fn instance_attr(mem: &dyn ReadMem, l: &Layout, obj: u64, name: &str) -> ReadResult<Option<u64>> {
+/// Where an instance keeps its attributes, as the version lays them out.
+enum AttrStorage {
+    None,
+    Dict(u64),
+    /// values laid out by the type's cached keys (`ht_cached_keys`)
+    Values {
+        keys_owner: u64,
+        values: u64,
+    },
+}
+
+fn attr_storage(mem: &dyn ReadMem, l: &Layout, obj: u64) -> ReadResult<AttrStorage> {
     let tp = mem.read_u64(obj + l.object.ob_type)?;
     let flags = mem.read_u64(tp + l.type_.tp_flags)?;
     let managed = flags & l.model.tp_flags_managed_dict != 0;
-    let from_cached_keys = |values: u64| -> ReadResult<Option<u64>> {
-        let keys = mem.read_u64(tp + l.type_.ht_cached_keys)?;
-        for (i, (k, _)) in keys_entries(mem, l, keys)?.into_iter().enumerate() {
-            if k != 0 && unicode_equals(mem, l, k, name)? {
-                let v = split_value(mem, l, values, i)?;
-                return Ok((v != 0).then_some(v));
-            }
-        }
-        Ok(None)
+    let dict_at = |addr: u64| -> ReadResult<AttrStorage> {
+        Ok(match mem.read_u64(addr)? {
+            0 => AttrStorage::None,
+            d => AttrStorage::Dict(d),
+        })
     };
-    let dict_at = |addr: u64| -> ReadResult<Option<u64>> {
-        let d = mem.read_u64(addr)?;
-        if d == 0 {
-            Ok(None)
-        } else {
-            dict_get(mem, l, d, name)
-        }
-    };
+    let values = |values: u64| AttrStorage::Values { keys_owner: tp, values };
     match l.model.instance_attrs {
-        InstanceAttrs::InstanceDict => {
-            let off = mem.read_u64(tp + l.type_.tp_dictoffset)? as i64;
-            if off <= 0 {
-                Ok(None)
-            } else {
-                dict_at(obj + off as u64)
-            }
-        }
-        InstanceAttrs::ValuesPointer if managed => {
-            let values = mem.read_u64(obj.wrapping_sub(32))?;
-            if values != 0 {
-                from_cached_keys(values)
-            } else {
-                dict_at(obj.wrapping_sub(24))
-            }
-        }
+        InstanceAttrs::ValuesPointer if managed => match mem.read_u64(obj.wrapping_sub(32))? {
+            0 => dict_at(obj.wrapping_sub(24)),
+            v => Ok(values(v)),
+        },
         InstanceAttrs::DictOrValues if managed => {
             let w = mem.read_u64(obj.wrapping_sub(24))?;
-            if w & 1 == 1 {
-                from_cached_keys(w.wrapping_add(1))
+            Ok(if w & 1 == 1 {
+                values(w.wrapping_add(1))
             } else if w != 0 {
-                dict_get(mem, l, w, name)
+                AttrStorage::Dict(w)
             } else {
-                Ok(None)
-            }
+                AttrStorage::None
+            })
         }
         InstanceAttrs::InlineValues if flags & l.model.tp_flags_inline_values != 0 => {
-            let values = obj + mem.read_u64(tp + l.type_.tp_basicsize)?;
-            let valid = mem.read_vec(values + l.dictvalues.valid.unwrap_or(0), 1)?[0];
+            let v = obj + mem.read_u64(tp + l.type_.tp_basicsize)?;
+            let valid = mem.read_vec(v + l.dictvalues.valid.unwrap_or(0), 1)?[0];
             if valid != 0 {
-                from_cached_keys(values)
+                Ok(values(v))
             } else {
                 dict_at(obj.wrapping_sub(24))
             }
         }
+        InstanceAttrs::InstanceDict => by_dictoffset(mem, l, tp, obj),
         _ if managed => dict_at(obj.wrapping_sub(24)),
-        _ => {
-            let off = mem.read_u64(tp + l.type_.tp_dictoffset)? as i64;
-            if off <= 0 {
-                Ok(None)
-            } else {
-                dict_at(obj + off as u64)
+        _ => by_dictoffset(mem, l, tp, obj),
+    }
+}
+
+fn by_dictoffset(mem: &dyn ReadMem, l: &Layout, tp: u64, obj: u64) -> ReadResult<AttrStorage> {
+    let off = mem.read_u64(tp + l.type_.tp_dictoffset)? as i64;
+    if off <= 0 {
+        return Ok(AttrStorage::None);
+    }
+    Ok(match mem.read_u64(obj + off as u64)? {
+        0 => AttrStorage::None,
+        d => AttrStorage::Dict(d),
+    })
+}
+
+/// An instance attribute stored in the instance's dict or inline values.
+pub fn instance_attr(mem: &dyn ReadMem, l: &Layout, obj: u64, name: &str) -> ReadResult<Option<u64>> {
+    match attr_storage(mem, l, obj)? {
+        AttrStorage::None => Ok(None),
+        AttrStorage::Dict(d) => dict_get(mem, l, d, name),
+        AttrStorage::Values { keys_owner, values } => {
+            let keys = mem.read_u64(keys_owner + l.type_.ht_cached_keys)?;
+            for (i, (k, _)) in keys_entries(mem, l, keys)?.into_iter().enumerate() {
+                if k != 0 && unicode_equals(mem, l, k, name)? {
+                    let v = split_value(mem, l, values, i)?;
+                    return Ok((v != 0).then_some(v));
+                }
             }
+            Ok(None)
         }
     }
 }
@@ -176,60 +186,19 @@ pub fn instance_attr(mem: &dyn ReadMem, l: &Layout, obj: u64, name: &str) -> Rea
 /// them (a dict, or values laid out by the type's cached keys). Empty for objects
 /// without attributes of their own.
 pub fn instance_attr_items(mem: &dyn ReadMem, l: &Layout, obj: u64) -> ReadResult<Vec<(u64, u64)>> {
-    let tp = mem.read_u64(obj + l.object.ob_type)?;
-    let flags = mem.read_u64(tp + l.type_.tp_flags)?;
-    let managed = flags & l.model.tp_flags_managed_dict != 0;
-    let from_cached_keys = |values: u64| -> ReadResult<Vec<(u64, u64)>> {
-        let keys = mem.read_u64(tp + l.type_.ht_cached_keys)?;
-        let mut out = Vec::new();
-        for (i, (k, _)) in keys_entries(mem, l, keys)?.into_iter().enumerate() {
-            let v = if k == 0 { 0 } else { split_value(mem, l, values, i)? };
-            if v != 0 {
-                out.push((k, v));
+    match attr_storage(mem, l, obj)? {
+        AttrStorage::None => Ok(Vec::new()),
+        AttrStorage::Dict(d) => dict_items(mem, l, d),
+        AttrStorage::Values { keys_owner, values } => {
+            let keys = mem.read_u64(keys_owner + l.type_.ht_cached_keys)?;
+            let mut out = Vec::new();
+            for (i, (k, _)) in keys_entries(mem, l, keys)?.into_iter().enumerate() {
+                let v = if k == 0 { 0 } else { split_value(mem, l, values, i)? };
+                if v != 0 {
+                    out.push((k, v));
+                }
             }
+            Ok(out)
         }
-        Ok(out)
-    };
-    let dict_at = |addr: u64| -> ReadResult<Vec<(u64, u64)>> {
-        match mem.read_u64(addr)? {
-            0 => Ok(Vec::new()),
-            d => dict_items(mem, l, d),
-        }
-    };
-    let by_dictoffset = || -> ReadResult<Vec<(u64, u64)>> {
-        let off = mem.read_u64(tp + l.type_.tp_dictoffset)? as i64;
-        if off <= 0 {
-            Ok(Vec::new())
-        } else {
-            dict_at(obj + off as u64)
-        }
-    };
-    match l.model.instance_attrs {
-        InstanceAttrs::InstanceDict => by_dictoffset(),
-        InstanceAttrs::ValuesPointer if managed => match mem.read_u64(obj.wrapping_sub(32))? {
-            0 => dict_at(obj.wrapping_sub(24)),
-            values => from_cached_keys(values),
-        },
-        InstanceAttrs::DictOrValues if managed => {
-            let w = mem.read_u64(obj.wrapping_sub(24))?;
-            if w & 1 == 1 {
-                from_cached_keys(w.wrapping_add(1))
-            } else if w != 0 {
-                dict_items(mem, l, w)
-            } else {
-                Ok(Vec::new())
-            }
-        }
-        InstanceAttrs::InlineValues if flags & l.model.tp_flags_inline_values != 0 => {
-            let values = obj + mem.read_u64(tp + l.type_.tp_basicsize)?;
-            let valid = mem.read_vec(values + l.dictvalues.valid.unwrap_or(0), 1)?[0];
-            if valid != 0 {
-                from_cached_keys(values)
-            } else {
-                dict_at(obj.wrapping_sub(24))
-            }
-        }
-        _ if managed => dict_at(obj.wrapping_sub(24)),
-        _ => by_dictoffset(),
     }
 }
