@@ -195,18 +195,6 @@ impl Format {
     }
 }
 
-/// Opens the output file now, so an unwritable path fails before any capture starts.
-pub fn create(
-    path: &Path,
-    format: Format,
-    gzip: bool,
-    pid: i32,
-    root: PathBuf,
-    process_name: &str,
-) -> io::Result<Box<dyn Sink + Send>> {
-    create_one(path, format, gzip, pid, root, process_name)
-}
-
 /// The same capture written to `main` and to every file of `also`, each in the format of
 /// its extension (`-o` given several times; `vizattach demo` writes JSON and SVG).
 pub fn also_write(
@@ -224,14 +212,15 @@ pub fn also_write(
         let (f, gz) = Format::from_path(p)
             .ok_or_else(|| io::Error::other(format!("unknown format of {}; formats: {FORMATS}", p.display())))?;
         sinks.push(
-            create_one(p, f, gz, pid, root.clone(), process_name)
+            create(p, f, gz, pid, root.clone(), process_name)
                 .map_err(|e| io::Error::other(format!("{}: {e}", p.display())))?,
         );
     }
     Ok(Box::new(Tee(sinks)))
 }
 
-fn create_one(
+/// Opens the output file now, so an unwritable path fails before any capture starts.
+pub fn create(
     path: &Path,
     format: Format,
     gzip: bool,
