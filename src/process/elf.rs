@@ -75,29 +75,40 @@ impl ElfInfo {
     pub fn find_version_string(&self, minor: Option<u32>) -> Option<String> {
         let (_, _, size, off) = self.sections.iter().find(|s| s.0 == ".rodata")?;
         let rodata = self.data.get(*off as usize..(*off + *size) as usize)?;
-        let prefix = match minor {
-            Some(m) => format!("3.{m}."),
-            None => "3.".to_string(),
-        };
-        let p = prefix.as_bytes();
+        version_in_rodata(rodata, minor)
+    }
+}
+
+/// A string of its own first; failing that, the tail of a longer one: linkers merge
+/// identical string tails, and pyenv's libpython3.10 keeps PY_VERSION "3.10.13" only as
+/// the end of its build directory's ".../Python-3.10.13".
+fn version_in_rodata(rodata: &[u8], minor: Option<u32>) -> Option<String> {
+    let prefix = match minor {
+        Some(m) => format!("3.{m}."),
+        None => "3.".to_string(),
+    };
+    let p = prefix.as_bytes();
+    let own_string = |b: u8| b == 0;
+    let string_tail = |b: u8| !(b.is_ascii_alphanumeric() || b == b'.');
+    for starts_right in [&own_string as &dyn Fn(u8) -> bool, &string_tail] {
         let mut i = 0;
         while let Some(pos) = find(&rodata[i..], p) {
             let start = i + pos;
             i = start + 1;
-            if start > 0 && rodata[start - 1] != 0 {
+            if start > 0 && !starts_right(rodata[start - 1]) {
                 continue;
             }
-            let end = match rodata[start..].iter().position(|&c| c == 0) {
-                Some(e) => start + e,
-                None => break,
+            let Some(len) = rodata[start..].iter().position(|&c| c == 0) else {
+                break;
             };
-            let s = std::str::from_utf8(&rodata[start..end]).ok()?;
-            if is_version(s) {
-                return Some(s.to_string());
+            if let Ok(s) = std::str::from_utf8(&rodata[start..start + len]) {
+                if is_version(s) {
+                    return Some(s.to_string());
+                }
             }
         }
-        None
     }
+    None
 }
 
 /// First occurrence of `needle`: a scan for its first byte, then a comparison (a memcmp at
@@ -143,5 +154,15 @@ mod tests {
         for bad in ["3.9", "3.x.1", "3.9.", "3.9.2 (default", "4.0.0"] {
             assert!(!super::is_version(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn version_in_rodata() {
+        let own = b"\0python3.10\0/usr/lib/python3.10\x003.10.13\0";
+        assert_eq!(super::version_in_rodata(own, Some(10)).as_deref(), Some("3.10.13"));
+        let merged = b"\0/root/.pyenv/versions/3.10.13\0python3.10\0/tmp/b/Python-3.10.13\0";
+        assert_eq!(super::version_in_rodata(merged, Some(10)).as_deref(), Some("3.10.13"));
+        assert_eq!(super::version_in_rodata(merged, None).as_deref(), Some("3.10.13"));
+        assert_eq!(super::version_in_rodata(b"\0libpython3.10.so\0x13.10.1\0", None), None);
     }
 }
