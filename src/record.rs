@@ -36,7 +36,8 @@ impl std::fmt::Display for Rate {
 }
 
 pub enum What {
-    Pid(i32),
+    /// one process, or several into one trace (src/fleet.rs)
+    Pids(Vec<i32>),
     Launch(Vec<String>),
 }
 
@@ -51,10 +52,15 @@ pub struct Options {
     pub also: Vec<PathBuf>,
     /// which samples the sample-count formats count (src/activity.rs)
     pub mode: crate::activity::Mode,
+    /// also every Python descendant, those born during the capture included (src/fleet.rs)
+    pub subprocesses: bool,
 }
 
 /// Records; returns the exit status to leave with (the program's, in launch mode).
 pub fn record(opts: Options) -> Result<i32> {
+    if opts.subprocesses || matches!(&opts.what, What::Pids(p) if p.len() > 1) {
+        return crate::fleet::record(opts);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(sig, stop.clone())
@@ -72,7 +78,7 @@ pub fn record(opts: Options) -> Result<i32> {
     }
     let mut child = None;
     let pid = match &opts.what {
-        What::Pid(p) => *p,
+        What::Pids(p) => *p.first().ok_or_else(|| Error::Usage("nothing to record: give --pid PID".into()))?,
         What::Launch(argv) => {
             let c = std::process::Command::new(&argv[0])
                 .args(&argv[1..])
