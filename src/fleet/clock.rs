@@ -105,11 +105,15 @@ impl Clock {
             // Re-reads of every member stop half an interval after the tick began, as
             // for one process; each still gets its minimum of attempts.
             let retry_until = (interval_ns > 0).then(|| now_ns() + interval_ns / 2);
+            let mut sampled = false;
             let mut i = 0;
             while i < self.members.len() {
                 let m = &mut self.members[i];
                 let leave = match m.sampler.tick_until(&m.tx, stats, retry_until) {
-                    Ok(true) => None,
+                    Ok(true) => {
+                        sampled = true;
+                        None
+                    }
                     Ok(false) => return StopReason::ConsumerGone,
                     // (the kernel also refuses reads for a moment while a process execs)
                     Err(ReadError::Gone | ReadError::Fault | ReadError::Missing) => {
@@ -126,7 +130,11 @@ impl Clock {
                     i += 1;
                 }
             }
-            stats.ticks.fetch_add(1, Ordering::Relaxed);
+            // (the achieved rate counts ticks that sampled something: not those spent
+            // waiting for the last exit to be confirmed)
+            if sampled {
+                stats.ticks.fetch_add(1, Ordering::Relaxed);
+            }
             let now = now_ns();
             if now >= next_check {
                 next_check = now + POLL.as_nanos() as u64;
