@@ -859,6 +859,72 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A capture of two processes killed before it finished: the repaired file keeps
+    /// each slice and each sample count under its own process, and closes what was open
+    /// in the process that had it open.
+    #[test]
+    fn a_journal_of_two_processes_replays_each_under_its_pid() {
+        let dir = std::env::temp_dir().join(format!("vizattach-journal-two-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (
+            CodeInfo::named(0, "main".into(), "/a.py".into(), 1),
+            CodeInfo::named(1, "work".into(), "/b.py".into(), 5),
+        );
+        let frame =
+            |code_id| crate::sampler::StackFrame { code_id, code: 0, frame: 0, offset: 0, locals: Default::default() };
+        let codes = crate::timeline::CodeTable::default();
+        for (name, format) in [("two.json", Format::Viztracer), ("two.collapsed", Format::Collapsed)] {
+            let out = dir.join(name);
+            let mut j = Journaled::create(&out, format, false, 42, "/".into(), "python3 a.py").unwrap();
+            j.process(42, "python3 a.py").unwrap();
+            j.code(&a).unwrap();
+            j.thread(42, "MainThread").unwrap();
+            j.open(42, &a, 1_000_000).unwrap();
+            j.sample(42, &[frame(0)], &codes).unwrap();
+            j.process(43, "python3 b.py").unwrap();
+            j.code(&b).unwrap();
+            j.open(43, &b, 1_500_000).unwrap();
+            j.close(43, &b, 1_500_000, 1_800_000).unwrap();
+            j.sample(43, &[frame(1)], &codes).unwrap();
+            j.sample(43, &[frame(1)], &codes).unwrap();
+            j.process(42, "python3 a.py").unwrap();
+            j.checkpoint(&empty_info(), 2_000_000).unwrap();
+            drop(j); // killed: no finish
+            replay(&Paths::of(&out), |_| "/".into()).unwrap();
+            let text = std::fs::read_to_string(&out).unwrap();
+            if format == Format::Viztracer {
+                let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let events = doc["traceEvents"].as_array().unwrap();
+                let of = |name: &str| -> Vec<(i64, i64)> {
+                    events
+                        .iter()
+                        .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with(name)))
+                        .map(|e| (e["pid"].as_i64().unwrap(), e["tid"].as_i64().unwrap()))
+                        .collect()
+                };
+                assert_eq!(of("process_name"), vec![(42, 42), (43, 43)]);
+                assert_eq!(of("main ("), vec![(42, 42)], "closed at the end, in its own process");
+                assert_eq!(of("work ("), vec![(43, 43)]);
+                let names: Vec<(i64, &str)> = events
+                    .iter()
+                    .filter(|e| e["name"] == "thread_name")
+                    .map(|e| (e["pid"].as_i64().unwrap(), e["args"]["name"].as_str().unwrap()))
+                    .collect();
+                assert_eq!(names, vec![(42, "MainThread"), (43, "thread 43")]);
+            } else {
+                let lines: Vec<&str> = text.lines().collect();
+                assert_eq!(
+                    lines,
+                    vec![
+                        "python3 a.py (pid 42);MainThread (tid 42);main (/a.py:1) 1",
+                        "python3 b.py (pid 43);thread 43 (tid 43);work (/b.py:5) 2"
+                    ]
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn paths_from_any_of_the_three_names() {
         let p = Paths::from_any(Path::new("/t/a.json.gz.vizattach-journal"));
