@@ -94,7 +94,7 @@ impl Lanes {
             }
             if closed {
                 let (serial, mut lane) = self.live.remove(i);
-                enter(&mut self.current, serial, &mut lane, sink)?;
+                enter(&mut self.current, serial, &lane, sink)?;
                 finish(&mut lane, sink)?;
                 self.finished.add(&lane.timeline);
                 got = true;
