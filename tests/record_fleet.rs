@@ -193,7 +193,12 @@ fn two_pids(ia: &Interpreter, ib: &Interpreter) -> Result<(), String> {
             }
         }
     }
-    eprintln!("  {} + {}: {} slices in 2 processes, JSON and Perfetto agree", ia.name, ib.name, json_slices.len());
+    eprintln!(
+        "  {} + {}: {} distinct (pid, tid, slice) in 2 processes, JSON and Perfetto agree",
+        ia.name,
+        ib.name,
+        json_slices.len()
+    );
     Ok(())
 }
 
