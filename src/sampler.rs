@@ -431,7 +431,7 @@ impl<M: ReadMem> Sampler<M> {
         }
     }
 
-    /// One tick, for a clock that drives several samplers (src/fleet.rs): re-reads stop
+    /// One tick, for a clock that drives several samplers (src/fleet/clock.rs): re-reads stop
     /// at `retry_until` (None: every attempt). False when the consumer has gone away.
     pub fn tick_until(&mut self, tx: &Sender<Message>, stats: &Stats, retry_until: Option<u64>) -> ReadResult<bool> {
         self.retry_until = retry_until;
