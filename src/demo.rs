@@ -121,7 +121,8 @@ pub fn run(opts: Options) -> Result<i32> {
         running.dir.join("vizattach_demo.py").display()
     );
     let status = record::record(record::Options {
-        what: record::What::Pid(pid),
+        what: record::What::Pids(vec![pid]),
+        subprocesses: false,
         duration: Some(opts.duration),
         rate: opts.rate,
         output: Some(PathBuf::from(JSON)),

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod demo;
 pub mod dump;
 pub mod error;
+pub mod fleet;
 pub mod native;
 pub mod output;
 pub mod process;

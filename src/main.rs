@@ -15,6 +15,8 @@ Examples:
   vizattach --pid 1234 --duration 10s     record a timeline of every thread for 10 s
   vizattach --pid 1234 -o trace.json.gz   record until Ctrl-C, gzipped
   vizattach record -- python3 app.py      start app.py, record it until it exits
+  vizattach --pid 1234 --pid 5678         two processes into one trace, a track each
+  vizattach --pid 1234 --subprocesses     a server and every Python worker it starts
   vizattach dump --pid 1234           every thread's Python stack, innermost frame first
   vizattach dump --pid 1234 --json    the same as JSON, for scripts
   vizattach versions                  which CPython versions can be read, and how
@@ -32,9 +34,18 @@ struct Cli {
 
 #[derive(Args)]
 struct RecordArgs {
-    /// Process id of the running Python process to record
+    /// Process id of the running Python process to record; give it several times to
+    /// record several processes into one trace (one process track each, named by its
+    /// command line)
     #[arg(long, short)]
-    pid: Option<i32>,
+    pid: Vec<i32>,
+    /// Also record every Python descendant of the process, those started during the
+    /// capture included (fork, multiprocessing, gunicorn/uWSGI-style workers and their
+    /// replacements); the process tree is looked at every 150 ms. Children that are not
+    /// Python (a shell, `sleep`) are skipped and counted in the summary and metadata. A
+    /// process that exits ends its slices at its last sample; the capture goes on
+    #[arg(long)]
+    subprocesses: bool,
     /// How long to record: 500ms, 10s, 2m, 1h [default: until Ctrl-C or the target exits]
     #[arg(long, short, value_parser = record::parse_duration)]
     duration: Option<std::time::Duration>,
@@ -182,13 +193,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command.unwrap_or(Command::Record(cli.record)) {
         Command::Record(a) => {
-            let what = match (a.pid, a.command.is_empty()) {
-                (Some(p), true) => record::What::Pid(p),
-                (None, false) => record::What::Launch(a.command),
-                (Some(_), false) => {
-                    return Err(Error::Usage("give either --pid or a command after --, not both".into()))
-                }
-                (None, true) => {
+            let what = match (a.pid.is_empty(), a.command.is_empty()) {
+                (false, true) => record::What::Pids(a.pid),
+                (true, false) => record::What::Launch(a.command),
+                (false, false) => return Err(Error::Usage("give either --pid or a command after --, not both".into())),
+                (true, true) => {
                     return Err(Error::Usage(
                         "nothing to record: give --pid PID, or a command after -- (see vizattach --help)".into(),
                     ))
@@ -203,6 +212,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 quiet: a.quiet,
                 also: a.output.get(1..).unwrap_or_default().to_vec(),
                 mode: a.mode,
+                subprocesses: a.subprocesses,
             })
         }
         Command::Dump { pid, json, locals, native, native_hold_ms, verbose, scan, subprocesses } => {

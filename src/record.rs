@@ -36,7 +36,8 @@ impl std::fmt::Display for Rate {
 }
 
 pub enum What {
-    Pid(i32),
+    /// one process, or several into one trace (src/fleet.rs)
+    Pids(Vec<i32>),
     Launch(Vec<String>),
 }
 
@@ -51,10 +52,15 @@ pub struct Options {
     pub also: Vec<PathBuf>,
     /// which samples the sample-count formats count (src/activity.rs)
     pub mode: crate::activity::Mode,
+    /// also every Python descendant, those born during the capture included (src/fleet.rs)
+    pub subprocesses: bool,
 }
 
 /// Records; returns the exit status to leave with (the program's, in launch mode).
 pub fn record(opts: Options) -> Result<i32> {
+    if opts.subprocesses || matches!(&opts.what, What::Pids(p) if p.len() > 1) {
+        return crate::fleet::record(opts);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(sig, stop.clone())
@@ -72,7 +78,7 @@ pub fn record(opts: Options) -> Result<i32> {
     }
     let mut child = None;
     let pid = match &opts.what {
-        What::Pid(p) => *p,
+        What::Pids(p) => *p.first().ok_or_else(|| Error::Usage("nothing to record: give --pid PID".into()))?,
         What::Launch(argv) => {
             let c = std::process::Command::new(&argv[0])
                 .args(&argv[1..])
@@ -229,27 +235,38 @@ pub fn record(opts: Options) -> Result<i32> {
 
 /// What is known of a capture before it starts.
 #[derive(Clone)]
-struct Facts {
-    python_version: String,
-    pid: i32,
-    command_line: String,
-    rate: Rate,
-    mode: &'static str,
+pub(crate) struct Facts {
+    pub python_version: String,
+    pub pid: i32,
+    pub command_line: String,
+    pub rate: Rate,
+    pub mode: &'static str,
 }
 
 /// The capture's metadata as of now: at the end, and at every checkpoint.
 fn capture_info(facts: &Facts, stats: &Stats, timeline: &Timeline) -> CaptureInfo {
+    capture_info_of(facts, stats, timeline.samples, timeline.samples, timeline.told_apart)
+}
+
+/// The same from counts: `ticks` sets the achieved rate (a capture of several processes
+/// counts a sample per process per tick, src/fleet.rs).
+pub(crate) fn capture_info_of(
+    facts: &Facts,
+    stats: &Stats,
+    samples: u64,
+    ticks: u64,
+    told_apart: crate::timeline::ToldApart,
+) -> CaptureInfo {
     let stopped_ns = stats.last_sample_ns.load(Ordering::Relaxed);
     let started_ns = stats.started_ns.load(Ordering::Relaxed);
     let duration_s = stopped_ns.saturating_sub(started_ns) as f64 / 1e9;
-    let samples = timeline.samples;
     CaptureInfo {
         vizattach_version: env!("CARGO_PKG_VERSION").into(),
         python_version: facts.python_version.clone(),
         pid: facts.pid,
         command_line: facts.command_line.clone(),
         rate_requested: facts.rate.to_string(),
-        rate_achieved: if duration_s > 0.0 { samples as f64 / duration_s } else { 0.0 },
+        rate_achieved: if duration_s > 0.0 { ticks as f64 / duration_s } else { 0.0 },
         samples,
         missed_ticks: stats.missed_ticks.load(Ordering::Relaxed),
         dropped_samples: stats.dropped.load(Ordering::Relaxed),
@@ -259,20 +276,20 @@ fn capture_info(facts: &Facts, stats: &Stats, timeline: &Timeline) -> CaptureInf
             .collect(),
         retried_samples: stats.retried.load(Ordering::Relaxed),
         failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
-        calls_told_apart: [("locals", timeline.told_apart.by_locals), ("offset", timeline.told_apart.by_offset)]
-            .into_iter()
-            .collect(),
+        calls_told_apart: [("locals", told_apart.by_locals), ("offset", told_apart.by_offset)].into_iter().collect(),
         longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,
         duration_s,
         mode: facts.mode,
         clock: "CLOCK_MONOTONIC",
         recovered: None,
+        processes: Vec::new(),
+        skipped_children: None,
     }
 }
 
 /// In launch mode the interpreter is not there at once: retry until it is, without a
 /// fixed sleep, so a program that lives 50 ms is still seen.
-fn attach_launched(pid: i32, child: &mut std::process::Child) -> Result<Reader> {
+pub(crate) fn attach_launched(pid: i32, child: &mut std::process::Child) -> Result<Reader> {
     let started = std::time::Instant::now();
     loop {
         match Reader::attach(pid) {
@@ -314,12 +331,12 @@ fn attach_launched(pid: i32, child: &mut std::process::Child) -> Result<Reader> 
     }
 }
 
-fn exit_code(s: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(s: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
 }
 
-fn resolve_format(path: Option<&Path>, forced: Option<Format>) -> Result<(Format, bool)> {
+pub(crate) fn resolve_format(path: Option<&Path>, forced: Option<Format>) -> Result<(Format, bool)> {
     let from_path = path.map(|p| {
         Format::from_path(p).ok_or_else(|| {
             Error::Usage(format!(
@@ -337,7 +354,7 @@ fn resolve_format(path: Option<&Path>, forced: Option<Format>) -> Result<(Format
     }
 }
 
-fn check_writable(path: &Path) -> Result<()> {
+pub(crate) fn check_writable(path: &Path) -> Result<()> {
     let existed = path.exists();
     std::fs::OpenOptions::new()
         .create(true)
@@ -350,7 +367,7 @@ fn check_writable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn default_name(pid: i32, gzip: bool) -> PathBuf {
+pub(crate) fn default_name(pid: i32, gzip: bool) -> PathBuf {
     let mut t: libc::time_t = 0;
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: time and localtime_r write only into the values we pass.
@@ -370,7 +387,7 @@ fn default_name(pid: i32, gzip: bool) -> PathBuf {
     ))
 }
 
-fn spawn_progress(stats: Arc<Stats>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+pub(crate) fn spawn_progress(stats: Arc<Stats>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let start = now_ns();
         while !stop.load(Ordering::Relaxed) {
@@ -402,7 +419,7 @@ pub fn humantime(d: Duration) -> String {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),

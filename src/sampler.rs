@@ -448,6 +448,13 @@ impl<M: ReadMem> Sampler<M> {
         }
     }
 
+    /// One tick, for a clock that drives several samplers (src/fleet/clock.rs): re-reads stop
+    /// at `retry_until` (None: every attempt). False when the consumer has gone away.
+    pub fn tick_until(&mut self, tx: &Sender<Message>, stats: &Stats, retry_until: Option<u64>) -> ReadResult<bool> {
+        self.retry_until = retry_until;
+        self.tick(tx, stats)
+    }
+
     /// One tick; false when the consumer has gone away.
     fn tick(&mut self, tx: &Sender<Message>, stats: &Stats) -> ReadResult<bool> {
         let mut batch = self.recycled.as_ref().and_then(|r| r.try_recv().ok()).unwrap_or_default();

@@ -15,7 +15,10 @@ const MAX_SOURCE_TOTAL: usize = 128 << 20;
 
 pub struct ChromeJson {
     out: Box<dyn Write + Send>,
+    /// the process events are written for now (Sink::process), and each one's name as
+    /// last written
     pid: i32,
+    processes: std::collections::HashMap<i32, String>,
     /// the target's root (/proc/PID/root): its files are read through it
     root: PathBuf,
     /// JSON-escaped slice name per code id, built once
@@ -36,14 +39,12 @@ pub struct ChromeJson {
 
 impl ChromeJson {
     pub fn new(mut out: Box<dyn Write + Send>, pid: i32, root: PathBuf, process_name: &str) -> io::Result<ChromeJson> {
-        let head = format!(
-            "{{\"traceEvents\":[\n{{\"ph\":\"M\",\"pid\":{pid},\"tid\":{pid},\"name\":\"process_name\",\"args\":{{\"name\":{}}}}}",
-            serde_json::to_string(process_name).unwrap_or_default()
-        );
+        let head = format!("{{\"traceEvents\":[\n{}", process_event(pid, process_name));
         out.write_all(head.as_bytes())?;
         Ok(ChromeJson {
             out,
             pid,
+            processes: [(pid, process_name.to_string())].into_iter().collect(),
             root,
             names: Vec::new(),
             files: BTreeMap::new(),
@@ -108,6 +109,13 @@ impl ChromeJson {
     }
 }
 
+fn process_event(pid: i32, name: &str) -> String {
+    format!(
+        "{{\"ph\":\"M\",\"pid\":{pid},\"tid\":{pid},\"name\":\"process_name\",\"args\":{{\"name\":{}}}}}",
+        serde_json::to_string(name).unwrap_or_default()
+    )
+}
+
 /// VizTracer's convention: "qualname (file:first_line)".
 pub fn slice_name(code: &CodeInfo) -> String {
     format!("{} ({}:{})", code.name, code.filename, code.first_line)
@@ -118,6 +126,17 @@ fn us(ns: u64) -> String {
 }
 
 impl Sink for ChromeJson {
+    fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        // (pending closes carry their own pid: only their order is pending)
+        self.flush_pending()?;
+        self.pid = pid;
+        if self.processes.get(&pid).map(String::as_str) != Some(name) {
+            self.processes.insert(pid, name.to_string());
+            self.event(&process_event(pid, name))?;
+        }
+        Ok(())
+    }
+
     fn code(&mut self, code: &CodeInfo) -> io::Result<()> {
         self.note_file(&code.filename);
         Ok(())

@@ -16,10 +16,12 @@ pub struct Counts {
     stacks: HashMap<(i32, Vec<u32>), u64>,
     frames: HashMap<u32, String>,
     threads: HashMap<i32, String>,
+    pub(crate) owners: super::Owners,
 }
 
 impl Counts {
     pub fn thread(&mut self, tid: i32, name: &str) {
+        self.owners.note(tid);
         self.threads.insert(tid, name.to_string());
     }
 
@@ -33,6 +35,7 @@ impl Counts {
 
     /// `n` samples of one stack of code ids, root first.
     pub fn add(&mut self, tid: i32, ids: Vec<u32>, n: u64, code: &dyn Fn(u32) -> Option<Arc<CodeInfo>>) {
+        self.owners.note(tid);
         for &id in &ids {
             if let (false, Some(code)) = (self.frames.contains_key(&id), code(id)) {
                 // ';' separates frames and a line ends a record: neither may appear in one
@@ -49,6 +52,9 @@ impl Counts {
         for ((tid, ids), n) in &self.stacks {
             let name = self.threads.get(tid).map(String::as_str).unwrap_or("thread");
             let mut line = super::thread_label(name, *tid).replace([';', '\n', '\r'], ":");
+            if let Some(p) = self.owners.process_label(*tid) {
+                line = format!("{};{line}", p.replace([';', '\n', '\r'], ":"));
+            }
             for id in ids {
                 line.push(';');
                 line.push_str(self.frames.get(id).map(String::as_str).unwrap_or("?"));
@@ -71,6 +77,11 @@ impl Collapsed {
 }
 
 impl Sink for Collapsed {
+    fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        self.counts.owners.process(pid, name);
+        Ok(())
+    }
+
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
         self.counts.thread(tid, name);
         Ok(())

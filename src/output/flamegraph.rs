@@ -22,6 +22,11 @@ impl FlameGraph {
 }
 
 impl Sink for FlameGraph {
+    fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        self.counts.owners.process(pid, name);
+        Ok(())
+    }
+
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
         self.counts.thread(tid, name);
         Ok(())

@@ -43,6 +43,8 @@ const OPEN: u8 = b'O';
 const CLOSE: u8 = b'X';
 const COUNT: u8 = b'S';
 const PROGRESS: u8 = b'P';
+/// What follows is this process's (a capture of several: Sink::process).
+const PROCESS: u8 = b'W';
 /// The last record of a journal whose partial file is complete (only the rename is left):
 /// distinctive bytes, so no other record's tail can pass for it.
 const END: &[u8] = b"E vizattach journal: the partial file is complete\n";
@@ -174,8 +176,12 @@ pub struct Journaled {
     record: Vec<u8>,
     clock: Clock,
     slices: bool,
-    /// samples per [tid, code ids...] since the last checkpoint (formats that count)
+    /// samples per [pid, tid, code ids...] since the last checkpoint (formats that count)
     counts: Option<HashMap<Vec<u32>, u64>>,
+    /// a capture of several processes: the current one, and each one's name (counts are
+    /// journaled per process at checkpoints)
+    pid: i32,
+    names: HashMap<i32, String>,
     key: Vec<u32>,
     paths: Paths,
 }
@@ -213,6 +219,8 @@ impl Journaled {
             slices,
             counts: counts.then(HashMap::new),
             key: Vec::new(),
+            pid,
+            names: HashMap::new(),
             paths,
         })
     }
@@ -231,6 +239,15 @@ impl Journaled {
         Ok(())
     }
 
+    fn push_process(&mut self, pid: i32) -> io::Result<()> {
+        let name = self.names.get(&pid).cloned().unwrap_or_default();
+        self.record.clear();
+        self.record.push(PROCESS);
+        put_signed(&mut self.record, pid as i64);
+        put_str(&mut self.record, &name);
+        self.push()
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         let r = self.journal.write_all(&self.buf);
         self.buf.clear();
@@ -239,6 +256,13 @@ impl Journaled {
 }
 
 impl Sink for Journaled {
+    fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        self.inner()?.process(pid, name)?;
+        self.pid = pid;
+        self.names.insert(pid, name.to_string());
+        self.push_process(pid)
+    }
+
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
         self.inner()?.thread(tid, name)?;
         self.record.clear();
@@ -271,6 +295,7 @@ impl Sink for Journaled {
                 return Ok(());
             }
             self.key.clear();
+            self.key.push(self.pid as u32);
             self.key.push(tid as u32);
             self.key.extend(stack.iter().map(|f| f.code_id));
             match counts.get_mut(self.key.as_slice()) {
@@ -318,7 +343,20 @@ impl Sink for Journaled {
     fn checkpoint(&mut self, info: &CaptureInfo, last_ns: u64) -> io::Result<()> {
         self.inner()?.checkpoint(info, last_ns)?;
         if let Some(counts) = self.counts.take() {
-            for (key, n) in &counts {
+            // grouped by process, each group after the record that names it, and the
+            // current process named again after them
+            let mut keys: Vec<(&Vec<u32>, &u64)> = counts.iter().collect();
+            keys.sort_unstable_by_key(|(k, _)| k.first().copied());
+            let several = !self.names.is_empty();
+            let mut current = None;
+            for (key, n) in keys {
+                let Some((&pid, key)) = key.split_first() else {
+                    continue;
+                };
+                if several && current != Some(pid) {
+                    self.push_process(pid as i32)?;
+                    current = Some(pid);
+                }
                 self.record.clear();
                 self.record.push(COUNT);
                 put_varint(&mut self.record, *n);
@@ -327,6 +365,9 @@ impl Sink for Journaled {
                     put_varint(&mut self.record, id as u64);
                 }
                 self.push()?;
+            }
+            if current.is_some_and(|p| p as i32 != self.pid) {
+                self.push_process(self.pid)?;
             }
             let mut counts = counts;
             counts.clear();
@@ -376,6 +417,7 @@ enum Record {
     Close { tid: i32, code: u32, start: u64, end: u64 },
     Count { tid: i32, ids: Vec<u32>, n: u64 },
     Progress { last_ns: u64, info: serde_json::Value },
+    Process(i32, String),
 }
 
 /// Reads records one at a time (a journal may be larger than memory should hold).
@@ -458,6 +500,7 @@ impl Records {
                 Record::Count { tid, ids, n }
             }
             _ if raw == END => return Ok(None),
+            PROCESS => Record::Process(f.int()?, f.str()?),
             PROGRESS => {
                 let last_ns = clock.get(&mut f)?;
                 let info = serde_json::from_str(&f.str()?).map_err(|_| damaged())?;
@@ -536,8 +579,11 @@ pub fn replay(paths: &Paths, root: impl FnOnce(&Header) -> PathBuf) -> io::Resul
     let mut sink =
         super::writer(&paths.partial, header.format, header.gzip, header.pid, root(&header), &header.process_name)?;
     let mut codes: HashMap<u32, Arc<CodeInfo>> = HashMap::new();
-    let mut open: BTreeMap<i32, Vec<(u32, u64)>> = BTreeMap::new();
-    let mut named: BTreeMap<i32, bool> = BTreeMap::new();
+    // by (pid, tid): a capture of several processes switches between them (Record::Process)
+    let mut pid = header.pid;
+    let mut names: BTreeMap<i32, String> = BTreeMap::new();
+    let mut open: BTreeMap<(i32, i32), Vec<(u32, u64)>> = BTreeMap::new();
+    let mut named: BTreeMap<(i32, i32), bool> = BTreeMap::new();
     let (mut slices, mut samples_counted) = (0u64, 0u64);
     let (mut first, mut last) = (u64::MAX, 0u64);
     let mut progress: Option<serde_json::Value> = None;
@@ -567,16 +613,21 @@ pub fn replay(paths: &Paths, root: impl FnOnce(&Header) -> PathBuf) -> io::Resul
                 sink.code(&c)?;
                 codes.insert(c.id, c);
             }
+            Record::Process(p, name) => {
+                sink.process(p, &name)?;
+                names.insert(p, name);
+                pid = p;
+            }
             Record::Thread(tid, name) => {
                 sink.thread(tid, &name)?;
-                named.insert(tid, true);
+                named.insert((pid, tid), true);
             }
             Record::Open { tid, code, at } => {
                 seen(at);
-                named.entry(tid).or_insert(false);
+                named.entry((pid, tid)).or_insert(false);
                 if let Some(c) = codes.get(&code) {
                     sink.open(tid, c, at)?;
-                    open.entry(tid).or_default().push((code, at));
+                    open.entry((pid, tid)).or_default().push((code, at));
                 }
             }
             Record::Close { tid, code, start, end } => {
@@ -585,14 +636,14 @@ pub fn replay(paths: &Paths, root: impl FnOnce(&Header) -> PathBuf) -> io::Resul
                 if let Some(c) = codes.get(&code) {
                     sink.close(tid, c, start, end)?;
                     slices += 1;
-                    let stack = open.entry(tid).or_default();
+                    let stack = open.entry((pid, tid)).or_default();
                     if stack.last().map(|o| o.0) == Some(code) {
                         stack.pop();
                     }
                 }
             }
             Record::Count { tid, ids, n } => {
-                named.entry(tid).or_insert(false);
+                named.entry((pid, tid)).or_insert(false);
                 sink.counted(tid, &ids, n, &|id| codes.get(&id).cloned())?;
                 samples_counted += n;
             }
@@ -605,17 +656,26 @@ pub fn replay(paths: &Paths, root: impl FnOnce(&Header) -> PathBuf) -> io::Resul
     // What was open when the journal ends is closed there, innermost first, as a clean
     // finish closes everything at the last sample.
     let mut closed_at_end = 0;
-    for (tid, stack) in &mut open {
+    let mut enter = |sink: &mut Box<dyn Sink + Send>, p: i32| match names.get(&p) {
+        Some(name) if p != pid => {
+            pid = p;
+            sink.process(p, name)
+        }
+        _ => Ok(()),
+    };
+    for (&(p, tid), stack) in &mut open {
+        enter(&mut sink, p)?;
         while let Some((code, start)) = stack.pop() {
             if let Some(c) = codes.get(&code) {
-                sink.close(*tid, c, start, last.max(start))?;
+                sink.close(tid, c, start, last.max(start))?;
                 closed_at_end += 1;
             }
         }
     }
-    for (tid, has_name) in &named {
+    for (&(p, tid), has_name) in &named {
         if !has_name {
-            sink.thread(*tid, &format!("thread {tid}"))?;
+            enter(&mut sink, p)?;
+            sink.thread(tid, &format!("thread {tid}"))?;
         }
     }
     let mut info = progress.as_ref().map(info_from_json).unwrap_or_else(|| CaptureInfo {
@@ -674,6 +734,8 @@ fn empty_info() -> CaptureInfo {
         mode: "wall",
         clock: "CLOCK_MONOTONIC",
         recovered: None,
+        processes: Vec::new(),
+        skipped_children: None,
     }
 }
 
@@ -711,6 +773,8 @@ fn info_from_json(v: &serde_json::Value) -> CaptureInfo {
         },
         clock: "CLOCK_MONOTONIC",
         recovered: None,
+        processes: serde_json::from_value(v["processes"].clone()).unwrap_or_default(),
+        skipped_children: serde_json::from_value(v["skipped_children"].clone()).ok(),
     }
 }
 
@@ -792,6 +856,72 @@ mod tests {
         ended.extend_from_slice(END);
         std::fs::write(&paths.journal, &ended).unwrap();
         assert!(ends_complete(&paths.journal).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A capture of two processes killed before it finished: the repaired file keeps
+    /// each slice and each sample count under its own process, and closes what was open
+    /// in the process that had it open.
+    #[test]
+    fn a_journal_of_two_processes_replays_each_under_its_pid() {
+        let dir = std::env::temp_dir().join(format!("vizattach-journal-two-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (
+            CodeInfo::named(0, "main".into(), "/a.py".into(), 1),
+            CodeInfo::named(1, "work".into(), "/b.py".into(), 5),
+        );
+        let frame =
+            |code_id| crate::sampler::StackFrame { code_id, code: 0, frame: 0, offset: 0, locals: Default::default() };
+        let codes = crate::timeline::CodeTable::default();
+        for (name, format) in [("two.json", Format::Viztracer), ("two.collapsed", Format::Collapsed)] {
+            let out = dir.join(name);
+            let mut j = Journaled::create(&out, format, false, 42, "/".into(), "python3 a.py").unwrap();
+            j.process(42, "python3 a.py").unwrap();
+            j.code(&a).unwrap();
+            j.thread(42, "MainThread").unwrap();
+            j.open(42, &a, 1_000_000).unwrap();
+            j.sample(42, &[frame(0)], &codes).unwrap();
+            j.process(43, "python3 b.py").unwrap();
+            j.code(&b).unwrap();
+            j.open(43, &b, 1_500_000).unwrap();
+            j.close(43, &b, 1_500_000, 1_800_000).unwrap();
+            j.sample(43, &[frame(1)], &codes).unwrap();
+            j.sample(43, &[frame(1)], &codes).unwrap();
+            j.process(42, "python3 a.py").unwrap();
+            j.checkpoint(&empty_info(), 2_000_000).unwrap();
+            drop(j); // killed: no finish
+            replay(&Paths::of(&out), |_| "/".into()).unwrap();
+            let text = std::fs::read_to_string(&out).unwrap();
+            if format == Format::Viztracer {
+                let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let events = doc["traceEvents"].as_array().unwrap();
+                let of = |name: &str| -> Vec<(i64, i64)> {
+                    events
+                        .iter()
+                        .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with(name)))
+                        .map(|e| (e["pid"].as_i64().unwrap(), e["tid"].as_i64().unwrap()))
+                        .collect()
+                };
+                assert_eq!(of("process_name"), vec![(42, 42), (43, 43)]);
+                assert_eq!(of("main ("), vec![(42, 42)], "closed at the end, in its own process");
+                assert_eq!(of("work ("), vec![(43, 43)]);
+                let names: Vec<(i64, &str)> = events
+                    .iter()
+                    .filter(|e| e["name"] == "thread_name")
+                    .map(|e| (e["pid"].as_i64().unwrap(), e["args"]["name"].as_str().unwrap()))
+                    .collect();
+                assert_eq!(names, vec![(42, "MainThread"), (43, "thread 43")]);
+            } else {
+                let lines: Vec<&str> = text.lines().collect();
+                assert_eq!(
+                    lines,
+                    vec![
+                        "python3 a.py (pid 42);MainThread (tid 42);main (/a.py:1) 1",
+                        "python3 b.py (pid 43);thread 43 (tid 43);work (/b.py:5) 2"
+                    ]
+                );
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

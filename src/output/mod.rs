@@ -50,6 +50,30 @@ pub struct CaptureInfo {
     /// set when `vizattach repair` rebuilt the file from a killed capture's journal
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<String>,
+    /// a capture of several processes (src/fleet.rs): every one recorded, in the order
+    /// they joined (`pid` and `command_line` above are the first one's)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessInfo>,
+    /// `--subprocesses`: descendants that were not Python, or could not be read, and were
+    /// not recorded
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_children: Option<Skipped>,
+}
+
+/// One process of a capture of several.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub command_line: String,
+    pub python_version: String,
+}
+
+/// Children `--subprocesses` did not record, by why.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    pub not_python: u64,
+    /// Python, but not readable (permissions, an interpreter we do not know)
+    pub unreadable: u64,
 }
 
 /// What every writer is fed, in time order per thread: thread names, slice opens and
@@ -95,6 +119,13 @@ impl CaptureInfo {
 }
 
 pub trait Sink {
+    /// Several processes in one capture (`record --pid A --pid B`, `--subprocesses`;
+    /// src/fleet.rs): what follows, until the next call, is process `pid`'s, named `name`
+    /// (its command line). The first call for a pid declares it. A capture of one process
+    /// never calls this: its process is the one the writer was made for.
+    fn process(&mut self, _pid: i32, _name: &str) -> io::Result<()> {
+        Ok(())
+    }
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()>;
     /// A code object met for the first time, before any slice uses it: the moment to
     /// read anything about it from the target, which may be gone by the end.
@@ -276,6 +307,9 @@ pub(crate) fn writer(
 struct Tee(Vec<Box<dyn Sink + Send>>);
 
 impl Sink for Tee {
+    fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.process(pid, name))
+    }
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.thread(tid, name))
     }
@@ -347,5 +381,39 @@ impl io::Write for Counting<'_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Which process each thread is, for the writers that name threads in labels (a capture
+/// of several processes: Sink::process). Empty, and free, for a capture of one.
+#[derive(Default)]
+pub(crate) struct Owners {
+    current: i32,
+    names: std::collections::HashMap<i32, String>,
+    of: std::collections::HashMap<i32, i32>,
+}
+
+impl Owners {
+    pub fn process(&mut self, pid: i32, name: &str) {
+        self.current = pid;
+        self.names.insert(pid, name.to_string());
+    }
+
+    /// `tid` is the current process's (its first event decides).
+    pub fn note(&mut self, tid: i32) {
+        if !self.names.is_empty() {
+            self.of.entry(tid).or_insert(self.current);
+        }
+    }
+
+    pub fn pid_of(&self, tid: i32) -> Option<i32> {
+        self.of.get(&tid).copied()
+    }
+
+    /// "NAME (pid PID)" of the thread's process, when the capture has several.
+    pub fn process_label(&self, tid: i32) -> Option<String> {
+        let pid = self.pid_of(tid)?;
+        let name = self.names.get(&pid).map(String::as_str).unwrap_or("process");
+        Some(format!("{name} (pid {pid})"))
     }
 }

@@ -24,6 +24,9 @@ struct ModeFilter {
 }
 
 impl Sink for ModeFilter {
+    fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        self.inner.process(pid, name)
+    }
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
         self.inner.thread(tid, name)
     }
@@ -45,6 +48,9 @@ impl Sink for ModeFilter {
     }
     fn close(&mut self, tid: i32, code: &CodeInfo, start_ns: u64, end_ns: u64) -> io::Result<()> {
         self.inner.close(tid, code, start_ns, end_ns)
+    }
+    fn checkpoint(&mut self, info: &CaptureInfo, last_ns: u64) -> io::Result<()> {
+        self.inner.checkpoint(info, last_ns)
     }
     fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
         self.inner.finish(info)

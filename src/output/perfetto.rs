@@ -228,9 +228,13 @@ pub struct Perfetto {
     /// the same file as `out`, when it is a plain file: cut back to whole packets on error
     file: Option<File>,
     failed: bool,
+    /// the process events are written for now (Sink::process), and each one's name as
+    /// last described
     pid: i32,
     process_uuid: u64,
-    threads: HashMap<i32, ThreadSeq>,
+    processes: HashMap<i32, String>,
+    /// by track uuid (which mixes pid and tid)
+    threads: HashMap<u64, ThreadSeq>,
     next_sequence: u32,
     /// CLOCK_MONOTONIC and CLOCK_BOOTTIME read together when the writer was made
     mono_base: u64,
@@ -242,7 +246,7 @@ pub struct Perfetto {
     /// bytes already in the file, all whole packets
     committed: u64,
     /// per thread: the activity last written to its counter tracks, and its last sample
-    activity: HashMap<i32, (Activity, u64)>,
+    activity: HashMap<u64, (Activity, u64)>,
 }
 
 /// A thread's activity tracks, beside its slices: (bit that tells their uuids apart, name).
@@ -270,6 +274,7 @@ impl Perfetto {
             failed: false,
             pid,
             process_uuid: uuid(pid, 0),
+            processes: HashMap::new(),
             threads: HashMap::new(),
             next_sequence: PROCESS_SEQUENCE + 1,
             mono_base,
@@ -280,20 +285,25 @@ impl Perfetto {
             committed: 0,
             activity: HashMap::new(),
         };
-        p.packet(&TracePacket {
+        p.describe_process(pid, process_name)?;
+        Ok(p)
+    }
+
+    fn describe_process(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        self.processes.insert(pid, name.to_string());
+        self.packet(&TracePacket {
             trusted_packet_sequence_id: Some(PROCESS_SEQUENCE),
             track_descriptor: Some(TrackDescriptor {
-                uuid: Some(p.process_uuid),
+                uuid: Some(uuid(pid, 0)),
                 process: Some(ProcessDescriptor {
                     pid: Some(pid),
-                    cmdline: vec![process_name.to_string()],
-                    process_name: Some(process_name.to_string()),
+                    cmdline: vec![name.to_string()],
+                    process_name: Some(name.to_string()),
                 }),
                 ..Default::default()
             }),
             ..Default::default()
-        })?;
-        Ok(p)
+        })
     }
 
     fn thread_descriptor(&self, tid: i32, name: Option<&str>) -> TracePacket {
@@ -315,7 +325,7 @@ impl Perfetto {
 
     /// The thread's sequence, started (track, defaults, clock) on first use.
     fn sequence(&mut self, tid: i32) -> io::Result<()> {
-        if self.threads.contains_key(&tid) {
+        if self.threads.contains_key(&uuid(self.pid, tid)) {
             return Ok(());
         }
         let base = self.mono_base / UNIT_NS;
@@ -347,14 +357,14 @@ impl Perfetto {
             }),
             ..Default::default()
         })?;
-        self.threads.insert(tid, seq);
+        self.threads.insert(seq.uuid, seq);
         Ok(())
     }
 
     fn event(&mut self, tid: i32, ts: u64, event: TrackEvent, code: Option<&CodeInfo>) -> io::Result<()> {
         self.sequence(tid)?;
         self.first_ns.get_or_insert(ts);
-        let seq = self.threads.get_mut(&tid).expect("sequence started above");
+        let seq = self.threads.get_mut(&uuid(self.pid, tid)).expect("sequence started above");
         let mut event = event;
         let mut interned_data = None;
         if let Some(code) = code {
@@ -450,7 +460,7 @@ impl Perfetto {
         TrackEvent {
             r#type: Some(TYPE_INSTANT),
             name: Some("vizattach capture".into()),
-            track_uuid: Some(self.process_uuid),
+            track_uuid: Some(uuid(info.pid, 0)),
             categories: vec!["vizattach".into()],
             debug_annotations: vec![
                 s("vizattach_version", &info.vizattach_version),
@@ -480,6 +490,15 @@ impl Perfetto {
 }
 
 impl Sink for Perfetto {
+    fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        self.pid = pid;
+        self.process_uuid = uuid(pid, 0);
+        if self.processes.get(&pid).map(String::as_str) != Some(name) {
+            self.describe_process(pid, name)?;
+        }
+        Ok(())
+    }
+
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
         self.sequence(tid)?;
         self.packet(&self.thread_descriptor(tid, Some(name)))
@@ -488,7 +507,8 @@ impl Sink for Perfetto {
     /// Two counter tracks per thread, "on CPU" and "holds GIL" (1 or 0), changed halfway
     /// between the samples that differ, like slice boundaries.
     fn activity(&mut self, tid: i32, time_ns: u64, activity: Activity) -> io::Result<()> {
-        let (at, before) = match self.activity.get(&tid) {
+        let key = uuid(self.pid, tid);
+        let (at, before) = match self.activity.get(&key) {
             Some(&(a, last)) => (last + time_ns.saturating_sub(last) / 2, Some(a)),
             None => {
                 self.sequence(tid)?;
@@ -508,7 +528,7 @@ impl Sink for Perfetto {
                 (time_ns, None)
             }
         };
-        self.activity.insert(tid, (activity, time_ns));
+        self.activity.insert(key, (activity, time_ns));
         let values = [activity.on_cpu(), activity.holds_gil()];
         let old = before.map(|b| [b.on_cpu(), b.holds_gil()]);
         for (i, (bit, _)) in ACTIVITY_TRACKS.iter().enumerate() {

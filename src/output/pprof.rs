@@ -170,6 +170,7 @@ pub struct Pprof {
     /// wall-clock time when the capture started (profile.proto's time_nanos is UTC)
     started: std::time::SystemTime,
     threads: HashMap<i32, String>,
+    owners: super::Owners,
     /// one function per distinct (name, file, first line); ids from 1
     function_of_code: HashMap<u32, u64>,
     function_ids: HashMap<(String, String, i32), u64>,
@@ -194,6 +195,7 @@ impl Pprof {
             process_name: process_name.to_string(),
             started: std::time::SystemTime::now(),
             threads: HashMap::new(),
+            owners: super::Owners::default(),
             function_of_code: HashMap::new(),
             function_ids: HashMap::new(),
             functions: Vec::new(),
@@ -277,7 +279,11 @@ impl Pprof {
                 label: vec![
                     Label { key: k_name, str: s.id(&name), ..Default::default() },
                     Label { key: k_tid, num: *tid as i64, ..Default::default() },
-                    Label { key: k_pid, num: self.pid as i64, ..Default::default() },
+                    Label {
+                        key: k_pid,
+                        num: self.owners.pid_of(*tid).unwrap_or(self.pid) as i64,
+                        ..Default::default()
+                    },
                 ],
             });
         }
@@ -310,7 +316,13 @@ impl Pprof {
 }
 
 impl Sink for Pprof {
+    fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        self.owners.process(pid, name);
+        Ok(())
+    }
+
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
+        self.owners.note(tid);
         self.threads.insert(tid, name.to_string());
         Ok(())
     }
@@ -322,6 +334,7 @@ impl Sink for Pprof {
     }
 
     fn sample(&mut self, tid: i32, stack: &[StackFrame], codes: &CodeTable) -> io::Result<()> {
+        self.owners.note(tid);
         let on_cpu = std::mem::take(&mut self.activity).on_cpu() == Some(true);
         if stack.is_empty() {
             return Ok(());
@@ -352,6 +365,7 @@ impl Sink for Pprof {
         n: u64,
         code: &dyn Fn(u32) -> Option<std::sync::Arc<CodeInfo>>,
     ) -> io::Result<()> {
+        self.owners.note(tid);
         let mut locs = Vec::with_capacity(ids.len());
         for &id in ids.iter().rev() {
             if let Some(c) = code(id) {

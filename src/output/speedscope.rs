@@ -88,6 +88,7 @@ pub struct Speedscope {
     profiles: Vec<Profile>,
     profile_of: HashMap<i32, usize>,
     names: HashMap<i32, String>,
+    owners: super::Owners,
     spill: Spill,
 }
 
@@ -102,6 +103,7 @@ impl Speedscope {
             profiles: Vec::new(),
             profile_of: HashMap::new(),
             names: HashMap::new(),
+            owners: super::Owners::default(),
             spill: Spill { dir: std::env::temp_dir(), file: None, len: 0, buf: Vec::new() },
         }
     }
@@ -139,6 +141,7 @@ impl Speedscope {
         let n = self.profiles.len();
         let i = *self.profile_of.entry(tid).or_insert(n);
         if i == n {
+            self.owners.note(tid);
             self.profiles.push(Profile { tid, events: Vec::new(), spilled: Vec::new(), first: None, last: 0 });
         }
         let p = &mut self.profiles[i];
@@ -154,6 +157,11 @@ impl Speedscope {
 }
 
 impl Sink for Speedscope {
+    fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
+        self.owners.process(pid, name);
+        Ok(())
+    }
+
     fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
         self.names.insert(tid, name.to_string());
         Ok(())
@@ -183,13 +191,17 @@ impl Sink for Speedscope {
         let mut chunk = Vec::with_capacity(CHUNK);
         for (i, p) in self.profiles.iter().enumerate() {
             let thread = self.names.get(&p.tid).map(String::as_str).unwrap_or("thread");
+            let label = match self.owners.process_label(p.tid) {
+                Some(process) => format!("{process}: {}", super::thread_label(thread, p.tid)),
+                None => super::thread_label(thread, p.tid),
+            };
             let start = p.first.map_or(0, |t| t - base);
             let end = p.first.map_or(0, |_| p.last - base);
             write!(
                 w,
                 "{}{{\"type\":\"evented\",\"name\":{},\"unit\":\"nanoseconds\",\"startValue\":{start},\"endValue\":{end},\"events\":[",
                 if i > 0 { "," } else { "" },
-                serde_json::to_string(&super::thread_label(thread, p.tid)).unwrap_or_default()
+                serde_json::to_string(&label).unwrap_or_default()
             )?;
             let mut comma = false;
             for k in 0..=p.spilled.len() {

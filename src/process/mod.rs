@@ -1,6 +1,7 @@
 //! The target process as the OS shows it: its maps, files, threads and memory.
 
 pub mod elf;
+pub mod identity;
 pub mod maps;
 pub mod memory;
 pub mod os_thread;

@@ -13,6 +13,12 @@ fn parent_of(stat: &str) -> Option<i32> {
 
 /// Every live descendant of `pid`, parents before their children, in pid order per level.
 pub fn descendants(pid: i32) -> Vec<i32> {
+    descendants_of(&[pid])
+}
+
+/// Every live descendant of any of `roots` (none of the roots themselves), from one
+/// listing of /proc.
+pub fn descendants_of(roots: &[i32]) -> Vec<i32> {
     let mut children: BTreeMap<i32, BTreeSet<i32>> = BTreeMap::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -24,12 +30,12 @@ pub fn descendants(pid: i32) -> Vec<i32> {
         }
     }
     let mut out = Vec::new();
-    let mut level = vec![pid];
+    let mut level = roots.to_vec();
     while !level.is_empty() {
         let mut next = Vec::new();
         for p in level {
             for &c in children.get(&p).into_iter().flatten() {
-                if c != pid && !out.contains(&c) {
+                if !roots.contains(&c) && !out.contains(&c) {
                     out.push(c);
                     next.push(c);
                 }

@@ -113,6 +113,9 @@ impl CodeInfo {
 pub struct CodeCache {
     entries: HashMap<u64, Arc<CodeInfo>>,
     next_id: u32,
+    /// ids drawn from a counter shared by the caches of several processes, so one
+    /// capture's ids never collide (src/fleet.rs); None: this cache's own
+    shared_ids: Option<Arc<std::sync::atomic::AtomicU32>>,
     /// Entries created since the last `take_new`, for consumers that name ids.
     fresh: Vec<Arc<CodeInfo>>,
 }
@@ -136,6 +139,11 @@ fn header_len(layout: &Layout) -> usize {
 }
 
 impl CodeCache {
+    /// A cache whose ids come from `ids`, shared with other processes' caches.
+    pub fn sharing_ids(ids: Arc<std::sync::atomic::AtomicU32>) -> CodeCache {
+        CodeCache { shared_ids: Some(ids), ..CodeCache::default() }
+    }
+
     /// Reads (or finds) the code object at `addr`. `code_type` is PyCode_Type: anything
     /// else at that address is not a code object (3.13+ frames may hold other executables).
     pub fn get(&mut self, mem: &dyn ReadMem, layout: &Layout, code_type: u64, addr: u64) -> ReadResult<Arc<CodeInfo>> {
@@ -154,8 +162,12 @@ impl CodeCache {
                 return Ok(hit.clone());
             }
         }
+        let id = match &self.shared_ids {
+            Some(ids) => ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            None => self.next_id,
+        };
         let info = Arc::new(CodeInfo {
-            id: self.next_id,
+            id,
             name: read_unicode(mem, layout, name_ptr)?,
             filename: read_unicode(mem, layout, file_ptr)?,
             first_line: head.i32_at(c.firstlineno),

@@ -17,6 +17,7 @@ pub struct Slice {
     pub ts: f64,
     pub dur: f64,
     pub tid: i64,
+    pub pid: i64,
     /// index of the enclosing slice on the same thread
     pub parent: Option<usize>,
 }
@@ -34,6 +35,8 @@ pub struct Trace {
     pub meta: Value,
     pub files: serde_json::Map<String, Value>,
     pub pid: i64,
+    /// every process_name event: pid -> name (one, unless several processes were recorded)
+    pub processes: BTreeMap<i64, String>,
 }
 
 impl Trace {
@@ -125,6 +128,17 @@ pub fn parse_slice_name(name: &str) -> Option<(String, String, i64)> {
 ///   a slice that exists in the target's root (`root`), with its source and line count,
 ///   and `required_file` (the fixture, as the target sees it) must be among them.
 pub fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Result<Trace, String> {
+    check_trace_of(path, root, required_file, Some(1))
+}
+
+/// `check_trace` of a capture of several processes: `processes` process_name events
+/// (None: any number), one per pid.
+pub fn check_trace_of(
+    path: &Path,
+    root: &Path,
+    required_file: Option<&str>,
+    processes: Option<usize>,
+) -> Result<Trace, String> {
     let text = fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| {
         let tail: String = text.chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
@@ -159,14 +173,18 @@ pub fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Res
     let mut thread_names = BTreeMap::new();
     let mut process_names = 0;
     let mut pid = None;
+    let mut process_map = BTreeMap::new();
     for e in events {
         match e["ph"].as_str() {
             Some("M") => {
                 let name = e["args"]["name"].as_str();
                 match (e["name"].as_str(), name) {
-                    (Some("process_name"), Some(_)) => {
+                    (Some("process_name"), Some(n)) => {
                         process_names += 1;
-                        pid = e["pid"].as_i64();
+                        pid = pid.or(e["pid"].as_i64());
+                        if let Some(old) = process_map.insert(e["pid"].as_i64().unwrap_or(-1), n.to_string()) {
+                            problems.push(format!("pid {} named twice: {old:?} and {n:?}", e["pid"]));
+                        }
                     }
                     (Some("thread_name"), Some(n)) => match e["tid"].as_i64() {
                         Some(tid) => {
@@ -197,7 +215,11 @@ pub fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Res
                     other => problems
                         .push(format!("file_info.functions[{name:?}] is {other:?}, expected [{file:?}, {line}]")),
                 }
-                slices.push(Slice { name: name.to_string(), qual, file, ts, dur, tid, parent: None });
+                let pid = e["pid"].as_i64().unwrap_or(-1);
+                if !process_map.contains_key(&pid) {
+                    problems.push(format!("X event of pid {pid} before (or without) its process_name: {e}"));
+                }
+                slices.push(Slice { name: name.to_string(), qual, file, ts, dur, tid, pid, parent: None });
             }
             // per-thread activity counters (src/activity.rs; tests/activity.rs checks them)
             Some("C") if e["name"].as_str().is_some_and(|n| n.starts_with("activity ")) => {
@@ -209,8 +231,10 @@ pub fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Res
             _ => problems.push(format!("unexpected event {e}")),
         }
     }
-    if process_names != 1 {
-        problems.push(format!("{process_names} process_name events, expected 1"));
+    match processes {
+        Some(n) if process_names != n => problems.push(format!("{process_names} process_name events, expected {n}")),
+        None if process_names == 0 => problems.push("no process_name event".to_string()),
+        _ => {}
     }
     // Strict nesting per thread. A parent and a child opened and closed at the same
     // sample midpoints have identical ts and dur: viewers (Perfetto's JSON importer,
@@ -304,5 +328,5 @@ pub fn check_trace(path: &Path, root: &Path, required_file: Option<&str>) -> Res
         let _ = fs::copy(path, &kept);
         return Err(format!("{} is malformed (kept at {}):\n{}", path.display(), kept.display(), problems.join("\n")));
     }
-    Ok(Trace { slices, thread_names, meta, files, pid: pid.unwrap_or(0) })
+    Ok(Trace { slices, thread_names, meta, files, pid: pid.unwrap_or(0), processes: process_map })
 }
