@@ -27,7 +27,7 @@ fn gunicorn() -> Option<PathBuf> {
     }
     let made = fs::create_dir_all(venv.parent().unwrap()).map_err(|e| e.to_string()).and_then(|()| {
         tp::sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        tp::sh(Command::new(venv.join("bin/pip")).args(["install", "-q", "gunicorn"]))
+        tp::sh(Command::new(venv.join("bin/pip")).args(["install", "-q", "gunicorn==27.0.1"]))
     });
     match made {
         Ok(()) if bin.exists() => Some(bin),
