@@ -17,6 +17,7 @@ Examples:
   vizattach record -- python3 app.py      start app.py, record it until it exits
   vizattach dump --pid 1234           every thread's Python stack, innermost frame first
   vizattach dump --pid 1234 --json    the same as JSON, for scripts
+  vizattach dump --core core.1234     the stacks of a crashed or gcore'd process, from its core file
   vizattach versions                  which CPython versions can be read, and how
   vizattach repair trace.json         finish the file of a capture whose vizattach was killed
 
@@ -87,15 +88,43 @@ enum Command {
     ///
     /// The target keeps running: stacks are read from its memory, and a read that
     /// races with the program (the stack changed while being read) is retried.
+    ///
+    /// With --core FILE, the stacks are read from an ELF core file instead: one the kernel
+    /// wrote when the process crashed, or `gcore PID` made of a live one. The files the
+    /// core names (the executable, libpython, ...) must be the ones the process had
+    /// mapped, where the core says they were: they hold what a core leaves out. A core
+    /// copied from a container or another machine needs that filesystem: give its root
+    /// with --root (an unpacked image, a mounted snapshot, or /proc/PID/root of a
+    /// container still running); a file that is missing or differs (another build id) is
+    /// refused with a message that says which.
+    #[command(after_help = "\
+Examples:
+  vizattach dump --pid 1234                     every thread's stack, innermost frame first
+  vizattach dump --pid 1234 --locals            with each frame's arguments and locals
+  gcore -o core 1234 && vizattach dump --core core.1234
+  vizattach dump --core core.1234 --root /srv/rootfs   a core from a container whose files are under /srv/rootfs
+  vizattach dump --core core --executable ./python3.12 the executable moved since the crash")]
     Dump {
         /// Process id of the Python process (several --pid: each of them)
-        #[arg(long, short, required = true)]
+        #[arg(long, short, required_unless_present = "core")]
         pid: Vec<i32>,
+        /// Read the stacks from this ELF core file instead of a running process
+        /// (x86-64; as the kernel or gdb's gcore write them)
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "subprocesses", "native"])]
+        core: Option<PathBuf>,
+        /// With --core: the executable the process ran, when it is no longer at the path the
+        /// core names (moved, deleted, or copied elsewhere)
+        #[arg(long, value_name = "PATH", requires = "core")]
+        executable: Option<PathBuf>,
+        /// With --core: the directory that was the process's root: every path the core names
+        /// is looked for under it (a container's or chroot's filesystem)
+        #[arg(long, value_name = "DIR", requires = "core")]
+        root: Option<PathBuf>,
         /// Also every Python descendant of each --pid (forked workers, multiprocessing,
         /// Python children of a shell); others are skipped and listed on stderr
         #[arg(long)]
         subprocesses: bool,
-        /// Print JSON: {"pid", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil",
+        /// Print JSON: {"pid", "core", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil",
         /// "status": {"on_cpu", "gil", "syscall", "waiting_on"}, "frames": [{"kind", "function", "file", "line"}]}],
         /// "deadlocks": [...]}; with several processes {"processes": [...], "skipped": [...]}
         #[arg(long)]
@@ -106,7 +135,8 @@ enum Command {
         locals: bool,
         /// Also unwind each thread's C stack (DWARF CFI, frame pointers as a fallback) and
         /// splice the Python frames in. Pauses each thread briefly (ptrace) to copy its
-        /// registers and stack; a watchdog guarantees it runs on within 3 s whatever happens
+        /// registers and stack; a watchdog guarantees it runs on within 3 s whatever happens.
+        /// Not with --core
         #[arg(long)]
         native: bool,
         /// Keep the first thread paused this long during --native (tests of the watchdog)
@@ -179,6 +209,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// --verbose: how the interpreter was found.
+fn describe<S: vizattach::process::image::Image>(reader: &Reader<S>) {
+    let t = &reader.target;
+    eprintln!(
+        "vizattach: Python {} at _PyRuntime {:#x} in {}",
+        t.version,
+        t.runtime,
+        t.libpython.as_deref().unwrap_or(&t.executable)
+    );
+    for n in &t.notes {
+        eprintln!("vizattach: _Py_DebugOffsets differs from our {} table: {n}", t.layout.about.minor);
+    }
+}
+
+fn print_dump<S: vizattach::process::image::Image>(reader: &Reader<S>, dumped: &vizattach::dump::Dumped, json: bool) {
+    if json {
+        println!("{}", vizattach::dump::to_json(reader, dumped));
+    } else {
+        print!("{}", vizattach::dump::to_text(reader, dumped));
+    }
+}
+
 fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command.unwrap_or(Command::Record(cli.record)) {
         Command::Record(a) => {
@@ -205,9 +257,34 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 mode: a.mode,
             })
         }
-        Command::Dump { pid, json, locals, native, native_hold_ms, verbose, scan, subprocesses } => {
+        Command::Dump {
+            pid,
+            core,
+            executable,
+            root,
+            json,
+            locals,
+            native,
+            native_hold_ms,
+            verbose,
+            scan,
+            subprocesses,
+        } => {
             vizattach::native::pause::HOLD_MS.store(native_hold_ms, std::sync::atomic::Ordering::Relaxed);
             let how = if scan { Discovery::Scan } else { Discovery::Symbols };
+            if let Some(core) = core {
+                let files = vizattach::process::core::Files { root, executable };
+                let mut reader = Reader::open_core(&core, &files, how)?;
+                if verbose {
+                    describe(&reader);
+                    for why in &reader.source.left_out {
+                        eprintln!("vizattach: left out (its bytes are not read): {why}");
+                    }
+                }
+                let dumped = vizattach::dump::read_python(&mut reader, locals)?;
+                print_dump(&reader, &dumped, json);
+                return Ok(0);
+            }
             if subprocesses || pid.len() > 1 {
                 let many = vizattach::dump::many(&pid, subprocesses, how, locals, native)?;
                 if json {
@@ -221,23 +298,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
             let pid = pid[0];
             let mut reader = Reader::attach_with(pid, how)?;
             if verbose {
-                let t = &reader.target;
-                eprintln!(
-                    "vizattach: Python {} at _PyRuntime {:#x} in {}",
-                    t.version,
-                    t.runtime,
-                    t.libpython.as_deref().unwrap_or(&t.executable)
-                );
-                for n in &t.notes {
-                    eprintln!("vizattach: _Py_DebugOffsets differs from our {} table: {n}", t.layout.about.minor);
-                }
+                describe(&reader);
             }
             let dumped = vizattach::dump::read(&mut reader, locals, native)?;
-            if json {
-                println!("{}", vizattach::dump::to_json(&reader, &dumped));
-            } else {
-                print!("{}", vizattach::dump::to_text(&reader, &dumped));
-            }
+            print_dump(&reader, &dumped, json);
             Ok(0)
         }
         Command::Demo { python, duration, rate } => {

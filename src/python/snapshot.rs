@@ -8,8 +8,9 @@ use super::stack;
 use super::thread_ids::ThreadIds;
 use super::{thread_names, threads};
 use crate::error::{Error, Result};
+use crate::process::core::{Core, Files};
+use crate::process::image::Image;
 use crate::process::memory::{ReadError, ReadMem, ReadResult};
-use crate::process::tasks::Tasks;
 use crate::process::Process;
 use std::sync::Arc;
 
@@ -36,8 +37,9 @@ pub struct ThreadStack {
     pub frames: Vec<Frame>,
 }
 
-pub struct Reader {
-    pub process: Process,
+/// A target (a live process, or a core file: `S`) and what was learnt of its interpreter.
+pub struct Reader<S: Image = Process> {
+    pub source: S,
     pub target: Target,
     pub codes: CodeCache,
     pub ids: ThreadIds,
@@ -54,12 +56,24 @@ impl Reader {
         let process = Process::open(pid)?;
         let target = discover(&process, how)?;
         let ids = ThreadIds::new(pid);
-        Ok(Reader { process, target, codes: CodeCache::default(), ids })
+        Ok(Reader { source: process, target, codes: CodeCache::default(), ids })
     }
+}
 
+impl Reader<Core> {
+    /// A process dumped to a core file, its files found as `files` says.
+    pub fn open_core(path: &std::path::Path, files: &Files, how: Discovery) -> Result<Reader<Core>> {
+        let core = Core::open(path, files)?;
+        let target = discover(&core, how)?;
+        let ids = ThreadIds::recorded(core.pid, core.threads.iter().map(|t| t.tid).collect());
+        Ok(Reader { source: core, target, codes: CodeCache::default(), ids })
+    }
+}
+
+impl<S: Image> Reader<S> {
     /// Whether the interpreter is up: a main interpreter with a thread of its own.
     pub fn initialized(&self) -> bool {
-        let (mem, t) = (&self.process.memory, &self.target);
+        let (mem, t) = (self.source.memory(), &self.target);
         let main = match mem.read_u64(t.runtime + t.layout.runtime.interpreters_main) {
             Ok(m) if m != 0 => m,
             _ => return false,
@@ -72,45 +86,45 @@ impl Reader {
         for attempt in 0..ATTEMPTS {
             match self.try_snapshot() {
                 Ok(s) => return Ok(s),
-                Err(ReadError::Fault) => {
+                Err(ReadError::Fault) if self.source.live() => {
                     last = ReadError::Fault;
-                    if !self.process.is_alive() {
-                        return Err(Error::TargetExited(self.process.pid));
+                    if !crate::process::is_alive(self.source.pid()) {
+                        return Err(Error::TargetExited(self.source.pid()));
                     }
                     // Back off a little more each time: a stack changing this often will
                     // hold still between two of its own steps sooner or later.
                     std::thread::sleep(std::time::Duration::from_micros(50 * attempt as u64));
                 }
-                Err(e) => return Err(e.into_error(self.process.pid)),
+                Err(e) => return Err(self.source.read_error(e)),
             }
         }
         Err(match last {
             ReadError::Fault => Error::Inconsistent(format!(
                 "process {}: the thread list or a stack changed during each of {ATTEMPTS} reads; try again",
-                self.process.pid
+                self.source.pid()
             )),
-            e => e.into_error(self.process.pid),
+            e => self.source.read_error(e),
         })
     }
 
     fn try_snapshot(&mut self) -> ReadResult<Vec<ThreadStack>> {
-        let mem = self.process.memory;
+        let mem = self.source.memory();
         let t: &Target = &self.target;
         let mut out = Vec::new();
-        self.ids.refresh(self.process.pid);
-        let interps = threads::interpreters(&mem, t)?;
+        self.ids.refresh();
+        let interps = threads::interpreters(mem, t)?;
         // A thread in a subinterpreter has a state (and part of its stack) in each
         // interpreter it entered: ranked by entry order, joined below.
         let mut ranked: Vec<(usize, ThreadStack)> = Vec::new();
         for (i, &interp) in interps.iter().enumerate() {
             let rank = interps.len() - 1 - i; // listed newest first
             let interp_id = mem.read_u64(interp + t.layout.interp.id)? as i64;
-            let states = threads::thread_states(&mem, t, interp)?;
-            let holder = threads::gil_holder(&mem, t, interp)?;
+            let states = threads::thread_states(mem, t, interp)?;
+            let holder = threads::gil_holder(mem, t, interp)?;
             // threading._active changes as threads come and go: a torn read of it makes
             // the whole snapshot try again rather than show threads unnamed.
-            let names = thread_names::read(&mem, t, interp)?;
-            let tids = self.ids.resolve(&mem, &states, true);
+            let names = thread_names::read(mem, t, interp)?;
+            let tids = self.ids.resolve(mem, &states, true);
             let tids_reliable = self.ids.can_resolve(&states);
             if tids_reliable && !states.is_empty() && tids.iter().all(|t| t.is_none()) {
                 return Err(ReadError::Fault); // every thread gone at once: a torn read, not the truth
@@ -119,13 +133,13 @@ impl Reader {
                 if tid.is_none() && tids_reliable {
                     continue; // no live OS thread: not started yet, or already ended
                 }
-                let frames = read_stack(&mem, t, &mut self.codes, ts.addr, interp_id)?;
+                let frames = read_stack(mem, t, &mut self.codes, ts.addr, interp_id)?;
                 let name = names.get(&ts.thread_id).cloned().or_else(|| {
                     let tid = tid?;
-                    if tid == self.process.pid {
+                    if tid == self.source.pid() {
                         return Some("MainThread".to_string());
                     }
-                    Tasks::comm(self.process.pid, tid).filter(|c| *c != self.process.comm)
+                    self.source.thread_name(tid)
                 });
                 ranked.push((
                     rank,
