@@ -19,12 +19,14 @@ pub const PF_W: u32 = 2;
 pub const PF_R: u32 = 4;
 
 /// One note: its type, owner name, and descriptor bytes.
+#[derive(Debug)]
 pub struct Note<'a> {
     pub kind: u32,
     pub name: &'a [u8],
     pub desc: &'a [u8],
 }
 
+#[derive(Debug)]
 pub struct CoreFile<'a> {
     pub segments: Vec<Segment>,
     pub notes: Vec<Note<'a>>,
