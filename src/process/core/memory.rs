@@ -4,6 +4,7 @@
 
 use super::file::Segment;
 use crate::process::memory::{ReadError, ReadMem, ReadResult, Span};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A file range the process had mapped, served from our copy of the file.
@@ -20,13 +21,20 @@ pub struct CoreMemory {
     segments: Vec<Segment>,
     /// sorted by start
     files: Vec<FileRange>,
+    /// the last address asked for that neither the core nor a file holds (0: none), for
+    /// the error that reports it
+    missed: AtomicU64,
 }
 
 impl CoreMemory {
     pub fn new(core: Arc<memmap2::Mmap>, mut segments: Vec<Segment>, mut files: Vec<FileRange>) -> CoreMemory {
         segments.sort_by_key(|s| s.vaddr);
         files.sort_by_key(|f| f.start);
-        CoreMemory { core, segments, files }
+        CoreMemory { core, segments, files, missed: AtomicU64::new(0) }
+    }
+
+    pub fn last_missed(&self) -> Option<u64> {
+        Some(self.missed.load(Ordering::Relaxed)).filter(|&a| a != 0)
     }
 
     /// Whether the core itself holds `len` bytes at `addr` (not the files beside it).
@@ -81,6 +89,7 @@ impl CoreMemory {
         while !dst.is_empty() {
             let n = self.piece(addr, dst);
             if n == 0 {
+                self.missed.store(addr, Ordering::Relaxed);
                 return false;
             }
             addr = match addr.checked_add(n as u64) {

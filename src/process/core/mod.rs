@@ -325,9 +325,10 @@ impl crate::process::image::Image for Core {
     }
     fn read_error(&self, e: ReadError) -> Error {
         let why = match e {
-            ReadError::Fault | ReadError::Missing | ReadError::NotCode => {
-                "the interpreter's structures lead to memory the core does not hold (a core cut short, or dumped with a coredump_filter that leaves out anonymous memory)".to_string()
-            }
+            ReadError::Fault | ReadError::Missing | ReadError::NotCode => format!(
+                "the interpreter's structures lead to memory the core does not hold{} (a core cut short, dumped with a coredump_filter that leaves out anonymous memory, or read with files that are not the process's)",
+                self.memory.last_missed().map(|a| format!(" (at {a:#x})")).unwrap_or_default()
+            ),
             e => format!("{e:?}"),
         };
         Error::Core(format!("{}: {why}", self.path.display()))
