@@ -2,8 +2,8 @@
 //! (python/diagnose.rs) and, with `--locals`, every frame's arguments and locals.
 
 use crate::native::{self, Mixed, NativeStacks};
-use crate::python::diagnose::{Diagnosis, OwnerKnown, Status, Wait};
 use crate::process::image::Image;
+use crate::python::diagnose::{Diagnosis, OwnerKnown, Status, Wait};
 use crate::python::snapshot::{Frame, Reader, ThreadStack};
 use serde_json::json;
 

@@ -188,7 +188,8 @@ fn settled_stuck_dump(pid: u32) -> Result<Value, String> {
 }
 
 /// A dump without what a core cannot know the way a live process shows it (on CPU), and
-/// without where it was read from; threads in tid order.
+/// without where it was read from (a crash core names the executable by its path inside
+/// the root); threads in tid order.
 fn comparable(v: &Value) -> Result<Value, String> {
     let mut threads = v["threads"].as_array().ok_or("no threads array")?.clone();
     for t in &mut threads {
@@ -197,7 +198,9 @@ fn comparable(v: &Value) -> Result<Value, String> {
         }
     }
     threads.sort_by_key(|t| t["tid"].as_i64());
-    Ok(serde_json::json!({"pid": v["pid"], "python": v["python"], "threads": threads, "deadlocks": v["deadlocks"]}))
+    Ok(
+        serde_json::json!({"pid": v["pid"], "version": v["python"]["version"], "threads": threads, "deadlocks": v["deadlocks"]}),
+    )
 }
 
 /// A process whose executable was deleted: the core names "PATH (deleted)", which is

@@ -98,7 +98,13 @@ struct Reached {
 }
 
 /// `os`: what the OS says of each thread of `threads` (same order).
-pub fn diagnose(mem: &dyn ReadMem, t: &Target, os: &[OsThread], threads: &[ThreadStack], with_locals: bool) -> Diagnosis {
+pub fn diagnose(
+    mem: &dyn ReadMem,
+    t: &Target,
+    os: &[OsThread],
+    threads: &[ThreadStack],
+    with_locals: bool,
+) -> Diagnosis {
     // what each thread's frames reach, for finding waits and likely owners
     let reached: Vec<Vec<Reached>> = threads.iter().map(|th| reachable_locks(mem, t, th, false)).collect();
     let mut status: Vec<Status> = threads

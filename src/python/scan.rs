@@ -2,8 +2,8 @@
 //! what it points to, and PyCode_Type through a running frame.
 
 use super::layout::{FrameModel, Layout};
-use crate::process::memory::{Fields, ReadMem, ReadResult, Span};
 use crate::process::image::Image;
+use crate::process::memory::{Fields, ReadMem, ReadResult, Span};
 use crate::process::MapEntry;
 
 const MAX_REGION: u64 = 256 << 20;

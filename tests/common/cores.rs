@@ -49,7 +49,8 @@ pub fn dump_core_json(core: &Path, extra: &[&str]) -> Result<Value, String> {
     if !out.status.success() {
         return Err(format!("vizattach {} failed: {}", args.join(" "), out.describe()));
     }
-    serde_json::from_str(&out.stdout).map_err(|e| format!("dump output is not JSON ({e}): {}", truncate(&out.stdout, 2000)))
+    serde_json::from_str(&out.stdout)
+        .map_err(|e| format!("dump output is not JSON ({e}): {}", truncate(&out.stdout, 2000)))
 }
 
 /// `vizattach dump --core CORE EXTRA...`, which must fail with one line; that line.
@@ -77,7 +78,8 @@ pub fn kernel_writes_core_in_cwd() -> bool {
 /// crash at a time per root), its work directory otherwise. Paths in it are as the
 /// process saw them, inside its root.
 pub fn crash_core(target: &mut Target, dir: &Path) -> Result<PathBuf, String> {
-    let written = if target.interpreter.in_chroot() { target.interpreter.root.join("core") } else { target.host_path("core") };
+    let written =
+        if target.interpreter.in_chroot() { target.interpreter.root.join("core") } else { target.host_path("core") };
     let _ = fs::remove_file(&written);
     let pid = target.pid.to_string();
     let steps: [(&str, &[&str]); 2] = [("prlimit", &["--pid", &pid, "--core=unlimited"]), ("kill", &["-ABRT", &pid])];

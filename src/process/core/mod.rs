@@ -172,7 +172,8 @@ fn open_checked(
     mapped: &[notes::MappedFile],
     core: &CoreMemory,
 ) -> std::result::Result<Arc<memmap2::Mmap>, String> {
-    let shown = if at == Path::new(path) { path.to_string() } else { format!("{path} (looked for at {})", at.display()) };
+    let shown =
+        if at == Path::new(path) { path.to_string() } else { format!("{path} (looked for at {})", at.display()) };
     // a device or a FIFO could block the open, and holds nothing a mapping kept
     match std::fs::metadata(at) {
         Ok(m) if m.is_file() => {}
@@ -203,9 +204,7 @@ fn open_checked(
 fn build_id(page: &[u8]) -> Option<Vec<u8>> {
     let mut i = 0;
     while i + 16 <= page.len() {
-        if &page[i + 12..i + 16] == b"GNU\0"
-            && file::u32_at(page, i) == Some(4)
-            && file::u32_at(page, i + 8) == Some(3)
+        if &page[i + 12..i + 16] == b"GNU\0" && file::u32_at(page, i) == Some(4) && file::u32_at(page, i + 8) == Some(3)
         {
             let len = file::u32_at(page, i + 4)? as usize;
             if (1..=64).contains(&len) {
@@ -365,7 +364,10 @@ mod tests {
 
     #[test]
     fn paths_under_a_root() {
-        assert_eq!(resolve(Some(Path::new("/srv/root")), "/usr/bin/python3"), PathBuf::from("/srv/root/usr/bin/python3"));
+        assert_eq!(
+            resolve(Some(Path::new("/srv/root")), "/usr/bin/python3"),
+            PathBuf::from("/srv/root/usr/bin/python3")
+        );
         assert_eq!(resolve(None, "/tmp/python (deleted)"), PathBuf::from("/tmp/python"));
     }
 }
