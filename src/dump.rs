@@ -81,6 +81,7 @@ pub fn to_json<S: Image>(reader: &Reader<S>, dumped: &Dumped) -> serde_json::Val
             "holds_gil": t.holds_gil,
             "status": status_json(threads, &d.status[i]),
             "native_error": native_of(dumped, t).and_then(|r| r.as_ref().err()),
+            "error": t.error,
             "frames": frames_json(reader, dumped, i),
         })).collect::<Vec<_>>(),
         "deadlocks": d.deadlocks.iter().map(|c| json!({
@@ -241,7 +242,9 @@ pub fn to_text<S: Image>(reader: &Reader<S>, dumped: &Dumped) -> String {
             }
             None => {}
         }
-        if th.frames.is_empty() {
+        if let Some(e) = &th.error {
+            let _ = writeln!(s, "    (stack unreadable: {e})");
+        } else if th.frames.is_empty() {
             let _ = writeln!(s, "    (no Python frames: running C code or idle)");
         }
         // Where a stack runs in a subinterpreter, each run of its frames is headed by the

@@ -234,6 +234,62 @@ fn core_of_a_deleted_executable_needs_executable() {
     });
 }
 
+/// gcore of processes on sid's glibc, whose thread stacks start with a guard region gdb
+/// cannot read (it then writes zeros for the rest of the stack): every thread is shown
+/// either exactly as the fixture recorded it, or without frames and with the reason;
+/// the main thread (whose stack has no such guard) always as recorded. No thread shows
+/// a wrong stack.
+#[test]
+fn gcore_shows_what_it_holds_of_guarded_thread_stacks() {
+    let Some(targets) = core_targets(&["sid-python3.14", "sid-python3.15"]) else { return };
+    for_each_interpreter(&targets, WORKERS, |interp| {
+        let mut target = Target::start_with_env(interp, "main_fixture.py", SMALL_CORE_ENV)?;
+        let expected = target.wait_expected()?;
+        dump_until_tids(target.pid, &expected.tids(), SETTLE)?;
+        let (dir, _cleanup) = core_dir(&format!("guarded-{}", interp.name))?;
+        let core = gcore(target.pid, &dir)?;
+        let v = dump_core_json(&core, &[])?;
+        let got = Dump::from_json(&v).map_err(|e| format!("malformed dump of the core ({e})"))?;
+        let errors: Vec<(Option<i64>, String)> = v["threads"]
+            .as_array()
+            .ok_or("no threads")?
+            .iter()
+            .filter_map(|t| Some((t["tid"].as_i64(), t["error"].as_str()?.to_string())))
+            .collect();
+        let mut problems = Vec::new();
+        for (tid, why) in &errors {
+            if *tid == Some(expected.pid) {
+                problems.push(format!("the main thread's stack is unreadable: {why}"));
+            }
+            if !why.contains("zeros") {
+                problems.push(format!("thread {tid:?}: the reason should say what was read: {why}"));
+            }
+            if got.threads.iter().any(|t| t.tid == *tid && !t.frames.is_empty()) {
+                problems.push(format!("thread {tid:?} has both an error and frames"));
+            }
+        }
+        let readable: Vec<ThreadStack> =
+            got.threads.iter().filter(|t| !errors.iter().any(|(tid, _)| *tid == t.tid)).cloned().collect();
+        let want: Vec<ThreadStack> =
+            expected.threads.iter().filter(|t| !errors.iter().any(|(tid, _)| *tid == t.tid)).cloned().collect();
+        problems.extend(diff_threads(&want, &readable, false));
+        if got.tids() != expected.tids() {
+            problems.push(format!("threads {:?}, expected {:?}", got.tids(), expected.tids()));
+        }
+        eprintln!(
+            "{}: {} of {} thread stacks unreadable in gcore's core",
+            interp.name,
+            errors.len(),
+            got.threads.len()
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    });
+}
+
 /// One failing run: exit status 1 (not a panic's 101), one line naming the problem.
 fn expect_core_error(core: &Path, extra: &[&str], says: &str) -> Result<(), String> {
     let core_s = core.to_string_lossy();

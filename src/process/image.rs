@@ -37,6 +37,12 @@ pub trait Image {
     fn not_python(&self) -> Error;
     /// The error for a read that failed for good.
     fn read_error(&self, e: ReadError) -> Error;
+    /// Why one thread's stack could not be read, for a target that cannot be read again
+    /// (a core); the other threads are shown. Explains the reads since `begin_read`.
+    fn unreadable(&self, e: ReadError) -> String;
+    /// Starts a read whose failure `unreadable` will explain (what failed before is
+    /// not its reason).
+    fn begin_read(&self) {}
 }
 
 impl Image for super::Process {
@@ -82,5 +88,8 @@ impl Image for super::Process {
     }
     fn read_error(&self, e: ReadError) -> Error {
         e.into_error(self.pid)
+    }
+    fn unreadable(&self, e: ReadError) -> String {
+        e.into_error(self.pid).to_string()
     }
 }

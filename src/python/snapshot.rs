@@ -35,6 +35,10 @@ pub struct ThreadStack {
     pub holds_gil: bool,
     /// innermost first
     pub frames: Vec<Frame>,
+    /// Why the stack could not be read (a core only: a live process's stack is read
+    /// again until it can be; a core's stays as it is, and the other threads are still
+    /// worth showing).
+    pub error: Option<String>,
 }
 
 /// A target (a live process, or a core file: `S`) and what was learnt of its interpreter.
@@ -116,6 +120,7 @@ impl<S: Image> Reader<S> {
         // A thread in a subinterpreter has a state (and part of its stack) in each
         // interpreter it entered: ranked by entry order, joined below.
         let mut ranked: Vec<(usize, ThreadStack)> = Vec::new();
+        let mut unreadable: Option<ReadError> = None;
         for (i, &interp) in interps.iter().enumerate() {
             let rank = interps.len() - 1 - i; // listed newest first
             let interp_id = mem.read_u64(interp + t.layout.interp.id)? as i64;
@@ -133,7 +138,15 @@ impl<S: Image> Reader<S> {
                 if tid.is_none() && tids_reliable {
                     continue; // no live OS thread: not started yet, or already ended
                 }
-                let frames = read_stack(mem, t, &mut self.codes, ts.addr, interp_id)?;
+                self.source.begin_read();
+                let (frames, error) = match read_stack(mem, t, &mut self.codes, ts.addr, interp_id) {
+                    Ok(f) => (f, None),
+                    Err(e) if !self.source.live() => {
+                        unreadable = Some(e);
+                        (Vec::new(), Some(self.source.unreadable(e)))
+                    }
+                    Err(e) => return Err(e),
+                };
                 let name = names.get(&ts.thread_id).cloned().or_else(|| {
                     let tid = tid?;
                     if tid == self.source.pid() {
@@ -151,9 +164,14 @@ impl<S: Image> Reader<S> {
                         name,
                         holds_gil: holder == Some(ts.addr),
                         frames,
+                        error,
                     },
                 ));
             }
+        }
+        // a core in which no stack can be followed is not one to show thread by thread
+        if let Some(e) = unreadable.filter(|_| ranked.iter().all(|(_, t)| t.error.is_some())) {
+            return Err(e);
         }
         join_interpreters(ranked, &mut out);
         Ok(out)
@@ -180,18 +198,20 @@ fn join_interpreters(mut ranked: Vec<(usize, ThreadStack)>, out: &mut Vec<Thread
         let outer = *group.last().unwrap();
         let mut frames = Vec::new();
         let mut holds_gil = false;
+        let mut error = None;
         // the name the thread has where it started (the outermost part), else any
         let mut name = ranked[outer].1.name.take();
         for &i in group {
             let part = &mut ranked[i].1;
             frames.append(&mut part.frames);
             holds_gil |= part.holds_gil;
+            error = error.or(part.error.take());
             name = name.or(part.name.take());
         }
         let thread_id = ranked[outer].1.thread_id;
         // the state of the interpreter the thread runs in now (its innermost part)
         let (tstate, interp) = (ranked[group[0]].1.tstate, ranked[group[0]].1.interp);
-        joined[at] = Some(ThreadStack { tstate, interp, tid, thread_id, name, holds_gil, frames });
+        joined[at] = Some(ThreadStack { tstate, interp, tid, thread_id, name, holds_gil, frames, error });
         k = end;
     }
     out.extend(joined.into_iter().flatten());

@@ -33,6 +33,10 @@ impl CoreMemory {
         CoreMemory { core, segments, files, missed: AtomicU64::new(0) }
     }
 
+    pub fn forget_missed(&self) {
+        self.missed.store(0, Ordering::Relaxed);
+    }
+
     pub fn last_missed(&self) -> Option<u64> {
         Some(self.missed.load(Ordering::Relaxed)).filter(|&a| a != 0)
     }

@@ -323,14 +323,19 @@ impl crate::process::image::Image for Core {
         ))
     }
     fn read_error(&self, e: ReadError) -> Error {
-        let why = match e {
-            ReadError::Fault | ReadError::Missing | ReadError::NotCode => format!(
-                "the interpreter's structures lead to memory the core does not hold{} (a core cut short, dumped with a coredump_filter that leaves out anonymous memory, or read with files that are not the process's)",
-                self.memory.last_missed().map(|a| format!(" (at {a:#x})")).unwrap_or_default()
+        Error::Core(format!("{}: {}", self.path.display(), self.unreadable(e)))
+    }
+    fn begin_read(&self) {
+        self.memory.forget_missed();
+    }
+    fn unreadable(&self, e: ReadError) -> String {
+        match (e, self.memory.last_missed()) {
+            (ReadError::Fault | ReadError::Missing | ReadError::NotCode, Some(at)) => format!(
+                "the interpreter's structures lead to memory the core does not hold (at {at:#x}: a core cut short, dumped with a coredump_filter that leaves out anonymous memory, or read with files that are not the process's)"
             ),
-            e => format!("{e:?}"),
-        };
-        Error::Core(format!("{}: {why}", self.path.display()))
+            (ReadError::Fault | ReadError::Missing | ReadError::NotCode, None) => "a stack does not hold together in the core: a frame reads as zeros or garbage (gdb's gcore writes zeros for the rest of a mapping after a page it cannot read, such as the guard regions glibc 2.41+ puts in thread stacks on Linux 6.13+; the kernel's own cores keep them)".to_string(),
+            (e, _) => format!("reading the core failed: {e:?}"),
+        }
     }
 }
 
