@@ -278,6 +278,21 @@ pub fn read(reader: &mut Reader, with_locals: bool, with_native: bool) -> crate:
     Ok(dumped)
 }
 
+/// A dump of a core: its Python side, and with `with_native` each thread's C stack
+/// unwound from the registers and stack the core recorded.
+pub fn read_core(
+    reader: &mut Reader<crate::process::core::Core>,
+    with_locals: bool,
+    with_native: bool,
+) -> crate::error::Result<Dumped> {
+    let mut dumped = read_python(reader, with_locals)?;
+    if with_native {
+        let tids: Vec<i32> = dumped.threads.iter().filter_map(|t| t.tid).collect();
+        dumped.native = Some(native::core::capture(&reader.source, &tids));
+    }
+    Ok(dumped)
+}
+
 /// The Python side of a dump, for a live process or a core: stacks, statuses, locals.
 pub fn read_python<S: Image>(reader: &mut Reader<S>, with_locals: bool) -> crate::error::Result<Dumped> {
     let mut attempt = 0;

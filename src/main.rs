@@ -110,7 +110,7 @@ Examples:
         pid: Vec<i32>,
         /// Read the stacks from this ELF core file instead of a running process
         /// (x86-64; as the kernel or gdb's gcore write them)
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "subprocesses", "native"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "subprocesses"])]
         core: Option<PathBuf>,
         /// With --core: the executable the process ran, when it is no longer at the path the
         /// core names (moved, deleted, or copied elsewhere)
@@ -136,7 +136,7 @@ Examples:
         /// Also unwind each thread's C stack (DWARF CFI, frame pointers as a fallback) and
         /// splice the Python frames in. Pauses each thread briefly (ptrace) to copy its
         /// registers and stack; a watchdog guarantees it runs on within 3 s whatever happens.
-        /// Not with --core
+        /// With --core, unwound from the registers and stack the core recorded
         #[arg(long)]
         native: bool,
         /// Keep the first thread paused this long during --native (tests of the watchdog)
@@ -281,7 +281,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                         eprintln!("vizattach: left out (its bytes are not read): {why}");
                     }
                 }
-                let dumped = vizattach::dump::read_python(&mut reader, locals)?;
+                let dumped = vizattach::dump::read_core(&mut reader, locals, native)?;
                 print_dump(&reader, &dumped, json);
                 return Ok(0);
             }

@@ -164,6 +164,66 @@ fn crash_core_shows_the_waits_and_locals_the_live_process_showed() {
     check_waits_and_locals(&["sid-python3.14", "sid-python3.15"], Maker::Crash, 1);
 }
 
+/// `--native` from a core: each thread's C stack unwound from the registers and stack the
+/// core recorded, spliced with its Python frames, is the one a live `--native` showed
+/// of the same process (frame for frame: function, library, address, file:line).
+fn check_native(names: &[&str], how: Maker) {
+    let Some(targets) = core_targets(names) else { return };
+    if matches!(how, Maker::Crash) && !kernel_writes_core_in_cwd() {
+        return;
+    }
+    for_each_interpreter(&targets, 1, |interp| {
+        let mut target = Target::start_with_env(interp, "main_fixture.py", SMALL_CORE_ENV)?;
+        let expected = target.wait_expected()?;
+        dump_until_tids(target.pid, &expected.tids(), SETTLE)?;
+        let out = run_vizattach(&["dump", "--pid", &target.pid.to_string(), "--json", "--native"])?;
+        if !out.status.success() {
+            return Err(format!("live dump --native failed: {}", out.describe()));
+        }
+        let live: Value = serde_json::from_str(&out.stdout).map_err(|e| format!("not JSON ({e})"))?;
+        let (dir, _cleanup) = core_dir(&format!("native-{}", interp.name))?;
+        let (core, mut args) = make_core(&mut target, how, &dir)?;
+        args.push("--native".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let got = dump_core_json(&core, &args)?;
+        let stacks = |v: &Value| -> Result<Vec<(Value, Value, Value)>, String> {
+            let mut t: Vec<(Value, Value, Value)> = v["threads"]
+                .as_array()
+                .ok_or("no threads")?
+                .iter()
+                .map(|t| (t["tid"].clone(), t["frames"].clone(), t["native_error"].clone()))
+                .collect();
+            t.sort_by_key(|t| t.0.as_i64());
+            Ok(t)
+        };
+        let (want, have) = (stacks(&live)?, stacks(&got)?);
+        let native_frames = |s: &[(Value, Value, Value)]| {
+            s.iter().flat_map(|t| t.1.as_array().cloned().unwrap_or_default()).filter(|f| f["kind"] == "native").count()
+        };
+        if native_frames(&have) == 0 {
+            return Err("the core's dump has no C frames".into());
+        }
+        if want != have {
+            return Err(format!(
+                "C stacks differ:\nlive: {}\ncore: {}",
+                serde_json::to_string_pretty(&want).unwrap_or_default(),
+                serde_json::to_string_pretty(&have).unwrap_or_default()
+            ));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn gcore_native_stacks_are_the_live_ones() {
+    check_native(&["host-python3.11", "bullseye-python3.9"], Maker::Gcore);
+}
+
+#[test]
+fn crash_core_native_stacks_are_the_live_ones() {
+    check_native(&["sid-python3.14"], Maker::Crash);
+}
+
 /// `dump --pid --json --locals` once the stuck fixture's deadlock shows and two dumps in
 /// a row agree (every parked thread asleep where it parks).
 fn settled_stuck_dump(pid: u32) -> Result<Value, String> {

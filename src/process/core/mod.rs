@@ -35,6 +35,8 @@ pub struct Core {
     opened: HashMap<String, PathBuf>,
     /// files the core names that could not be used, and why (for --verbose)
     pub left_out: Vec<String>,
+    /// the process's root directory as we see it (--root)
+    pub root: Option<PathBuf>,
 }
 
 /// Where the files the core names are now.
@@ -109,7 +111,7 @@ impl Core {
                 Some(FileRange { start: m.start, end: m.end, offset: m.offset, data })
             })
             .collect();
-        let maps = map_list(&segments, &n.files);
+        let maps = map_list(&segments, &n.files, &maps_of_file);
         let pid = n.pid.or_else(|| n.threads.first().map(|t| t.tid)).unwrap_or(0);
         Ok(Core {
             path: path.to_path_buf(),
@@ -122,6 +124,7 @@ impl Core {
             threads: n.threads,
             opened,
             left_out,
+            root: files.root.clone(),
         })
     }
 
@@ -232,17 +235,27 @@ fn is_libpython(p: &str) -> bool {
 /// The mappings as /proc/PID/maps would have listed them: every file the core names
 /// (permissions from its segment, when the core has one), and every other segment as
 /// anonymous memory.
-fn map_list(segments: &[file::Segment], files: &[notes::MappedFile]) -> Vec<MapEntry> {
+fn map_list(
+    segments: &[file::Segment],
+    files: &[notes::MappedFile],
+    opened: &HashMap<&str, Arc<memmap2::Mmap>>,
+) -> Vec<MapEntry> {
     let flags_at = |start: u64| segments.iter().find(|s| s.vaddr == start).map(|s| s.flags);
     let mut maps: Vec<MapEntry> = files
         .iter()
         .map(|m| {
-            let flags = flags_at(m.start).unwrap_or(file::PF_R);
+            // gcore writes no segment at all for file text it leaves out: the file's own
+            // program headers say whether the mapped part is code
+            let flags = flags_at(m.start).unwrap_or_else(|| {
+                let code = opened.get(m.path.as_str()).is_some_and(|f| code_at(f, m.offset));
+                file::PF_R | if code { file::PF_X } else { 0 }
+            });
             MapEntry {
                 start: m.start,
                 end: m.end,
                 readable: flags & file::PF_R != 0,
                 writable: flags & file::PF_W != 0,
+                executable: flags & file::PF_X != 0,
                 offset: m.offset,
                 inode: 0,
                 path: m.path.clone(),
@@ -256,6 +269,7 @@ fn map_list(segments: &[file::Segment], files: &[notes::MappedFile]) -> Vec<MapE
                 end: s.vaddr.saturating_add(s.memsz),
                 readable: s.flags & file::PF_R != 0,
                 writable: s.flags & file::PF_W != 0,
+                executable: s.flags & file::PF_X != 0,
                 offset: 0,
                 inode: 0,
                 path: String::new(),
@@ -264,6 +278,30 @@ fn map_list(segments: &[file::Segment], files: &[notes::MappedFile]) -> Vec<MapE
     }
     maps.sort_by_key(|m| m.start);
     maps
+}
+
+/// Whether `offset` of an ELF file lies in one of its executable PT_LOADs (64-bit only;
+/// anything unreadable is not code).
+fn code_at(elf: &[u8], offset: u64) -> bool {
+    let (Some(phoff), Some(entsize), Some(count)) =
+        (file::u64_at(elf, 32), file::u16_at(elf, 54), file::u16_at(elf, 56))
+    else {
+        return false;
+    };
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || entsize < 56 {
+        return false;
+    }
+    (0..count as u64).any(|i| {
+        let Some(at) = phoff.checked_add(i * entsize as u64).and_then(|a| usize::try_from(a).ok()) else {
+            return false;
+        };
+        let (Some(kind), Some(flags), Some(off), Some(size)) =
+            (file::u32_at(elf, at), file::u32_at(elf, at + 4), file::u64_at(elf, at + 8), file::u64_at(elf, at + 32))
+        else {
+            return false;
+        };
+        kind == 1 && flags & file::PF_X != 0 && offset >= off & !(PAGE - 1) && offset < off.saturating_add(size)
+    })
 }
 
 /// What a thread was doing when it was dumped. A thread stopped while asleep in a system
