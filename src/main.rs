@@ -99,33 +99,42 @@ enum Command {
     /// refused with a message that says which.
     #[command(after_help = "\
 Examples:
-  vizattach dump --pid 1234                     every thread's stack, innermost frame first
-  vizattach dump --pid 1234 --locals            with each frame's arguments and locals
-  gcore -o core 1234 && vizattach dump --core core.1234
-  vizattach dump --core core.1234 --root /srv/rootfs   a core from a container whose files are under /srv/rootfs
-  vizattach dump --core core --executable ./python3.12 the executable moved since the crash")]
+  vizattach dump --pid 1234
+      every thread's stack, innermost frame first
+  vizattach dump --pid 1234 --locals --native
+      with each frame's arguments and locals, and the C stacks
+  gcore -o /tmp/core 1234 && vizattach dump --core /tmp/core.1234
+      a core of a live process (gdb's gcore), then its stacks
+  vizattach dump --core core --root /srv/app-rootfs
+      a core from a container, whose filesystem is unpacked under /srv/app-rootfs
+  vizattach dump --core core --root /proc/4242/root
+      the same, while a container with the same image still runs (pid 4242)
+  vizattach dump --core core --executable ./python3.12
+      the executable is no longer where the core says it was")]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "core"])))]
     Dump {
         /// Process id of the Python process (several --pid: each of them)
-        #[arg(long, short, required_unless_present = "core")]
+        #[arg(long, short)]
         pid: Vec<i32>,
         /// Read the stacks from this ELF core file instead of a running process
         /// (x86-64; as the kernel or gdb's gcore write them)
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "subprocesses"])]
+        #[arg(long, value_name = "FILE", conflicts_with = "subprocesses")]
         core: Option<PathBuf>,
         /// With --core: the executable the process ran, when it is no longer at the path the
         /// core names (moved, deleted, or copied elsewhere)
-        #[arg(long, value_name = "PATH", requires = "core")]
+        #[arg(long, value_name = "PATH")]
         executable: Option<PathBuf>,
         /// With --core: the directory that was the process's root: every path the core names
         /// is looked for under it (a container's or chroot's filesystem)
-        #[arg(long, value_name = "DIR", requires = "core")]
+        #[arg(long, value_name = "DIR")]
         root: Option<PathBuf>,
         /// Also every Python descendant of each --pid (forked workers, multiprocessing,
         /// Python children of a shell); others are skipped and listed on stderr
         #[arg(long)]
         subprocesses: bool,
         /// Print JSON: {"pid", "core", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil",
-        /// "status": {"on_cpu", "gil", "syscall", "waiting_on"}, "frames": [{"kind", "function", "file", "line"}]}],
+        /// "status": {"on_cpu", "gil", "syscall", "waiting_on"}, "frames": [{"kind", "function", "file", "line"}],
+        /// "error": why a core's stack could not be read, or null}],
         /// "deadlocks": [...]}; with several processes {"processes": [...], "skipped": [...]}
         #[arg(long)]
         json: bool,
@@ -142,7 +151,8 @@ Examples:
         /// Keep the first thread paused this long during --native (tests of the watchdog)
         #[arg(long, hide = true, default_value = "0")]
         native_hold_ms: u64,
-        /// Also print how the interpreter was found and any layout differences
+        /// Also print how the interpreter was found and any layout differences (with --core:
+        /// and which of the files the core names were left out, and why)
         #[arg(long, short)]
         verbose: bool,
         /// Find the runtime by scanning memory even when symbols exist (what happens
@@ -272,6 +282,12 @@ fn run(cli: Cli) -> Result<i32, Error> {
         } => {
             vizattach::native::pause::HOLD_MS.store(native_hold_ms, std::sync::atomic::Ordering::Relaxed);
             let how = if scan { Discovery::Scan } else { Discovery::Symbols };
+            if core.is_none() && (executable.is_some() || root.is_some()) {
+                // (a live process's files are found through /proc)
+                return Err(Error::Usage(
+                    "--executable and --root say where a core's files are: they go with --core FILE".into(),
+                ));
+            }
             if let Some(core) = core {
                 let files = vizattach::process::core::Files { root, executable };
                 let mut reader = Reader::open_core(&core, &files, how)?;

@@ -453,3 +453,28 @@ fn core_of_a_process_that_is_not_python() {
     let core = gcore(child.pid(), &dir).unwrap();
     expect_core_error(&core, &[], "was not a Python process").unwrap();
 }
+
+/// --core takes the place of --pid; --root and --executable only make sense with it.
+#[test]
+fn core_arguments_are_checked() {
+    let mut failures = Vec::new();
+    for (args, code, says) in [
+        (&["dump"][..], 2, "--core <FILE>"),
+        (&["dump", "--core", "c", "--pid", "1"][..], 2, "cannot be used with"),
+        (&["dump", "--core", "c", "--subprocesses"][..], 2, "cannot be used with"),
+        (&["dump", "--pid", "1", "--root", "/"][..], 1, "go with --core"),
+        (&["dump", "--pid", "1", "--executable", "/usr/bin/python3"][..], 1, "go with --core"),
+    ] {
+        let result = run_vizattach(args).and_then(|out| {
+            let line = expect_error_line(&out)?;
+            if out.status.code() != Some(code) || !line.contains(says) {
+                return Err(format!("exit {} (want {code}), should say {says:?}: {line}", out.status));
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            failures.push(format!("{args:?}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

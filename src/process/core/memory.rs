@@ -45,7 +45,7 @@ impl CoreMemory {
     pub fn dumped(&self, addr: u64, len: u64) -> Option<&[u8]> {
         let s = self.segment(addr)?;
         let end = addr.checked_add(len)?;
-        if end > s.vaddr + s.filesz {
+        if end > s.vaddr.saturating_add(s.filesz) {
             return None;
         }
         super::file::slice(&self.core, s.offset + (addr - s.vaddr), len)
@@ -68,7 +68,7 @@ impl CoreMemory {
     fn piece(&self, addr: u64, dst: &mut [u8]) -> usize {
         let want = dst.len() as u64;
         if let Some(s) = self.segment(addr) {
-            let in_core = (s.vaddr + s.filesz).saturating_sub(addr).min(want);
+            let in_core = s.vaddr.saturating_add(s.filesz).saturating_sub(addr).min(want);
             if in_core > 0 {
                 let Some(src) = super::file::slice(&self.core, s.offset + (addr - s.vaddr), in_core) else {
                     return 0;
@@ -155,5 +155,9 @@ mod tests {
         assert_eq!(m.read(0x100a, &mut [0u8; 4]), Err(ReadError::Fault));
         assert_eq!(m.read(0x2000, &mut [0u8; 1]), Err(ReadError::Fault));
         assert_eq!(m.read(u64::MAX - 1, &mut [0u8; 4]), Err(ReadError::Fault));
+        // a segment claiming the top of the address space, past what the core holds
+        let top = Segment { vaddr: u64::MAX - 4, memsz: u64::MAX, offset: 4, filesz: u64::MAX, flags: 0 };
+        let m = CoreMemory::new(mmap_of(&[1; 8]), vec![top], Vec::new());
+        assert_eq!(m.read(u64::MAX - 2, &mut [0u8; 8]), Err(ReadError::Fault));
     }
 }

@@ -187,7 +187,7 @@ fn open_checked(
     // SAFETY: as for the core: read-only, private.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("cannot read {shown}: {e}"))?;
     let first = mapped.iter().find(|m| m.path == path && m.offset == 0);
-    if let Some(page) = first.and_then(|m| core.dumped(m.start, PAGE.min(m.end - m.start))) {
+    if let Some(page) = first.and_then(|m| core.dumped(m.start, PAGE.min(m.end.saturating_sub(m.start)))) {
         let ours = map.get(..page.len()).and_then(build_id);
         if let (Some(theirs), Some(ours)) = (build_id(page), ours) {
             if theirs != ours {
@@ -295,9 +295,13 @@ fn code_at(elf: &[u8], offset: u64) -> bool {
         let Some(at) = phoff.checked_add(i * entsize as u64).and_then(|a| usize::try_from(a).ok()) else {
             return false;
         };
-        let (Some(kind), Some(flags), Some(off), Some(size)) =
-            (file::u32_at(elf, at), file::u32_at(elf, at + 4), file::u64_at(elf, at + 8), file::u64_at(elf, at + 32))
-        else {
+        let field = |o: usize| at.checked_add(o);
+        let (Some(kind), Some(flags), Some(off), Some(size)) = (
+            file::u32_at(elf, at),
+            field(4).and_then(|a| file::u32_at(elf, a)),
+            field(8).and_then(|a| file::u64_at(elf, a)),
+            field(32).and_then(|a| file::u64_at(elf, a)),
+        ) else {
             return false;
         };
         kind == 1 && flags & file::PF_X != 0 && offset >= off & !(PAGE - 1) && offset < off.saturating_add(size)
