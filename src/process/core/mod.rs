@@ -70,7 +70,12 @@ impl Core {
             ));
         }
         let bare = CoreMemory::new(data.clone(), segments.clone(), Vec::new());
-        let exe = executable(&n, &bare).ok_or_else(|| {
+        // --executable names the file, not which mapping was it: its file name does
+        let given = || {
+            let name = files.executable.as_ref()?.file_name()?.to_string_lossy().into_owned();
+            n.files.iter().find(|m| m.offset == 0 && file_name(&m.path).trim_end_matches(" (deleted)") == name)
+        };
+        let exe = executable(&n, &bare).or_else(|| given().map(|m| m.path.clone())).ok_or_else(|| {
             fail("does not tell which file is the executable (no AT_PHDR, AT_EXECFN or name match); give it with --executable PATH".into())
         })?;
         let mut opened = HashMap::new();
