@@ -6,6 +6,7 @@
 //! discovery needs it (the executable, libpython) and left out otherwise.
 
 pub mod file;
+pub mod files;
 pub mod memory;
 pub mod notes;
 
@@ -13,13 +14,15 @@ use crate::error::{Error, Result};
 use crate::process::memory::{ReadError, ReadMem};
 use crate::process::os_thread::{OsThread, Syscall};
 use crate::process::MapEntry;
+use files::file_name;
+pub use files::Files;
 use memory::{CoreMemory, FileRange};
 use notes::CoreThread;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const PAGE: u64 = 4096;
+pub const PAGE: u64 = 4096;
 
 pub struct Core {
     pub path: PathBuf,
@@ -37,15 +40,6 @@ pub struct Core {
     pub left_out: Vec<String>,
     /// the process's root directory as we see it (--root)
     pub root: Option<PathBuf>,
-}
-
-/// Where the files the core names are now.
-#[derive(Debug, Clone, Default)]
-pub struct Files {
-    /// the process's root directory as we see it (its paths are resolved under it)
-    pub root: Option<PathBuf>,
-    /// the executable, whatever path the core names
-    pub executable: Option<PathBuf>,
 }
 
 impl Core {
@@ -78,45 +72,16 @@ impl Core {
         let exe = executable(&n, &bare).or_else(|| given().map(|m| m.path.clone())).ok_or_else(|| {
             fail("does not tell which file is the executable (no AT_PHDR, AT_EXECFN or name match); give it with --executable PATH".into())
         })?;
-        let mut opened = HashMap::new();
-        let mut maps_of_file: HashMap<&str, Arc<memmap2::Mmap>> = HashMap::new();
-        let mut left_out = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for m in &n.files {
-            if !seen.insert(m.path.as_str()) {
-                continue;
-            }
-            let is_exe = m.path == exe;
-            let essential = is_exe || is_libpython(&m.path);
-            let at = match (&files.executable, is_exe) {
-                (Some(e), true) => e.clone(),
-                _ => resolve(files.root.as_deref(), &m.path),
-            };
-            match open_checked(&at, &m.path, &n.files, &bare) {
-                Ok(map) => {
-                    opened.insert(m.path.clone(), at);
-                    maps_of_file.insert(m.path.as_str(), map);
-                }
-                Err(why) if essential => {
-                    let remedy = if is_exe {
-                        "give the executable with --executable PATH, or the process's root directory with --root DIR"
-                    } else {
-                        "give the process's root directory with --root DIR (where its files are now)"
-                    };
-                    return Err(fail(format!("{why}; {remedy}")));
-                }
-                Err(why) => left_out.push(why),
-            }
-        }
+        let found = files::find(files, &n.files, &exe, &bare).map_err(fail)?;
         let ranges = n
             .files
             .iter()
             .filter_map(|m| {
-                let data = maps_of_file.get(m.path.as_str())?.clone();
+                let data = found.data.get(&m.path)?.clone();
                 Some(FileRange { start: m.start, end: m.end, offset: m.offset, data })
             })
             .collect();
-        let maps = map_list(&segments, &n.files, &maps_of_file);
+        let maps = map_list(&segments, &n.files, &found.data);
         let pid = n.pid.or_else(|| n.threads.first().map(|t| t.tid)).unwrap_or(0);
         Ok(Core {
             path: path.to_path_buf(),
@@ -127,8 +92,8 @@ impl Core {
             comm: n.fname,
             psargs: n.psargs,
             threads: n.threads,
-            opened,
-            left_out,
+            opened: found.opened,
+            left_out: found.left_out,
             root: files.root.clone(),
         })
     }
@@ -161,89 +126,13 @@ fn executable(n: &notes::Notes, mem: &CoreMemory) -> Option<String> {
     by_phdr.or_else(by_execfn).or_else(by_name)
 }
 
-/// `path` as the process saw it, under `root` when given. A file deleted while mapped
-/// is named "PATH (deleted)": the file now at PATH is tried (its build id tells whether
-/// it is the same).
-fn resolve(root: Option<&Path>, path: &str) -> PathBuf {
-    let p = path.strip_suffix(" (deleted)").unwrap_or(path);
-    match root {
-        Some(r) => r.join(p.trim_start_matches('/')),
-        None => PathBuf::from(p),
-    }
-}
-
-/// Opens the file for `path` and checks it is the one the process mapped: where the core
-/// holds the first page of its mapping, the build ids must agree.
-fn open_checked(
-    at: &Path,
-    path: &str,
-    mapped: &[notes::MappedFile],
-    core: &CoreMemory,
-) -> std::result::Result<Arc<memmap2::Mmap>, String> {
-    let shown =
-        if at == Path::new(path) { path.to_string() } else { format!("{path} (looked for at {})", at.display()) };
-    // a device or a FIFO could block the open, and holds nothing a mapping kept
-    match std::fs::metadata(at) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => return Err(format!("{shown} is not a regular file")),
-        Err(e) => return Err(format!("cannot open {shown}: {e}")),
-    }
-    let f = std::fs::File::open(at).map_err(|e| format!("cannot open {shown}: {e}"))?;
-    // SAFETY: as for the core: read-only, private.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let first = mapped.iter().find(|m| m.path == path && m.offset == 0);
-    if let Some(page) = first.and_then(|m| core.dumped(m.start, PAGE.min(m.end.saturating_sub(m.start)))) {
-        let ours = map.get(..page.len()).and_then(build_id);
-        if let (Some(theirs), Some(ours)) = (build_id(page), ours) {
-            if theirs != ours {
-                return Err(format!(
-                    "{shown} is not the file the process had mapped (build id {} in the core, {} in the file)",
-                    hex(&theirs),
-                    hex(&ours)
-                ));
-            }
-        }
-    }
-    Ok(Arc::new(map))
-}
-
-/// The GNU build id in the first page of an ELF file (the linker puts its note right
-/// after the program headers): a note with name "GNU" and type 3, 4-byte aligned.
-fn build_id(page: &[u8]) -> Option<Vec<u8>> {
-    let mut i = 0;
-    while i + 16 <= page.len() {
-        if &page[i + 12..i + 16] == b"GNU\0" && file::u32_at(page, i) == Some(4) && file::u32_at(page, i + 8) == Some(3)
-        {
-            let len = file::u32_at(page, i + 4)? as usize;
-            if (1..=64).contains(&len) {
-                return page.get(i + 16..i + 16 + len).map(<[u8]>::to_vec);
-            }
-        }
-        i += 4;
-    }
-    None
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn file_name(p: &str) -> &str {
-    p.rsplit('/').next().unwrap_or(p)
-}
-
-fn is_libpython(p: &str) -> bool {
-    let n = file_name(p.trim_end_matches(" (deleted)"));
-    n.starts_with("libpython3.") && n.contains(".so")
-}
-
 /// The mappings as /proc/PID/maps would have listed them: every file the core names
 /// (permissions from its segment, when the core has one), and every other segment as
 /// anonymous memory.
 fn map_list(
     segments: &[file::Segment],
     files: &[notes::MappedFile],
-    opened: &HashMap<&str, Arc<memmap2::Mmap>>,
+    opened: &HashMap<String, Arc<memmap2::Mmap>>,
 ) -> Vec<MapEntry> {
     let flags_at = |start: u64| segments.iter().find(|s| s.vaddr == start).map(|s| s.flags);
     let mut maps: Vec<MapEntry> = files
@@ -252,7 +141,7 @@ fn map_list(
             // gcore writes no segment at all for file text it leaves out: the file's own
             // program headers say whether the mapped part is code
             let flags = flags_at(m.start).unwrap_or_else(|| {
-                let code = opened.get(m.path.as_str()).is_some_and(|f| code_at(f, m.offset));
+                let code = opened.get(&m.path).is_some_and(|f| files::code_at(f, m.offset));
                 file::PF_R | if code { file::PF_X } else { 0 }
             });
             MapEntry {
@@ -283,34 +172,6 @@ fn map_list(
     }
     maps.sort_by_key(|m| m.start);
     maps
-}
-
-/// Whether `offset` of an ELF file lies in one of its executable PT_LOADs (64-bit only;
-/// anything unreadable is not code).
-fn code_at(elf: &[u8], offset: u64) -> bool {
-    let (Some(phoff), Some(entsize), Some(count)) =
-        (file::u64_at(elf, 32), file::u16_at(elf, 54), file::u16_at(elf, 56))
-    else {
-        return false;
-    };
-    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || entsize < 56 {
-        return false;
-    }
-    (0..count as u64).any(|i| {
-        let Some(at) = phoff.checked_add(i * entsize as u64).and_then(|a| usize::try_from(a).ok()) else {
-            return false;
-        };
-        let field = |o: usize| at.checked_add(o);
-        let (Some(kind), Some(flags), Some(off), Some(size)) = (
-            file::u32_at(elf, at),
-            field(4).and_then(|a| file::u32_at(elf, a)),
-            field(8).and_then(|a| file::u64_at(elf, a)),
-            field(32).and_then(|a| file::u64_at(elf, a)),
-        ) else {
-            return false;
-        };
-        kind == 1 && flags & file::PF_X != 0 && offset >= off & !(PAGE - 1) && offset < off.saturating_add(size)
-    })
 }
 
 /// What a thread was doing when it was dumped. A thread stopped while asleep in a system
@@ -391,19 +252,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn build_id_in_a_page() {
-        let mut page = vec![0u8; 64];
-        page[20..24].copy_from_slice(&4u32.to_le_bytes());
-        page[24..28].copy_from_slice(&3u32.to_le_bytes());
-        page[28..32].copy_from_slice(&3u32.to_le_bytes());
-        page[32..36].copy_from_slice(b"GNU\0");
-        page[36..39].copy_from_slice(&[0xab, 0xcd, 0xef]);
-        assert_eq!(build_id(&page), Some(vec![0xab, 0xcd, 0xef]));
-        assert_eq!(build_id(&page[..38]), None);
-        assert_eq!(build_id(&[]), None);
-    }
-
-    #[test]
     fn thread_status_from_registers() {
         let t = |orig_rax: i64, rax: i64| CoreThread { tid: 1, ip: 0, sp: 0, bp: 0, orig_rax, rax, args: [7, 0, 0] };
         let asleep = os_thread(&t(libc::SYS_futex, -512));
@@ -412,14 +260,5 @@ mod tests {
         // a call that returned (0) was not slept in
         let returned = os_thread(&t(libc::SYS_futex, 0));
         assert!(returned.syscall.is_none() && returned.on_cpu);
-    }
-
-    #[test]
-    fn paths_under_a_root() {
-        assert_eq!(
-            resolve(Some(Path::new("/srv/root")), "/usr/bin/python3"),
-            PathBuf::from("/srv/root/usr/bin/python3")
-        );
-        assert_eq!(resolve(None, "/tmp/python (deleted)"), PathBuf::from("/tmp/python"));
     }
 }
