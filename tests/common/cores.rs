@@ -75,9 +75,12 @@ pub fn kernel_writes_core_in_cwd() -> bool {
 /// Crashes the target (SIGABRT, core dumps allowed for it alone with prlimit) and moves
 /// the core the kernel wrote into `dir`. The kernel writes it in the process's working
 /// directory: the root's "/" for a target in a chroot (chroot(1) starts it there; one
-/// crash at a time per root), its work directory otherwise. Paths in it are as the
+/// crash at a time), its work directory otherwise. Paths in it are as the
 /// process saw them, inside its root.
 pub fn crash_core(target: &mut Target, dir: &Path) -> Result<PathBuf, String> {
+    // tests run side by side, and every crash in one root writes the same ROOT/core
+    static ONE_CRASH_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_CRASH_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let written =
         if target.interpreter.in_chroot() { target.interpreter.root.join("core") } else { target.host_path("core") };
     let _ = fs::remove_file(&written);
