@@ -43,6 +43,12 @@ pub type Refusal = String;
 
 pub fn parse(data: &[u8]) -> Result<CoreFile<'_>, Refusal> {
     if data.get(..4) != Some(b"\x7fELF") {
+        let compressed = [(&b"\x28\xb5\x2f\xfd"[..], "zstd"), (b"\xfd7zXZ", "xz"), (b"\x04\x22\x4d\x18", "lz4")];
+        if let Some((_, how)) = compressed.iter().find(|(magic, _)| data.starts_with(magic)) {
+            return Err(format!(
+                "{how}-compressed (systemd-coredump stores cores so): decompress it first (coredumpctl dump PID -o FILE)"
+            ));
+        }
         return Err("not an ELF file (a core file starts with \\x7fELF)".into());
     }
     if data.get(4) != Some(&2) || data.get(5) != Some(&1) {
@@ -153,6 +159,7 @@ mod tests {
     fn refuses_what_is_not_a_core_without_panicking() {
         assert!(parse(b"").unwrap_err().contains("not an ELF"));
         assert!(parse(b"#!/bin/sh\n").unwrap_err().contains("not an ELF"));
+        assert!(parse(b"\x28\xb5\x2f\xfd....").unwrap_err().contains("coredumpctl dump"));
         assert!(parse(&header(2, 0)).unwrap_err().contains("not a core file"));
         // program headers promised but absent
         assert!(parse(&header(ET_CORE, 3)).unwrap_err().contains("truncated"));
