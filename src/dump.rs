@@ -223,6 +223,9 @@ pub fn to_text<S: Image>(reader: &Reader<S>, dumped: &Dumped) -> String {
             let _ = writeln!(s, "    {}", wait_text(threads, w));
         }
         let locals = |fi: usize| d.locals.as_ref().and_then(|l| l.get(i)).and_then(|l| l.get(fi));
+        if let Some(e) = &th.error {
+            let _ = writeln!(s, "    (Python stack unreadable: {e})");
+        }
         match native_of(dumped, th) {
             Some(Ok(stack)) => {
                 for m in native::splice(reader.source.memory(), &reader.target, &th.frames, stack) {
@@ -242,9 +245,7 @@ pub fn to_text<S: Image>(reader: &Reader<S>, dumped: &Dumped) -> String {
             }
             None => {}
         }
-        if let Some(e) = &th.error {
-            let _ = writeln!(s, "    (stack unreadable: {e})");
-        } else if th.frames.is_empty() {
+        if th.frames.is_empty() && th.error.is_none() {
             let _ = writeln!(s, "    (no Python frames: running C code or idle)");
         }
         // Where a stack runs in a subinterpreter, each run of its frames is headed by the
