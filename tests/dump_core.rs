@@ -110,6 +110,20 @@ fn check_stacks(names: &[&str], how: Maker, workers: usize) {
         if v["core"] != core.to_string_lossy().as_ref() {
             return Err(format!("\"core\" is {}, not the core's path", v["core"]));
         }
+        if matches!(how, Maker::Crash) && interp.in_chroot() && got.libpython.is_none() {
+            // the runtime is in the executable: that file alone is enough, and the ones
+            // not found are listed by --verbose
+            let exe = rooted(&interp.root, &interp.executable);
+            let core_s = core.to_string_lossy();
+            let exe_s = exe.to_string_lossy();
+            let out = run_vizattach(&["dump", "--core", &core_s, "--json", "--verbose", "--executable", &exe_s])?;
+            if !out.status.success() || !out.stderr.contains("left out") {
+                return Err(format!("--executable alone: {}", out.describe()));
+            }
+            let v: Value = serde_json::from_str(&out.stdout).map_err(|e| format!("not JSON ({e})"))?;
+            let alone = Dump::from_json(&v).map_err(|e| format!("malformed dump ({e})"))?;
+            check_dump(&expected, &alone).map_err(|e| format!("with --executable alone: {e}"))?;
+        }
         Ok(())
     });
 }
