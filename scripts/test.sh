@@ -12,6 +12,8 @@ bash scripts/install-pythons.sh
 dpkg -s nodejs python3-venv >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nodejs python3-venv >/dev/null; }
 # libc's detached debug information: dump --native's file:line test reads it by build-id
 dpkg -s libc6-dbg >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libc6-dbg >/dev/null; }
+# gcore (gdb) makes the core files `dump --core` is tested on (tests/dump_core.rs)
+dpkg -s gdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq gdb >/dev/null; }
 # `go tool pprof` reads back the pprof output (tests/pprof.rs): Debian's golang-go
 if ! command -v go >/dev/null && ! ls /usr/lib/go*/bin/go >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq golang-go >/dev/null

@@ -2,6 +2,7 @@
 //! (python/diagnose.rs) and, with `--locals`, every frame's arguments and locals.
 
 use crate::native::{self, Mixed, NativeStacks};
+use crate::process::image::Image;
 use crate::python::diagnose::{Diagnosis, OwnerKnown, Status, Wait};
 use crate::python::snapshot::{Frame, Reader, ThreadStack};
 use serde_json::json;
@@ -43,12 +44,12 @@ fn native_frame_json(n: &native::NativeFrame) -> serde_json::Value {
 }
 
 /// A thread's frames as JSON: Python frames, or with --native both kinds spliced.
-fn frames_json(reader: &Reader, dumped: &Dumped, i: usize) -> Vec<serde_json::Value> {
+fn frames_json<S: Image>(reader: &Reader<S>, dumped: &Dumped, i: usize) -> Vec<serde_json::Value> {
     let t = &dumped.threads[i];
     let locals = |fi: usize| dumped.diagnosis.locals.as_ref().and_then(|l| l.get(i)).and_then(|l| l.get(fi));
     let index = |f: &Frame| t.frames.iter().position(|g| std::ptr::eq(g, f)).unwrap_or(0);
     match native_of(dumped, t) {
-        Some(Ok(stack)) => native::splice(&reader.process.memory, &reader.target, &t.frames, stack)
+        Some(Ok(stack)) => native::splice(reader.source.memory(), &reader.target, &t.frames, stack)
             .into_iter()
             .map(|m| match m {
                 Mixed::Python(f) => python_frame_json(f, locals(index(f))),
@@ -63,10 +64,11 @@ fn native_of<'a>(dumped: &'a Dumped, t: &ThreadStack) -> Option<&'a Result<Vec<n
     dumped.native.as_ref()?.get(&t.tid?)
 }
 
-pub fn to_json(reader: &Reader, dumped: &Dumped) -> serde_json::Value {
+pub fn to_json<S: Image>(reader: &Reader<S>, dumped: &Dumped) -> serde_json::Value {
     let (threads, d) = (&dumped.threads, &dumped.diagnosis);
     json!({
-        "pid": reader.process.pid,
+        "pid": reader.source.pid(),
+        "core": reader.source.core_path(),
         "python": {
             "version": reader.target.version.to_string(),
             "executable": reader.target.executable,
@@ -79,6 +81,7 @@ pub fn to_json(reader: &Reader, dumped: &Dumped) -> serde_json::Value {
             "holds_gil": t.holds_gil,
             "status": status_json(threads, &d.status[i]),
             "native_error": native_of(dumped, t).and_then(|r| r.as_ref().err()),
+            "error": t.error,
             "frames": frames_json(reader, dumped, i),
         })).collect::<Vec<_>>(),
         "deadlocks": d.deadlocks.iter().map(|c| json!({
@@ -202,12 +205,12 @@ fn native_frame_text(s: &mut String, n: &native::NativeFrame) {
     );
 }
 
-pub fn to_text(reader: &Reader, dumped: &Dumped) -> String {
+pub fn to_text<S: Image>(reader: &Reader<S>, dumped: &Dumped) -> String {
     let (threads, d) = (&dumped.threads, &dumped.diagnosis);
     use std::fmt::Write;
     let mut s = String::new();
     let t = &reader.target;
-    let _ = writeln!(s, "Process {}: {}", reader.process.pid, reader.process.cmdline());
+    let _ = writeln!(s, "{}", reader.source.heading());
     let _ = write!(s, "Python {} ({}", t.version, t.executable);
     if let Some(lib) = &t.libpython {
         let _ = write!(s, ", runtime in {lib}");
@@ -220,9 +223,12 @@ pub fn to_text(reader: &Reader, dumped: &Dumped) -> String {
             let _ = writeln!(s, "    {}", wait_text(threads, w));
         }
         let locals = |fi: usize| d.locals.as_ref().and_then(|l| l.get(i)).and_then(|l| l.get(fi));
+        if let Some(e) = &th.error {
+            let _ = writeln!(s, "    (Python stack unreadable: {e})");
+        }
         match native_of(dumped, th) {
             Some(Ok(stack)) => {
-                for m in native::splice(&reader.process.memory, &reader.target, &th.frames, stack) {
+                for m in native::splice(reader.source.memory(), &reader.target, &th.frames, stack) {
                     match m {
                         Mixed::Python(f) => {
                             let fi = th.frames.iter().position(|g| std::ptr::eq(g, f)).unwrap_or(0);
@@ -239,7 +245,7 @@ pub fn to_text(reader: &Reader, dumped: &Dumped) -> String {
             }
             None => {}
         }
-        if th.frames.is_empty() {
+        if th.frames.is_empty() && th.error.is_none() {
             let _ = writeln!(s, "    (no Python frames: running C code or idle)");
         }
         // Where a stack runs in a subinterpreter, each run of its frames is headed by the
@@ -264,32 +270,46 @@ const LOCALS_ATTEMPTS: usize = 10;
 /// afterwards, and read again otherwise (a thread that never holds still keeps the last
 /// read: each value in it was read safely, but they may come from different moments).
 pub fn read(reader: &mut Reader, with_locals: bool, with_native: bool) -> crate::error::Result<Dumped> {
+    let mut dumped = read_python(reader, with_locals)?;
+    // C stacks last: the only step that pauses the target, after every read that does not
+    if with_native {
+        let tids: Vec<i32> = dumped.threads.iter().filter_map(|t| t.tid).collect();
+        dumped.native = Some(native::capture(&reader.source, &tids)?);
+    }
+    Ok(dumped)
+}
+
+/// A dump of a core: its Python side, and with `with_native` each thread's C stack
+/// unwound from the registers and stack the core recorded.
+pub fn read_core(
+    reader: &mut Reader<crate::process::core::Core>,
+    with_locals: bool,
+    with_native: bool,
+) -> crate::error::Result<Dumped> {
+    let mut dumped = read_python(reader, with_locals)?;
+    if with_native {
+        let tids: Vec<i32> = dumped.threads.iter().filter_map(|t| t.tid).collect();
+        dumped.native = Some(native::core::capture(&reader.source, &tids));
+    }
+    Ok(dumped)
+}
+
+/// The Python side of a dump, for a live process or a core: stacks, statuses, locals.
+pub fn read_python<S: Image>(reader: &mut Reader<S>, with_locals: bool) -> crate::error::Result<Dumped> {
     let mut attempt = 0;
     loop {
         let threads = reader.snapshot()?;
-        let d = crate::python::diagnose::diagnose(
-            &reader.process.memory,
-            &reader.target,
-            reader.process.pid,
-            &threads,
-            with_locals,
-        );
+        let os = reader.source.os_threads(&threads.iter().map(|t| t.tid).collect::<Vec<_>>());
+        let d = crate::python::diagnose::diagnose(reader.source.memory(), &reader.target, &os, &threads, with_locals);
         attempt += 1;
-        if attempt >= LOCALS_ATTEMPTS || still(reader, &threads) {
-            // C stacks last: the only step that pauses the target, after every read that
-            // does not
-            let native = if with_native {
-                let tids: Vec<i32> = threads.iter().filter_map(|t| t.tid).collect();
-                Some(native::capture(&reader.process, &tids)?)
-            } else {
-                None
-            };
-            return Ok(Dumped { threads, diagnosis: d, native });
+        // a core holds still by itself
+        if !reader.source.live() || attempt >= LOCALS_ATTEMPTS || still(reader, &threads) {
+            return Ok(Dumped { threads, diagnosis: d, native: None });
         }
     }
 }
 
-fn still(reader: &mut Reader, threads: &[ThreadStack]) -> bool {
+fn still<S: Image>(reader: &mut Reader<S>, threads: &[ThreadStack]) -> bool {
     // a fresh snapshot, not a re-walk of each thread state: a thread in several
     // interpreters is joined from several states
     let Ok(now) = reader.snapshot() else { return false };

@@ -24,6 +24,9 @@ pub enum Error {
     Inconsistent(String),
     Io(String),
     Usage(String),
+    /// A core file (`dump --core`) that cannot be read, or the files it names: the path
+    /// and why, with the remedy.
+    Core(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -52,6 +55,7 @@ impl fmt::Display for Error {
             Error::Inconsistent(what) => write!(f, "{what}"),
             Error::Io(what) => write!(f, "{what}"),
             Error::Usage(what) => write!(f, "{what}"),
+            Error::Core(what) => write!(f, "core file {what}"),
         }
     }
 }

@@ -19,6 +19,7 @@ Examples:
   vizattach --pid 1234 --subprocesses     a server and every Python worker it starts
   vizattach dump --pid 1234           every thread's Python stack, innermost frame first
   vizattach dump --pid 1234 --json    the same as JSON, for scripts
+  vizattach dump --core core.1234     the stacks of a crashed or gcore'd process, from its core file
   vizattach versions                  which CPython versions can be read, and how
   vizattach repair trace.json         finish the file of a capture whose vizattach was killed
 
@@ -98,16 +99,53 @@ enum Command {
     ///
     /// The target keeps running: stacks are read from its memory, and a read that
     /// races with the program (the stack changed while being read) is retried.
+    ///
+    /// With --core FILE, the stacks are read from an ELF core file instead: one the kernel
+    /// wrote when the process crashed, or `gcore PID` made of a live one. The files the
+    /// core names (the executable, libpython, ...) must be the ones the process had
+    /// mapped, where the core says they were: they hold what a core leaves out. A core
+    /// copied from a container or another machine needs that filesystem: give its root
+    /// with --root (an unpacked image, a mounted snapshot, or /proc/PID/root of a
+    /// container still running); a file that is missing or differs (another build id) is
+    /// refused with a message that says which.
+    #[command(after_help = "\
+Examples:
+  vizattach dump --pid 1234
+      every thread's stack, innermost frame first
+  vizattach dump --pid 1234 --locals --native
+      with each frame's arguments and locals, and the C stacks
+  gcore -o /tmp/core 1234 && vizattach dump --core /tmp/core.1234
+      a core of a live process (gdb's gcore), then its stacks
+  vizattach dump --core core --root /srv/app-rootfs
+      a core from a container, whose filesystem is unpacked under /srv/app-rootfs
+  vizattach dump --core core --root /proc/4242/root
+      the same, while a container with the same image still runs (pid 4242)
+  vizattach dump --core core --executable ./python3.12
+      the executable is no longer where the core says it was")]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "core"])))]
     Dump {
         /// Process id of the Python process (several --pid: each of them)
-        #[arg(long, short, required = true)]
+        #[arg(long, short)]
         pid: Vec<i32>,
+        /// Read the stacks from this ELF core file instead of a running process
+        /// (x86-64; as the kernel or gdb's gcore write them)
+        #[arg(long, value_name = "FILE", conflicts_with = "subprocesses")]
+        core: Option<PathBuf>,
+        /// With --core: the executable the process ran, when it is no longer at the path the
+        /// core names (moved, deleted, or copied elsewhere)
+        #[arg(long, value_name = "PATH")]
+        executable: Option<PathBuf>,
+        /// With --core: the directory that was the process's root: every path the core names
+        /// is looked for under it (a container's or chroot's filesystem)
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
         /// Also every Python descendant of each --pid (forked workers, multiprocessing,
         /// Python children of a shell); others are skipped and listed on stderr
         #[arg(long)]
         subprocesses: bool,
-        /// Print JSON: {"pid", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil",
-        /// "status": {"on_cpu", "gil", "syscall", "waiting_on"}, "frames": [{"kind", "function", "file", "line"}]}],
+        /// Print JSON: {"pid", "core", "python": {...}, "threads": [{"tid", "thread_id", "name", "holds_gil",
+        /// "status": {"on_cpu", "gil", "syscall", "waiting_on"}, "frames": [{"kind", "function", "file", "line"}],
+        /// "error": why a core's stack could not be read, or null}],
         /// "deadlocks": [...]}; with several processes {"processes": [...], "skipped": [...]}
         #[arg(long)]
         json: bool,
@@ -117,13 +155,15 @@ enum Command {
         locals: bool,
         /// Also unwind each thread's C stack (DWARF CFI, frame pointers as a fallback) and
         /// splice the Python frames in. Pauses each thread briefly (ptrace) to copy its
-        /// registers and stack; a watchdog guarantees it runs on within 3 s whatever happens
+        /// registers and stack; a watchdog guarantees it runs on within 3 s whatever happens.
+        /// With --core, unwound from the registers and stack the core recorded
         #[arg(long)]
         native: bool,
         /// Keep the first thread paused this long during --native (tests of the watchdog)
         #[arg(long, hide = true, default_value = "0")]
         native_hold_ms: u64,
-        /// Also print how the interpreter was found and any layout differences
+        /// Also print how the interpreter was found and any layout differences (with --core:
+        /// and which of the files the core names were left out, and why)
         #[arg(long, short)]
         verbose: bool,
         /// Find the runtime by scanning memory even when symbols exist (what happens
@@ -190,6 +230,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// --verbose: how the interpreter was found.
+fn describe<S: vizattach::process::image::Image>(reader: &Reader<S>) {
+    let t = &reader.target;
+    eprintln!(
+        "vizattach: Python {} at _PyRuntime {:#x} in {}",
+        t.version,
+        t.runtime,
+        t.libpython.as_deref().unwrap_or(&t.executable)
+    );
+    for n in &t.notes {
+        eprintln!("vizattach: _Py_DebugOffsets differs from our {} table: {n}", t.layout.about.minor);
+    }
+}
+
+fn print_dump<S: vizattach::process::image::Image>(reader: &Reader<S>, dumped: &vizattach::dump::Dumped, json: bool) {
+    if json {
+        println!("{}", vizattach::dump::to_json(reader, dumped));
+    } else {
+        print!("{}", vizattach::dump::to_text(reader, dumped));
+    }
+}
+
 fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command.unwrap_or(Command::Record(cli.record)) {
         Command::Record(a) => {
@@ -215,9 +277,40 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 subprocesses: a.subprocesses,
             })
         }
-        Command::Dump { pid, json, locals, native, native_hold_ms, verbose, scan, subprocesses } => {
+        Command::Dump {
+            pid,
+            core,
+            executable,
+            root,
+            json,
+            locals,
+            native,
+            native_hold_ms,
+            verbose,
+            scan,
+            subprocesses,
+        } => {
             vizattach::native::pause::HOLD_MS.store(native_hold_ms, std::sync::atomic::Ordering::Relaxed);
             let how = if scan { Discovery::Scan } else { Discovery::Symbols };
+            if core.is_none() && (executable.is_some() || root.is_some()) {
+                // (a live process's files are found through /proc)
+                return Err(Error::Usage(
+                    "--executable and --root say where a core's files are: they go with --core FILE".into(),
+                ));
+            }
+            if let Some(core) = core {
+                let files = vizattach::process::core::Files { root, executable };
+                let mut reader = Reader::open_core(&core, &files, how)?;
+                if verbose {
+                    describe(&reader);
+                    for why in &reader.source.left_out {
+                        eprintln!("vizattach: left out (its bytes are not read): {why}");
+                    }
+                }
+                let dumped = vizattach::dump::read_core(&mut reader, locals, native)?;
+                print_dump(&reader, &dumped, json);
+                return Ok(0);
+            }
             if subprocesses || pid.len() > 1 {
                 let many = vizattach::dump::many(&pid, subprocesses, how, locals, native)?;
                 if json {
@@ -231,23 +324,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
             let pid = pid[0];
             let mut reader = Reader::attach_with(pid, how)?;
             if verbose {
-                let t = &reader.target;
-                eprintln!(
-                    "vizattach: Python {} at _PyRuntime {:#x} in {}",
-                    t.version,
-                    t.runtime,
-                    t.libpython.as_deref().unwrap_or(&t.executable)
-                );
-                for n in &t.notes {
-                    eprintln!("vizattach: _Py_DebugOffsets differs from our {} table: {n}", t.layout.about.minor);
-                }
+                describe(&reader);
             }
             let dumped = vizattach::dump::read(&mut reader, locals, native)?;
-            if json {
-                println!("{}", vizattach::dump::to_json(&reader, &dumped));
-            } else {
-                print!("{}", vizattach::dump::to_text(&reader, &dumped));
-            }
+            print_dump(&reader, &dumped, json);
             Ok(0)
         }
         Command::Demo { python, duration, rate } => {

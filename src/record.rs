@@ -94,14 +94,14 @@ pub fn record(opts: Options) -> Result<i32> {
         Some(c) => attach_launched(pid, c)?,
     };
     let path = opts.output.clone().unwrap_or_else(|| default_name(pid, gzip));
-    let command_line = reader.process.cmdline();
-    let root = reader.process.root_dir();
+    let command_line = reader.source.cmdline();
+    let root = reader.source.root_dir();
     let sink = output::create(&path, format, gzip, pid, root.clone(), &command_line)
         .and_then(|s| output::also_write(s, &opts.also, pid, root, &command_line))
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
     let sink = output::mode::filter(sink, opts.mode);
     let python_version = reader.target.version.to_string();
-    let Reader { process, target, codes, ids } = reader;
+    let Reader { source: process, target, codes, ids } = reader;
     let process_comm = process.comm.clone();
     let mut sampler = Sampler::new(pid, process.memory, target, codes, ids);
 

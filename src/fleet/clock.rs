@@ -61,7 +61,7 @@ impl Clock {
     fn admit(&mut self, j: Joined) -> bool {
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
         let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(64);
-        let crate::python::snapshot::Reader { process, target, ids, .. } = j.reader;
+        let crate::python::snapshot::Reader { source: process, target, ids, .. } = j.reader;
         let codes = crate::python::code::CodeCache::sharing_ids(self.code_ids.clone());
         let mut sampler = Sampler::new(j.pid, process.memory, target, codes, ids);
         sampler.recycle_from(recycle_rx);

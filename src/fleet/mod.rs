@@ -38,7 +38,7 @@ impl Joined {
     fn new(pid: i32, identity: Identity, reader: Reader) -> Joined {
         let info = ProcessInfo {
             pid,
-            command_line: reader.process.cmdline(),
+            command_line: reader.source.cmdline(),
             python_version: reader.target.version.to_string(),
         };
         Joined { pid, identity, info, reader }
@@ -86,7 +86,7 @@ pub fn record(opts: Options) -> Result<i32> {
     let head = first[0].info.clone();
     let roots: Vec<(i32, Identity)> = first.iter().map(|j| (j.pid, j.identity)).collect();
     let path = opts.output.clone().unwrap_or_else(|| record::default_name(head.pid, gzip));
-    let root_dir = first[0].reader.process.root_dir();
+    let root_dir = first[0].reader.source.root_dir();
     let sink = output::create(&path, format, gzip, head.pid, root_dir.clone(), &head.command_line)
         .and_then(|s| output::also_write(s, &opts.also, head.pid, root_dir, &head.command_line))
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;

@@ -3,6 +3,7 @@
 //! registers and stack (pause.rs); unwinding (unwind.rs) and naming (modules.rs) run on
 //! the copies while the target runs.
 
+pub mod core;
 pub mod modules;
 pub mod pause;
 pub mod unwind;
@@ -23,13 +24,15 @@ const EVAL_FUNCTION: &str = "_PyEval_EvalFrameDefault";
 pub type NativeStacks = HashMap<i32, std::result::Result<Vec<NativeFrame>, String>>;
 
 pub fn capture(process: &Process, tids: &[i32]) -> Result<NativeStacks> {
+    // read again: libraries loaded since the attach are on the stacks too
     let maps = crate::process::maps::read(process.pid)?;
     let stack_end = |sp: u64| maps.iter().find(|m| sp >= m.start && sp < m.end).map(|m| m.end);
     let (captured, missed) = pause::capture_all(process.pid, tids, stack_end)?;
-    let modules = modules::load(process);
+    let debug_root = std::path::PathBuf::from(format!("/proc/{}/root", process.pid));
+    let modules = modules::load(&maps, &|m| process.file_path(m), &debug_root);
     let mut out: NativeStacks = HashMap::new();
     for c in &captured {
-        out.insert(c.tid, Ok(unwind::unwind(process.pid, &modules, c)));
+        out.insert(c.tid, Ok(unwind::unwind(&process.memory, &modules, c)));
     }
     for m in missed {
         out.insert(m.tid, Err(m.why));

@@ -8,8 +8,9 @@
 //! tables leave out. Each file is read once per dump, through the path the target sees
 //! (process/mod.rs `file_path`).
 
-use crate::process::{MapEntry, Process};
+use crate::process::MapEntry;
 use goblin::elf::{program_header::PT_LOAD, sym::STT_FUNC, Elf};
+use std::path::{Path, PathBuf};
 
 pub struct Module {
     /// the executable mapping's range in the target
@@ -99,28 +100,18 @@ impl Module {
     }
 }
 
-/// Every executable file mapping of the process that parses as ELF.
-pub fn load(process: &Process) -> Vec<Module> {
-    let text = std::fs::read_to_string(format!("/proc/{}/maps", process.pid)).unwrap_or_default();
-    // (process/maps.rs keeps no execute bit: the start addresses of r-x mappings)
-    let executable: std::collections::HashSet<u64> = text
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let range = f.next()?;
-            let perms = f.next()?;
-            perms.contains('x').then(|| u64::from_str_radix(range.split('-').next()?, 16).ok()).flatten()
-        })
-        .collect();
-    crate::process::maps::parse(&text)
-        .iter()
-        .filter(|m| executable.contains(&m.start) && m.path.starts_with('/'))
-        .filter_map(|m| load_one(process, m))
+/// Every executable file mapping of `maps` that parses as ELF, each file read through
+/// `file_path`; detached debug files are looked for under `debug_root` (the target's
+/// root), then under ours.
+pub fn load(maps: &[MapEntry], file_path: &dyn Fn(&MapEntry) -> PathBuf, debug_root: &Path) -> Vec<Module> {
+    maps.iter()
+        .filter(|m| m.executable && m.path.starts_with('/'))
+        .filter_map(|m| load_one(&file_path(m), debug_root, m))
         .collect()
 }
 
-fn load_one(process: &Process, m: &MapEntry) -> Option<Module> {
-    let data = std::fs::read(process.file_path(m)).ok()?;
+fn load_one(file: &Path, debug_root: &Path, m: &MapEntry) -> Option<Module> {
+    let data = std::fs::read(file).ok()?;
     let elf = Elf::parse(&data).ok()?;
     // the PT_LOAD this mapping comes from: its file offset says where in vaddr space it starts
     let seg = elf.program_headers.iter().find(|p| {
@@ -154,9 +145,9 @@ fn load_one(process: &Process, m: &MapEntry) -> Option<Module> {
             .then(|| n.desc.iter().map(|b| format!("{b:02x}")).collect::<String>())
     });
     let has_dwarf = elf.section_headers.iter().any(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".debug_line"));
-    let debug = debug_file(process, build_id.as_deref())
+    let debug = debug_file(debug_root, build_id.as_deref())
         .and_then(|p| addr2line::Loader::new(p).ok())
-        .or_else(|| has_dwarf.then(|| addr2line::Loader::new(process.file_path(m)).ok()).flatten());
+        .or_else(|| has_dwarf.then(|| addr2line::Loader::new(file).ok()).flatten());
     symbols.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
     symbols.dedup_by(|a, b| a.0 == b.0);
     Some(Module {
@@ -174,11 +165,8 @@ fn load_one(process: &Process, m: &MapEntry) -> Option<Module> {
 }
 
 /// The detached debug file with this build-id: in the target's root, then in ours.
-fn debug_file(process: &Process, build_id: Option<&str>) -> Option<std::path::PathBuf> {
+fn debug_file(debug_root: &Path, build_id: Option<&str>) -> Option<PathBuf> {
     let id = build_id.filter(|id| id.len() > 2)?;
     let rel = format!("usr/lib/debug/.build-id/{}/{}.debug", &id[..2], &id[2..]);
-    [format!("/proc/{}/root/{rel}", process.pid), format!("/{rel}")]
-        .into_iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.is_file())
+    [debug_root.join(&rel), Path::new("/").join(&rel)].into_iter().find(|p| p.is_file())
 }

@@ -24,7 +24,7 @@ const STOP_WAIT: Duration = Duration::from_millis(500);
 /// Bytes of stack copied above the stack pointer: deep enough for hundreds of C frames.
 pub const STACK_COPY: u64 = 512 * 1024;
 /// The x86-64 red zone below the stack pointer, copied too.
-const RED_ZONE: u64 = 128;
+pub const RED_ZONE: u64 = 128;
 
 /// Tests only (the hidden `--native-hold-ms`): keep the first thread paused this long,
 /// to prove the watchdog and the kernel resume it whatever happens to vizattach.

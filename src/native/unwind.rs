@@ -6,7 +6,7 @@
 
 use super::modules::Module;
 use super::pause::Captured;
-use crate::process::memory::{Memory, ReadMem};
+use crate::process::memory::ReadMem;
 use gimli::{
     BaseAddresses, CfaRule, DebugFrame, EhFrame, EhFrameHdr, LittleEndian, Register, RegisterRule, UnwindContext,
     UnwindSection, X86_64,
@@ -28,10 +28,10 @@ pub struct NativeFrame {
     pub inlined: bool,
 }
 
-/// Reads a word from the stack copy, or from the live process outside it.
+/// Reads a word from the stack copy, or from the target's memory outside it.
 struct StackMem<'a> {
     c: &'a Captured,
-    live: Memory,
+    rest: &'a dyn ReadMem,
 }
 
 impl StackMem<'_> {
@@ -39,7 +39,7 @@ impl StackMem<'_> {
         let off = usize::try_from(addr.checked_sub(self.c.stack_start)?).ok()?;
         match self.c.stack.get(off..off.checked_add(8)?) {
             Some(b) => Some(u64::from_le_bytes(b.try_into().ok()?)),
-            None => self.live.read_u64(addr).ok(),
+            None => self.rest.read_u64(addr).ok(),
         }
     }
 }
@@ -51,9 +51,10 @@ struct Step {
     bp: Option<u64>,
 }
 
-/// The thread's C stack, innermost first.
-pub fn unwind(pid: i32, modules: &[Module], c: &Captured) -> Vec<NativeFrame> {
-    let mem = StackMem { c, live: Memory::new(pid) };
+/// The thread's C stack, innermost first. `rest`: the target's memory, for what the
+/// stack copy does not hold.
+pub fn unwind(rest: &dyn ReadMem, modules: &[Module], c: &Captured) -> Vec<NativeFrame> {
+    let mem = StackMem { c, rest };
     let mut ctx = Box::new(UnwindContext::new());
     let (mut ip, mut sp, mut bp) = (c.regs.ip, c.regs.sp, c.regs.bp);
     let mut out = Vec::new();

@@ -1,7 +1,9 @@
 //! The target process as the OS shows it: its maps, files, threads and memory.
 
+pub mod core;
 pub mod elf;
 pub mod identity;
+pub mod image;
 pub mod maps;
 pub mod memory;
 pub mod os_thread;

@@ -35,6 +35,13 @@ impl Tasks {
         Tasks { tids, ns_to_ours }
     }
 
+    /// Threads known from elsewhere (a core's notes), with no namespace to translate.
+    pub fn fixed(mut tids: Vec<i32>) -> Tasks {
+        tids.sort_unstable();
+        tids.dedup();
+        Tasks { tids, ns_to_ours: HashMap::new() }
+    }
+
     /// Our tid for a tid the target recorded in its own namespace.
     pub fn to_ours(&self, tid: i32) -> i32 {
         self.ns_to_ours.get(&tid).copied().unwrap_or(tid)

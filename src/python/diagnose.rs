@@ -20,7 +20,7 @@ use super::snapshot::ThreadStack;
 use super::strings::read_unicode;
 use super::values::{self, type_of};
 use crate::process::memory::ReadMem;
-use crate::process::os_thread::{self, OsThread};
+use crate::process::os_thread::OsThread;
 
 /// Frames searched for the lock a thread waits on, innermost first.
 const FRAMES_SEARCHED: usize = 8;
@@ -97,14 +97,19 @@ struct Reached {
     frame: usize,
 }
 
-pub fn diagnose(mem: &dyn ReadMem, t: &Target, pid: i32, threads: &[ThreadStack], with_locals: bool) -> Diagnosis {
-    let os: Vec<OsThread> =
-        threads.iter().map(|th| th.tid.map(|tid| os_thread::read(pid, tid)).unwrap_or_default()).collect();
+/// `os`: what the OS says of each thread of `threads` (same order).
+pub fn diagnose(
+    mem: &dyn ReadMem,
+    t: &Target,
+    os: &[OsThread],
+    threads: &[ThreadStack],
+    with_locals: bool,
+) -> Diagnosis {
     // what each thread's frames reach, for finding waits and likely owners
     let reached: Vec<Vec<Reached>> = threads.iter().map(|th| reachable_locks(mem, t, th, false)).collect();
     let mut status: Vec<Status> = threads
         .iter()
-        .zip(&os)
+        .zip(os)
         .map(|(th, os)| {
             let futex = os.syscall.as_ref().filter(|s| s.is_futex()).map(|s| s.args[0]);
             let gil = if th.holds_gil {
@@ -118,7 +123,7 @@ pub fn diagnose(mem: &dyn ReadMem, t: &Target, pid: i32, threads: &[ThreadStack]
         })
         .collect();
     for (i, th) in threads.iter().enumerate() {
-        let futex = os[i].syscall.as_ref().filter(|s| s.is_futex()).map(|s| s.args[0]);
+        let futex = os.get(i).and_then(|o| o.syscall.as_ref()).filter(|s| s.is_futex()).map(|s| s.args[0]);
         let (Some(addr), Gil::No) = (futex, status[i].gil) else { continue };
         let key = wait_key(mem, t, addr);
         status[i].waiting_on = find_wait(mem, t, th, key);

@@ -6,8 +6,8 @@ use super::version::Version;
 use super::{debug_offsets, scan};
 use crate::error::{Error, Result};
 use crate::process::elf::ElfInfo;
-use crate::process::memory::ReadMem;
-use crate::process::{MapEntry, Process};
+use crate::process::image::Image;
+use crate::process::MapEntry;
 
 /// Everything the reader needs to know about the target's interpreter.
 pub struct Target {
@@ -38,9 +38,9 @@ pub enum Discovery {
     Scan,
 }
 
-pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
-    let candidates = candidates(process)?;
-    let exe_display = process.exe.trim_end_matches(" (deleted)").to_string();
+pub fn discover(image: &dyn Image, how: Discovery) -> Result<Target> {
+    let candidates = candidates(image)?;
+    let exe_display = image.exe().trim_end_matches(" (deleted)").to_string();
     let by_symbol = match how {
         Discovery::Symbols => {
             candidates.iter().find_map(|c| runtime_vaddr(&c.elf).map(|r| (c, c.elf.to_memory(r, c.map.start))))
@@ -50,9 +50,9 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
     let found = by_symbol.or_else(|| {
         // A stripped Python: look for a runtime whose structures hold together.
         candidates.iter().find_map(|c| {
-            let (major, minor) = minor_hint(&process.memory, c)?;
+            let (major, minor) = minor_hint(image.memory(), c)?;
             let layout = Layout::for_minor(major, minor)?;
-            scan::find_runtime(process, c.map, &layout).map(|r| (c, r))
+            scan::find_runtime(image, c.map, &layout).map(|r| (c, r))
         })
     });
     let Some((cand, runtime)) = found else {
@@ -66,13 +66,13 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
                 return Err(Error::UnsupportedVersion { version: format!("{}.{}", v.0, v.1), why });
             }
         }
-        return Err(Error::NotPython { pid: process.pid, comm: process.comm.clone(), exe: exe_display });
+        return Err(image.not_python());
     };
     let base = cand.map.start;
-    let mem = &process.memory;
+    let mem = image.memory();
 
     let version = if let Some((vaddr, _)) = cand.elf.symbol("Py_Version") {
-        let hex = mem.read_u64(cand.elf.to_memory(vaddr, base)).map_err(|e| e.into_error(process.pid))?;
+        let hex = mem.read_u64(cand.elf.to_memory(vaddr, base)).map_err(|e| image.read_error(e))?;
         Version::from_hex(hex & 0xffff_ffff)
     } else {
         // Before 3.11 nothing exports the version: the file name or PY_VERSION in .rodata
@@ -114,7 +114,7 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
     let mut notes = Vec::new();
     if layout.model.debug_offsets {
         notes = debug_offsets::apply(mem, runtime, &version, &mut layout).map_err(|e| match e {
-            debug_offsets::Problem::Read(r) => r.into_error(process.pid),
+            debug_offsets::Problem::Read(r) => image.read_error(r),
             debug_offsets::Problem::Refuse(why) => Error::UnsupportedVersion { version: version.to_string(), why },
         })?;
     }
@@ -140,20 +140,20 @@ pub fn discover(process: &Process, how: Discovery) -> Result<Target> {
 
 /// The runtime lives in libpython when one is loaded (shared builds, embedders),
 /// otherwise in the executable. Each candidate is the mapping of file offset 0.
-fn candidates(process: &Process) -> Result<Vec<Candidate<'_>>> {
+fn candidates(image: &dyn Image) -> Result<Vec<Candidate<'_>>> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let libs = process.maps.iter().filter(|m| m.offset == 0 && is_libpython(m.file_name()));
-    let exe = process.maps.iter().filter(|m| m.offset == 0 && m.path == process.exe);
+    let libs = image.maps().iter().filter(|m| m.offset == 0 && is_libpython(m.file_name()));
+    let exe = image.maps().iter().filter(|m| m.offset == 0 && m.path == image.exe());
     for (map, is_lib) in libs.map(|m| (m, true)).chain(exe.map(|m| (m, false))) {
         if !seen.insert(&map.path) {
             continue;
         }
-        let path = process.file_path(map);
+        let path = image.file_path(map);
         match ElfInfo::open(&path) {
             Ok(elf) => out.push(Candidate { map, elf, is_lib }),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(Error::PermissionDenied { pid: process.pid, what: format!("{}", path.display()) })
+                return Err(Error::PermissionDenied { pid: image.pid(), what: format!("{}", path.display()) })
             }
             Err(_) => continue,
         }

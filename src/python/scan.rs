@@ -2,16 +2,17 @@
 //! what it points to, and PyCode_Type through a running frame.
 
 use super::layout::{FrameModel, Layout};
+use crate::process::image::Image;
 use crate::process::memory::{Fields, ReadMem, ReadResult, Span};
-use crate::process::{MapEntry, Process};
+use crate::process::MapEntry;
 
 const MAX_REGION: u64 = 256 << 20;
 
 /// The binary's writable data and the anonymous .bss right after it, in memory order.
-fn data_regions<'a>(process: &'a Process, binary: &'a MapEntry) -> Vec<&'a MapEntry> {
+fn data_regions<'a>(image: &'a dyn Image, binary: &'a MapEntry) -> Vec<&'a MapEntry> {
     let mut out = Vec::new();
     let mut follows = false;
-    for m in &process.maps {
+    for m in image.maps() {
         if m.path == binary.path {
             follows = m.writable;
             if m.writable {
@@ -27,9 +28,9 @@ fn data_regions<'a>(process: &'a Process, binary: &'a MapEntry) -> Vec<&'a MapEn
     out
 }
 
-pub fn find_runtime(process: &Process, binary: &MapEntry, l: &Layout) -> Option<u64> {
-    let mem = &process.memory;
-    let copies: Vec<(u64, Vec<u8>)> = data_regions(process, binary)
+pub fn find_runtime(image: &dyn Image, binary: &MapEntry, l: &Layout) -> Option<u64> {
+    let mem = image.memory();
+    let copies: Vec<(u64, Vec<u8>)> = data_regions(image, binary)
         .into_iter()
         .filter(|r| r.end - r.start <= MAX_REGION)
         .filter_map(|r| mem.read_vec(r.start, (r.end - r.start) as usize).ok().map(|buf| (r.start, buf)))
@@ -46,7 +47,7 @@ pub fn find_runtime(process: &Process, binary: &MapEntry, l: &Layout) -> Option<
     let local = Copies(&copies, mem);
     // Interpreter states live in writable memory (the heap, or the runtime itself).
     let mut writable: Vec<(u64, u64)> =
-        process.maps.iter().filter(|m| m.readable && m.writable).map(|m| (m.start, m.end)).collect();
+        image.maps().iter().filter(|m| m.readable && m.writable).map(|m| (m.start, m.end)).collect();
     writable.sort_unstable();
     let is_writable = |addr: u64| {
         let i = writable.partition_point(|r| r.0 <= addr);

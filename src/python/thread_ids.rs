@@ -10,6 +10,8 @@ const SCAN: usize = 2048;
 
 pub struct ThreadIds {
     pid: i32,
+    /// the threads can be listed again (/proc); a core's list is all there is
+    live: bool,
     /// the target's pid namespace is ours: the tids it records need no translation
     same_pid_namespace: bool,
     pub tasks: Tasks,
@@ -20,11 +22,18 @@ impl ThreadIds {
     pub fn new(pid: i32) -> ThreadIds {
         let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
         let same_pid_namespace = ns("self").is_some() && ns("self") == ns(&pid.to_string());
-        ThreadIds { pid, same_pid_namespace, tasks: Tasks::read(pid), pthread_tid_offset: None }
+        ThreadIds { pid, live: true, same_pid_namespace, tasks: Tasks::read(pid), pthread_tid_offset: None }
     }
 
-    pub fn refresh(&mut self, pid: i32) {
-        self.tasks = Tasks::read(pid);
+    /// The threads a core recorded, by the ids it recorded them with.
+    pub fn recorded(pid: i32, tids: Vec<i32>) -> ThreadIds {
+        ThreadIds { pid, live: false, same_pid_namespace: true, tasks: Tasks::fixed(tids), pthread_tid_offset: None }
+    }
+
+    pub fn refresh(&mut self) {
+        if self.live {
+            self.tasks = Tasks::read(self.pid);
+        }
     }
 
     /// Our tid for each thread state (None where it cannot be known: a thread that has
@@ -54,7 +63,9 @@ impl ThreadIds {
         }
         let mut known = self.known_target_tids();
         // The main thread's tid is the pid: a task list without it is a failed read.
-        if inner.iter().flatten().any(|t| !known.contains(t)) || self.tasks.tids.binary_search(&self.pid).is_err() {
+        let stale =
+            inner.iter().flatten().any(|t| !known.contains(t)) || self.tasks.tids.binary_search(&self.pid).is_err();
+        if stale && self.live {
             // A thread started since we listed the tasks, or one has ended: look again.
             self.tasks = Tasks::read(self.pid);
             known = self.known_target_tids();

@@ -3,6 +3,7 @@
 //! comparing its `dump --json` output with what a fixture recorded about itself.
 #![allow(dead_code)]
 
+pub mod cores;
 pub mod dumps;
 pub mod interpreters;
 pub mod processes;

@@ -53,6 +53,11 @@ impl Target {
     /// Starts `FIXTURE OUTPUT` where OUTPUT is `<work dir>/expected.json` (read it with
     /// `wait_expected`, or `wait_json("expected.json")`).
     pub fn start(interp: &Interpreter, fixture: &str) -> Result<Target, String> {
+        Target::start_with_env(interp, fixture, &[])
+    }
+
+    /// `start`, with these variables added to the target's environment.
+    pub fn start_with_env(interp: &Interpreter, fixture: &str, env: &[(&str, &str)]) -> Result<Target, String> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let unique = format!("{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst), interp.name);
         let target_dir = Path::new(WORK_BASE).join(&unique);
@@ -80,6 +85,7 @@ impl Target {
             Command::new(&executable)
         };
         let stderr = fs::File::create(host_dir.join("stderr.txt")).map_err(|e| e.to_string())?;
+        cmd.envs(env.iter().copied());
         cmd.arg(target_dir.join(fixture))
             .arg(target_dir.join("expected.json"))
             .current_dir(&host_dir)
@@ -172,6 +178,12 @@ impl Drop for Target {
 }
 
 pub struct DirGuard(PathBuf);
+impl DirGuard {
+    /// Removes `dir` and all in it when dropped.
+    pub fn new(dir: PathBuf) -> DirGuard {
+        DirGuard(dir)
+    }
+}
 impl Drop for DirGuard {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
