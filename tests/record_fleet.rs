@@ -304,3 +304,66 @@ fn churn(interp: &Interpreter) -> Result<(), String> {
     eprintln!("  {}: {} workers followed, {} processes, sleep skipped", interp.name, list.len(), trace.processes.len());
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// --subprocesses through multiprocessing.Pool (launch mode)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn subprocesses_follows_a_pool_with_one_task_per_worker() {
+    let Some(targets) = host_targets() else { return };
+    // a 3.12+ interpreter: the pool's workers are forked from a program whose stacks
+    // start at C-stack entry frames
+    let newer: Vec<Interpreter> = targets.into_iter().filter(|i| i.version_tuple() >= (3, 12, 0)).collect();
+    for_each_interpreter(&newer, 1, pool);
+}
+
+fn pool(interp: &Interpreter) -> Result<(), String> {
+    let work = WorkDir::new(interp)?;
+    let out = work.host_path("pool.json");
+    let pids_file = work.target_path("pids.json");
+    let mut cmd = Command::new(VIZATTACH);
+    cmd.args(["record", "-q", "--subprocesses", "--rate", &RATE.to_string(), "-o"])
+        .arg(&out)
+        .arg("--")
+        .args(work.command_line("fleet_pool.py", &[pids_file.display().to_string()]))
+        .current_dir(work.host_path(""));
+    let run = common::run::run_with_timeout(cmd, Duration::from_secs(90))?;
+    if !run.status.success() {
+        return Err(format!("record --subprocesses -- fleet_pool.py exited with {}: {}", run.status, run.stderr));
+    }
+    let pids: Vec<i64> = serde_json::from_str::<serde_json::Value>(
+        &fs::read_to_string(work.host_path("pids.json")).map_err(|e| format!("pids.json: {e}"))?,
+    )
+    .map_err(|e| e.to_string())?["pids"]
+        .as_array()
+        .ok_or("no pids")?
+        .iter()
+        .filter_map(|p| p.as_i64())
+        .collect();
+    let distinct: BTreeSet<i64> = pids.iter().copied().collect();
+    if distinct.len() != 6 {
+        return Err(format!("the pool ran its 6 tasks in {} processes: {pids:?}", distinct.len()));
+    }
+    let file = work.target_path("fleet_pool.py").display().to_string();
+    let trace =
+        check_trace_of(&out, &work.host_path(""), Some(&file), None).map_err(|e| format!("{e}\n{}", run.stderr))?;
+    let task = slice_name("pool_task", &file, "fleet_pool.py");
+    // each worker lives 0.8 s and is found within a poll (150 ms): all but a start-up's
+    // worth of its task is in the trace, under its own pid
+    let mut seen = 0;
+    for pid in &distinct {
+        let longest =
+            trace.slices.iter().filter(|s| s.pid == *pid && s.name == task).map(|s| s.dur).fold(0.0, f64::max);
+        if longest >= 300_000.0 {
+            seen += 1;
+        }
+    }
+    if seen < 5 {
+        return Err(format!(
+            "only {seen} of the 6 pool workers have a pool_task slice of 300 ms or more; processes in the trace: {:?}",
+            trace.processes
+        ));
+    }
+    Ok(())
+}

@@ -42,6 +42,14 @@ fn gunicorn() -> Option<PathBuf> {
     }
 }
 
+/// CLOCK_MONOTONIC in microseconds: the trace's clock.
+fn monotonic_us() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
+}
+
 fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
@@ -156,7 +164,17 @@ fn server_capture(bin: &Path) -> Result<(), String> {
             served
         })
     };
-    std::thread::sleep(Duration::from_millis(3500));
+    // Mid-load, one worker dies without warning (an OOM kill, a segfault in an
+    // extension): its slices must end cleanly and its replacement must be followed.
+    std::thread::sleep(Duration::from_millis(1500));
+    // the older of the two live workers: long enough alive to have been attached
+    let booted = server.booted();
+    let victim = *booted.get(booted.len().wrapping_sub(2)).ok_or("fewer than two workers booted")?;
+    let killed_us = monotonic_us();
+    // SAFETY: kill(2) on a worker of the server this test started
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let booted_before_kill = server.booted().len();
+    std::thread::sleep(Duration::from_millis(2000));
     stop.store(true, Ordering::Relaxed);
     let served = load.join().map_err(|_| "the load thread failed")?;
     let status = common::recording::wait_exit(&mut viz, Duration::from_secs(60)).ok_or("vizattach did not stop")?;
@@ -184,6 +202,23 @@ fn server_capture(bin: &Path) -> Result<(), String> {
             ));
         }
     }
+    if !trace.processes.contains_key(&victim) {
+        return Err(format!("the worker {victim} killed mid-capture is not in the trace"));
+    }
+    if let Some(late) = trace.slices.iter().find(|s| s.pid == victim && s.end() > killed_us + 1000.0) {
+        return Err(format!(
+            "worker {victim}, killed mid-capture: {} ends {:.1} ms after the kill",
+            late.name,
+            (late.end() - killed_us) / 1000.0
+        ));
+    }
+    let after_kill = server.booted().into_iter().skip(booted_before_kill).collect::<Vec<_>>();
+    if !after_kill.iter().any(|p| trace.slices.iter().any(|s| s.pid == *p && s.qual == "handle_request")) {
+        return Err(format!(
+            "no worker booted after the kill ({after_kill:?}) served a request in the trace: {:?}",
+            trace.processes.keys().collect::<Vec<_>>()
+        ));
+    }
     let booted: BTreeSet<i64> = server.booted().into_iter().collect();
     for pid in trace.processes.keys() {
         if *pid != master && !booted.contains(pid) {
@@ -200,7 +235,7 @@ fn server_capture(bin: &Path) -> Result<(), String> {
         return Err(format!("skipped_children: {}", trace.meta["skipped_children"]));
     }
     eprintln!(
-        "  gunicorn: {} requests, {} workers replaced under load, {} processes in the trace",
+        "  gunicorn: {} requests, {} workers replaced under load, worker {victim} killed and replaced, {} processes in the trace",
         served.values().sum::<usize>(),
         replaced.len(),
         trace.processes.len()
