@@ -230,6 +230,9 @@ const MAX_SPAN: u64 = 64 << 10;
 const C_STACK_SLACK_MIN: u64 = 1024;
 const C_STACK_SLACK_MAX: u64 = 8 << 10;
 const C_STACK_WINDOW: u64 = 24 << 10;
+/// How many frames a thread may have pushed while its group was copied, for the
+/// sampler to follow them from the process to where the copy's stack began.
+const CALLED_HOPS: usize = 6;
 /// The most frames outside the chunk a plan names (a walk cut short adds what it
 /// learnt to what the plan held).
 const MAX_PLANNED_FRAMES: usize = 1024;
@@ -909,10 +912,14 @@ impl<M: ReadMem> Sampler<M> {
             time = read_span.1;
         } else {
             // It only called: the walk from the first top holds as of the start, if the
-            // second top's chain in the copy reaches the first top.
+            // second top's chain reaches the first top. In the copy, if the frames it
+            // pushed were copied after they were written; otherwise from the process, a
+            // few frames up at most, with the first top still running the same code.
+            let top_code = walk.frames.first().filter(|f| f.frame == top.frame).map(|f| f.code);
             let reaches = whole_copy
-                && stack::walk(pf, l, after.frame, &mut lookup(codes, mem, t), walk_after).is_ok()
-                && walk_after.visited.contains(&top.frame);
+                && ((stack::walk(pf, l, after.frame, &mut lookup(codes, mem, t), walk_after).is_ok()
+                    && walk_after.visited.contains(&top.frame))
+                    || top_code.is_some_and(|code| stack::reaches(mem, l, after.frame, top.frame, code, CALLED_HOPS)));
             if !reaches {
                 return Ok(Attempt::Retry(Loss::Moved));
             }

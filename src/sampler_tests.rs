@@ -252,6 +252,39 @@ fn a_call_while_the_group_is_copied_gives_the_stack_at_the_start() {
 }
 
 #[test]
+fn a_call_written_after_its_slot_was_copied_is_followed_in_the_process() {
+    let (sim, l, mut s, stats) = warm(&[0, 1, 2]);
+    let retried = stats.retried.load(Ordering::Relaxed);
+    // f2 calls f6 after the chunk was copied: the copy's slot 3 is stale, so only the
+    // process shows that the second top's chain reaches the first top
+    let l2 = l.clone();
+    sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| {
+        frame(r, &l2, slot(3), 6, slot(2), 2);
+        r.u64(CFRAME + l2.tstate.cframe_current_frame.unwrap(), slot(3));
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2]))]);
+    assert_eq!(lost(&stats), 0);
+    assert_eq!(stats.retried.load(Ordering::Relaxed), retried, "kept from the first read");
+    assert!(b.threads[0].time_ns < b.time_ns);
+}
+
+#[test]
+fn a_stale_copy_whose_top_now_runs_other_code_is_not_believed() {
+    let (sim, l, mut s, stats) = warm(&[0, 1, 2]);
+    // the thread left f2 and called f7 from f1 into f2's slot, then f6 from there: the
+    // process's chain from the second top reaches slot 2, but slot 2 runs f7 now
+    let l2 = l.clone();
+    sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| {
+        frame(r, &l2, slot(2), 7, slot(1), 2);
+        frame(r, &l2, slot(3), 6, slot(2), 2);
+        r.u64(CFRAME + l2.tstate.cframe_current_frame.unwrap(), slot(3));
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_ne!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2]))], "f2 is gone: the first read's stack is not the truth");
+}
+
+#[test]
 fn a_thread_that_never_holds_still_is_lost_and_counted_as_moved() {
     // Between the two reads of its top pointer the thread leaves f3 (slot 3) for a
     // generator f9 resumed by f1, and back, every time: neither top lies on the other's

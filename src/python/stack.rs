@@ -201,6 +201,26 @@ pub fn walk_with_locals_from(
     Ok(())
 }
 
+/// Whether `to`, running `code`, lies on the chain from `from` within `hops` links, as
+/// the process holds it now (one read per frame: for the rare case a copy cannot
+/// settle).
+pub fn reaches(mem: &dyn ReadMem, l: &Layout, from: u64, to: u64, code: u64, hops: usize) -> bool {
+    let f = &l.frame;
+    let mut buf = [0u8; 128];
+    let len = (f.size as usize).clamp(8, buf.len());
+    let mut frame = from;
+    for _ in 0..=hops {
+        if frame == 0 || frame & 7 != 0 || frame >= USER_SPACE_END || mem.read(frame, &mut buf[..len]).is_err() {
+            return false;
+        }
+        if frame == to {
+            return buf.u64_at(f.code) & !l.model.stackref_tag_mask == code;
+        }
+        frame = buf.u64_at(f.previous);
+    }
+    false
+}
+
 /// The frame's local slots that can prove a new call; not `read` where they are not in
 /// `mem` (a frame outside a tick's copy keeps no proof, it is never a reason to re-read).
 fn read_locals(mem: &dyn ReadMem, l: &Layout, frame: u64, c: &CodeFacts) -> Locals {
