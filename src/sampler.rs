@@ -191,15 +191,9 @@ struct Plan {
     /// little and a deepening recursion is read whole
     used: usize,
     slack: usize,
-    /// frames outside that window: older chunks, generators, frame objects (before
-    /// 3.11), and C-stack entry frames the window below does not hold
+    /// frames outside that window: older chunks, generators, C-stack entry frames,
+    /// frame objects (before 3.11)
     frames: Vec<u64>,
-    /// the C stack around the entry frames of the evaluation loops the thread is in
-    /// (3.12+): a call through C makes a new one a little further down, at an address
-    /// no earlier walk saw, and reading it alone, after the copy, is what made most
-    /// samples of real programs inconsistent
-    c_stack: (u64, u64),
-    c_stack_slack: u64,
     /// this tick's second reads of the top frame pointer (Prefetch checks)
     check_top: Option<usize>,
     check_cframe: Option<usize>,
@@ -225,11 +219,6 @@ const LOCALS_READ: u64 = 256;
 /// Frames this close together are read as one piece (cheaper than two iovecs).
 const MERGE_GAP: u64 = 512;
 const MAX_SPAN: u64 = 64 << 10;
-/// How much C stack to read below the deepest entry frame seen (it grows down), and
-/// the most to read around them all.
-const C_STACK_SLACK_MIN: u64 = 1024;
-const C_STACK_SLACK_MAX: u64 = 8 << 10;
-const C_STACK_WINDOW: u64 = 24 << 10;
 /// How many frames a thread may have pushed while its group was copied, for the
 /// sampler to follow them from the process to where the copy's stack began.
 const CALLED_HOPS: usize = 6;
@@ -621,7 +610,6 @@ impl<M: ReadMem> Sampler<M> {
         if plan.chunk != 0 {
             self.pf.want(plan.chunk, plan.chunk_len);
         }
-        self.pf.want(plan.c_stack.0, (plan.c_stack.1 - plan.c_stack.0) as usize);
         // Frames outside the chunk window, merged where they are close: one piece per
         // region, not per frame.
         let frame_len = l.frame.localsplus.unwrap_or(l.frame.size).max(l.frame.size) + LOCALS_READ;
@@ -663,25 +651,16 @@ impl<M: ReadMem> Sampler<M> {
         }
         let behind = CopyThenProcess { copy: pf, process: mem };
         walk.visited.clear();
-        walk.on_c_stack.clear();
         let walked = stack::top_frame(&behind, l, key)
             .and_then(|top| stack::walk(&behind, l, top.frame, &mut lookup(codes, mem, t), walk));
         // A walk cut short (the thread moved while it read) knows only the top of the
         // stack: what the plan held for the rest stays in it.
         kept_frames.clear();
         kept_frames.extend_from_slice(&live.plan.frames);
-        let c_stack = live.plan.c_stack;
         plan_from(&mut live.plan, l, &behind, chunk, stack_top, walk);
         if walked.is_err() {
             let plan = &mut live.plan;
-            if c_stack.1 != 0 {
-                plan.c_stack = match plan.c_stack {
-                    (0, 0) => c_stack,
-                    (lo, hi) => (lo.min(c_stack.0), hi.max(c_stack.1).min(lo.min(c_stack.0) + C_STACK_WINDOW)),
-                };
-            }
-            let (lo, hi) = plan.c_stack;
-            plan.frames.extend(kept_frames.iter().filter(|&&f| !(f >= lo && f < hi)));
+            plan.frames.extend_from_slice(kept_frames);
             plan.frames.sort_unstable();
             plan.frames.dedup();
             plan.frames.truncate(MAX_PLANNED_FRAMES);
@@ -1053,14 +1032,11 @@ fn data_stack(l: &Layout, ts: &[u8]) -> (u64, u64) {
 }
 
 /// What to copy next time for a thread whose walk read `walk.visited`: the newest chunk
-/// as far as its frames reach (and a little more: calls push frames above), the C stack
-/// around its entry frames, and every other frame outside the chunk.
+/// as far as its frames reach (and a little more: calls push frames above), and every
+/// frame outside it.
 fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_top: u64, walk: &Walk) {
     let visited = &walk.visited[..];
     let frame_len = l.frame.size;
-    plan_c_stack(plan, &walk.on_c_stack, frame_len);
-    let (c_lo, c_hi) = plan.c_stack;
-    let elsewhere = |f: u64| !(f >= c_lo && f + frame_len <= c_hi);
     if l.model.frames == FrameModel::InterpreterFrame && chunk != 0 {
         // (a chunk whose header we have not read yet: its first bytes, for a start)
         let size = mem
@@ -1090,34 +1066,12 @@ fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_t
         plan.chunk_size = size as usize;
         plan.chunk_len = (used + plan.slack).min(size as usize);
         plan.frames.clear();
-        plan.frames
-            .extend(visited.iter().filter(|&&f| !(window.contains(&f) && f + frame_len <= window.end) && elsewhere(f)));
+        plan.frames.extend(visited.iter().filter(|&&f| !(window.contains(&f) && f + frame_len <= window.end)));
     } else {
         plan.chunk = 0;
         plan.frames.clear();
-        plan.frames.extend(visited.iter().filter(|&&f| elsewhere(f)));
+        plan.frames.extend_from_slice(visited);
     }
-}
-
-/// The window of C stack to copy: from a little below the deepest entry frame (a call
-/// through C puts the next one lower) up to the outermost one, or as far as
-/// `C_STACK_WINDOW` reaches: the outer ones change least, and are read one by one with
-/// the other frames.
-fn plan_c_stack(plan: &mut Plan, entry_frames: &[u64], frame_len: u64) {
-    let (Some(&lo), Some(&hi)) = (entry_frames.iter().min(), entry_frames.iter().max()) else {
-        plan.c_stack = (0, 0);
-        return;
-    };
-    // how much deeper than last time the C stack reached: the next tick may go as far
-    let last_lo = if plan.c_stack.1 == 0 { lo } else { plan.c_stack.0 + plan.c_stack_slack };
-    let deeper = last_lo.saturating_sub(lo);
-    plan.c_stack_slack = match plan.c_stack_slack {
-        0 => C_STACK_SLACK_MIN,
-        s => (s - s / 8).max(2 * deeper),
-    }
-    .clamp(C_STACK_SLACK_MIN, C_STACK_SLACK_MAX);
-    let start = lo.saturating_sub(plan.c_stack_slack);
-    plan.c_stack = (start, hi.saturating_add(frame_len).min(start + C_STACK_WINDOW));
 }
 
 #[cfg(test)]

@@ -74,9 +74,6 @@ pub struct Walk {
     /// every frame read, Python or not (C-stack entry frames included), innermost first:
     /// what a sampler asks for next time
     pub visited: Vec<u64>,
-    /// the frames among `visited` that live on the C stack (3.12+ entry frames): a
-    /// sampler reads the C stack around them as one window
-    pub on_c_stack: Vec<u64>,
     /// the last walk ended at a frame that cannot be a thread's outermost one
     pub truncated: bool,
     /// input: the thread's newest data-stack chunk, [start, end), when known. Within one
@@ -126,7 +123,6 @@ pub fn walk_with_locals_from(
 ) -> ReadResult<()> {
     w.frames.clear();
     w.visited.clear();
-    w.on_c_stack.clear();
     w.truncated = false;
     let f = &l.frame;
     let mut buf = [0u8; 128];
@@ -160,9 +156,6 @@ pub fn walk_with_locals_from(
                 let owner = b.u8_at(f.owner.unwrap_or(0));
                 root_owner = Some(owner);
                 let non_python = l.model.owner_first_non_python.is_some_and(|first| owner >= first);
-                if non_python {
-                    w.on_c_stack.push(frame);
-                }
                 if !non_python && code != 0 {
                     match codes.facts(code) {
                         Ok(c) => {
