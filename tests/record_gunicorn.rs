@@ -1,7 +1,9 @@
-//! `record --subprocesses` on a real pre-fork server: gunicorn (sync workers, installed
-//! from PyPI into a venv) with --max-requests, so that under load driven to 127.0.0.1 its
-//! workers exit and are replaced during the capture. Every worker that served its full
-//! quota while the load ran is in the trace, under its own pid, with its requests.
+//! `record --subprocesses` on a real pre-fork server: gunicorn (three sync workers,
+//! installed from PyPI into a venv) with --max-requests, so that under load driven to
+//! 127.0.0.1 its workers exit and are replaced during the capture, and one is killed
+//! with SIGKILL mid-capture. Every worker that served its full quota while the load ran
+//! is in the trace, under its own pid, with its requests; the killed one's slices end by
+//! its death, and a worker booted after it is followed.
 
 mod common;
 
@@ -111,7 +113,7 @@ fn server_capture(bin: &Path) -> Result<(), String> {
     let port = free_port()?;
     let log = dir.join("gunicorn.log");
     let mut cmd = Command::new(bin);
-    cmd.args(["--chdir", FIXTURES, "--workers", "2", "--worker-class", "sync", "--max-requests"])
+    cmd.args(["--chdir", FIXTURES, "--workers", "3", "--worker-class", "sync", "--max-requests"])
         .arg(MAX_REQUESTS.to_string())
         .args(["--max-requests-jitter", "0", "--log-level", "info", "--bind"])
         .arg(format!("127.0.0.1:{port}"))
@@ -122,7 +124,7 @@ fn server_capture(bin: &Path) -> Result<(), String> {
         .stderr(fs::File::create(&log).map_err(|e| e.to_string())?);
     let server = Server { master: KillOnDrop(cmd.spawn().map_err(|e| format!("spawn gunicorn: {e}"))?), log };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.booted().len() < 2 || get(port, 0).is_none() {
+    while server.booted().len() < 3 || get(port, 0).is_none() {
         if Instant::now() > deadline {
             return Err(format!("gunicorn did not come up: {}", fs::read_to_string(&server.log).unwrap_or_default()));
         }
@@ -167,7 +169,7 @@ fn server_capture(bin: &Path) -> Result<(), String> {
     // Mid-load, one worker dies without warning (an OOM kill, a segfault in an
     // extension): its slices must end cleanly and its replacement must be followed.
     std::thread::sleep(Duration::from_millis(1500));
-    // the older of the two live workers: long enough alive to have been attached
+    // not the newest of the three live workers: long enough alive to have been attached
     let booted = server.booted();
     let victim = *booted.get(booted.len().wrapping_sub(2)).ok_or("fewer than two workers booted")?;
     let killed_us = monotonic_us();
