@@ -52,11 +52,15 @@ fn block_library() -> Result<PathBuf, String> {
 /// (after a note) for an interpreter that cannot load C extensions at all (static
 /// builds that export no symbols cannot import _ctypes).
 fn start(interp: &Interpreter) -> Result<Option<Target>, String> {
-    let lib = block_library()?;
+    start_with(interp, &block_library()?)
+}
+
+/// `start`, with `lib` as the fixture's C library.
+fn start_with(interp: &Interpreter, lib: &Path) -> Result<Option<Target>, String> {
     let mut target = Target::start(interp, "native_fixture.py")?;
     let dest = target.host_path("libvzblock.so");
     let tmp = target.host_path("libvzblock.so.tmp");
-    std::fs::copy(&lib, &tmp).map_err(|e| format!("copy {}: {e}", lib.display()))?;
+    std::fs::copy(lib, &tmp).map_err(|e| format!("copy {}: {e}", lib.display()))?;
     std::fs::rename(&tmp, &dest).map_err(|e| e.to_string())?;
     match target.wait_expected() {
         Ok(_) => Ok(Some(target)),
@@ -181,6 +185,84 @@ fn file_and_line_from_detached_debug_info() {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    });
+}
+
+/// The fixture's library built the way Fedora ships binaries: vz_block_inner static,
+/// the file stripped, its symbol table xz-compressed into .gnu_debugdata (MiniDebugInfo).
+/// Returns (with MiniDebugInfo, the same stripped file without it).
+fn mini_debug_library() -> Result<(PathBuf, PathBuf), String> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("minidebuginfo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(())
+    };
+    let full = dir.join("full.so");
+    let (symtab, stripped, with_mini) = (dir.join("symtab.debug"), dir.join("stripped.so"), dir.join("mini.so"));
+    run(Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O1", "-DVZ_INNER_STATIC", "-o"])
+        .arg(&full)
+        .arg(Path::new(FIXTURES).join("native_block.c")))?;
+    run(Command::new("objcopy").arg("--only-keep-debug").arg(&full).arg(dir.join("all.debug")))?;
+    run(Command::new("objcopy").arg("--strip-debug").arg(dir.join("all.debug")).arg(&symtab))?;
+    run(Command::new("xz").arg("-kf").arg(&symtab))?;
+    run(Command::new("strip").arg("--strip-all").arg("-o").arg(&stripped).arg(&full))?;
+    run(Command::new("objcopy")
+        .arg(format!("--add-section=.gnu_debugdata={}.xz", symtab.display()))
+        .arg(&stripped)
+        .arg(&with_mini))?;
+    Ok((with_mini, stripped))
+}
+
+/// A static function of a stripped library is named from its .gnu_debugdata; the same
+/// library without that section leaves it unnamed (so the name comes from there).
+#[test]
+fn static_function_named_from_minidebuginfo() {
+    let Some(interp) = host_interpreter() else {
+        missing_prerequisite("no host-python3.11 in the manifest");
+        return;
+    };
+    let (with_mini, stripped) = match mini_debug_library() {
+        Ok(libs) => libs,
+        Err(e) => {
+            missing_prerequisite(&format!("cannot build a MiniDebugInfo library (gcc, objcopy, xz, strip): {e}"));
+            return;
+        }
+    };
+    for_each_interpreter(&[interp], 1, |interp| {
+        for (lib, named) in [(&with_mini, true), (&stripped, false)] {
+            let target = start_with(interp, lib)?.ok_or("the host interpreter cannot load C code")?;
+            let deadline = Instant::now() + SETTLE;
+            loop {
+                let out = run_vizattach(&["dump", "--pid", &target.pid.to_string(), "--json", "--native"])?;
+                let v: Value =
+                    serde_json::from_str(&out.stdout).map_err(|e| format!("not JSON ({e}): {}", out.describe()))?;
+                let frames = thread(&v, "c-caller")?["frames"].as_array().cloned().unwrap_or_default();
+                let ours: Vec<&Value> = frames.iter().filter(|f| f["library"] == "libvzblock.so").collect();
+                let has = |name: &str| ours.iter().any(|f| f["function"] == name);
+                // the exported caller is named either way (.dynsym): the stack reached it
+                if has("vz_block_outer") && ours.len() >= 2 {
+                    if has("vz_block_inner") != named {
+                        return Err(format!(
+                            "{}: vz_block_inner named: {}, expected {named}; frames: {ours:?}",
+                            lib.display(),
+                            !named
+                        ));
+                    }
+                    runs_on(&target)?;
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{}: no vz_block_outer with its callee: {frames:?}", lib.display()));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
     });
 }
 

@@ -1,12 +1,12 @@
 //! The ELF files a process has mapped executable, as `dump --native` needs them: where
 //! each is loaded (its bias), its call-frame information (.eh_frame with its
-//! .eh_frame_hdr index, .debug_frame) and its function symbols (.symtab and .dynsym), so
-//! a return address can be unwound through and named, and where debug information
-//! exists (the file itself, or a detached `.debug` file found by build-id under
-//! /usr/lib/debug/.build-id, as Debian's -dbgsym / libc6-dbg packages install them, in
-//! the target's root first) file:line and the names of functions the file's own symbol
-//! tables leave out. Each file is read once per dump, through the path the target sees
-//! (process/mod.rs `file_path`).
+//! .eh_frame_hdr index, .debug_frame) and its function symbols (.symtab, .dynsym, and
+//! the MiniDebugInfo symbol table in .gnu_debugdata), so a return address can be unwound
+//! through and named, and where debug information exists (the file itself, or a
+//! detached `.debug` file found by build-id under /usr/lib/debug/.build-id, as Debian's
+//! -dbgsym / libc6-dbg packages install them, in the target's root first) file:line and
+//! the names of functions the file's own symbol tables leave out. Each file is read once
+//! per dump, through the path the target sees (process/mod.rs `file_path`).
 
 use crate::process::MapEntry;
 use goblin::elf::{program_header::PT_LOAD, sym::STT_FUNC, Elf};
@@ -140,6 +140,9 @@ fn load_one(file: &Path, debug_root: &Path, m: &MapEntry) -> Option<Module> {
             }
         }
     }
+    if let Some(mini) = section(".gnu_debugdata") {
+        mini_debug_symbols(&mini.data, &mut symbols);
+    }
     let build_id = elf.iter_note_headers(&data).into_iter().flatten().flatten().find_map(|n| {
         (n.n_type == goblin::elf::note::NT_GNU_BUILD_ID && n.name == "GNU")
             .then(|| n.desc.iter().map(|b| format!("{b:02x}")).collect::<String>())
@@ -162,6 +165,42 @@ fn load_one(file: &Path, debug_root: &Path, m: &MapEntry) -> Option<Module> {
         symbols,
         debug,
     })
+}
+
+/// The most a `.gnu_debugdata` may unpack to: it holds symbol tables only (a few MB for
+/// the largest libraries); anything bigger is not what it claims to be.
+const MINI_DEBUG_MAX: usize = 64 << 20;
+
+/// Function symbols from MiniDebugInfo: `.gnu_debugdata`, an xz-compressed ELF holding
+/// the `.symtab` that stripping removed (Fedora, RHEL and others ship binaries this way,
+/// so static functions keep their names without a debug package).
+fn mini_debug_symbols(xz: &[u8], symbols: &mut Vec<(u64, u64, String)>) {
+    let mut out = Bounded(Vec::new());
+    if lzma_rs::xz_decompress(&mut std::io::Cursor::new(xz), &mut out).is_err() {
+        return;
+    }
+    let Ok(inner) = Elf::parse(&out.0) else { return };
+    for s in inner.syms.iter().filter(|s| s.st_type() == STT_FUNC && s.st_value != 0) {
+        if let Some(name) = inner.strtab.get_at(s.st_name).filter(|n| !n.is_empty()) {
+            symbols.push((s.st_value, s.st_size, name.to_string()));
+        }
+    }
+}
+
+/// A Vec that refuses to grow past `MINI_DEBUG_MAX`.
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MINI_DEBUG_MAX {
+            return Err(std::io::Error::other(".gnu_debugdata unpacks to too much"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The detached debug file with this build-id: in the target's root, then in ours.
