@@ -282,9 +282,33 @@ pub struct Sampler<M: ReadMem = Memory> {
     activity: ActivityReader,
 }
 
-fn spin_until(deadline: u64) {
-    while now_ns() < deadline {
-        std::hint::spin_loop();
+/// Waits for the next tick of a clock at a fixed rate (`interval_ns` > 0).
+pub(crate) fn wait_for_next_tick(deadline: &mut u64, interval_ns: u64, end_ns: Option<u64>, stats: &Stats) {
+    *deadline += interval_ns;
+    let after = now_ns();
+    if after > *deadline {
+        // Behind: count the ticks that cannot be taken on time and skip them, rather
+        // than bursting to catch up.
+        let lag = after - *deadline;
+        stats.longest_lag_ns.fetch_max(lag, Ordering::Relaxed);
+        let missed = lag / interval_ns;
+        if missed > 0 {
+            stats.missed_ticks.fetch_add(missed, Ordering::Relaxed);
+            *deadline += missed * interval_ns;
+        }
+    }
+    if let Some(e) = end_ns {
+        *deadline = (*deadline).min(e);
+    }
+    if interval_ns < SPIN_BELOW_NS {
+        while now_ns() < *deadline {
+            std::hint::spin_loop();
+        }
+    } else {
+        // An absolute deadline: late wake-ups do not accumulate, and an idle sampler
+        // costs nothing. (Each sample is stamped when it is read, so a late wake-up
+        // moves a sample, it does not mislabel it.)
+        sleep_until_ns(*deadline);
     }
 }
 
@@ -413,30 +437,7 @@ impl<M: ReadMem> Sampler<M> {
             if interval_ns == 0 {
                 continue;
             }
-            deadline += interval_ns;
-            let after = now_ns();
-            if after > deadline {
-                // Behind: count the ticks that cannot be taken on time and skip them,
-                // rather than bursting to catch up.
-                let lag = after - deadline;
-                stats.longest_lag_ns.fetch_max(lag, Ordering::Relaxed);
-                let missed = lag / interval_ns;
-                if missed > 0 {
-                    stats.missed_ticks.fetch_add(missed, Ordering::Relaxed);
-                    deadline += missed * interval_ns;
-                }
-            }
-            if let Some(e) = end_ns {
-                deadline = deadline.min(e);
-            }
-            if interval_ns < SPIN_BELOW_NS {
-                spin_until(deadline);
-            } else {
-                // An absolute deadline: late wake-ups do not accumulate, and an idle
-                // sampler costs nothing. (Each sample is stamped when it is read, so a
-                // late wake-up moves a sample, it does not mislabel it.)
-                sleep_until_ns(deadline);
-            }
+            wait_for_next_tick(&mut deadline, interval_ns, end_ns, stats);
         }
     }
 

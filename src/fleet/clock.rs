@@ -6,10 +6,10 @@
 use super::lanes::Lane;
 use super::watch::{Shared, POLL};
 use super::Joined;
-use crate::clock::{now_ns, sleep_until_ns};
+use crate::clock::now_ns;
 use crate::process::identity::{self, Identity};
 use crate::process::memory::ReadError;
-use crate::sampler::{Message, Sampler, Stats, StopReason};
+use crate::sampler::{wait_for_next_tick, Message, Sampler, Stats, StopReason};
 use crate::timeline::Timeline;
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -17,8 +17,6 @@ use std::sync::Arc;
 
 /// Queued samples per process (as for one process, record.rs).
 const CHANNEL: usize = 4096;
-/// Below this interval sleeping costs more than it saves (as in the sampler).
-const SPIN_BELOW_NS: u64 = 60_000;
 
 /// Whether a member that leaves is forgotten, so that whatever its pid names now (after
 /// an exec, or handed to another process) is looked at afresh.
@@ -158,28 +156,7 @@ impl Clock {
             if interval_ns == 0 {
                 continue;
             }
-            deadline += interval_ns;
-            let after = now_ns();
-            if after > deadline {
-                // Behind: count the ticks that cannot be taken on time and skip them.
-                let lag = after - deadline;
-                stats.longest_lag_ns.fetch_max(lag, Ordering::Relaxed);
-                let missed = lag / interval_ns;
-                if missed > 0 {
-                    stats.missed_ticks.fetch_add(missed, Ordering::Relaxed);
-                    deadline += missed * interval_ns;
-                }
-            }
-            if let Some(e) = end_ns {
-                deadline = deadline.min(e);
-            }
-            if interval_ns < SPIN_BELOW_NS {
-                while now_ns() < deadline {
-                    std::hint::spin_loop();
-                }
-            } else {
-                sleep_until_ns(deadline);
-            }
+            wait_for_next_tick(&mut deadline, interval_ns, end_ns, stats);
         }
     }
 
