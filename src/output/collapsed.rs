@@ -65,18 +65,26 @@ impl Counts {
     }
 }
 
-pub struct Collapsed {
-    out: Box<dyn Write + Send>,
+/// A writer whose output is the counts: it counts as the capture goes and draws them
+/// once at the end, in the way `R` says (collapsed text here, an SVG in flamegraph.rs).
+pub struct Counted<R> {
     counts: Counts,
+    render: R,
 }
 
-impl Collapsed {
-    pub fn new(out: Box<dyn Write + Send>) -> Collapsed {
-        Collapsed { out, counts: Counts::default() }
+/// What a `Counted` writer does with the collapsed lines at the end; returns the bytes
+/// written.
+pub trait Render {
+    fn render(&mut self, lines: &[String], info: &CaptureInfo) -> io::Result<u64>;
+}
+
+impl<R: Render> Counted<R> {
+    pub fn new(render: R) -> Counted<R> {
+        Counted { counts: Counts::default(), render }
     }
 }
 
-impl Sink for Collapsed {
+impl<R: Render> Sink for Counted<R> {
     fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
         self.counts.owners.process(pid, name);
         Ok(())
@@ -107,10 +115,27 @@ impl Sink for Collapsed {
         Ok(())
     }
 
+    fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
+        self.render.render(&self.counts.lines(), info)
+    }
+}
+
+/// The collapsed text itself.
+pub struct Collapsed {
+    out: Box<dyn Write + Send>,
+}
+
+impl Collapsed {
+    pub fn new(out: Box<dyn Write + Send>) -> Counted<Collapsed> {
+        Counted::new(Collapsed { out })
+    }
+}
+
+impl Render for Collapsed {
     /// The format has no room for metadata: flame graph tools reject any other line.
-    fn finish(&mut self, _info: &CaptureInfo) -> io::Result<u64> {
+    fn render(&mut self, lines: &[String], _info: &CaptureInfo) -> io::Result<u64> {
         let mut written = 0;
-        for line in self.counts.lines() {
+        for line in lines {
             self.out.write_all(line.as_bytes())?;
             self.out.write_all(b"\n")?;
             written += line.len() as u64 + 1;

@@ -1,59 +1,23 @@
 //! An interactive flame graph (SVG, searchable, zoomable) drawn by inferno from the
 //! collapsed sample counts; the capture metadata is its subtitle.
 
-use super::collapsed::Counts;
-use super::{CaptureInfo, Sink};
-use crate::python::code::CodeInfo;
-use crate::sampler::StackFrame;
-use crate::timeline::CodeTable;
+use super::collapsed::{Counted, Render};
+use super::CaptureInfo;
 use std::io::{self, Write};
-use std::sync::Arc;
 
 pub struct FlameGraph {
     out: Box<dyn Write + Send>,
-    counts: Counts,
     process_name: String,
 }
 
 impl FlameGraph {
-    pub fn new(out: Box<dyn Write + Send>, process_name: &str) -> FlameGraph {
-        FlameGraph { out, counts: Counts::default(), process_name: process_name.to_string() }
+    pub fn new(out: Box<dyn Write + Send>, process_name: &str) -> Counted<FlameGraph> {
+        Counted::new(FlameGraph { out, process_name: process_name.to_string() })
     }
 }
 
-impl Sink for FlameGraph {
-    fn process(&mut self, pid: i32, name: &str) -> io::Result<()> {
-        self.counts.owners.process(pid, name);
-        Ok(())
-    }
-
-    fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
-        self.counts.thread(tid, name);
-        Ok(())
-    }
-
-    fn sample(&mut self, tid: i32, stack: &[StackFrame], codes: &CodeTable) -> io::Result<()> {
-        self.counts.sample(tid, stack, codes);
-        Ok(())
-    }
-
-    fn counted(
-        &mut self,
-        tid: i32,
-        ids: &[u32],
-        n: u64,
-        code: &dyn Fn(u32) -> Option<Arc<CodeInfo>>,
-    ) -> io::Result<()> {
-        self.counts.add(tid, ids.to_vec(), n, code);
-        Ok(())
-    }
-
-    fn close(&mut self, _: i32, _: &CodeInfo, _: u64, _: u64) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn finish(&mut self, info: &CaptureInfo) -> io::Result<u64> {
-        let lines = self.counts.lines();
+impl Render for FlameGraph {
+    fn render(&mut self, lines: &[String], info: &CaptureInfo) -> io::Result<u64> {
         let mut opt = inferno::flamegraph::Options::default();
         opt.title = format!("vizattach: {}", self.process_name);
         opt.subtitle = Some(info.summary());
