@@ -11,22 +11,6 @@ use common::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// Host interpreters only (multiprocessing needs /dev/shm, which the test chroots lack):
-/// 3.11 and the newest 3.12+ one.
-fn host_targets() -> Option<Vec<Interpreter>> {
-    let all = load_manifest()?;
-    let mut chosen: Vec<Interpreter> = all.iter().filter(|i| i.name == "host-python3.11").cloned().collect();
-    let newer = all
-        .iter()
-        .filter(|i| !i.in_chroot() && !i.name.ends_with("-dbg") && i.version_tuple() >= (3, 12, 0))
-        .max_by_key(|i| i.version_tuple());
-    match newer {
-        Some(i) => chosen.push(i.clone()),
-        None => missing_prerequisite("no 3.12+ interpreter outside a chroot in the manifest"),
-    }
-    Some(chosen)
-}
-
 /// The line of `def NAME(` in a fixture: slice names carry the first line.
 fn def_line(fixture: &str, name: &str) -> i64 {
     let text = fs::read_to_string(Path::new(FIXTURES).join(fixture)).unwrap_or_default();
@@ -218,23 +202,8 @@ fn churn(interp: &Interpreter) -> Result<(), String> {
     let file = ready["file"].as_str().ok_or("no file")?.to_string();
     let out = parent.host_path("tree.json");
     let stderr_file = parent.host_path("vizattach-stderr.txt");
-    let mut cmd = Command::new(VIZATTACH);
-    cmd.args(["record", "--pid", &parent.pid.to_string(), "--subprocesses", "--duration", "6s", "--rate"])
-        .arg(RATE.to_string())
-        .arg("-o")
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&stderr_file).map_err(|e| e.to_string())?);
-    let mut viz = KillOnDrop(cmd.spawn().map_err(|e| format!("spawn vizattach: {e}"))?);
     // the workers start once the capture runs
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !fs::read_to_string(&stderr_file).unwrap_or_default().contains("recording") {
-        if Instant::now() > deadline || viz.exited().is_some() {
-            return Err(format!("vizattach did not start: {}", fs::read_to_string(&stderr_file).unwrap_or_default()));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut viz = common::recording::start_recording_tree(parent.pid as i64, "6s", &out, &stderr_file)?;
     fs::write(parent.host_path("expected.json.go"), b"go").map_err(|e| e.to_string())?;
     let children = parent.wait_json("expected.json.children", Duration::from_secs(60))?;
     let sleep = children["sleep"].as_i64().ok_or("no sleep pid")?;

@@ -7,7 +7,6 @@
 
 mod common;
 
-use common::recording::RATE;
 use common::trace::*;
 use common::*;
 use std::io::Write;
@@ -134,22 +133,7 @@ fn server_capture(bin: &Path) -> Result<(), String> {
 
     let out = dir.join("server.json");
     let stderr_file = dir.join("vizattach-stderr.txt");
-    let mut viz = Command::new(VIZATTACH);
-    viz.args(["record", "--pid", &master.to_string(), "--subprocesses", "--duration", "5s", "--rate"])
-        .arg(RATE.to_string())
-        .arg("-o")
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&stderr_file).map_err(|e| e.to_string())?);
-    let mut viz = KillOnDrop(viz.spawn().map_err(|e| format!("spawn vizattach: {e}"))?);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !fs::read_to_string(&stderr_file).unwrap_or_default().contains("recording") {
-        if Instant::now() > deadline || viz.exited().is_some() {
-            return Err(format!("vizattach did not start: {}", fs::read_to_string(&stderr_file).unwrap_or_default()));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut viz = common::recording::start_recording_tree(master, "5s", &out, &stderr_file)?;
     // Load for 3.5 s of the 5 s capture, sequential requests from one client.
     let stop = Arc::new(AtomicBool::new(false));
     let load = {

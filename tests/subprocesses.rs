@@ -10,22 +10,6 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// Host interpreters only (a Pool needs /dev/shm, which the test chroots lack): 3.11 and
-/// the newest 3.12+ one.
-fn tree_targets() -> Option<Vec<Interpreter>> {
-    let all = load_manifest()?;
-    let mut chosen: Vec<Interpreter> = all.iter().filter(|i| i.name == "host-python3.11").cloned().collect();
-    let newer = all
-        .iter()
-        .filter(|i| !i.in_chroot() && !i.name.ends_with("-dbg") && i.version_tuple() >= (3, 12, 0))
-        .max_by_key(|i| i.version_tuple());
-    match newer {
-        Some(i) => chosen.push(i.clone()),
-        None => missing_prerequisite("no 3.12+ interpreter outside a chroot in the manifest"),
-    }
-    Some(chosen)
-}
-
 /// Kills the tree's other processes (the Pool's workers outlive a killed master).
 struct Reap(Vec<i64>);
 impl Drop for Reap {
@@ -108,6 +92,6 @@ fn tree(interp: &Interpreter) -> Result<(), String> {
 
 #[test]
 fn dump_subprocesses_shows_every_pool_worker_and_skips_the_shell_child() {
-    let Some(targets) = tree_targets() else { return };
+    let Some(targets) = host_targets() else { return };
     for_each_interpreter(&targets, 2, tree);
 }

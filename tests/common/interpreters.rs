@@ -108,6 +108,22 @@ pub fn load_manifest() -> Option<Vec<Interpreter>> {
     )
 }
 
+/// Host interpreters only, for fixtures that start processes (multiprocessing needs
+/// /dev/shm, which the test chroots lack): 3.11 and the newest 3.12+ one.
+pub fn host_targets() -> Option<Vec<Interpreter>> {
+    let all = load_manifest()?;
+    let mut chosen: Vec<Interpreter> = all.iter().filter(|i| i.name == "host-python3.11").cloned().collect();
+    let newer = all
+        .iter()
+        .filter(|i| !i.in_chroot() && !i.name.ends_with("-dbg") && i.version_tuple() >= (3, 12, 0))
+        .max_by_key(|i| i.version_tuple());
+    match newer {
+        Some(i) => chosen.push(i.clone()),
+        None => missing_prerequisite("no 3.12+ interpreter outside a chroot in the manifest"),
+    }
+    Some(chosen)
+}
+
 /// All the targets the dump fixtures run against: every supported manifest entry, plus
 /// the C embedder of the host libpython3.11 and a host python3.11 whose executable was
 /// deleted after start. None (after a skip note) when there is no manifest.

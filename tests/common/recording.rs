@@ -52,6 +52,28 @@ pub fn start_recording(pid: u32, out: &Path, stderr_file: &Path) -> Result<KillO
     cmd.spawn().map(KillOnDrop).map_err(|e| format!("spawn vizattach: {e}"))
 }
 
+/// `vizattach record --pid PID --subprocesses --duration D`, returned once it says it
+/// is recording (its stderr goes to `stderr_file`).
+pub fn start_recording_tree(pid: i64, duration: &str, out: &Path, stderr_file: &Path) -> Result<KillOnDrop, String> {
+    let mut cmd = Command::new(VIZATTACH);
+    cmd.args(["record", "--pid", &pid.to_string(), "--subprocesses", "--duration", duration, "--rate"])
+        .arg(RATE.to_string())
+        .arg("-o")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(stderr_file).map_err(|e| e.to_string())?);
+    let mut viz = KillOnDrop(cmd.spawn().map_err(|e| format!("spawn vizattach: {e}"))?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fs::read_to_string(stderr_file).unwrap_or_default().contains("recording") {
+        if Instant::now() > deadline || viz.exited().is_some() {
+            return Err(format!("vizattach did not start: {}", fs::read_to_string(stderr_file).unwrap_or_default()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(viz)
+}
+
 pub fn wait_exit(child: &mut KillOnDrop, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
