@@ -657,8 +657,10 @@ impl<M: ReadMem> Sampler<M> {
         // A walk cut short (the thread moved while it read) knows only the top of the
         // stack: what the plan held for the rest stays in it.
         kept_frames.clear();
-        kept_frames.extend_from_slice(&live.plan.frames);
-        plan_from(&mut live.plan, l, &behind, chunk, stack_top, walk);
+        if walked.is_err() {
+            kept_frames.extend_from_slice(&live.plan.frames);
+        }
+        plan_from(&mut live.plan, l, &behind, chunk, stack_top, &walk.visited);
         if walked.is_err() {
             let plan = &mut live.plan;
             plan.frames.extend_from_slice(kept_frames);
@@ -864,7 +866,7 @@ impl<M: ReadMem> Sampler<M> {
         }
         let whole_copy = copied_from(0, walk);
         if !whole_copy {
-            plan_from(&mut live.plan, l, &behind, chunk, stack_top, walk);
+            plan_from(&mut live.plan, l, &behind, chunk, stack_top, &walk.visited);
         }
         // Which moment the stack describes, if any (docs/ARCHITECTURE.md, "Torn reads").
         let mut time = time;
@@ -955,7 +957,7 @@ impl<M: ReadMem> Sampler<M> {
             };
             batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset, locals: f.locals });
         }
-        plan_from(&mut live.plan, l, pf, chunk, stack_top, walk);
+        plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
         let end = batch.frames.len();
         batch.threads.push(ThreadSample {
             key,
@@ -1032,11 +1034,10 @@ fn data_stack(l: &Layout, ts: &[u8]) -> (u64, u64) {
     (at(l.tstate.datastack_chunk), at(l.tstate.datastack_top))
 }
 
-/// What to copy next time for a thread whose walk read `walk.visited`: the newest chunk
+/// What to copy next time for a thread whose walk read `visited`: the newest chunk
 /// as far as its frames reach (and a little more: calls push frames above), and every
 /// frame outside it.
-fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_top: u64, walk: &Walk) {
-    let visited = &walk.visited[..];
+fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_top: u64, visited: &[u64]) {
     let frame_len = l.frame.size;
     if l.model.frames == FrameModel::InterpreterFrame && chunk != 0 {
         // (a chunk whose header we have not read yet: its first bytes, for a start)
