@@ -31,9 +31,11 @@ fn record_launch_exit_status() {
         match tree.slices.iter().find(|s| s.qual == "main") {
             // Attaching follows interpreter start-up by a poll (200 µs) plus one discovery;
             // on a loaded 2-core machine the poller itself waits for a CPU for tens of
-            // milliseconds (77 ms seen at load 17), so only half the sleep is required.
-            Some(s) if s.dur >= 50_000.0 => Ok(()),
-            Some(s) => Err(format!("main() lasted {:.1} ms in the trace, it sleeps 100 ms", s.dur / 1000.0)),
+            // milliseconds (77 ms seen at load 17; a CI run once stalled 102 ms, longer
+            // than the 100 ms this fixture used to sleep), so only half the sleep is
+            // required.
+            Some(s) if s.dur >= 150_000.0 => Ok(()),
+            Some(s) => Err(format!("main() lasted {:.1} ms in the trace, it sleeps 300 ms", s.dur / 1000.0)),
             None => Err(format!(
                 "no main() slice; fixture slices: {:?}",
                 tree.slices.iter().map(|s| &s.name).collect::<Vec<_>>()
