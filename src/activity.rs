@@ -111,6 +111,14 @@ struct StatFile {
     /// opened the first time the state letter is needed
     stat: Option<File>,
     last_tick: u64,
+    /// this tick's schedstat: CPU time and how many times the thread was put on a CPU;
+    /// read once per tick (`read_tick`), before the tick's memory read
+    read_tick: u64,
+    now_cpu_ns: u64,
+    now_switch_ins: Option<u64>,
+    /// (switch-ins, when): the state letter said off CPU just after the count was read.
+    /// While the count stays the same, the thread has not run since `when`.
+    asleep: Option<(u64, u64)>,
     /// CPU time and sample time at the previous read (0: none yet), and what it was then
     cpu_ns: u64,
     at_ns: u64,
@@ -197,26 +205,65 @@ impl ActivityReader {
         }
     }
 
-    fn on_cpu(&mut self, tid: i32, time_ns: u64) -> Option<bool> {
+    /// The thread's schedstat line, read at most once per tick.
+    fn sched(&mut self, tid: i32) -> Option<&mut StatFile> {
         if tid <= 0 {
             return None;
         }
         if !self.stats.contains_key(&tid) {
             // once per thread: the open and its path are off the per-tick path
             let schedstat = File::open(format!("/proc/{}/task/{tid}/schedstat", self.pid)).ok()?;
-            let s = StatFile { schedstat, stat: None, last_tick: 0, cpu_ns: 0, at_ns: 0, was_on: None, stat_at_ns: 0 };
+            let s = StatFile {
+                schedstat,
+                stat: None,
+                last_tick: 0,
+                read_tick: u64::MAX,
+                now_cpu_ns: 0,
+                now_switch_ins: None,
+                asleep: None,
+                cpu_ns: 0,
+                at_ns: 0,
+                was_on: None,
+                stat_at_ns: 0,
+            };
             self.stats.insert(tid, s);
         }
-        let pid = self.pid;
+        let tick = self.tick;
         let s = self.stats.get_mut(&tid)?;
-        s.last_tick = self.tick;
+        s.last_tick = tick;
+        if s.read_tick != tick {
+            let mut buf = [0u8; 512];
+            let n = s.schedstat.read_at(&mut buf, 0).unwrap_or(0);
+            let Some(cpu_ns) = first_number(&buf[..n]) else {
+                // the thread is gone (ESRCH) or the file unreadable: forget it
+                self.stats.remove(&tid);
+                return None;
+            };
+            let s = self.stats.get_mut(&tid)?;
+            s.read_tick = tick;
+            s.now_cpu_ns = cpu_ns;
+            s.now_switch_ins = third_number(&buf[..n]);
+            if s.asleep.is_some_and(|(n, _)| Some(n) != s.now_switch_ins) {
+                s.asleep = None;
+            }
+            return Some(s);
+        }
+        self.stats.get_mut(&tid)
+    }
+
+    /// Since when the thread has provably not run (docs/ARCHITECTURE.md, "Sleeping
+    /// threads"): its state letter said off CPU at that moment, and the kernel has not put
+    /// it on a CPU since. None when that is not known. Read before the tick's memory read:
+    /// a stack read after the moment returned still holds.
+    pub fn asleep_since(&mut self, tid: i32) -> Option<u64> {
+        self.sched(tid)?.asleep.map(|(_, when)| when)
+    }
+
+    fn on_cpu(&mut self, tid: i32, time_ns: u64) -> Option<bool> {
+        let pid = self.pid;
+        let s = self.sched(tid)?;
         let mut buf = [0u8; 512];
-        let cpu_ns = s.schedstat.read_at(&mut buf, 0).ok().and_then(|n| first_number(&buf[..n]));
-        let Some(cpu_ns) = cpu_ns else {
-            // the thread is gone (ESRCH) or the file unreadable: forget it
-            self.stats.remove(&tid);
-            return None;
-        };
+        let cpu_ns = s.now_cpu_ns;
         let ran = cpu_ns.saturating_sub(s.cpu_ns);
         let elapsed = time_ns.saturating_sub(s.at_ns);
         let known = s.at_ns != 0 && elapsed > 0;
@@ -234,7 +281,13 @@ impl ActivityReader {
                 s.stat = File::open(format!("/proc/{pid}/task/{tid}/stat")).ok();
             }
             let n = s.stat.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok()).unwrap_or(0);
-            state_is_running(&buf[..n])
+            let running = state_is_running(&buf[..n]);
+            // (the switch count was read before the letter: any run after this moment
+            // puts the thread on a CPU and moves the count)
+            if let (Some(false), Some(switch_ins)) = (running, s.now_switch_ins) {
+                s.asleep = Some((switch_ins, crate::clock::now_ns()));
+            }
+            running
         };
         s.was_on = on;
         on
@@ -246,6 +299,12 @@ impl ActivityReader {
 fn state_is_running(line: &[u8]) -> Option<bool> {
     let close = line.iter().rposition(|&b| b == b')')?;
     line.get(close + 2).map(|&s| s == b'R')
+}
+
+/// The third number of a schedstat line: how many times the thread was put on a CPU.
+fn third_number(line: &[u8]) -> Option<u64> {
+    let mut fields = line.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
+    fields.nth(2).and_then(first_number)
 }
 
 /// The leading decimal number of a /proc line.
@@ -273,6 +332,8 @@ mod tests {
         assert_eq!(first_number(b"90951588 1426210953 236\n"), Some(90951588));
         assert_eq!(first_number(b""), None);
         assert_eq!(first_number(b"99999999999999999999999 1"), None);
+        assert_eq!(third_number(b"90951588 1426210953 236\n"), Some(236));
+        assert_eq!(third_number(b"90951588 1426210953\n"), None);
     }
 
     #[test]
@@ -288,12 +349,13 @@ mod tests {
     }
 
     #[test]
-    fn a_spinning_thread_is_on_cpu_a_sleeping_one_is_not() {
+    fn a_spinning_thread_is_on_cpu_a_sleeping_one_is_not_until_it_runs_again() {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
         use std::time::Duration;
         let (stop, asleep) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let (tx, rx) = std::sync::mpsc::channel();
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
         let (stop2, asleep2) = (stop.clone(), asleep.clone());
         let worker = std::thread::spawn(move || {
             tx.send(unsafe { libc::gettid() }).unwrap();
@@ -301,24 +363,40 @@ mod tests {
                 std::hint::spin_loop();
             }
             asleep2.store(true, Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(300));
+            let _ = wake_rx.recv();
+            let t = std::time::Instant::now();
+            while t.elapsed() < Duration::from_millis(100) {
+                std::hint::spin_loop();
+            }
         });
         let tid = rx.recv().unwrap();
         let mut r = ActivityReader::new(std::process::id() as i32);
         let now = crate::clock::now_ns;
-        std::thread::sleep(Duration::from_millis(50));
+        let tick = |r: &mut ActivityReader| {
+            r.end_tick();
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        tick(&mut r);
         assert_eq!(r.on_cpu(tid, now()), Some(true), "spinning (first sight: its state)");
-        std::thread::sleep(Duration::from_millis(50));
+        tick(&mut r);
         assert_eq!(r.on_cpu(tid, now()), Some(true), "spinning");
+        assert_eq!(r.asleep_since(tid), None, "spinning");
         stop.store(true, Ordering::Relaxed);
         while !asleep.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(1));
         }
-        // (a moment to get from the flag into the sleep, even on a loaded machine)
-        std::thread::sleep(Duration::from_millis(50));
+        // (a moment to get from the flag into the wait, even on a loaded machine)
+        tick(&mut r);
+        let fell_asleep = now();
         assert_eq!(r.on_cpu(tid, now()), Some(false), "gone to sleep");
-        std::thread::sleep(Duration::from_millis(50));
+        let since = r.asleep_since(tid).expect("asleep since its state was read");
+        assert!(since >= fell_asleep);
+        tick(&mut r);
         assert_eq!(r.on_cpu(tid, now()), Some(false), "still asleep");
+        assert_eq!(r.asleep_since(tid), Some(since), "still asleep");
+        wake_tx.send(()).unwrap();
+        tick(&mut r);
+        assert_eq!(r.asleep_since(tid), None, "woken: it was put on a CPU since");
         assert_eq!(r.on_cpu(-1, now()), None);
         worker.join().unwrap();
     }

@@ -117,6 +117,8 @@ pub struct Stats {
     pub thread_samples: AtomicU64,
     /// thread samples kept after one or more immediate re-reads
     pub retried: AtomicU64,
+    /// thread samples of threads that had not run since their last stack was read
+    pub asleep: AtomicU64,
     /// ticks where the thread list changed while it was read twice in a row
     pub list_raced: AtomicU64,
     pub lost: [AtomicU64; 4],
@@ -150,6 +152,11 @@ struct Live {
     /// the outermost frame of the last stack kept, and a different one seen once since
     root: u64,
     new_root: u64,
+    /// when the copy the last stack kept came from began (0: none yet)
+    read_ns: u64,
+    /// this tick: the thread has not run since before that copy, so `prev` is still its
+    /// stack and nothing of it is read
+    asleep: bool,
 }
 
 /// One interpreter's thread list.
@@ -201,6 +208,8 @@ struct Plan {
 
 enum Attempt {
     Kept,
+    /// kept: the thread had not run since its last stack was read
+    Asleep,
     /// not sampled this tick: not resolved yet, or just ended
     Skipped,
     Retry(Loss),
@@ -235,6 +244,9 @@ const CFRAME_WINDOW: u64 = 12 << 10;
 const ATTEMPTS: usize = 8;
 const ATTEMPTS_ALWAYS: usize = 4;
 const RETRY_SHARE: u64 = 2;
+/// A thread asleep since its stack was read is read anyway this often (its stack cannot
+/// have changed; the read is a check that costs nothing at this rate).
+const ASLEEP_REREAD_NS: u64 = 100_000_000;
 
 pub struct Sampler<M: ReadMem = Memory> {
     pub pid: i32,
@@ -454,6 +466,7 @@ impl<M: ReadMem> Sampler<M> {
         batch.threads.clear();
         batch.frames.clear();
         self.new_threads = false;
+        self.note_asleep();
         let mut time = self.read_everything()?;
         if time.saturating_sub(self.last_list_ns) > RESOLVE_EVERY_NS
             && self.threads.values().any(|t| matches!(t, Thread::Unresolved { .. }))
@@ -494,6 +507,9 @@ impl<M: ReadMem> Sampler<M> {
                         if attempt > 0 {
                             stats.retried.fetch_add(1, Ordering::Relaxed);
                         }
+                    }
+                    Attempt::Asleep => {
+                        stats.asleep.fetch_add(1, Ordering::Relaxed);
                     }
                     Attempt::Skipped => {}
                     Attempt::Retry(why) => failed.push((key, why)),
@@ -565,6 +581,20 @@ impl<M: ReadMem> Sampler<M> {
         }
     }
 
+    /// Which threads have not run since their last stack was read: those are not read
+    /// again (docs/ARCHITECTURE.md, "Sleeping threads"). At least every
+    /// `ASLEEP_REREAD_NS` a sleeping thread is read anyway.
+    fn note_asleep(&mut self) {
+        let now = now_ns();
+        for th in self.threads.values_mut() {
+            if let Thread::Live(live) = th {
+                live.asleep = live.read_ns != 0
+                    && now.saturating_sub(live.read_ns) < ASLEEP_REREAD_NS
+                    && self.activity.asleep_since(live.tid).is_some_and(|since| since < live.read_ns);
+            }
+        }
+    }
+
     /// One batched read of the thread lists and every listed thread; returns its time.
     fn read_everything(&mut self) -> ReadResult<u64> {
         self.pf.clear();
@@ -598,7 +628,8 @@ impl<M: ReadMem> Sampler<M> {
     fn want_thread(&mut self, key: u64) {
         let l = &self.target.layout;
         self.pf.want(key, self.tstate_len);
-        let Some(Thread::Live(live)) = self.threads.get_mut(&key) else {
+        let Some(Thread::Live(live)) = self.threads.get_mut(&key).filter(|t| !matches!(t, Thread::Live(l) if l.asleep))
+        else {
             return;
         };
         let plan = &mut live.plan;
@@ -735,6 +766,8 @@ impl<M: ReadMem> Sampler<M> {
                                 plan: Plan::default(),
                                 root: 0,
                                 new_root: 0,
+                                read_ns: 0,
+                                asleep: false,
                             }))
                         }
                         None => Thread::Unresolved { ids },
@@ -816,6 +849,19 @@ impl<M: ReadMem> Sampler<M> {
             }
             Thread::Live(live) => live,
         };
+        if live.asleep {
+            // it has not run since its stack was read: that stack still holds
+            let start = batch.frames.len();
+            batch.frames.extend_from_slice(&live.prev);
+            let end = batch.frames.len();
+            batch.threads.push(ThreadSample {
+                key,
+                tid: live.tid,
+                time_ns: time,
+                frames: Some((start as u32, end as u32)),
+            });
+            return Ok(Attempt::Asleep);
+        }
         let top = match stack::top_frame(pf, l, key) {
             Ok(top) => top,
             Err(ReadError::Missing) => {
@@ -958,6 +1004,7 @@ impl<M: ReadMem> Sampler<M> {
             batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset, locals: f.locals });
         }
         plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
+        live.read_ns = read_span.0;
         let end = batch.frames.len();
         batch.threads.push(ThreadSample {
             key,

@@ -160,13 +160,20 @@ fn duty(interp: &Interpreter) -> Result<(), String> {
     if w_sleep < 200 || w_busy < 200 {
         return Err(format!("wall mode: duty_sleep {w_sleep}, duty_busy {w_busy} samples"));
     }
+    // Sleeping threads are not re-read (docs/ARCHITECTURE.md, "Sleeping threads"): the
+    // waiting main thread and the duty thread's sleeps are such samples, and a wake-up
+    // must still show at once (a sleep taken for still running would eat the busy half).
+    let asleep = json["viztracer_metadata"]["asleep_samples"].as_u64().unwrap_or(0);
+    if asleep == 0 || w_busy * 3 < w_sleep {
+        return Err(format!("{asleep} samples of sleeping threads; duty_sleep {w_sleep}, duty_busy {w_busy} samples"));
+    }
     if c_sleep * 10 > w_sleep || c_busy * 2 < w_busy {
         return Err(format!(
             "--mode cpu: duty_sleep {c_sleep} (wall {w_sleep}), duty_busy {c_busy} (wall {w_busy}) samples"
         ));
     }
     eprintln!(
-        "  {}: on CPU {:.0} %, {changes} changes; --mode cpu: duty_sleep {c_sleep}/{w_sleep}, duty_busy {c_busy}/{w_busy}",
+        "  {}: on CPU {:.0} %, {changes} changes; --mode cpu: duty_sleep {c_sleep}/{w_sleep}, duty_busy {c_busy}/{w_busy}; {asleep} asleep",
         interp.name,
         share * 100.0
     );

@@ -36,6 +36,10 @@ pub struct CaptureInfo {
     pub lost_samples: std::collections::BTreeMap<&'static str, u64>,
     /// thread samples kept after immediate re-reads
     pub retried_samples: u64,
+    /// thread samples of sleeping threads, whose stacks were not read again (they had
+    /// not run since their last read)
+    #[serde(default)]
+    pub asleep_samples: u64,
     /// ticks whose read failed as a whole (the target exec'ing or exiting)
     pub failed_ticks: u64,
     /// samples of one frame taken for two calls because the frame proved it: "locals"
@@ -111,6 +115,9 @@ impl CaptureInfo {
             s += &format!(" ({})", why.join(", "));
         }
         s += &format!(", {} retried", self.retried_samples);
+        if self.asleep_samples > 0 {
+            s += &format!(", {} asleep (not re-read)", self.asleep_samples);
+        }
         if let Some(r) = &self.recovered {
             s += &format!("; {r}");
         }

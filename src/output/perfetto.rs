@@ -474,6 +474,7 @@ impl Perfetto {
                 u("thread_samples", info.thread_samples),
                 u("lost_samples", info.lost_samples.get("total").copied().unwrap_or(0)),
                 u("retried_samples", info.retried_samples),
+                u("asleep_samples", info.asleep_samples),
                 s("losses", &info.losses()),
                 u("calls_told_apart_by_locals", info.calls_told_apart.get("locals").copied().unwrap_or(0)),
                 u("calls_told_apart_by_offset", info.calls_told_apart.get("offset").copied().unwrap_or(0)),

@@ -160,6 +160,7 @@ pub fn check_trace_of(
         "thread_samples",
         "lost_samples",
         "retried_samples",
+        "asleep_samples",
         "duration_s",
     ] {
         if meta.get(key).is_none() {
