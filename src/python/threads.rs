@@ -23,12 +23,19 @@ pub struct ThreadState {
 /// sampler read the same prefix, so the list can be walked in a tick's copy.
 pub fn tstate_read_len(l: &Layout) -> usize {
     let ts = &l.tstate;
-    let last =
-        [Some(ts.next), Some(ts.interp), Some(ts.frame), Some(ts.thread_id), ts.native_thread_id, ts.datastack_chunk]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(0);
+    let last = [
+        Some(ts.next),
+        Some(ts.interp),
+        Some(ts.frame),
+        Some(ts.thread_id),
+        ts.native_thread_id,
+        ts.datastack_chunk,
+        ts.datastack_top,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(0);
     last as usize + 8
 }
 
@@ -136,4 +143,22 @@ pub fn gil_holder(mem: &dyn ReadMem, t: &Target, interp: u64) -> ReadResult<Opti
         return Ok(None);
     }
     Ok(Some(mem.read_u64(base + holder)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sampler reads this prefix of every thread state once per tick and takes the
+    /// data stack's extent from it: every field it uses must lie inside.
+    #[test]
+    fn the_read_prefix_holds_every_field_the_sampler_uses() {
+        for (n, l) in crate::python::layout::all().into_iter().enumerate() {
+            let len = tstate_read_len(&l) as u64;
+            let ts = &l.tstate;
+            for off in [Some(ts.frame), Some(ts.thread_id), ts.native_thread_id, ts.datastack_chunk, ts.datastack_top] {
+                assert!(off.is_none_or(|o| o + 8 <= len), "table {n}: field at {off:?} beyond {len}");
+            }
+        }
+    }
 }
