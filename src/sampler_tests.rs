@@ -48,8 +48,10 @@ impl ReadMem for Shared {
     }
 }
 
+/// The simulated thread is this test's own OS thread: it runs while it ticks, so the
+/// kernel never says it slept (a sleeping one is not read again: that has its own test).
 fn my_tid() -> i32 {
-    std::process::id() as i32
+    unsafe { libc::gettid() }
 }
 
 impl Sim {
@@ -453,4 +455,55 @@ fn a_frame_linking_to_a_newer_one_in_its_chunk_is_torn() {
     let (_, b) = tick(&mut s, &stats);
     assert_eq!(stacks(&b), vec![(TSTATE, None)]);
     assert_eq!(stats.lost[Loss::Torn as usize].load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_thread_that_has_not_run_keeps_its_stack_unread_until_it_runs() {
+    // The simulated thread is a real OS thread blocked on a channel. While the kernel
+    // says it has not run since its stack was read, that stack is taken again without
+    // reading (so a change to the simulated memory stays unseen: only a running thread
+    // changes its own stack); once it has run, it is read again.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+    let sleeper = std::thread::spawn(move || {
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        while wake_rx.recv().is_ok() {}
+    });
+    let tid = tid_rx.recv().unwrap();
+    let waiting = || {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S'))
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !waiting() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| {
+        r.u32(TSTATE + l.tstate.native_thread_id.unwrap(), tid as u32);
+        stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]);
+    });
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    // the first read sees it asleep (its state letter), the second is read after that
+    for _ in 0..2 {
+        let (_, b) = tick(&mut s, &stats);
+        assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2, 3]))]);
+    }
+    assert_eq!(stats.asleep.load(Ordering::Relaxed), 0);
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 5]));
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2, 3]))], "not read: it has not run");
+    assert_eq!(stats.asleep.load(Ordering::Relaxed), 1);
+    wake_tx.send(()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20)); // (it runs, and waits again)
+    while !waiting() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 5]))], "read again: it ran");
+    assert_eq!(stats.asleep.load(Ordering::Relaxed), 1);
+    drop(wake_tx);
+    sleeper.join().unwrap();
 }
