@@ -64,6 +64,12 @@ impl SampleBatch {
         t.frames.and_then(|(a, b)| self.frames.get(a as usize..b as usize))
     }
 
+    /// Records that `frames[start..]` is the stack of thread `key` at `time_ns`.
+    fn push_stack(&mut self, key: u64, tid: i32, time_ns: u64, start: usize) {
+        let frames = Some((start as u32, self.frames.len() as u32));
+        self.threads.push(ThreadSample { key, tid, time_ns, frames });
+    }
+
     /// The activity of `threads[i]` (unknown if it was not read).
     pub fn activity_of(&self, i: usize) -> Activity {
         self.activity.get(i).copied().unwrap_or_default()
@@ -628,10 +634,12 @@ impl<M: ReadMem> Sampler<M> {
     fn want_thread(&mut self, key: u64) {
         let l = &self.target.layout;
         self.pf.want(key, self.tstate_len);
-        let Some(Thread::Live(live)) = self.threads.get_mut(&key).filter(|t| !matches!(t, Thread::Live(l) if l.asleep))
-        else {
+        let Some(Thread::Live(live)) = self.threads.get_mut(&key) else {
             return;
         };
+        if live.asleep {
+            return; // its stack is not read this tick
+        }
         let plan = &mut live.plan;
         let cframe_field = l.tstate.cframe_current_frame.filter(|_| l.model.frame_via_cframe);
         let (lo, hi) = plan.cframes;
@@ -853,13 +861,7 @@ impl<M: ReadMem> Sampler<M> {
             // it has not run since its stack was read: that stack still holds
             let start = batch.frames.len();
             batch.frames.extend_from_slice(&live.prev);
-            let end = batch.frames.len();
-            batch.threads.push(ThreadSample {
-                key,
-                tid: live.tid,
-                time_ns: time,
-                frames: Some((start as u32, end as u32)),
-            });
+            batch.push_stack(key, live.tid, time, start);
             return Ok(Attempt::Asleep);
         }
         let top = match stack::top_frame(pf, l, key) {
@@ -1005,13 +1007,7 @@ impl<M: ReadMem> Sampler<M> {
         }
         plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
         live.read_ns = read_span.0;
-        let end = batch.frames.len();
-        batch.threads.push(ThreadSample {
-            key,
-            tid: live.tid,
-            time_ns: time,
-            frames: Some((start as u32, end as u32)),
-        });
+        batch.push_stack(key, live.tid, time, start);
         Ok(Attempt::Kept)
     }
 
