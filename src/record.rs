@@ -276,6 +276,7 @@ pub(crate) fn capture_info_of(
             .collect(),
         retried_samples: stats.retried.load(Ordering::Relaxed),
         asleep_samples: stats.asleep.load(Ordering::Relaxed),
+        inferred_samples: stats.inferred.load(Ordering::Relaxed),
         failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
         calls_told_apart: [("locals", told_apart.by_locals), ("offset", told_apart.by_offset)].into_iter().collect(),
         longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,

@@ -21,7 +21,7 @@ use crate::python::discover::Target;
 use crate::python::layout::{FrameModel, Layout};
 use crate::python::stack::{self, CodeFacts, Locals, Top, Walk};
 use crate::python::thread_ids::ThreadIds;
-use crate::python::{thread_names, threads};
+use crate::python::{resume, thread_names, threads};
 use crate::subinterpreters::{Joiner, Rank};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::collections::HashMap;
@@ -125,6 +125,9 @@ pub struct Stats {
     pub retried: AtomicU64,
     /// thread samples of threads that had not run since their last stack was read
     pub asleep: AtomicU64,
+    /// thread samples whose generator frames' callers were named from the copy
+    /// (python/resume.rs)
+    pub inferred: AtomicU64,
     /// ticks where the thread list changed while it was read twice in a row
     pub list_raced: AtomicU64,
     pub lost: [AtomicU64; 4],
@@ -213,7 +216,10 @@ struct Plan {
 }
 
 enum Attempt {
-    Kept,
+    /// kept; `inferred`: generator frames' callers were named from the copy
+    Kept {
+        inferred: bool,
+    },
     /// kept: the thread had not run since its last stack was read
     Asleep,
     /// not sampled this tick: not resolved yet, or just ended
@@ -509,9 +515,12 @@ impl<M: ReadMem> Sampler<M> {
             failed.clear();
             for &key in &pending {
                 match self.attempt(key, time, &mut batch, tx)? {
-                    Attempt::Kept => {
+                    Attempt::Kept { inferred } => {
                         if attempt > 0 {
                             stats.retried.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if inferred {
+                            stats.inferred.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Attempt::Asleep => {
@@ -901,9 +910,19 @@ impl<M: ReadMem> Sampler<M> {
         let size = if live.plan.chunk == chunk { live.plan.chunk_size as u64 } else { 0 };
         walk.chunk = (chunk, chunk + size);
         walk_after.chunk = walk.chunk;
-        let walked = stack::walk_with_locals_from(&behind, pf, l, top.frame, &mut lookup(codes, mem, t), walk);
+        let mut walked = stack::walk_with_locals_from(&behind, pf, l, top.frame, &mut lookup(codes, mem, t), walk);
+        if walked.is_err()
+            && walk.truncated
+            && resume::complete(pf, mem, l, stack_top, &mut lookup(codes, mem, t), walk)
+        {
+            walked = Ok(()); // a generator read too late, its caller named from the copy
+        }
         let frame_len = l.frame.size as usize;
-        let copied_from = |k: usize, w: &Walk| w.visited[k..].iter().all(|&f| pf.get(f, frame_len).is_some());
+        // (generator frames named from the copy count as copied: the walk took nothing
+        // from them but their code, which a generator keeps for life)
+        let copied_from = |k: usize, w: &Walk| {
+            w.visited[k..].iter().all(|&f| w.inferred.contains(&f) || pf.get(f, frame_len).is_some())
+        };
         match walked {
             Ok(()) => {}
             Err(ReadError::Fault | ReadError::NotCode) => {
@@ -1008,7 +1027,7 @@ impl<M: ReadMem> Sampler<M> {
         plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
         live.read_ns = read_span.0;
         batch.push_stack(key, live.tid, time, start);
-        Ok(Attempt::Kept)
+        Ok(Attempt::Kept { inferred: !walk.inferred.is_empty() })
     }
 
     /// One read for every cached code object that new frames used this tick; any that

@@ -26,8 +26,9 @@ fn layout() -> Layout {
     Layout::for_minor(3, 12).unwrap()
 }
 
+/// (a thread's first chunk keeps its first word free, as CPython's does)
 fn slot(depth: u64) -> u64 {
-    CHUNK + 24 + depth * SLOT
+    CHUNK + 32 + depth * SLOT
 }
 
 fn code(n: u64) -> u64 {
@@ -123,6 +124,7 @@ fn write_code(r: &mut Regions, l: &Layout, n: u64) {
     r.u32(c + l.code.firstlineno, 10 * n as u32 + 1);
     r.u64(c + l.code.linetable, lines);
     r.u32(c + l.code.firsttraceable.unwrap(), 0);
+    r.u32(c + l.code.framesize.unwrap(), (SLOT / 8) as u32);
     unicode(r, l, name, &format!("f{n}"));
     unicode(r, l, file, "/sim/app.py");
     r.u64(lines + l.bytes.size, 0);
@@ -506,4 +508,152 @@ fn a_thread_that_has_not_run_keeps_its_stack_unread_until_it_runs() {
     assert_eq!(stats.asleep.load(Ordering::Relaxed), 1);
     drop(wake_tx);
     sleeper.join().unwrap();
+}
+
+/// Where the generator objects of the generator tests live: a frame is inside its
+/// generator object, `gen.iframe` bytes in.
+fn gen_object(l: &Layout, frame: u64) -> u64 {
+    frame - l.gen.iframe.unwrap()
+}
+
+/// Writes a generator's frame at `at` running code `n`, resumed by `previous` (0:
+/// suspended), and gives a frame a saved value stack whose top slots are `top`.
+fn gen_frame(r: &mut Regions, l: &Layout, at: u64, n: u64, previous: u64) {
+    frame(r, l, at, n, previous, 6);
+    r.u8(at + l.frame.owner.unwrap(), l.model.owner_generator.unwrap());
+}
+
+fn saved_stack(r: &mut Regions, l: &Layout, frame: u64, top: &[u64]) {
+    let slots = frame + l.frame.localsplus.unwrap();
+    let depth = 2 + top.len() as u64; // two locals under the stack
+    for (i, &v) in top.iter().enumerate() {
+        r.u64(slots + 8 * (2 + i as u64), v);
+    }
+    r.u32(frame + l.frame.stacktop.unwrap(), depth as u32);
+}
+
+/// A thread in f0 -> f1 -> (generator frames `gens`, outermost first, each resumed by
+/// the one before) -> f8 at the top, after a tick that saw an older generator there:
+/// the generators are at addresses the plan does not copy. Each generator has yielded
+/// (its frame links to nothing) by the time it is read directly, after the copy, as
+/// happens when a generator runs for less than a read takes.
+fn generators_read_too_late(gens: &[(u64, u64)], resumer_top: Vec<u64>) -> (Sim, Layout, Sampler<Shared>, Stats) {
+    let (sim, l, mut s, stats) = warm(&[0, 1, 2]);
+    let _ = tick(&mut s, &stats);
+    let l2 = l.clone();
+    let gens: Vec<(u64, u64)> = gens.to_vec();
+    sim.mem.with(|r| {
+        let mut previous = slot(1);
+        for &(at, n) in &gens {
+            gen_frame(r, &l2, at, n, previous);
+            previous = at;
+        }
+        frame(r, &l2, slot(2), 8, previous, 4);
+        saved_stack(r, &l2, slot(1), &resumer_top);
+        r.u64(CFRAME + l2.tstate.cframe_current_frame.unwrap(), slot(2));
+    });
+    for &(at, _) in &gens {
+        let l3 = l.clone();
+        sim.mem.when_reading(at, move |r| r.u64(at + l3.frame.previous, 0));
+    }
+    (sim, l, s, stats)
+}
+
+#[test]
+fn a_generator_read_after_it_yielded_is_placed_by_its_callers_saved_stack() {
+    // f1 resumed the generator (FOR_ITER_GEN / SEND_GEN save f1's stack pointer with the
+    // generator object on top), so the chain under the generator is f1's.
+    let g = HEAP + 0x400;
+    let l = layout();
+    let (_sim, _l, mut s, stats) = generators_read_too_late(&[(g, 7)], vec![gen_object(&l, g)]);
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 7, 8]))]);
+    assert_eq!(lost(&stats), 0);
+    // the generator's instruction was read after it moved on: not shown as known
+    let frames = b.stack(&b.threads[0]).unwrap();
+    assert_eq!(frames[2].offset, stack::UNKNOWN_OFFSET);
+    assert_eq!(frames[1].offset, 4);
+    assert_eq!(stats.inferred.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_generator_whose_resumer_is_not_proven_stays_a_loss() {
+    // f1's saved stack holds something else on top (here: f1's own code object): the
+    // generator may have been resumed by another generator the copy does not show.
+    let g = HEAP + 0x400;
+    let (_sim, _l, mut s, stats) = generators_read_too_late(&[(g, 7)], vec![code(3), code(4)]);
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, None)]);
+    assert_eq!(stats.lost[Loss::Truncated as usize].load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn delegating_generators_are_followed_to_the_one_that_runs() {
+    // f1 resumed generator 5, which delegates (`yield from`) to generator 7: each keeps
+    // the generator it resumes on top of its saved stack, even while suspended.
+    let (outer, inner) = (HEAP + 0x400, HEAP + 0x800);
+    let l = layout();
+    let (sim, l2, mut s, stats) = generators_read_too_late(&[(outer, 5), (inner, 7)], vec![gen_object(&l, outer)]);
+    sim.mem.with(|r| saved_stack(r, &l2, outer, &[gen_object(&l2, inner), 0x1230]));
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 5, 7, 8]))]);
+    assert_eq!(lost(&stats), 0);
+}
+
+#[test]
+fn a_generator_resumed_through_c_is_found_among_its_callers_slots() {
+    // next(g) / list(g): f1 is in a C call, and 3.12 does not save its stack pointer
+    // (-1), so any slot may hold the generator. One also holding a generator that
+    // delegates to it (a wrapper) shows the wrapper: the longest path names every
+    // generator in between.
+    let (wrapper, g) = (HEAP + 0x400, HEAP + 0x800);
+    let l = layout();
+    let (sim, l2, mut s, stats) = generators_read_too_late(&[(wrapper, 5), (g, 7)], vec![]);
+    sim.mem.with(|r| {
+        saved_stack(r, &l2, slot(1), &[gen_object(&l2, g), gen_object(&l2, wrapper), 0x4440]);
+        r.u32(slot(1) + l2.frame.stacktop.unwrap(), u32::MAX);
+        saved_stack(r, &l2, wrapper, &[gen_object(&l2, g)]);
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 5, 7, 8]))]);
+    assert_eq!(lost(&stats), 0);
+    let _ = l;
+}
+
+#[test]
+fn two_generators_both_leading_to_the_running_one_is_not_believed() {
+    // f1 (stack pointer not saved) holds two generators that each claim the running one:
+    // which of them resumed it is unknown, so the sample is lost rather than guessed.
+    let (a, b_gen, g) = (HEAP + 0x400, HEAP + 0x800, HEAP + 0xc00);
+    let (sim, l2, mut s, stats) = generators_read_too_late(&[(a, 5), (g, 7)], vec![]);
+    sim.mem.with(|r| {
+        gen_frame(r, &l2, b_gen, 6, 0);
+        saved_stack(r, &l2, slot(1), &[gen_object(&l2, a), gen_object(&l2, b_gen)]);
+        r.u32(slot(1) + l2.frame.stacktop.unwrap(), u32::MAX);
+        saved_stack(r, &l2, a, &[gen_object(&l2, g)]);
+        saved_stack(r, &l2, b_gen, &[gen_object(&l2, g)]);
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, None)]);
+    assert_eq!(stats.lost[Loss::Truncated as usize].load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_generator_on_top_of_the_stack_is_placed_over_the_top_data_stack_frame() {
+    // The running generator is the innermost frame: its caller is the frame that ends
+    // where the thread state says the data stack ends.
+    let (sim, l, mut s, stats) = warm(&[0, 1, 2]);
+    let g = HEAP + 0x400;
+    let l2 = l.clone();
+    sim.mem.with(|r| {
+        gen_frame(r, &l2, g, 7, slot(1));
+        saved_stack(r, &l2, slot(1), &[gen_object(&l2, g)]);
+        r.u64(TSTATE + l2.tstate.datastack_top.unwrap(), slot(2));
+        r.u64(CFRAME + l2.tstate.cframe_current_frame.unwrap(), g);
+    });
+    let l3 = l.clone();
+    sim.mem.when_reading(g, move |r| r.u64(g + l3.frame.previous, 0));
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 7]))]);
+    assert_eq!(lost(&stats), 0);
 }

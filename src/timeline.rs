@@ -7,6 +7,7 @@
 
 use crate::output::Sink;
 use crate::python::code::CodeInfo;
+use crate::python::stack::UNKNOWN_OFFSET;
 use crate::sampler::{Message, StackFrame};
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -167,12 +168,18 @@ pub struct ToldApart {
     pub by_offset: u64,
 }
 
+/// Offsets of one frame in two samples that may be the same instruction (an unknown one
+/// may be any).
+fn same_offset(a: i64, b: i64) -> bool {
+    a == b || a == UNKNOWN_OFFSET || b == UNKNOWN_OFFSET
+}
+
 /// How many frames, from the root, are the same calls in both stacks.
 pub fn common_calls(old: &[StackFrame], new: &[StackFrame], codes: &CodeTable, told: &mut ToldApart) -> usize {
     let mut n = 0;
     while n < old.len() && n < new.len() {
         let (a, b) = (&old[n], &new[n]);
-        let same_site = n == 0 || old[n - 1].offset == new[n - 1].offset;
+        let same_site = n == 0 || same_offset(old[n - 1].offset, new[n - 1].offset);
         if a.code_id != b.code_id || a.frame != b.frame || !same_site {
             break;
         }
@@ -181,7 +188,10 @@ pub fn common_calls(old: &[StackFrame], new: &[StackFrame], codes: &CodeTable, t
             told.by_locals += 1;
             break;
         }
-        if b.offset < a.offset && codes.get(b.code_id).is_some_and(|c| !c.proofs.offset_can_go_back(a.offset, b.offset))
+        if b.offset < a.offset
+            && a.offset != UNKNOWN_OFFSET
+            && b.offset != UNKNOWN_OFFSET
+            && codes.get(b.code_id).is_some_and(|c| !c.proofs.offset_can_go_back(a.offset, b.offset))
         {
             told.by_offset += 1;
             break;
@@ -286,6 +296,27 @@ mod tests {
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
         assert_eq!(r.slices, vec![(7, 1, 1000, 3000), (7, 0, 1000, 3000)]);
     }
+    #[test]
+    fn an_unknown_offset_neither_moves_a_call_site_nor_proves_a_new_call() {
+        // A generator whose instruction was not known at one sample (python/resume.rs):
+        // its callee stays the same call, and it is not split by an "offset went back".
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        tl.handle(&codes(3), &mut r).unwrap();
+        let unknown = crate::python::stack::UNKNOWN_OFFSET;
+        let stacks = [
+            [f(0, 100, 10), f(1, 200, 30), f(2, 300, 4)],
+            [f(0, 100, 10), f(1, 200, unknown), f(2, 300, 6)],
+            [f(0, 100, 10), f(1, 200, 30), f(2, 300, 8)],
+        ];
+        for (i, s) in stacks.iter().enumerate() {
+            tl.handle(&sample(1000 * (i as u64 + 1), &[(1, 7, s)]), &mut r).unwrap();
+        }
+        tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+        assert_eq!(r.slices, vec![(7, 2, 1000, 3000), (7, 1, 1000, 3000), (7, 0, 1000, 3000)]);
+        assert_eq!(tl.told_apart.by_offset, 0);
+    }
+
     #[test]
     fn back_to_back_calls_from_one_site_are_told_apart_when_the_frame_proves_it() {
         let mut tl = Timeline::default();

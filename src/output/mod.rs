@@ -40,6 +40,10 @@ pub struct CaptureInfo {
     /// not run since their last read)
     #[serde(default)]
     pub asleep_samples: u64,
+    /// thread samples whose walk reached a generator the copy lacked, read after it had
+    /// moved on, and was completed from the callers' saved value stacks in the copy
+    #[serde(default)]
+    pub inferred_samples: u64,
     /// ticks whose read failed as a whole (the target exec'ing or exiting)
     pub failed_ticks: u64,
     /// samples of one frame taken for two calls because the frame proved it: "locals"
@@ -117,6 +121,9 @@ impl CaptureInfo {
         s += &format!(", {} retried", self.retried_samples);
         if self.asleep_samples > 0 {
             s += &format!(", {} asleep (not re-read)", self.asleep_samples);
+        }
+        if self.inferred_samples > 0 {
+            s += &format!(", {} with generator callers inferred", self.inferred_samples);
         }
         if let Some(r) = &self.recovered {
             s += &format!("; {r}");

@@ -475,6 +475,7 @@ impl Perfetto {
                 u("lost_samples", info.lost_samples.get("total").copied().unwrap_or(0)),
                 u("retried_samples", info.retried_samples),
                 u("asleep_samples", info.asleep_samples),
+                u("inferred_samples", info.inferred_samples),
                 s("losses", &info.losses()),
                 u("calls_told_apart_by_locals", info.calls_told_apart.get("locals").copied().unwrap_or(0)),
                 u("calls_told_apart_by_offset", info.calls_told_apart.get("offset").copied().unwrap_or(0)),

@@ -27,6 +27,8 @@ pub struct CodeInfo {
     pub bytecode_start: u64,
     /// Byte offset before which a 3.11+ frame has not started running yet.
     pub first_traceable: i64,
+    /// Bytes a frame of this code takes on the data stack (3.12+; 0 unknown).
+    pub frame_bytes: u64,
     /// The name and file object pointers this entry was read from (its identity).
     identity: (u64, u64),
     /// What the bytecode lets the timeline prove about two samples of one frame of this
@@ -56,6 +58,7 @@ impl CodeInfo {
             line_format: super::layout::LineTable::Locations,
             bytecode_start: 0,
             first_traceable: 0,
+            frame_bytes: 0,
             identity: (0, 0),
             proofs: CallProofs::none(),
         }
@@ -73,6 +76,7 @@ impl CodeInfo {
             line_format: super::layout::LineTable::Locations,
             bytecode_start: 0,
             first_traceable: 0,
+            frame_bytes: 0,
             identity: (0, 0),
             proofs: CallProofs::none(),
         }
@@ -83,6 +87,7 @@ impl CodeInfo {
         super::stack::CodeFacts {
             bytecode_start: self.bytecode_start,
             first_traceable: self.first_traceable,
+            frame_bytes: self.frame_bytes,
             fixed_slots: self.proofs.fixed_slots,
             undeletable: self.proofs.undeletable,
         }
@@ -130,6 +135,7 @@ fn header_len(layout: &Layout) -> usize {
         c.firstlineno,
         c.linetable,
         c.firsttraceable.unwrap_or(0),
+        c.framesize.unwrap_or(0),
         layout.object.ob_type,
     ]
     .into_iter()
@@ -175,6 +181,7 @@ impl CodeCache {
             line_format: layout.model.line_table,
             bytecode_start: c.code_adaptive.map(|o| addr + o).unwrap_or(0),
             first_traceable: c.firsttraceable.map(|o| head.i32_at(o) as i64 * 2).unwrap_or(0),
+            frame_bytes: c.framesize.map(|o| head.i32_at(o).max(0) as u64 * 8).unwrap_or(0),
             identity: (name_ptr, file_ptr),
             proofs: bytecode::read_proofs(mem, layout, addr),
         });

@@ -175,6 +175,19 @@ pub struct FrameOffsets {
     /// 3.11: the first frame of an evaluation-loop call
     #[serde(default)]
     pub is_entry: Option<u64>,
+    /// a suspended caller's saved value stack: `stacktop` a slot index from localsplus
+    /// (3.12-3.13), `stackpointer` an address (3.14+)
+    #[serde(default)]
+    pub stacktop: Option<u64>,
+    #[serde(default)]
+    pub stackpointer: Option<u64>,
+}
+
+/// Where a generator object keeps its frame (3.12+; see python/resume.rs).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct GenOffsets {
+    #[serde(default)]
+    pub iframe: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +235,9 @@ pub struct CodeOffsets {
     pub localspluskinds: Option<u64>,
     #[serde(default)]
     pub exceptiontable: Option<u64>,
+    /// co_framesize: the words a frame of this code takes on the data stack (3.12+)
+    #[serde(default)]
+    pub framesize: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -362,6 +378,8 @@ pub struct Layout {
     #[serde(default)]
     pub chunk: ChunkOffsets,
     pub frame: FrameOffsets,
+    #[serde(default)]
+    pub gen: GenOffsets,
     pub code: CodeOffsets,
     pub object: ObjectOffsets,
     #[serde(rename = "type")]

@@ -9,6 +9,7 @@ pub mod layout;
 pub mod linetable;
 pub mod locals;
 pub mod objects;
+pub mod resume;
 pub mod scan;
 pub mod snapshot;
 pub mod stack;

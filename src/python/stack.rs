@@ -50,6 +50,8 @@ impl Locals {
 pub struct CodeFacts {
     pub bytecode_start: u64,
     pub first_traceable: i64,
+    /// bytes a frame of this code takes on the data stack (3.12+; 0 unknown)
+    pub frame_bytes: u64,
     /// local slots never rebound within a call, and locals never unbound (masks < 64)
     pub fixed_slots: u64,
     pub undeletable: u64,
@@ -79,7 +81,14 @@ pub struct Walk {
     /// input: the thread's newest data-stack chunk, [start, end), when known. Within one
     /// chunk a caller's frame always lies below its callee's.
     pub chunk: (u64, u64),
+    /// generator frames whose callers were named from the copy, not read from the frames
+    /// (python/resume.rs)
+    pub inferred: Vec<u64>,
 }
+
+/// The offset of a frame whose instruction at the sample's moment is not known (a
+/// generator's frame read after it moved on): it matches any offset in the timeline.
+pub const UNKNOWN_OFFSET: i64 = i64::MIN;
 
 /// Where a thread's innermost frame pointer is and what it holds. 3.11-3.12 keep it in
 /// the CFrame of the innermost running evaluation loop (on the C stack), which the
@@ -117,12 +126,25 @@ pub fn walk_with_locals_from(
     mem: &dyn ReadMem,
     locals: &dyn ReadMem,
     l: &Layout,
-    mut frame: u64,
+    frame: u64,
     codes: &mut dyn CodeLookup,
     w: &mut Walk,
 ) -> ReadResult<()> {
     w.frames.clear();
     w.visited.clear();
+    w.inferred.clear();
+    continue_walk(mem, locals, l, frame, codes, w)
+}
+
+/// The walk from `frame` on, appended to what `w` holds already.
+pub fn continue_walk(
+    mem: &dyn ReadMem,
+    locals: &dyn ReadMem,
+    l: &Layout,
+    mut frame: u64,
+    codes: &mut dyn CodeLookup,
+    w: &mut Walk,
+) -> ReadResult<()> {
     w.truncated = false;
     let f = &l.frame;
     let mut buf = [0u8; 128];

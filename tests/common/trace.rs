@@ -161,6 +161,7 @@ pub fn check_trace_of(
         "lost_samples",
         "retried_samples",
         "asleep_samples",
+        "inferred_samples",
         "duration_s",
     ] {
         if meta.get(key).is_none() {
