@@ -18,7 +18,7 @@ use crate::process::memory::{Fields, Memory, ReadError, ReadMem, ReadResult, Spa
 use crate::process::prefetch::Prefetch;
 use crate::python::code::{CodeCache, CodeInfo};
 use crate::python::discover::Target;
-use crate::python::layout::{FrameModel, Layout};
+use crate::python::layout::{FrameModel, Layout, FRAME_LEAD};
 use crate::python::stack::{self, CodeFacts, Locals, Top, Walk};
 use crate::python::thread_ids::ThreadIds;
 use crate::python::{resume, thread_names, threads};
@@ -677,7 +677,9 @@ impl<M: ReadMem> Sampler<M> {
                 end = end.max(self.spans[i] + frame_len);
                 i += 1;
             }
-            self.pf.want(start, (end - start) as usize);
+            // (and the bytes before a frame: a generator's state, python/stack.rs)
+            let lead = if l.frame_state_before().is_some() { FRAME_LEAD } else { 0 };
+            self.pf.want(start - lead, (end - start + lead) as usize);
         }
         plan.check_top = self.pf.want_check(key + l.tstate.frame, 8);
         plan.check_cframe = match cframe_field {
@@ -944,7 +946,7 @@ impl<M: ReadMem> Sampler<M> {
             // stack deeper than planned): believable only if the thread is still in the
             // same frame after they were read. A frame that stayed on top all along kept
             // its callers.
-            if stack::top_frame(mem, l, key)? != top {
+            if stack::top_frame(mem, l, key)? != top || !stack::still_linked(mem, pf, l, walk)? {
                 return Ok(Attempt::Retry(Loss::Moved));
             }
             time = now_ns();

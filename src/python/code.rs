@@ -29,6 +29,8 @@ pub struct CodeInfo {
     pub first_traceable: i64,
     /// Bytes a frame of this code takes on the data stack (3.12+; 0 unknown).
     pub frame_bytes: u64,
+    /// Where the value stack starts, in bytes from localsplus (3.11+).
+    pub stack_base: u64,
     /// The name and file object pointers this entry was read from (its identity).
     identity: (u64, u64),
     /// What the bytecode lets the timeline prove about two samples of one frame of this
@@ -59,6 +61,7 @@ impl CodeInfo {
             bytecode_start: 0,
             first_traceable: 0,
             frame_bytes: 0,
+            stack_base: 0,
             identity: (0, 0),
             proofs: CallProofs::none(),
         }
@@ -77,6 +80,7 @@ impl CodeInfo {
             bytecode_start: 0,
             first_traceable: 0,
             frame_bytes: 0,
+            stack_base: 0,
             identity: (0, 0),
             proofs: CallProofs::none(),
         }
@@ -88,6 +92,7 @@ impl CodeInfo {
             bytecode_start: self.bytecode_start,
             first_traceable: self.first_traceable,
             frame_bytes: self.frame_bytes,
+            stack_base: self.stack_base,
             fixed_slots: self.proofs.fixed_slots,
             undeletable: self.proofs.undeletable,
         }
@@ -136,6 +141,7 @@ fn header_len(layout: &Layout) -> usize {
         c.linetable,
         c.firsttraceable.unwrap_or(0),
         c.framesize.unwrap_or(0),
+        c.nlocalsplus.unwrap_or(0),
         layout.object.ob_type,
     ]
     .into_iter()
@@ -182,6 +188,7 @@ impl CodeCache {
             bytecode_start: c.code_adaptive.map(|o| addr + o).unwrap_or(0),
             first_traceable: c.firsttraceable.map(|o| head.i32_at(o) as i64 * 2).unwrap_or(0),
             frame_bytes: c.framesize.map(|o| head.i32_at(o).max(0) as u64 * 8).unwrap_or(0),
+            stack_base: c.nlocalsplus.map(|o| head.i32_at(o).max(0) as u64 * 8).unwrap_or(0),
             identity: (name_ptr, file_ptr),
             proofs: bytecode::read_proofs(mem, layout, addr),
         });

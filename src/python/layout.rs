@@ -83,6 +83,12 @@ pub struct Model {
     pub instance_attrs: InstanceAttrs,
     #[serde(default)]
     pub owner_generator: Option<u8>,
+    /// gi_frame_state of a running generator, and of one not started yet (3.11+;
+    /// suspended ones lie between)
+    #[serde(default)]
+    pub frame_executing: Option<i64>,
+    #[serde(default)]
+    pub frame_created: Option<i64>,
     #[serde(default)]
     pub owner_first_non_python: Option<u8>,
     #[serde(default)]
@@ -188,7 +194,22 @@ pub struct FrameOffsets {
 pub struct GenOffsets {
     #[serde(default)]
     pub iframe: Option<u64>,
+    #[serde(default)]
+    pub frame_state: Option<u64>,
 }
+
+impl Layout {
+    /// Where a generator frame's state byte (gi_frame_state) is, as a distance before
+    /// the frame (3.11+): the byte every read of a frame starts at, so that one read
+    /// says both what a frame holds and, for a generator's, whether it runs.
+    pub fn frame_state_before(&self) -> Option<u64> {
+        let (iframe, state) = (self.gen.iframe?, self.gen.frame_state?);
+        iframe.checked_sub(state).filter(|&d| d <= FRAME_LEAD)
+    }
+}
+
+/// Bytes read before every frame (3.11+), to take a generator's state with its frame.
+pub const FRAME_LEAD: u64 = 8;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct CodeOffsets {

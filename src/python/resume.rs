@@ -13,35 +13,32 @@
 //! and every live one is on the thread's chain. So the data-stack frame directly below
 //! the generator's callee is the nearest data-stack frame below the generator in the
 //! chain; between the two there can only be generator frames and C-stack entry frames
-//! (which a stack does not show). Which generator each frame of that chain resumed
-//! is in its slots:
-//! - SEND_GEN and FOR_ITER_GEN (3.12+) save the resuming frame's stack pointer with the
-//!   generator object on top (under the sent value, or 3.14's loop index), and 3.14+
-//!   save it before every call that can run other code. A delegating generator (`yield
-//!   from`, `await`, a `for` loop over another generator) keeps the one it resumes there
-//!   for as long as it delegates, even while suspended.
-//! - A frame that resumed a generator through C (`next(g)`, `list(g)`, a `for` loop not
-//!   yet specialised) holds it as an argument on its value stack, but 3.12-3.13 do not
-//!   save the stack pointer for such calls (it reads -1): there every slot of the frame
-//!   is a candidate.
+//! (which a stack does not show). Which generator each frame of that chain resumed is
+//! on its saved value stack: SEND_GEN and FOR_ITER_GEN (3.12+) save the resuming
+//! frame's stack pointer with the generator object on top (under the sent value on
+//! 3.12, under the loop index on 3.14+), and a delegating generator (`yield from`,
+//! `await`, a `for` loop over another generator) keeps the one it resumes there for as
+//! long as it delegates, even while suspended.
 //!
-//! From the caller, the search follows generator objects in those slots to generator
-//! frames, down to ours. It is believed only if it arrives at exactly the generator the
-//! copy showed running, and, where several paths arrive (a generator also held in a
-//! local), only if each is the tail of the longest (the longest names every delegating
-//! generator). Anything else stays a loss. 3.11 resumes every generator through a C
-//! call and saves no stack pointer for it: it has no fields for this, and keeps the loss.
+//! From the caller, the search follows generator objects in the two top slots of each
+//! saved stack to generator frames that are running (gi_frame_state), down to ours. It is believed only if it arrives at
+//! exactly the generator the copy showed running; where several paths arrive, only if
+//! the others skip some generators of the longest (a generator also held lower on a
+//! stack) and never disagree with it. A frame that saved no stack pointer (3.12-3.13
+//! in a call into C: `next(g)`, `list(g)`, an unspecialised `for`) proves nothing: its
+//! slots above the real top still hold earlier calls' arguments, and a path through
+//! one of them would skip generators (tests/record_generators.rs caught exactly that).
+//! Such samples stay lost. 3.11 resumes every generator through a C call: it has no
+//! fields for this, and keeps the loss.
 
-use super::layout::Layout;
+use super::layout::{Layout, FRAME_LEAD};
 use super::stack::{self, CodeLookup, RawFrame, Walk, UNKNOWN_OFFSET};
-use crate::process::memory::{Fields, ReadMem, Span};
+use crate::process::memory::{Fields, ReadMem};
 
 /// Generators followed between a caller and the generator it runs, at most.
 const MAX_DELEGATION: usize = 16;
-/// Frames whose slots are searched, at most (each costs one read of the process at most).
+/// Frames whose slots are searched, at most (each costs two reads of the process at most).
 const MAX_SEARCHED: usize = 12;
-/// Slots of one frame taken as candidates, at most.
-const MAX_SLOTS: usize = 48;
 const USER_SPACE_END: u64 = 0x8000_0000_0000;
 
 /// Completes a walk that ended at a generator frame the copy lacks: the generators that
@@ -56,13 +53,15 @@ pub fn complete(
     codes: &mut dyn CodeLookup,
     w: &mut Walk,
 ) -> bool {
-    let (Some(iframe), Some(&gen_frame)) = (l.gen.iframe, w.visited.last()) else {
+    let saves_stack = l.frame.stacktop.is_some() || l.frame.stackpointer.is_some();
+    let (Some(iframe), Some(&gen_frame), true) = (l.gen.iframe, w.visited.last(), saves_stack) else {
         return false;
     };
+    // The walk read the generator (its code) from the process; the copy lacked it.
     let mut head = [0u8; 128];
     let frame_len = (l.frame.size as usize).clamp(8, head.len());
-    if copy.read(gen_frame, &mut head[..frame_len]).is_ok() {
-        return false; // copied suspended while a copied frame called from it: torn
+    if w.frames.last().is_none_or(|f| f.frame != gen_frame) || copy.read(gen_frame, &mut head[..frame_len]).is_ok() {
+        return false;
     }
     // The generator's callee nearest to it on the data stack; none when the generator's
     // chain is the top of the stack, which then ends where the thread state says.
@@ -81,33 +80,38 @@ pub fn complete(
         iframe,
         target: gen_frame,
         searched: 0,
-        path: [0; MAX_DELEGATION],
-        best: [0; MAX_DELEGATION],
+        path: [RawFrame::default(); MAX_DELEGATION],
+        best: [RawFrame::default(); MAX_DELEGATION],
         best_len: None,
         ambiguous: false,
     };
-    search.visit(caller, 0, codes);
+    // The generator must be one that yielded, not one made since at its address.
+    let Some(state) = search.state_of(gen_frame) else {
+        return false;
+    };
+    let (created, executing) = (l.model.frame_created.unwrap_or(-3), l.model.frame_executing.unwrap_or(0));
+    if !(created < state && state < executing) {
+        return false;
+    }
+    let Some(top) = search.saved_top(caller, codes) else {
+        return false;
+    };
+    search.visit(top, caller, 0, codes);
     let (Some(n), false) = (search.best_len, search.ambiguous) else {
         return false;
     };
-    let chain = search.best;
     let mark = (w.frames.len(), w.visited.len());
     w.inferred.clear();
     // The generator's instruction was read after it moved on: not the one at the
     // sample's moment.
-    if let Some(g) = w.frames.last_mut().filter(|g| g.frame == gen_frame) {
+    if let Some(g) = w.frames.last_mut() {
         g.offset = UNKNOWN_OFFSET;
     }
     w.inferred.push(gen_frame);
-    for &f in chain[..n].iter().rev() {
-        let Some(frame) = generator_frame(copy, process, l, f, codes) else {
-            w.frames.truncate(mark.0);
-            w.inferred.clear();
-            return false;
-        };
-        w.frames.push(frame);
-        w.visited.push(f);
-        w.inferred.push(f);
+    for f in search.best[..n].iter().rev() {
+        w.frames.push(*f);
+        w.visited.push(f.frame);
+        w.inferred.push(f.frame);
     }
     if stack::continue_walk(copy, copy, l, caller, codes, w).is_err() {
         w.frames.truncate(mark.0);
@@ -141,6 +145,13 @@ fn frame_below(copy: &dyn ReadMem, l: &Layout, chunk: u64, end: u64, codes: &mut
     None
 }
 
+/// A frame's saved value stack: where it starts and where its top is.
+#[derive(Clone, Copy)]
+struct SavedTop {
+    base: u64,
+    top: u64,
+}
+
 /// A depth-first search for the generator frames between a caller and `target`.
 struct Search<'a> {
     copy: &'a dyn ReadMem,
@@ -149,45 +160,121 @@ struct Search<'a> {
     iframe: u64,
     target: u64,
     searched: usize,
-    path: [u64; MAX_DELEGATION],
-    best: [u64; MAX_DELEGATION],
+    path: [RawFrame; MAX_DELEGATION],
+    best: [RawFrame; MAX_DELEGATION],
     best_len: Option<usize>,
     ambiguous: bool,
 }
 
 impl Search<'_> {
-    /// Reads `len` bytes at `at`: from the copy, else from the process.
-    fn read(&self, at: u64, buf: &mut [u8]) -> bool {
-        self.copy.read(at, buf).is_ok() || self.process.read(at, buf).is_ok()
+    /// Reads from the copy, else from the process; whether it came from the copy.
+    fn read(&self, at: u64, buf: &mut [u8]) -> Option<bool> {
+        if self.copy.read(at, buf).is_ok() {
+            return Some(true);
+        }
+        self.process.read(at, buf).ok().map(|()| false)
     }
 
-    fn visit(&mut self, frame: u64, depth: usize, codes: &mut dyn CodeLookup) {
+    /// Where `frame`'s saved value stack is, from its header `head`. None where it saved
+    /// no stack pointer (running, or, on 3.12-3.13, in a call into C): its slots above
+    /// the real top then still hold earlier calls' arguments, among them generators
+    /// further down the chain, and a path through one would skip those in between.
+    fn saved_top_of(&self, frame: u64, head: &[u8], codes: &mut dyn CodeLookup) -> Option<SavedTop> {
+        let l = self.l;
+        let slots = frame + l.frame.localsplus?;
+        let facts = codes.facts(head.u64_at(l.frame.code) & !l.model.stackref_tag_mask).ok()?;
+        let (base, end) = (slots + facts.stack_base, frame + facts.frame_bytes);
+        let top = match (l.frame.stacktop, l.frame.stackpointer) {
+            (Some(o), _) => slots.wrapping_add((head.i32_at(o) as i64 * 8) as u64),
+            (None, Some(o)) => head.u64_at(o),
+            (None, None) => return None,
+        };
+        (top > base && top <= end && top & 7 == 0).then_some(SavedTop { base, top })
+    }
+
+    /// The caller's saved stack (it is in the copy: a data-stack frame).
+    fn saved_top(&self, frame: u64, codes: &mut dyn CodeLookup) -> Option<SavedTop> {
+        let mut head = [0u8; 128];
+        let len = (self.l.frame.size as usize).clamp(8, head.len());
+        self.copy.read(frame, &mut head[..len]).ok()?;
+        self.saved_top_of(frame, &head[..len], codes)
+    }
+
+    /// A generator frame's gi_frame_state, read from the process now.
+    fn state_of(&self, f: u64) -> Option<i64> {
+        let before = self.l.frame_state_before()?;
+        let mut b = [0u8; 1];
+        self.process.read(f - before, &mut b).ok()?;
+        Some(b[0] as i8 as i64)
+    }
+
+    /// Follows the generator objects on top of `resumer`'s saved stack.
+    fn visit(&mut self, saved: SavedTop, resumer: u64, depth: usize, codes: &mut dyn CodeLookup) {
         if self.searched == MAX_SEARCHED || self.ambiguous {
             return;
         }
         self.searched += 1;
-        let mut objects = [0u64; MAX_SLOTS];
-        let n = self.candidates(frame, codes, &mut objects);
-        for &o in &objects[..n] {
-            if o + self.iframe == self.target {
-                self.found(depth);
-            }
-        }
-        if depth + 1 == MAX_DELEGATION {
+        let lo = saved.top.saturating_sub(16).max(saved.base);
+        let mut buf = [0u8; 16];
+        let bytes = &mut buf[..(saved.top - lo) as usize];
+        if self.read(lo, bytes).is_none() {
             return;
         }
-        let mut frames = [0u64; MAX_SLOTS];
-        let m = self.generator_frames(&objects[..n], codes, &mut frames);
-        for &f in &frames[..m] {
-            if f == self.target || self.path[..depth].contains(&f) {
-                continue;
+        let mut objects = [0u64; 2];
+        let mut n = 0;
+        for word in bytes.chunks_exact(8).rev() {
+            let o = word.u64_at(0) & !self.l.model.stackref_tag_mask;
+            if o > 0x10000 && o < USER_SPACE_END && o & 7 == 0 && !objects[..n].contains(&o) {
+                objects[n] = o;
+                n += 1;
             }
-            self.path[depth] = f;
-            self.visit(f, depth + 1, codes);
+        }
+        for &o in &objects[..n] {
+            let f = o + self.iframe;
+            if f == self.target {
+                self.found(depth);
+            } else if depth + 1 < MAX_DELEGATION && !self.path[..depth].iter().any(|p| p.frame == f) {
+                if let Some((frame, saved)) = self.running_generator(f, resumer, codes) {
+                    self.path[depth] = frame;
+                    self.visit(saved, f, depth + 1, codes);
+                }
+            }
         }
     }
 
-    /// A path of `depth` generators arrived at the target.
+    /// The generator frame at `f` if it is one that has started and not finished, with
+    /// its saved stack, from one read (its instruction only if the copy holds it: a later
+    /// read may have moved on). Read after the copy, a delegating generator has usually
+    /// yielded too (the value its delegate yielded passes through it); one that still
+    /// runs must link to `resumer` (an inline resume links it there).
+    fn running_generator(&self, f: u64, resumer: u64, codes: &mut dyn CodeLookup) -> Option<(RawFrame, SavedTop)> {
+        let l = self.l;
+        let before = l.frame_state_before()?;
+        let mut whole = [0u8; 128 + FRAME_LEAD as usize];
+        let len = (l.frame.size as usize).clamp(8, 128);
+        let lead = FRAME_LEAD as usize;
+        let copied = self.read(f - FRAME_LEAD, &mut whole[..lead + len])?;
+        let head = &whole[lead..lead + len];
+        let state = whole[lead - before as usize] as i8 as i64;
+        let (created, executing) = (l.model.frame_created?, l.model.frame_executing?);
+        let alive = created < state && state <= executing;
+        let linked = state != executing || head.u64_at(l.frame.previous) == resumer;
+        if !alive || !linked || Some(head.u8_at(l.frame.owner?)) != l.model.owner_generator {
+            return None;
+        }
+        let code = head.u64_at(l.frame.code) & !l.model.stackref_tag_mask;
+        let facts = codes.facts(code).ok()?;
+        let offset = match l.frame.instr {
+            Some(o) if copied => head.u64_at(o).wrapping_sub(facts.bytecode_start) as i64,
+            _ => UNKNOWN_OFFSET,
+        };
+        let saved = self.saved_top_of(f, head, codes)?;
+        Some((RawFrame { code, frame: f, offset, locals: Default::default() }, saved))
+    }
+
+    /// A path of `depth` generators arrived at the target. A path that skips some of
+    /// another's generators (one also held lower on a saved stack) is part of it; two
+    /// that disagree leave the resumer unknown.
     fn found(&mut self, depth: usize) {
         let new = &self.path[..depth];
         match self.best_len {
@@ -197,9 +284,9 @@ impl Search<'_> {
             }
             Some(b) => {
                 let old = &self.best[..b];
-                if b >= depth && old.ends_with(new) {
-                    // a shorter path inside the known one
-                } else if depth > b && new.ends_with(old) {
+                if is_subsequence(new, old) {
+                    // nothing the known path lacks
+                } else if is_subsequence(old, new) {
                     self.best[..depth].copy_from_slice(new);
                     self.best_len = Some(depth);
                 } else {
@@ -208,120 +295,10 @@ impl Search<'_> {
             }
         }
     }
-
-    /// The objects in `frame`'s slots that may be what it resumed: the two top ones if
-    /// its stack pointer is saved, else every slot.
-    fn candidates(&self, frame: u64, codes: &mut dyn CodeLookup, out: &mut [u64; MAX_SLOTS]) -> usize {
-        let l = self.l;
-        let mut head = [0u8; 128];
-        let len = (l.frame.size as usize).clamp(8, head.len());
-        let Some(slots) = l.frame.localsplus.map(|o| frame + o) else { return 0 };
-        if !self.read(frame, &mut head[..len]) {
-            return 0;
-        }
-        let Ok(facts) = codes.facts(head.u64_at(l.frame.code) & !l.model.stackref_tag_mask) else {
-            return 0;
-        };
-        let end = frame + facts.frame_bytes;
-        let top = match (l.frame.stacktop, l.frame.stackpointer) {
-            (Some(o), _) => {
-                let n = head.i32_at(o);
-                if n > 0 {
-                    slots + 8 * n as u64
-                } else {
-                    0
-                }
-            }
-            (None, Some(o)) => head.u64_at(o),
-            (None, None) => return 0,
-        };
-        let (lo, hi) = if top > slots && top <= end && top & 7 == 0 {
-            (top.saturating_sub(16).max(slots), top)
-        } else {
-            (slots, end.min(slots + 8 * MAX_SLOTS as u64))
-        };
-        let mut buf = [0u8; MAX_SLOTS * 8];
-        let bytes = &mut buf[..(hi.saturating_sub(lo)) as usize];
-        if bytes.is_empty() || !self.read(lo, bytes) {
-            return 0;
-        }
-        let mut n = 0;
-        // top first
-        for word in bytes.chunks_exact(8).rev() {
-            let o = word.u64_at(0) & !l.model.stackref_tag_mask;
-            if o > 0x10000 && o < USER_SPACE_END && o & 7 == 0 && !out[..n].contains(&o) {
-                out[n] = o;
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// Which of `objects` hold a generator's frame (read in one go: from the copy where
-    /// it has them, the rest in one read of the process).
-    fn generator_frames(&self, objects: &[u64], codes: &mut dyn CodeLookup, out: &mut [u64; MAX_SLOTS]) -> usize {
-        let l = self.l;
-        let (Some(owner), Some(generator)) = (l.frame.owner, l.model.owner_generator) else {
-            return 0;
-        };
-        let len = (owner + 1).max(l.frame.code + 8) as usize;
-        let mut buf = [0u8; MAX_SLOTS * 128];
-        if len > 128 {
-            return 0;
-        }
-        let mut spans = [Span { addr: 0, len: 0, at: 0 }; MAX_SLOTS];
-        let mut k = 0;
-        for (i, &o) in objects.iter().enumerate() {
-            let at = i * 128;
-            let f = o + self.iframe;
-            if self.copy.read(f, &mut buf[at..at + len]).is_err() {
-                spans[k] = Span { addr: f, len, at };
-                k += 1;
-            }
-        }
-        // A span the process does not map ends its read: the rest are read again alone.
-        let mut done = 0;
-        while done < k {
-            match self.process.read_spans(&spans[done..k], &mut buf) {
-                Ok(filled) if filled > 0 => done += filled,
-                _ => {
-                    buf[spans[done].at..spans[done].at + len].fill(0);
-                    done += 1;
-                }
-            }
-        }
-        let mut m = 0;
-        for (i, &o) in objects.iter().enumerate() {
-            let b = &buf[i * 128..i * 128 + len];
-            if b.u8_at(owner) == generator && codes.facts(b.u64_at(l.frame.code) & !l.model.stackref_tag_mask).is_ok() {
-                out[m] = o + self.iframe;
-                m += 1;
-            }
-        }
-        m
-    }
 }
 
-/// A delegating generator's frame as the walk shows it: its instruction only if the copy
-/// holds the frame (else it was read later, when it may have moved on).
-fn generator_frame(
-    copy: &dyn ReadMem,
-    process: &dyn ReadMem,
-    l: &Layout,
-    f: u64,
-    codes: &mut dyn CodeLookup,
-) -> Option<RawFrame> {
-    let mut b = [0u8; 128];
-    let len = (l.frame.size as usize).clamp(8, b.len());
-    let copied = copy.read(f, &mut b[..len]).is_ok();
-    if !copied {
-        process.read(f, &mut b[..len]).ok()?;
-    }
-    let code = b.u64_at(l.frame.code) & !l.model.stackref_tag_mask;
-    let facts = codes.facts(code).ok()?;
-    let offset = match l.frame.instr {
-        Some(o) if copied => b.u64_at(o).wrapping_sub(facts.bytecode_start) as i64,
-        _ => UNKNOWN_OFFSET,
-    };
-    Some(RawFrame { code, frame: f, offset, locals: Default::default() })
+/// Whether every frame of `a` is in `b`, in the same order.
+fn is_subsequence(a: &[RawFrame], b: &[RawFrame]) -> bool {
+    let mut rest = b.iter();
+    a.iter().all(|x| rest.any(|y| y.frame == x.frame))
 }

@@ -7,8 +7,8 @@
 //! copy's back), a simulated memory in tests. The rules for telling a real stack from a
 //! torn read are in docs/ARCHITECTURE.md ("Torn reads").
 
-use super::layout::{FrameModel, Layout};
-use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
+use super::layout::{FrameModel, Layout, FRAME_LEAD};
+use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult, Span};
 
 /// Deeper than this is a loop in what we read, not a real stack (CPython's own C stack
 /// limits keep real Python stacks far shallower).
@@ -52,6 +52,9 @@ pub struct CodeFacts {
     pub first_traceable: i64,
     /// bytes a frame of this code takes on the data stack (3.12+; 0 unknown)
     pub frame_bytes: u64,
+    /// where the value stack starts in a frame of this code, in bytes from localsplus
+    /// (after the locals, cells and free variables; 3.11+)
+    pub stack_base: u64,
     /// local slots never rebound within a call, and locals never unbound (masks < 64)
     pub fixed_slots: u64,
     pub undeletable: u64,
@@ -147,8 +150,12 @@ pub fn continue_walk(
 ) -> ReadResult<()> {
     w.truncated = false;
     let f = &l.frame;
-    let mut buf = [0u8; 128];
-    let len = (f.size as usize).clamp(8, buf.len());
+    let mut whole = [0u8; 128 + FRAME_LEAD as usize];
+    let len = (f.size as usize).clamp(8, 128);
+    // (3.11+: the bytes before each frame too, which hold a generator's state)
+    let state_before = l.frame_state_before();
+    let lead = if state_before.is_some() { FRAME_LEAD } else { 0 };
+    let executing = l.model.frame_executing.unwrap_or(0) as i8;
     let mut root_owner = None;
     while frame != 0 {
         // Frames are aligned user-space addresses: anything else is a torn read, and
@@ -157,8 +164,8 @@ pub fn continue_walk(
             return Err(ReadError::Fault);
         }
         w.visited.push(frame);
-        mem.read(frame, &mut buf[..len])?;
-        let b = &buf[..len];
+        mem.read(frame - lead, &mut whole[..lead as usize + len])?;
+        let b = &whole[lead as usize..lead as usize + len];
         let previous = b.u64_at(f.previous);
         let code = b.u64_at(f.code) & !l.model.stackref_tag_mask;
         let in_chunk = |a: u64| a >= w.chunk.0 && a < w.chunk.1;
@@ -177,6 +184,14 @@ pub fn continue_walk(
             FrameModel::InterpreterFrame => {
                 let owner = b.u8_at(f.owner.unwrap_or(0));
                 root_owner = Some(owner);
+                // A generator frame that links to a caller is running, or it is a stale
+                // copy: a generator freed and another made at its address, not started
+                // or suspended (one that links to nothing was read suspended: below).
+                if let Some(d) = state_before.filter(|_| previous != 0 && Some(owner) == l.model.owner_generator) {
+                    if whole[(lead - d) as usize] as i8 != executing {
+                        return Err(ReadError::Fault);
+                    }
+                }
                 let non_python = l.model.owner_first_non_python.is_some_and(|first| owner >= first);
                 if !non_python && code != 0 {
                     match codes.facts(code) {
@@ -214,6 +229,50 @@ pub fn continue_walk(
         return Err(ReadError::Fault);
     }
     Ok(())
+}
+
+/// Whether the links a walk followed into frames it read after the copy (`copy` lacks
+/// them) still hold, in one read of the process: each such frame's caller pointer and
+/// code, and its callee's pointer to it. Frames read one by one are read at different
+/// moments, and the thread's top pointer coming back to the same frame does not prove
+/// the rest stayed: a callee at the same data-stack address may now be called from a
+/// generator allocated where a freed one was (tests/record_generators.rs).
+pub fn still_linked(process: &dyn ReadMem, copy: &dyn ReadMem, l: &Layout, w: &Walk) -> ReadResult<bool> {
+    const MAX: usize = 48;
+    let mut spans = [Span { addr: 0, len: 8, at: 0 }; MAX];
+    let mut want = [0u64; MAX];
+    let mut k = 0;
+    let mut probe = [0u8; 128];
+    let len = (l.frame.size as usize).clamp(8, probe.len());
+    let mut expect = |addr: u64, value: u64, k: &mut usize| {
+        if *k < MAX {
+            spans[*k] = Span { addr, len: 8, at: *k * 8 };
+            want[*k] = value;
+        }
+        *k += 1;
+    };
+    for (i, &f) in w.visited.iter().enumerate() {
+        if w.inferred.contains(&f) || copy.read(f, &mut probe[..len]).is_ok() {
+            continue;
+        }
+        expect(f + l.frame.previous, w.visited.get(i + 1).copied().unwrap_or(0), &mut k);
+        if i > 0 {
+            expect(w.visited[i - 1] + l.frame.previous, f, &mut k);
+        }
+        if let Some(r) = w.frames.iter().find(|r| r.frame == f) {
+            expect(f + l.frame.code, r.code, &mut k);
+        }
+    }
+    if k > MAX {
+        return Ok(false);
+    }
+    let mut buf = [0u8; MAX * 8];
+    if process.read_spans(&spans[..k], &mut buf[..k * 8])? != k {
+        return Ok(false);
+    }
+    // (a code pointer may carry a reference tag, 3.14+; frame pointers are aligned, so
+    // masking the tag bits leaves them as they are)
+    Ok((0..k).all(|j| buf.u64_at(j as u64 * 8) & !l.model.stackref_tag_mask == want[j]))
 }
 
 /// Whether `to`, running `code`, lies on the chain from `from` within `hops` links, as
