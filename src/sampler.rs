@@ -986,10 +986,18 @@ impl<M: ReadMem> Sampler<M> {
         }
         live.root = root;
         live.new_root = 0;
+        // The innermost frame at a RESUME instruction was entered or resumed but runs
+        // none of its own code yet (it waits for the GIL, most often, for up to the
+        // switch interval): not shown, as a frame still in its prologue is not, and as
+        // a tracer's call event comes only after it (docs/ARCHITECTURE.md, "Frames that
+        // have not started").
+        let waiting =
+            walk.frames.first().is_some_and(|f| codes.cached(f.code).is_some_and(|c| c.proofs.at_resume(f.offset)));
+        let shown = &walk.frames[waiting as usize..];
         let start = batch.frames.len();
         let prev = &live.prev;
         let mut same_so_far = true;
-        for (depth, f) in walk.frames.iter().rev().enumerate() {
+        for (depth, f) in shown.iter().rev().enumerate() {
             // The same call as last tick (same code, same frame, same call site in the
             // parent) keeps its code id without touching the target again: the live
             // frame holds its code object.

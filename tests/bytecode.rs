@@ -236,7 +236,8 @@ def truth(co):
     mask = lambda s: sum(1 << b for b in s if b < 64)
     fixed = mask((set(range(nargs)) | cells) - written)
     undeletable = mask(plain - cleared)
-    return kinds, {"fixed": fixed, "undeletable": undeletable, "back_jumps": sorted(jumps)}
+    resumes = [i.offset for i in ins if i.opname == "RESUME"]
+    return kinds, {"fixed": fixed, "undeletable": undeletable, "back_jumps": sorted(jumps), "resumes": resumes}
 
 codes = []
 def collect(co):
@@ -288,7 +289,10 @@ fn interpreters() -> Vec<Interpreter> {
 }
 
 fn proofs_json(p: &CallProofs) -> String {
-    format!("fixed={:#x} undeletable={:#x} back_jumps={:?}", p.fixed_slots, p.undeletable, p.back_jumps)
+    format!(
+        "fixed={:#x} undeletable={:#x} back_jumps={:?} resume_points={:?}",
+        p.fixed_slots, p.undeletable, p.back_jumps, p.resume_points
+    )
 }
 
 fn truth_of(v: &Value) -> CallProofs {
@@ -302,6 +306,7 @@ fn truth_of(v: &Value) -> CallProofs {
             .iter()
             .map(|p| (p[0].as_i64().unwrap(), p[1].as_i64().unwrap()))
             .collect(),
+        resume_points: t["resumes"].as_array().unwrap().iter().map(|o| o.as_i64().unwrap()).collect(),
     }
 }
 
@@ -314,6 +319,7 @@ fn sound(got: &CallProofs, truth: &CallProofs, len: i64) -> bool {
     got.fixed_slots & !truth.fixed_slots == 0
         && got.undeletable & !truth.undeletable == 0
         && (-1..=len).all(|to| !truth.offset_can_go_back(len + 1, to) || got.offset_can_go_back(len + 1, to))
+        && got.resume_points.iter().all(|o| truth.resume_points.contains(o))
 }
 
 fn check(interp: &Interpreter) -> Result<(), String> {

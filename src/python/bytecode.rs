@@ -61,6 +61,9 @@ pub struct CallProofs {
     /// instruction that moves it (inline caches included), so any offset reported while
     /// that instruction runs is covered.
     pub back_jumps: Vec<(i64, i64)>,
+    /// byte offsets of the RESUME instructions, sorted (3.11+): a frame whose current
+    /// instruction is one has not started running, or running again, yet
+    pub resume_points: Vec<i64>,
 }
 
 impl Default for CallProofs {
@@ -72,7 +75,13 @@ impl Default for CallProofs {
 impl CallProofs {
     /// Proves nothing: what unreadable or unparseable code gets.
     pub fn none() -> CallProofs {
-        CallProofs { fixed_slots: 0, undeletable: 0, back_jumps: vec![(i64::MIN, i64::MAX)] }
+        CallProofs { fixed_slots: 0, undeletable: 0, back_jumps: vec![(i64::MIN, i64::MAX)], resume_points: Vec::new() }
+    }
+
+    /// Whether a frame at `offset` sits at a RESUME: entered or resumed, but not running
+    /// its own code yet (waiting for the GIL, or for the eval breaker's work).
+    pub fn at_resume(&self, offset: i64) -> bool {
+        self.resume_points.binary_search(&offset).is_ok()
     }
 
     /// Whether one invocation can report offset `from` and later offset `to`. Always true
@@ -289,6 +298,7 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
     let mut reraises: Vec<i64> = Vec::new(); // ends of RERAISE n != 0
     let mut min_setup: Option<i64> = None;
     let mut seen_resume = false;
+    let mut resumes: Vec<i64> = Vec::new();
     let mut ext: u32 = 0;
     let mut i = 0usize;
     while i + 1 < code.len() {
@@ -317,7 +327,10 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
                     written |= bit(arg);
                 }
             }
-            Kind::Resume => seen_resume = true,
+            Kind::Resume => {
+                seen_resume = true;
+                resumes.push(at);
+            }
             Kind::JumpAbs => {
                 let target = arg as i64 * ops.jump_unit;
                 if target < end {
@@ -391,7 +404,12 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
             (low_bits(nargs as u32), cells, low_bits(c.nlocals))
         }
     };
-    CallProofs { fixed_slots: (args | cells) & !written, undeletable: locals & !cleared, back_jumps: jumps }
+    CallProofs {
+        fixed_slots: (args | cells) & !written,
+        undeletable: locals & !cleared,
+        back_jumps: jumps,
+        resume_points: resumes,
+    }
 }
 
 /// Reads what the analysis needs from the code object at `addr` and analyses it. Any
@@ -533,7 +551,7 @@ mod tests {
 
     #[test]
     fn offsets_go_back_only_through_recorded_jumps() {
-        let p = CallProofs { fixed_slots: 0, undeletable: 0, back_jumps: vec![(10, 40)] };
+        let p = CallProofs { fixed_slots: 0, undeletable: 0, back_jumps: vec![(10, 40)], resume_points: Vec::new() };
         assert!(p.offset_can_go_back(50, 60));
         assert!(p.offset_can_go_back(38, 10));
         assert!(p.offset_can_go_back(100, 39));
