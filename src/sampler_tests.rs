@@ -703,3 +703,34 @@ fn a_copied_generator_frame_that_does_not_run_is_torn() {
     let (_, b) = tick(&mut s, &stats);
     assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 7, 8]))]);
 }
+
+#[test]
+fn a_deep_stack_outside_the_copy_is_read_whole() {
+    // More frames outside the data-stack window than a plan names (an older chunk's,
+    // say), read one by one after the copy when the plan lacks them: every link is
+    // checked again afterwards (stack::still_linked, in batches, however many there
+    // are), and the stack is read whole on every tick.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    const DEEP: u64 = 0x100_0000;
+    let n = MAX_PLANNED_FRAMES + 100;
+    let codes: Vec<u64> = (0..n as u64).map(|i| i % 16).collect();
+    sim.mem.with(|r| {
+        r.map(DEEP, n * SLOT as usize + 0x100);
+        stack(r, &l, CFRAME, 0, &[]);
+        let mut prev = ENTRY;
+        for (i, &c) in codes.iter().enumerate() {
+            let at = DEEP + 0x40 + i as u64 * SLOT;
+            frame(r, &l, at, c, prev, 2);
+            prev = at;
+        }
+        r.u64(CFRAME + l.tstate.cframe_current_frame.unwrap(), prev);
+    });
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    for _ in 0..3 {
+        let (_, b) = tick(&mut s, &stats);
+        assert_eq!(stacks(&b), vec![(TSTATE, Some(codes.clone()))]);
+    }
+    assert_eq!(lost(&stats), 0);
+}

@@ -238,41 +238,76 @@ pub fn continue_walk(
 /// the rest stayed: a callee at the same data-stack address may now be called from a
 /// generator allocated where a freed one was (tests/record_generators.rs).
 pub fn still_linked(process: &dyn ReadMem, copy: &dyn ReadMem, l: &Layout, w: &Walk) -> ReadResult<bool> {
-    const MAX: usize = 48;
-    let mut spans = [Span { addr: 0, len: 8, at: 0 }; MAX];
-    let mut want = [0u64; MAX];
-    let mut k = 0;
+    let mut batch = LinkBatch::default();
     let mut probe = [0u8; 128];
     let len = (l.frame.size as usize).clamp(8, probe.len());
-    let mut expect = |addr: u64, value: u64, k: &mut usize| {
-        if *k < MAX {
-            spans[*k] = Span { addr, len: 8, at: *k * 8 };
-            want[*k] = value;
-        }
-        *k += 1;
-    };
+    // (the walk's frames are the Python ones among those it visited, in the same order)
+    let mut python = w.frames.iter().peekable();
     for (i, &f) in w.visited.iter().enumerate() {
+        let frame = python.next_if(|r| r.frame == f);
         if w.inferred.contains(&f) || copy.read(f, &mut probe[..len]).is_ok() {
             continue;
         }
-        expect(f + l.frame.previous, w.visited.get(i + 1).copied().unwrap_or(0), &mut k);
+        let mut links = [(f + l.frame.previous, w.visited.get(i + 1).copied().unwrap_or(0)); 3];
+        let mut n = 1;
         if i > 0 {
-            expect(w.visited[i - 1] + l.frame.previous, f, &mut k);
+            links[n] = (w.visited[i - 1] + l.frame.previous, f);
+            n += 1;
         }
-        if let Some(r) = w.frames.iter().find(|r| r.frame == f) {
-            expect(f + l.frame.code, r.code, &mut k);
+        if let Some(r) = frame {
+            links[n] = (f + l.frame.code, r.code);
+            n += 1;
+        }
+        for &(addr, value) in &links[..n] {
+            if !batch.expect(process, l, addr, value)? {
+                return Ok(false);
+            }
         }
     }
-    if k > MAX {
-        return Ok(false);
+    batch.check(process, l)
+}
+
+/// Words expected at addresses of the process, checked in batches of one read each.
+struct LinkBatch {
+    spans: [Span; LinkBatch::MAX],
+    want: [u64; LinkBatch::MAX],
+    n: usize,
+}
+
+impl Default for LinkBatch {
+    fn default() -> Self {
+        LinkBatch { spans: [Span { addr: 0, len: 8, at: 0 }; LinkBatch::MAX], want: [0; LinkBatch::MAX], n: 0 }
     }
-    let mut buf = [0u8; MAX * 8];
-    if process.read_spans(&spans[..k], &mut buf[..k * 8])? != k {
-        return Ok(false);
+}
+
+impl LinkBatch {
+    const MAX: usize = 48;
+
+    /// Adds one expected word; false if a full batch, read now, did not hold.
+    fn expect(&mut self, process: &dyn ReadMem, l: &Layout, addr: u64, value: u64) -> ReadResult<bool> {
+        if self.n == Self::MAX && !self.check(process, l)? {
+            return Ok(false);
+        }
+        self.spans[self.n] = Span { addr, len: 8, at: self.n * 8 };
+        self.want[self.n] = value;
+        self.n += 1;
+        Ok(true)
     }
-    // (a code pointer may carry a reference tag, 3.14+; frame pointers are aligned, so
-    // masking the tag bits leaves them as they are)
-    Ok((0..k).all(|j| buf.u64_at(j as u64 * 8) & !l.model.stackref_tag_mask == want[j]))
+
+    /// Reads the batch; whether every word is as expected. Empties it.
+    fn check(&mut self, process: &dyn ReadMem, l: &Layout) -> ReadResult<bool> {
+        let k = std::mem::take(&mut self.n);
+        if k == 0 {
+            return Ok(true);
+        }
+        let mut buf = [0u8; Self::MAX * 8];
+        if process.read_spans(&self.spans[..k], &mut buf[..k * 8])? != k {
+            return Ok(false);
+        }
+        // (a code pointer may carry a reference tag, 3.14+; frame pointers are aligned,
+        // so masking the tag bits leaves them as they are)
+        Ok((0..k).all(|j| buf.u64_at(j as u64 * 8) & !l.model.stackref_tag_mask == self.want[j]))
+    }
 }
 
 /// Whether `to`, running `code`, lies on the chain from `from` within `hops` links, as
