@@ -21,7 +21,9 @@
 //! long as it delegates, even while suspended.
 //!
 //! From the caller, the search follows generator objects in the two top slots of each
-//! saved stack to generator frames that are running (gi_frame_state), down to ours. It is believed only if it arrives at
+//! saved stack to generator frames that have started and not finished (one that still
+//! runs must link to its resumer), down to ours, which must have yielded (not be one
+//! made since at its address: gi_frame_state). It is believed only if it arrives at
 //! exactly the generator the copy showed running; where several paths arrive, only if
 //! the others skip some generators of the longest (a generator also held lower on a
 //! stack) and never disagree with it. A frame that saved no stack pointer (3.12-3.13
@@ -29,7 +31,7 @@
 //! slots above the real top still hold earlier calls' arguments, and a path through
 //! one of them would skip generators (tests/record_generators.rs caught exactly that).
 //! Such samples stay lost. 3.11 resumes every generator through a C call: it has no
-//! fields for this, and keeps the loss.
+//! saved stack pointer field, and keeps the loss.
 
 use super::layout::{Layout, FRAME_LEAD};
 use super::stack::{self, CodeLookup, RawFrame, Walk, UNKNOWN_OFFSET};
