@@ -665,6 +665,8 @@ impl<M: ReadMem> Sampler<M> {
         self.spans.clear();
         self.spans.extend_from_slice(&plan.frames);
         self.spans.sort_unstable();
+        // (and the bytes before a frame: a generator's state, python/stack.rs)
+        let lead = if l.frame_state_before().is_some() { FRAME_LEAD } else { 0 };
         let mut i = 0;
         while i < self.spans.len() {
             let start = self.spans[i];
@@ -677,8 +679,6 @@ impl<M: ReadMem> Sampler<M> {
                 end = end.max(self.spans[i] + frame_len);
                 i += 1;
             }
-            // (and the bytes before a frame: a generator's state, python/stack.rs)
-            let lead = if l.frame_state_before().is_some() { FRAME_LEAD } else { 0 };
             self.pf.want(start - lead, (end - start + lead) as usize);
         }
         plan.check_top = self.pf.want_check(key + l.tstate.frame, 8);

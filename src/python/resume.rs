@@ -34,7 +34,7 @@
 //! saved stack pointer field, and keeps the loss.
 
 use super::layout::{Layout, FRAME_LEAD};
-use super::stack::{self, CodeLookup, RawFrame, Walk, UNKNOWN_OFFSET};
+use super::stack::{self, CodeLookup, HeadBuf, RawFrame, Walk, UNKNOWN_OFFSET};
 use crate::process::memory::{Fields, ReadMem};
 
 /// Generators followed between a caller and the generator it runs, at most.
@@ -251,13 +251,11 @@ impl Search<'_> {
     /// runs must link to `resumer` (an inline resume links it there).
     fn running_generator(&self, f: u64, resumer: u64, codes: &mut dyn CodeLookup) -> Option<(RawFrame, SavedTop)> {
         let l = self.l;
-        let before = l.frame_state_before()?;
-        let mut whole = [0u8; 128 + FRAME_LEAD as usize];
-        let len = (l.frame.size as usize).clamp(8, 128);
-        let lead = FRAME_LEAD as usize;
-        let copied = self.read(f - FRAME_LEAD, &mut whole[..lead + len])?;
-        let head = &whole[lead..lead + len];
-        let state = whole[lead - before as usize] as i8 as i64;
+        let mut buf: HeadBuf = [0; 128 + FRAME_LEAD as usize];
+        // (from the copy if it holds the frame: a second look at it there costs nothing)
+        let copied = stack::read_head(self.copy, l, f, &mut buf).is_ok();
+        let (head, state) = stack::read_head(if copied { self.copy } else { self.process }, l, f, &mut buf).ok()?;
+        let state = state?;
         let (created, executing) = (l.model.frame_created?, l.model.frame_executing?);
         let alive = created < state && state <= executing;
         let linked = state != executing || head.u64_at(l.frame.previous) == resumer;

@@ -150,12 +150,8 @@ pub fn continue_walk(
 ) -> ReadResult<()> {
     w.truncated = false;
     let f = &l.frame;
-    let mut whole = [0u8; 128 + FRAME_LEAD as usize];
-    let len = (f.size as usize).clamp(8, 128);
-    // (3.11+: the bytes before each frame too, which hold a generator's state)
-    let state_before = l.frame_state_before();
-    let lead = if state_before.is_some() { FRAME_LEAD } else { 0 };
-    let executing = l.model.frame_executing.unwrap_or(0) as i8;
+    let mut head: HeadBuf = [0; 128 + FRAME_LEAD as usize];
+    let executing = l.model.frame_executing.unwrap_or(0);
     let mut root_owner = None;
     while frame != 0 {
         // Frames are aligned user-space addresses: anything else is a torn read, and
@@ -164,8 +160,7 @@ pub fn continue_walk(
             return Err(ReadError::Fault);
         }
         w.visited.push(frame);
-        mem.read(frame - lead, &mut whole[..lead as usize + len])?;
-        let b = &whole[lead as usize..lead as usize + len];
+        let (b, state) = read_head(mem, l, frame, &mut head)?;
         let previous = b.u64_at(f.previous);
         let code = b.u64_at(f.code) & !l.model.stackref_tag_mask;
         let in_chunk = |a: u64| a >= w.chunk.0 && a < w.chunk.1;
@@ -187,10 +182,8 @@ pub fn continue_walk(
                 // A generator frame that links to a caller is running, or it is a stale
                 // copy: a generator freed and another made at its address, not started
                 // or suspended (one that links to nothing was read suspended: below).
-                if let Some(d) = state_before.filter(|_| previous != 0 && Some(owner) == l.model.owner_generator) {
-                    if whole[(lead - d) as usize] as i8 != executing {
-                        return Err(ReadError::Fault);
-                    }
+                if previous != 0 && Some(owner) == l.model.owner_generator && state.is_some_and(|s| s != executing) {
+                    return Err(ReadError::Fault);
                 }
                 let non_python = l.model.owner_first_non_python.is_some_and(|first| owner >= first);
                 if !non_python && code != 0 {
@@ -229,6 +222,26 @@ pub fn continue_walk(
         return Err(ReadError::Fault);
     }
     Ok(())
+}
+
+/// Room for one frame header read with `read_head`.
+pub type HeadBuf = [u8; 128 + FRAME_LEAD as usize];
+
+/// One read of a frame's header (at most 128 bytes) and, where the layout places a
+/// generator's gi_frame_state just before its frame (3.11+), that state byte with it
+/// (meaningful for a generator's frame only).
+pub fn read_head<'a>(
+    mem: &dyn ReadMem,
+    l: &Layout,
+    frame: u64,
+    buf: &'a mut HeadBuf,
+) -> ReadResult<(&'a [u8], Option<i64>)> {
+    let len = (l.frame.size as usize).clamp(8, 128);
+    let before = l.frame_state_before();
+    let lead = if before.is_some() { FRAME_LEAD as usize } else { 0 };
+    mem.read(frame - lead as u64, &mut buf[..lead + len])?;
+    let state = before.map(|d| buf[lead - d as usize] as i8 as i64);
+    Ok((&buf[lead..lead + len], state))
 }
 
 /// Whether the links a walk followed into frames it read after the copy (`copy` lacks
