@@ -130,6 +130,7 @@ pub fn run(opts: Options) -> Result<i32> {
         quiet: false,
         also: vec![PathBuf::from(SVG)],
         mode: crate::activity::Mode::Wall,
+        pause_budget: 5.0,
     })?;
     drop(running);
     // record's summary said how to open the timeline; the flame graph is the other file

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fleet;
 pub mod native;
 pub mod output;
+pub mod pausing;
 pub mod process;
 pub mod python;
 pub mod record;

@@ -72,10 +72,32 @@ struct RecordArgs {
     /// default), gil (it held the GIL; py-spy --gil). The timeline always has every slice.
     #[arg(long, default_value = "wall", value_parser = parse_mode)]
     mode: vizattach::activity::Mode,
+    /// Most stacks are read without stopping anything. A thread whose stack changed under
+    /// every quick re-read of a tick (a busy thread churning generators, most often) is
+    /// stopped (ptrace) for one read, tens of microseconds, and let go at once; threads
+    /// spend at most this share of the capture's wall time stopped, in percent (past it,
+    /// such samples are counted lost). 0: never stop a thread. A watchdog ends vizattach
+    /// if one stop lasts 250 ms, whatever happens to it; the kernel then resumes the
+    /// thread. Not in launch mode or with several processes
+    #[arg(long, default_value = "5", value_name = "PERCENT", value_parser = parse_budget)]
+    pause_budget: f64,
+    /// Keep every stopped thread stopped this long (tests of the watchdog)
+    #[arg(long, hide = true, default_value = "0")]
+    pause_hold_ms: u64,
+    /// Read every thread stopped, every tick (tests of what stopping does to a target)
+    #[arg(long, hide = true)]
+    pause_always: bool,
     /// Launch mode: the program to start and record until it exits, after `--`
     /// (vizattach exits with its exit status)
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("'{s}' is not a share in percent: give 0 to 100 (0: never stop a thread)")),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<vizattach::activity::Mode, String> {
@@ -265,6 +287,8 @@ fn run(cli: Cli) -> Result<i32, Error> {
                     ))
                 }
             };
+            vizattach::pausing::HOLD_MS.store(a.pause_hold_ms, std::sync::atomic::Ordering::Relaxed);
+            vizattach::pausing::ALWAYS.store(a.pause_always, std::sync::atomic::Ordering::Relaxed);
             record::record(record::Options {
                 what,
                 duration: a.duration,
@@ -275,6 +299,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 also: a.output.get(1..).unwrap_or_default().to_vec(),
                 mode: a.mode,
                 subprocesses: a.subprocesses,
+                pause_budget: a.pause_budget,
             })
         }
         Command::Dump {

@@ -54,6 +54,8 @@ pub struct Options {
     pub mode: crate::activity::Mode,
     /// also every Python descendant, those born during the capture included (src/fleet.rs)
     pub subprocesses: bool,
+    /// share of wall time threads may spend stopped for a read, in percent (src/pausing.rs)
+    pub pause_budget: f64,
 }
 
 /// Records; returns the exit status to leave with (the program's, in launch mode).
@@ -104,12 +106,23 @@ pub fn record(opts: Options) -> Result<i32> {
     let Reader { source: process, target, codes, ids } = reader;
     let process_comm = process.comm.clone();
     let mut sampler = Sampler::new(pid, process.memory, target, codes, ids);
+    let stats = Arc::new(Stats::default());
+    // A program we started is our child: our own wait for it would take the stops ptrace
+    // reports for its main thread.
+    let pausing = match &child {
+        Some(_) => "off (a program vizattach started)".to_string(),
+        None if opts.pause_budget > 0.0 => {
+            sampler.pause_with(crate::pausing::Pauser::new(opts.pause_budget));
+            format!("on (budget {} % of wall time)", opts.pause_budget)
+        }
+        None => "off (--pause-budget 0)".to_string(),
+    };
+    *stats.pausing.lock().unwrap_or_else(|e| e.into_inner()) = pausing;
 
     let (tx, rx) = crossbeam_channel::bounded::<Message>(4096);
     // Sample buffers travel back to the sampler once written, so it never allocates.
     let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(64);
     sampler.recycle_from(recycle_rx);
-    let stats = Arc::new(Stats::default());
     let facts = Facts {
         python_version: python_version.clone(),
         pid,
@@ -277,6 +290,10 @@ pub(crate) fn capture_info_of(
         retried_samples: stats.retried.load(Ordering::Relaxed),
         asleep_samples: stats.asleep.load(Ordering::Relaxed),
         inferred_samples: stats.inferred.load(Ordering::Relaxed),
+        paused_samples: stats.paused.load(Ordering::Relaxed),
+        stopped_ms: stats.stopped_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        signals_handed_back: stats.signals_handed_back.load(Ordering::Relaxed),
+        pausing: stats.pausing.lock().map(|p| p.clone()).unwrap_or_default(),
         failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
         calls_told_apart: [("locals", told_apart.by_locals), ("offset", told_apart.by_offset)].into_iter().collect(),
         longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,

@@ -14,6 +14,7 @@
 
 use crate::activity::{Activity, ActivityReader};
 use crate::clock::{now_ns, sleep_until_ns};
+use crate::pausing::Pauser;
 use crate::process::memory::{Fields, Memory, ReadError, ReadMem, ReadResult, Span};
 use crate::process::prefetch::Prefetch;
 use crate::python::code::{CodeCache, CodeInfo};
@@ -131,6 +132,13 @@ pub struct Stats {
     /// ticks where the thread list changed while it was read twice in a row
     pub list_raced: AtomicU64,
     pub lost: [AtomicU64; 4],
+    /// thread samples read with the thread stopped, after every quick re-read tore
+    /// (src/pausing.rs), and the time threads spent stopped in all
+    pub paused: AtomicU64,
+    pub stopped_us: AtomicU64,
+    pub signals_handed_back: AtomicU64,
+    /// whether threads may be stopped, and why not (set once the sampler knows)
+    pub pausing: std::sync::Mutex<String>,
 }
 
 impl Stats {
@@ -304,6 +312,8 @@ pub struct Sampler<M: ReadMem = Memory> {
     ranks: HashMap<u64, Rank>,
     joiner: Joiner,
     activity: ActivityReader,
+    /// stops threads whose quick re-reads all tore (None: never)
+    pauser: Option<Pauser>,
 }
 
 /// Waits for the next tick of a clock at a fixed rate (`interval_ns` > 0).
@@ -410,7 +420,13 @@ impl<M: ReadMem> Sampler<M> {
             ranks: HashMap::new(),
             joiner: Joiner::default(),
             activity: ActivityReader::new(pid),
+            pauser: None,
         }
+    }
+
+    /// Lets the sampler stop a thread whose quick re-reads all tore (src/pausing.rs).
+    pub fn pause_with(&mut self, pauser: Pauser) {
+        self.pauser = Some(pauser);
     }
 
     /// Batches the consumer is done with, to be filled again.
@@ -511,7 +527,15 @@ impl<M: ReadMem> Sampler<M> {
         let live = pending.iter().filter(|k| matches!(self.threads.get(k), Some(Thread::Live(_)))).count();
         stats.thread_samples.fetch_add(live as u64, Ordering::Relaxed);
         let mut failed = std::mem::take(&mut self.failed);
-        for attempt in 0..ATTEMPTS {
+        failed.clear();
+        // (tests of what stopping does to a target: every thread read stopped)
+        let quick = if crate::pausing::ALWAYS.load(Ordering::Relaxed) && self.pauser.is_some() {
+            failed.extend(pending.iter().map(|&k| (k, Loss::Moved)));
+            0
+        } else {
+            ATTEMPTS
+        };
+        for attempt in 0..quick {
             failed.clear();
             for &key in &pending {
                 match self.attempt(key, time, &mut batch, tx)? {
@@ -552,6 +576,7 @@ impl<M: ReadMem> Sampler<M> {
             }
             time = self.fetch()?;
         }
+        self.read_stopped(&mut failed, &mut batch, tx, stats)?;
         for &(key, why) in &failed {
             stats.lost[why as usize].fetch_add(1, Ordering::Relaxed);
             if let Some(Thread::Live(l)) = self.threads.get(&key) {
@@ -594,6 +619,78 @@ impl<M: ReadMem> Sampler<M> {
             }
             Err(TrySendError::Disconnected(_)) => Ok(false),
         }
+    }
+
+    /// Reads again, each stopped for the moment of the read, the threads whose every
+    /// quick re-read tore (src/pausing.rs); those kept leave `failed`.
+    fn read_stopped(
+        &mut self,
+        failed: &mut Vec<(u64, Loss)>,
+        batch: &mut SampleBatch,
+        tx: &Sender<Message>,
+        stats: &Stats,
+    ) -> ReadResult<()> {
+        let Some(mut pauser) = self.pauser.take() else {
+            return Ok(());
+        };
+        pauser.tend();
+        let mut i = 0;
+        while i < failed.len() {
+            let key = failed[i].0;
+            let tid = match self.threads.get(&key) {
+                Some(Thread::Live(l)) if l.tid > 0 => l.tid,
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            if !pauser.allowed() {
+                break;
+            }
+            let Some(stop) = pauser.stop(tid) else {
+                i += 1;
+                continue;
+            };
+            // Where its stack is now, then the stack, while it cannot move.
+            let read = (|| {
+                self.pf.clear();
+                self.want_thread(key);
+                self.fetch()?;
+                self.learn(key);
+                self.pf.clear();
+                self.want_thread(key);
+                let time = self.fetch()?;
+                self.attempt(key, time, batch, tx)
+            })();
+            pauser.resume(stop);
+            match read? {
+                Attempt::Kept { inferred } => {
+                    stats.paused.fetch_add(1, Ordering::Relaxed);
+                    if inferred {
+                        stats.inferred.fetch_add(1, Ordering::Relaxed);
+                    }
+                    failed.swap_remove(i);
+                }
+                Attempt::Asleep | Attempt::Skipped => {
+                    failed.swap_remove(i);
+                }
+                Attempt::Retry(why) => {
+                    failed[i].1 = why;
+                    i += 1;
+                }
+            }
+        }
+        stats.stopped_us.store((pauser.stopped_ms() * 1000.0) as u64, Ordering::Relaxed);
+        stats.signals_handed_back.store(pauser.signals_handed_back, Ordering::Relaxed);
+        if let Some(why) = &pauser.refused {
+            if let Ok(mut p) = stats.pausing.lock() {
+                if p.as_str() != why {
+                    *p = why.clone();
+                }
+            }
+        }
+        self.pauser = Some(pauser);
+        Ok(())
     }
 
     /// Which threads have not run since their last stack was read: those are not read

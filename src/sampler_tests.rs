@@ -734,3 +734,29 @@ fn a_deep_stack_outside_the_copy_is_read_whole() {
     }
     assert_eq!(lost(&stats), 0);
 }
+
+/// 3.12+ C-stack entry frames run the interpreter's trampoline code. A C-stack slot that
+/// held one and was reused by other C code can keep that code pointer and lose the
+/// owner byte: a chain through it is torn, never a Python frame named
+/// `<interpreter trampoline>` (pyenv 3.12.1 showed it in tests/record_generators.rs).
+#[test]
+fn a_trampoline_frame_not_owned_by_the_c_stack_is_torn() {
+    let (sim, l, mut s, stats) = warm(&[1, 2]);
+    let entry2 = CFRAME + 0x1000;
+    let cstack = l.model.owner_first_non_python.unwrap();
+    sim.mem.with(|r| {
+        unicode(r, &l, STRINGS + 15 * 0x100, "<interpreter trampoline>");
+        // f2 now runs in an evaluation entered from f1 through C
+        frame(r, &l, entry2, 15, slot(0), 0);
+        r.u8(entry2 + l.frame.owner.unwrap(), cstack);
+        r.u64(slot(1) + l.frame.previous, entry2);
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b)[0].1, Some(vec![1, 2]), "an entry frame is not shown");
+    assert_eq!(lost(&stats), 0);
+    sim.mem.with(|r| r.u8(entry2 + l.frame.owner.unwrap(), 0));
+    s.pf.clear();
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b)[0].1, None, "a stale entry frame's slot is not a Python frame");
+    assert!(stats.lost[Loss::Torn as usize].load(Ordering::Relaxed) >= 1);
+}

@@ -4,23 +4,20 @@
 //! and it is detached (which resumes it) before the next one is touched. Unwinding
 //! happens afterwards, on the copies, while the target runs.
 //!
-//! The target is resumed whatever happens to vizattach:
-//! - the kernel detaches (and so resumes) every tracee the moment its tracer exits, for
-//!   whatever reason, SIGKILL included; PTRACE_O_EXITKILL is never set;
-//! - a watchdog process forked before the first pause SIGKILLs vizattach if the pausing
-//!   phase has not ended within WATCHDOG (vizattach stopped with SIGSTOP, or stuck): its
-//!   exit then detaches the threads. The watchdog leaves as soon as vizattach closes its
-//!   end of a pipe, which also happens when vizattach dies.
-//!
-//! So no thread of the target stays paused longer than WATCHDOG (documented in README).
+//! The target is resumed whatever happens to vizattach (process/stop.rs); here the
+//! watchdog bounds the whole pausing phase, so no thread of the target stays paused
+//! longer than WATCHDOG (documented in README).
 
 use crate::error::{Error, Result};
+use crate::process::stop::{self, Pending, StopError, Watchdog};
 use std::time::{Duration, Instant};
 
 /// The longest the pausing phase may last before the watchdog ends vizattach.
 pub const WATCHDOG: Duration = Duration::from_secs(3);
 /// Stop waiting for one thread to stop after this (it is left alone and reported).
 const STOP_WAIT: Duration = Duration::from_millis(500);
+/// Spin (not sleep) this long for a thread to stop.
+const STOP_SPIN: Duration = Duration::from_micros(200);
 /// Bytes of stack copied above the stack pointer: deep enough for hundreds of C frames.
 pub const STACK_COPY: u64 = 512 * 1024;
 /// The x86-64 red zone below the stack pointer, copied too.
@@ -63,7 +60,8 @@ pub fn capture_all(
     if !cfg!(target_arch = "x86_64") {
         return Err(Error::Usage("--native unwinds x86-64 processes only".into()));
     }
-    let watchdog = Watchdog::start()?;
+    let watchdog = Watchdog::start(WATCHDOG).map_err(|e| Error::Io(format!("watchdog: {e}")))?;
+    watchdog.arm();
     let started = Instant::now();
     let mut pending = Vec::new();
     let mut done = Vec::new();
@@ -93,10 +91,13 @@ pub fn capture_all(
     // A thread still to stop would stay stopped once it does: wait for it (within the
     // watchdog's bound) and let it go. One that never stops is released by the kernel
     // when vizattach exits, right after the dump.
-    for s in pending {
+    for p in pending {
         let left = WATCHDOG.saturating_sub(started.elapsed()).saturating_sub(Duration::from_millis(200));
-        if wait_stopped(s.0, left).is_err() {
-            std::mem::forget(s); // not stopped: PTRACE_DETACH would fail anyway
+        let give_up = Instant::now() + left;
+        // (once stopped, dropping it detaches it; one that never stops is let go by the
+        // kernel when vizattach exits)
+        while Instant::now() < give_up && matches!(p.poll(), stop::PendingState::Running) {
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
     drop(watchdog);
@@ -108,29 +109,7 @@ enum CaptureError {
     Other(String),
     /// seized and interrupted, but not stopped yet (in an uninterruptible sleep): it can
     /// be detached only once it stops
-    NotStopped(Seized),
-}
-
-fn ptrace(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> std::io::Result<libc::c_long> {
-    // SAFETY: plain ptrace requests on a thread id; the kernel checks everything.
-    let r = unsafe { libc::ptrace(req, tid, addr as *mut libc::c_void, data as *mut libc::c_void) };
-    if r == -1 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-/// Detaches on drop: every path out of `capture_one` after a successful seize resumes
-/// the thread.
-struct Seized(i32);
-
-impl Drop for Seized {
-    fn drop(&mut self) {
-        // Only a stopped tracee can be detached; one that never stopped is detached by
-        // the kernel when vizattach exits (moments later: a dump ends right after).
-        let _ = ptrace(libc::PTRACE_DETACH, self.0, 0, 0);
-    }
+    NotStopped(Pending),
 }
 
 fn capture_one(
@@ -138,24 +117,13 @@ fn capture_one(
     stack_end: &impl Fn(u64) -> Option<u64>,
     hold_ms: u64,
 ) -> std::result::Result<Captured, CaptureError> {
-    match ptrace(libc::PTRACE_SEIZE, tid, 0, 0) {
-        Ok(_) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
-            return Err(CaptureError::Denied(e))
-        }
-        Err(e) => return Err(CaptureError::Other(format!("not paused: {e}"))), // gone meanwhile
-    }
-    let seized = Seized(tid);
-    ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0).map_err(|e| CaptureError::Other(format!("not paused: {e}")))?;
-    if let Err(e) = wait_stopped(tid, STOP_WAIT) {
-        return Err(match e {
-            CaptureError::Other(why) if why.starts_with("did not stop") => CaptureError::NotStopped(seized),
-            e => e,
-        });
-    }
-    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    ptrace(libc::PTRACE_GETREGS, tid, 0, &mut regs as *mut _ as usize)
-        .map_err(|e| CaptureError::Other(format!("no registers: {e}")))?;
+    let stopped = match stop::stop_thread(tid, STOP_WAIT, STOP_SPIN) {
+        Ok(s) => s,
+        Err(StopError::Denied(e)) => return Err(CaptureError::Denied(e)),
+        Err(StopError::Other(why)) => return Err(CaptureError::Other(why)),
+        Err(StopError::NotStopped(p)) => return Err(CaptureError::NotStopped(p)),
+    };
+    let regs = stop::registers(&stopped).map_err(|e| CaptureError::Other(format!("no registers: {e}")))?;
     let regs = Regs { ip: regs.rip, sp: regs.rsp, bp: regs.rbp };
     let start = regs.sp.saturating_sub(RED_ZONE);
     let end = stack_end(regs.sp).unwrap_or(regs.sp).min(regs.sp.saturating_add(STACK_COPY));
@@ -168,77 +136,6 @@ fn capture_one(
     if hold_ms > 0 {
         std::thread::sleep(Duration::from_millis(hold_ms));
     }
-    drop(seized); // resume before anything else happens
+    drop(stopped); // resume before anything else happens
     Ok(Captured { tid, regs, stack_start: start, stack })
-}
-
-/// Waits (polling, never blocking without bound) for the interrupt stop.
-fn wait_stopped(tid: i32, wait: Duration) -> std::result::Result<(), CaptureError> {
-    let deadline = Instant::now() + wait;
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid on a thread we trace, with a valid status pointer.
-        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
-        if r == tid {
-            if libc::WIFSTOPPED(status) {
-                return Ok(());
-            }
-            return Err(CaptureError::Other("exited while being paused".into()));
-        }
-        if r < 0 {
-            return Err(CaptureError::Other(format!("not paused: {}", std::io::Error::last_os_error())));
-        }
-        if Instant::now() > deadline {
-            return Err(CaptureError::Other(format!("did not stop within {wait:?}")));
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
-}
-
-/// A forked process that SIGKILLs vizattach if the pausing phase outlives WATCHDOG.
-struct Watchdog {
-    write_end: i32,
-    child: i32,
-}
-
-impl Watchdog {
-    fn start() -> Result<Watchdog> {
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 fills two descriptors.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(Error::Io(format!("watchdog pipe: {}", std::io::Error::last_os_error())));
-        }
-        let parent = std::process::id() as i32;
-        let timeout_ms = WATCHDOG.as_millis() as i32;
-        // SAFETY: the child only calls async-signal-safe functions (close, poll, kill, _exit).
-        match unsafe { libc::fork() } {
-            -1 => Err(Error::Io(format!("watchdog fork: {}", std::io::Error::last_os_error()))),
-            0 => unsafe {
-                libc::close(fds[1]);
-                let mut p = libc::pollfd { fd: fds[0], events: libc::POLLIN, revents: 0 };
-                // EOF (vizattach finished or died) wakes us; a timeout means it is stuck
-                let r = libc::poll(&mut p, 1, timeout_ms);
-                if r == 0 {
-                    libc::kill(parent, libc::SIGKILL);
-                }
-                libc::_exit(0);
-            },
-            child => {
-                // SAFETY: closing our copy of the read end.
-                unsafe { libc::close(fds[0]) };
-                Ok(Watchdog { write_end: fds[1], child })
-            }
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        // SAFETY: our own descriptor and child.
-        unsafe {
-            libc::close(self.write_end);
-            let mut status = 0;
-            libc::waitpid(self.child, &mut status, 0);
-        }
-    }
 }

@@ -44,6 +44,18 @@ pub struct CaptureInfo {
     /// moved on, and was completed from the callers' saved value stacks in the copy
     #[serde(default)]
     pub inferred_samples: u64,
+    /// thread samples read with the thread stopped for the read, after every quick
+    /// re-read tore (src/pausing.rs), and how long threads were stopped in all
+    #[serde(default)]
+    pub paused_samples: u64,
+    #[serde(default)]
+    pub stopped_ms: f64,
+    /// stops that caught a signal on its way to the thread (handed back on detach)
+    #[serde(default)]
+    pub signals_handed_back: u64,
+    /// whether threads could be stopped ("on (budget 5 % of wall time)"), or why not
+    #[serde(default)]
+    pub pausing: String,
     /// ticks whose read failed as a whole (the target exec'ing or exiting)
     pub failed_ticks: u64,
     /// samples of one frame taken for two calls because the frame proved it: "locals"
@@ -124,6 +136,17 @@ impl CaptureInfo {
         }
         if self.inferred_samples > 0 {
             s += &format!(", {} with generator callers inferred", self.inferred_samples);
+        }
+        if self.paused_samples > 0 {
+            s += &format!(
+                ", {} read stopped ({:.1} ms stopped, {:.2} % of the time)",
+                self.paused_samples,
+                self.stopped_ms,
+                if self.duration_s > 0.0 { self.stopped_ms / 10.0 / self.duration_s } else { 0.0 }
+            );
+        }
+        if self.pausing.starts_with("refused") {
+            s += &format!("; stopping threads {}", self.pausing);
         }
         if let Some(r) = &self.recovered {
             s += &format!("; {r}");

@@ -10,6 +10,7 @@ pub mod os_thread;
 pub mod prefetch;
 #[cfg(test)]
 pub mod simmem;
+pub mod stop;
 pub mod tasks;
 pub mod tree;
 

@@ -33,10 +33,15 @@ pub struct CodeInfo {
     pub stack_base: u64,
     /// The name and file object pointers this entry was read from (its identity).
     identity: (u64, u64),
+    /// 3.12+'s `<interpreter trampoline>`, which only C-stack entry frames run
+    entry_only: bool,
     /// What the bytecode lets the timeline prove about two samples of one frame of this
     /// code (see python/bytecode.rs); proves nothing if the bytecode could not be read.
     pub proofs: CallProofs,
 }
+
+/// The code object 3.12+ C-stack entry frames run (CPython's `_Py_MakeShimCode`).
+const TRAMPOLINE: &str = "<interpreter trampoline>";
 
 /// Where a code object's identity (its name and file pointers) lies: one small read
 /// tells whether a cached entry still describes the object at that address.
@@ -63,6 +68,7 @@ impl CodeInfo {
             frame_bytes: 0,
             stack_base: 0,
             identity: (0, 0),
+            entry_only: false,
             proofs: CallProofs::none(),
         }
     }
@@ -82,6 +88,7 @@ impl CodeInfo {
             frame_bytes: 0,
             stack_base: 0,
             identity: (0, 0),
+            entry_only: false,
             proofs: CallProofs::none(),
         }
     }
@@ -95,6 +102,7 @@ impl CodeInfo {
             stack_base: self.stack_base,
             fixed_slots: self.proofs.fixed_slots,
             undeletable: self.proofs.undeletable,
+            entry_only: self.entry_only,
         }
     }
 
@@ -178,9 +186,11 @@ impl CodeCache {
             Some(ids) => ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             None => self.next_id,
         };
+        let name = read_unicode(mem, layout, name_ptr)?;
         let info = Arc::new(CodeInfo {
             id,
-            name: read_unicode(mem, layout, name_ptr)?,
+            entry_only: name == TRAMPOLINE,
+            name,
             filename: read_unicode(mem, layout, file_ptr)?,
             first_line: head.i32_at(c.firstlineno),
             linetable: read_bytes(mem, layout, head.u64_at(c.linetable))?,

@@ -58,6 +58,8 @@ pub struct CodeFacts {
     /// local slots never rebound within a call, and locals never unbound (masks < 64)
     pub fixed_slots: u64,
     pub undeletable: u64,
+    /// only C-stack entry frames run this code (3.12+'s `<interpreter trampoline>`)
+    pub entry_only: bool,
 }
 
 /// Looks code objects up for the walk: `NotCode` when the address holds something else.
@@ -188,6 +190,9 @@ pub fn continue_walk(
                 let non_python = l.model.owner_first_non_python.is_some_and(|first| owner >= first);
                 if !non_python && code != 0 {
                     match codes.facts(code) {
+                        // A C-stack slot that held an entry frame and was reused by other
+                        // C code: its stale code pointer outlived the owner byte.
+                        Ok(c) if c.entry_only => return Err(ReadError::Fault),
                         Ok(c) => {
                             let offset = b.u64_at(f.instr.unwrap_or(0)).wrapping_sub(c.bytecode_start) as i64;
                             let incomplete = Some(owner) != l.model.owner_generator && offset < c.first_traceable;

@@ -218,3 +218,31 @@ impl Target {
         self.process.exited()
     }
 }
+
+/// Threads (tid, state, tracer) of `pid` that are stopped (t/T) or have a tracer.
+pub fn stopped_or_traced(pid: u32) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status.lines().find(|l| l.starts_with(k)).map(|l| l[k.len()..].trim().to_string()).unwrap_or_default()
+        };
+        let (state, tracer) = (field("State:"), field("TracerPid:"));
+        if state.starts_with('t') || state.starts_with('T') || (tracer != "0" && !tracer.is_empty()) {
+            out.push((e.file_name().to_string_lossy().into_owned(), state, tracer));
+        }
+    }
+    out
+}
+
+/// Waits until some thread of `pid` has a tracer (vizattach holds it stopped).
+pub fn wait_traced(pid: u32, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while stopped_or_traced(pid).iter().all(|(_, _, tracer)| tracer == "0" || tracer.is_empty()) {
+        if Instant::now() > deadline {
+            return Err("vizattach never paused a thread".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}

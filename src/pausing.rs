@@ -1,0 +1,149 @@
+//! When the sampler may stop a thread to read its stack, and for how long in all.
+//!
+//! Most stacks are read without stopping anything: one batched copy, checked for
+//! consistency (docs/ARCHITECTURE.md, "Torn reads"). A thread that changed its stack
+//! under every quick re-read of a tick (a CPU-bound thread churning short-lived
+//! generators, most often) would otherwise be a lost sample. Such a thread is stopped
+//! for the one read that follows (process/stop.rs), which cannot tear, and let go at
+//! once. The time threads spend stopped is kept under a share of the capture's wall
+//! time (`--pause-budget`); past it, the sample is counted lost instead. Where ptrace is
+//! refused (no right, or the target is already traced), sampling goes on without it and
+//! the summary says why.
+
+use crate::clock::now_ns;
+use crate::process::stop::{self, Pending, PendingState, StopError, Stopped, Watchdog};
+use std::time::Duration;
+
+/// The longest one stop may last, vizattach stopped or stuck included: the watchdog
+/// ends vizattach past it (and the kernel then lets the thread go).
+pub const STOP_BOUND: Duration = Duration::from_millis(250);
+/// Wait this long for a thread to stop, spinning (it runs, so it stops within tens of
+/// microseconds); one that has not stopped by then is let go when it does.
+const STOP_WAIT: Duration = Duration::from_micros(2000);
+const STOP_SPIN: Duration = Duration::from_micros(2000);
+/// Stop time allowed before the budget's share has anything to be a share of.
+const BUDGET_HEADROOM_NS: u64 = 2_000_000;
+
+/// Tests only (the hidden `--pause-hold-ms`): keep every stopped thread stopped this
+/// long, to prove the watchdog and the kernel resume it whatever happens to vizattach.
+pub static HOLD_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Tests only (the hidden `--pause-always`): read every thread stopped, every tick.
+pub static ALWAYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub struct Pauser {
+    /// share of wall time threads may spend stopped (0: never stop one)
+    budget: f64,
+    started_ns: u64,
+    stopped_ns: u64,
+    pub stops: u64,
+    /// stops that caught a signal on its way to the thread, handed back on detach
+    pub signals_handed_back: u64,
+    watchdog: Option<Watchdog>,
+    /// threads interrupted that had not stopped when we gave up waiting
+    pending: Vec<Pending>,
+    /// why stopping is off for this capture, once it is
+    pub refused: Option<String>,
+}
+
+/// A thread stopped for a read; give it back with `Pauser::resume`.
+pub struct Stop {
+    thread: Stopped,
+    since: u64,
+}
+
+impl Pauser {
+    pub fn new(budget_percent: f64) -> Pauser {
+        Pauser {
+            budget: budget_percent / 100.0,
+            started_ns: now_ns(),
+            stopped_ns: 0,
+            stops: 0,
+            signals_handed_back: 0,
+            watchdog: None,
+            pending: Vec::new(),
+            refused: (budget_percent <= 0.0).then(|| "off (--pause-budget 0)".into()),
+        }
+    }
+
+    /// Whether a thread may be stopped now.
+    pub fn allowed(&self) -> bool {
+        let spent = self.stopped_ns as f64;
+        let allowed = self.budget * now_ns().saturating_sub(self.started_ns) as f64 + BUDGET_HEADROOM_NS as f64;
+        self.refused.is_none() && spent < allowed
+    }
+
+    /// The share of wall time threads have spent stopped so far, in percent.
+    pub fn share_percent(&self) -> f64 {
+        let wall = now_ns().saturating_sub(self.started_ns).max(1);
+        100.0 * self.stopped_ns as f64 / wall as f64
+    }
+
+    pub fn stopped_ms(&self) -> f64 {
+        self.stopped_ns as f64 / 1e6
+    }
+
+    /// Stops thread `tid`; None when it could not be (gone, not stopped in time, or
+    /// refused: then stopping is off from now on).
+    pub fn stop(&mut self, tid: i32) -> Option<Stop> {
+        // A thread still seized from a stop we gave up waiting for cannot be seized again.
+        self.tend();
+        if self.pending.iter().any(|p| p.tid() == tid) {
+            return None;
+        }
+        if self.watchdog.is_none() {
+            match Watchdog::start(STOP_BOUND) {
+                Ok(w) => self.watchdog = Some(w),
+                Err(e) => {
+                    self.refused = Some(format!("off (no watchdog: {e})"));
+                    return None;
+                }
+            }
+        }
+        let watchdog = self.watchdog.as_ref()?;
+        watchdog.arm();
+        let since = now_ns();
+        let stopped = stop::stop_thread(tid, STOP_WAIT, STOP_SPIN);
+        match stopped {
+            Ok(thread) => {
+                let hold = HOLD_MS.load(std::sync::atomic::Ordering::Relaxed);
+                if hold > 0 {
+                    std::thread::sleep(Duration::from_millis(hold));
+                }
+                Some(Stop { thread, since })
+            }
+            Err(e) => {
+                watchdog.disarm();
+                self.stopped_ns += now_ns() - since;
+                match e {
+                    // (refused after stops have worked: traced by someone else for now)
+                    StopError::Denied(_) if self.stops > 0 => {}
+                    StopError::Denied(e) => {
+                        self.refused = Some(format!("refused by ptrace ({e}): stacks torn by a busy thread are lost"))
+                    }
+                    StopError::NotStopped(p) => self.pending.push(p),
+                    StopError::Other(_) => {}
+                }
+                None
+            }
+        }
+    }
+
+    /// Lets a stopped thread go.
+    pub fn resume(&mut self, s: Stop) {
+        self.signals_handed_back += (s.thread.signal() != 0) as u64;
+        drop(s.thread);
+        if let Some(w) = &self.watchdog {
+            w.disarm();
+        }
+        self.stopped_ns += now_ns() - s.since;
+        self.stops += 1;
+    }
+
+    /// Lets go threads that stopped after we gave up waiting for them.
+    pub fn tend(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.pending.retain(|p| matches!(p.poll(), PendingState::Running));
+    }
+}

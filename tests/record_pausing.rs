@@ -1,0 +1,179 @@
+//! `vizattach record` stops a thread for one read when every quick re-read of it tore
+//! (src/pausing.rs). What that must never do to the target, proved on a real one that
+//! churns generators (so that reads tear and stops happen all the time):
+//! - a signal delivered while the thread is stopped is handed back, not dropped;
+//! - SIGKILL of vizattach while it holds the thread stopped: the kernel resumes it;
+//! - vizattach stopped (SIGSTOP) or stuck while it holds the thread: its watchdog
+//!   SIGKILLs it within the bound, and the thread runs on.
+//!
+//!     cargo test --release --test record_pausing -- --nocapture
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One stop may last this long before the watchdog ends vizattach (pausing::STOP_BOUND),
+/// plus room for a loaded machine.
+const WATCHDOG_BOUND: Duration = Duration::from_millis(250 + 1750);
+const KILLS: usize = 10;
+
+fn host_interpreter() -> Option<Interpreter> {
+    let found = load_manifest()?.into_iter().find(|i| i.name == "host-python3.11");
+    if found.is_none() {
+        missing_prerequisite("no host-python3.11 in the manifest");
+    }
+    found
+}
+
+/// vizattach recording `pid` at 10 kHz, stopping threads as often as reads tear.
+fn record(pid: u32, extra: &[&str], out: &std::path::Path) -> Result<KillOnDrop, String> {
+    Command::new(VIZATTACH)
+        .args(["record", "-q", "--pid", &pid.to_string(), "--rate", "10000", "--pause-budget", "100", "-o"])
+        .arg(out)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(KillOnDrop)
+        .map_err(|e| format!("spawn vizattach: {e}"))
+}
+
+/// The target's CPU time (utime + stime, in ticks).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// No thread of the target is stopped or traced, and its busy main thread keeps running.
+fn runs_on(pid: u32) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stopped = stopped_or_traced(pid);
+        if stopped.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("threads still stopped or traced: {stopped:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = cpu_ticks(pid).ok_or("the target is gone")?;
+    while cpu_ticks(pid).unwrap_or(0) <= before {
+        if Instant::now() > deadline {
+            return Err("the target's busy thread stopped running".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// 3000 real-time signals sent while vizattach reads the busy thread stopped at every
+/// tick: every one is delivered (a stop that caught one hands it back on detach).
+#[test]
+fn signals_sent_while_threads_are_stopped_all_arrive() {
+    let _serial = recording::serial();
+    let Some(interp) = host_interpreter() else {
+        return;
+    };
+    for_each_interpreter(&[interp], 1, |interp| {
+        let mut target = Target::start_with_env(interp, "signal_churn.py", &[("CHURN_SECONDS", "5")])?;
+        std::thread::sleep(Duration::from_millis(500));
+        let json = target.host_path("trace.json");
+        // (every thread read stopped, every tick: most signals arrive during a stop)
+        let mut viz = record(target.pid, &["--duration", "4s", "--pause-always"], &json)?;
+        std::thread::sleep(Duration::from_millis(300));
+        const SENT: usize = 3000;
+        for _ in 0..SENT {
+            // SAFETY: a signal to the fixture, which counts it.
+            if unsafe { libc::kill(target.pid as i32, libc::SIGRTMIN()) } != 0 {
+                return Err(format!("kill: {}", std::io::Error::last_os_error()));
+            }
+            std::thread::sleep(Duration::from_micros(700));
+        }
+        let status = recording::wait_exit(&mut viz, Duration::from_secs(30)).ok_or("vizattach did not finish")?;
+        if !status.success() {
+            return Err(format!("vizattach failed: {status}"));
+        }
+        let counted = target.wait_json("expected.json", Duration::from_secs(30))?;
+        let meta: Value = serde_json::from_str(&std::fs::read_to_string(&json).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        let meta = &meta["viztracer_metadata"];
+        let paused = meta["paused_samples"].as_u64().unwrap_or(0);
+        let caught = meta["signals_handed_back"].as_u64().unwrap_or(0);
+        let got = counted["signals"].as_u64().unwrap_or(0);
+        eprintln!(
+            "     {SENT} signals sent, {got} delivered; {paused} samples read stopped ({} ms stopped), {caught} stops caught a signal",
+            meta["stopped_ms"]
+        );
+        if caught < 3 {
+            return Err(format!("only {caught} stops caught a signal: the test proves nothing ({meta})"));
+        }
+        if got != SENT as u64 {
+            return Err(format!("{SENT} real-time signals sent, {got} delivered"));
+        }
+        Ok(())
+    });
+}
+
+/// SIGKILL vizattach while it holds the busy thread stopped, KILLS times: every time,
+/// the kernel resumes the thread and the target runs on.
+#[test]
+fn sigkill_while_a_thread_is_stopped_never_leaves_it_stopped() {
+    let _serial = recording::serial();
+    let Some(interp) = host_interpreter() else {
+        return;
+    };
+    for_each_interpreter(&[interp], 1, |interp| {
+        let target = Target::start_with_env(interp, "signal_churn.py", &[("CHURN_SECONDS", "120")])?;
+        std::thread::sleep(Duration::from_millis(500));
+        for i in 0..KILLS {
+            let out = target.host_path(&format!("kill{i}.json"));
+            // (each stop held 50 ms: most of the time vizattach holds one)
+            let mut viz = record(target.pid, &["--pause-hold-ms", "50"], &out)?;
+            wait_traced(target.pid, Duration::from_secs(30)).map_err(|e| format!("kill {i}: {e}"))?;
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(viz.pid() as i32, libc::SIGKILL) };
+            let _ = viz.0.wait();
+            runs_on(target.pid).map_err(|e| format!("after kill {i}: {e}"))?;
+        }
+        eprintln!("     {KILLS} SIGKILLs while the busy thread was stopped; it ran on after each");
+        Ok(())
+    });
+}
+
+/// vizattach stopped (SIGSTOP) while it holds the thread, and vizattach stuck holding it
+/// longer than the bound: its watchdog SIGKILLs it, and the thread runs on.
+#[test]
+fn watchdog_resumes_the_thread_when_vizattach_hangs() {
+    let _serial = recording::serial();
+    let Some(interp) = host_interpreter() else {
+        return;
+    };
+    for_each_interpreter(&[interp], 1, |interp| {
+        let target = Target::start_with_env(interp, "signal_churn.py", &[("CHURN_SECONDS", "120")])?;
+        std::thread::sleep(Duration::from_millis(500));
+        for (how, hold) in [("SIGSTOP", "100"), ("a stop held 5 s", "5000")] {
+            let out = target.host_path("hang.json");
+            let mut viz = record(target.pid, &["--pause-hold-ms", hold], &out)?;
+            wait_traced(target.pid, Duration::from_secs(30))?;
+            if how == "SIGSTOP" {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(viz.pid() as i32, libc::SIGSTOP) };
+            }
+            let began = Instant::now();
+            let status = recording::wait_exit(&mut viz, WATCHDOG_BOUND)
+                .ok_or(format!("{how}: vizattach still there after {WATCHDOG_BOUND:?}"))?;
+            use std::os::unix::process::ExitStatusExt;
+            if status.signal() != Some(libc::SIGKILL) {
+                return Err(format!("{how}: vizattach ended with {status}, not by its watchdog's SIGKILL"));
+            }
+            runs_on(target.pid).map_err(|e| format!("{how}: {e}"))?;
+            eprintln!("     {how}: the watchdog ended vizattach after {:?}; the thread ran on", began.elapsed());
+        }
+        Ok(())
+    });
+}
