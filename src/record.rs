@@ -295,7 +295,13 @@ pub(crate) fn capture_info_of(
         signals_handed_back: stats.signals_handed_back.load(Ordering::Relaxed),
         pausing: stats.pausing.lock().map(|p| p.clone()).unwrap_or_default(),
         failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
-        calls_told_apart: [("locals", told_apart.by_locals), ("offset", told_apart.by_offset)].into_iter().collect(),
+        calls_told_apart: [
+            ("locals", told_apart.by_locals),
+            ("offset", told_apart.by_offset),
+            ("caller", told_apart.by_caller),
+        ]
+        .into_iter()
+        .collect(),
         longest_lag_us: stats.longest_lag_ns.load(Ordering::Relaxed) as f64 / 1000.0,
         duration_s,
         mode: facts.mode,

@@ -166,6 +166,8 @@ pub struct ToldApart {
     pub by_locals: u64,
     /// the instruction offset went back where no jump of the function goes back
     pub by_offset: u64,
+    /// the caller's slots changed: it ran, so what it had called returned (or yielded)
+    pub by_caller: u64,
 }
 
 /// Offsets of one frame in two samples that may be the same instruction (an unknown one
@@ -181,6 +183,10 @@ pub fn common_calls(old: &[StackFrame], new: &[StackFrame], codes: &CodeTable, t
         let (a, b) = (&old[n], &new[n]);
         let same_site = n == 0 || same_offset(old[n - 1].offset, new[n - 1].offset);
         if a.code_id != b.code_id || a.frame != b.frame || !same_site {
+            break;
+        }
+        if n > 0 && old[n - 1].locals.proves_it_ran(&new[n - 1].locals) {
+            told.by_caller += 1;
             break;
         }
         // The frame itself may prove a new call began (python/bytecode.rs).
@@ -329,7 +335,7 @@ mod tests {
         let main = f(0, 100, 10);
         let with = |offset, fixed, bound| {
             let mut c = f(1, 200, offset);
-            c.locals = crate::python::stack::Locals { read: true, fixed, bound };
+            c.locals = crate::python::stack::Locals { read: true, fixed, bound, slots: 0 };
             c
         };
         let samples = [

@@ -28,18 +28,28 @@ pub struct RawFrame {
 
 /// A fingerprint of one frame's local slots, for telling two calls of one function at
 /// one frame address apart: the objects in the slots a call never rebinds (its
-/// arguments, its cells), and which of the locals it never unbinds are bound.
+/// arguments, its cells), and which of the locals it never unbinds are bound. And a
+/// hash of all its first slots (locals, cells, value stack): nothing but the frame's own
+/// code writes those, so a frame whose slots changed between two samples ran in
+/// between, and whatever it had called then has returned (or, a generator, yielded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Locals {
     pub read: bool,
     pub fixed: u64,
     pub bound: u64,
+    pub slots: u64,
 }
 
 impl Locals {
     /// Whether `self` (an earlier sample) and `now` cannot be the same call.
     pub fn proves_new_call(&self, now: &Locals) -> bool {
         self.read && now.read && (self.fixed != now.fixed || self.bound & !now.bound != 0)
+    }
+
+    /// Whether the frame ran between `self` (an earlier sample, where it had called
+    /// another frame) and `now`: its callee then is not the one above it now.
+    pub fn proves_it_ran(&self, now: &Locals) -> bool {
+        self.read && now.read && self.slots != now.slots
     }
 }
 
@@ -351,27 +361,44 @@ pub fn reaches(mem: &dyn ReadMem, l: &Layout, from: u64, to: u64, code: u64, hop
 /// The frame's local slots that can prove a new call; not `read` where they are not in
 /// `mem` (a frame outside a tick's copy keeps no proof, it is never a reason to re-read).
 fn read_locals(mem: &dyn ReadMem, l: &Layout, frame: u64, c: &CodeFacts) -> Locals {
+    let Some(at) = l.frame.localsplus else { return Locals::default() };
     let wanted = c.fixed_slots | c.undeletable;
-    let Some(at) = l.frame.localsplus.filter(|_| wanted != 0) else { return Locals::default() };
-    let n = 64 - wanted.leading_zeros() as usize;
+    // Every slot of the frame, its value stack included where the frame's size is known
+    // (3.12+), else its locals, cells and free variables; at most SLOTS_HASHED.
+    let all = match c.frame_bytes {
+        0 => c.stack_base,
+        n => n.saturating_sub(at),
+    } / 8;
+    let n = (64 - wanted.leading_zeros() as usize).max((all as usize).min(SLOTS_HASHED));
+    if n == 0 {
+        return Locals::default();
+    }
     let mut buf = [0u8; 64 * 8];
     if mem.read(frame + at, &mut buf[..n * 8]).is_err() {
         return Locals::default();
     }
-    let mut locals = Locals { read: true, fixed: 0, bound: 0 };
+    let mut locals = Locals { read: true, fixed: 0, bound: 0, slots: 0 };
+    let mix = |h: u64, v: u64| (h.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
     for i in 0..n {
         // 3.14+ slots are tagged references: the tag says how the reference is owned, the
         // rest is the object (and a NULL reference may carry a tag)
         let v = buf.u64_at(i as u64 * 8) & !l.model.stackref_tag_mask;
         if c.fixed_slots >> i & 1 == 1 {
-            locals.fixed = (locals.fixed.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+            locals.fixed = mix(locals.fixed, v);
         }
         if c.undeletable >> i & 1 == 1 && v != 0 {
             locals.bound |= 1 << i;
         }
+        if (i as u64) < all {
+            locals.slots = mix(locals.slots, v);
+        }
     }
     locals
 }
+
+/// Slots of a frame hashed for `Locals::slots`: the first ones, where a function keeps
+/// its loop variables and a call's arguments lie on a short stack.
+const SLOTS_HASHED: usize = 32;
 
 /// The thread's stack read directly, frame by frame, believed only if the thread state
 /// still points at the same innermost frame afterwards (Fault if it moved). For dumps,
