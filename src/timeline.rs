@@ -19,6 +19,8 @@ struct Track {
     frames: Vec<StackFrame>,
     starts: Vec<u64>,
     last_ns: u64,
+    /// frames[opened..] were first seen in the last sample
+    opened: usize,
 }
 
 /// Code objects by id, as the sampler announced them.
@@ -96,11 +98,11 @@ impl Timeline {
                         }
                         // first sight: nothing is known before this moment
                         None => (
-                            Track { tid: t.tid, frames: Vec::new(), starts: Vec::new(), last_ns: t.time_ns },
+                            Track { tid: t.tid, frames: Vec::new(), starts: Vec::new(), last_ns: t.time_ns, opened: 0 },
                             t.time_ns,
                         ),
                     };
-                    let keep = common_calls(&track.frames, frames, &self.codes, &mut self.told_apart);
+                    let keep = common_calls(&track.frames, frames, track.opened, &self.codes, &mut self.told_apart);
                     self.close_from(&mut track, keep, at, sink)?;
                     for f in &frames[keep..] {
                         if let Some(code) = self.code(f.code_id) {
@@ -111,6 +113,7 @@ impl Timeline {
                     track.frames.clear();
                     track.frames.extend_from_slice(frames);
                     track.last_ns = t.time_ns;
+                    track.opened = keep;
                     self.tracks.insert(t.key, track);
                 }
             }
@@ -176,8 +179,15 @@ fn same_offset(a: i64, b: i64) -> bool {
     a == b || a == UNKNOWN_OFFSET || b == UNKNOWN_OFFSET
 }
 
-/// How many frames, from the root, are the same calls in both stacks.
-pub fn common_calls(old: &[StackFrame], new: &[StackFrame], codes: &CodeTable, told: &mut ToldApart) -> usize {
+/// How many frames, from the root, are the same calls in both stacks. `old[fresh..]`
+/// were first seen in the `old` sample.
+pub fn common_calls(
+    old: &[StackFrame],
+    new: &[StackFrame],
+    fresh: usize,
+    codes: &CodeTable,
+    told: &mut ToldApart,
+) -> usize {
     let mut n = 0;
     while n < old.len() && n < new.len() {
         let (a, b) = (&old[n], &new[n]);
@@ -185,7 +195,11 @@ pub fn common_calls(old: &[StackFrame], new: &[StackFrame], codes: &CodeTable, t
         if a.code_id != b.code_id || a.frame != b.frame || !same_site {
             break;
         }
-        if n > 0 && old[n - 1].locals.proves_it_ran(&new[n - 1].locals) {
+        // A caller copied a moment before its callee (a copy is not atomic, and the
+        // thread may come back to the caller, run it and call again in between) can
+        // show slots older than the callee's call: a callee seen in one sample only is
+        // not split by its caller's slots (tests/record_timeline.rs caught such a tear).
+        if n > 0 && n < fresh && old[n - 1].locals.proves_it_ran(&new[n - 1].locals) {
             told.by_caller += 1;
             break;
         }
@@ -356,15 +370,42 @@ mod tests {
         assert_eq!((tl.told_apart.by_offset, tl.told_apart.by_locals), (1, 2));
     }
 
+    /// A generator resumed again and again by one `for` loop, or a function called from
+    /// one site in a loop: only the caller's slots (its loop variable) tell the calls
+    /// apart, and only where the caller had a callee in the earlier sample.
+    #[test]
+    fn a_caller_whose_slots_changed_ran_so_its_callee_is_a_new_call() {
+        let with_slots = |mut frame: StackFrame, slots| {
+            frame.locals = crate::python::stack::Locals { read: true, fixed: 0, bound: 0, slots };
+            frame
+        };
+        let (codes, mut told) = (CodeTable::default(), ToldApart::default());
+        let (caller, callee) = (f(1, 100, 10), f(2, 200, 4));
+        let before = [with_slots(caller, 5), callee];
+        // the caller's loop variable moved on: a new call (or resumption) of the callee
+        assert_eq!(common_calls(&before, &[with_slots(caller, 6), callee], 2, &codes, &mut told), 1);
+        assert_eq!(told.by_caller, 1);
+        // the same slots: nothing proves it ran
+        assert_eq!(common_calls(&before, &[with_slots(caller, 5), callee], 2, &codes, &mut told), 2);
+        // slots not read in one sample prove nothing
+        assert_eq!(common_calls(&before, &[caller, callee], 2, &codes, &mut told), 2);
+        // the innermost frame runs: its own slots changing says nothing of a callee
+        let top = [with_slots(caller, 5)];
+        assert_eq!(common_calls(&top, &[with_slots(caller, 6), callee], 1, &codes, &mut told), 1);
+        // a callee first seen in the earlier sample: its caller's slots may be a tear's
+        assert_eq!(common_calls(&before, &[with_slots(caller, 6), callee], 1, &codes, &mut told), 2);
+        assert_eq!(told.by_caller, 1);
+    }
+
     #[test]
     fn a_line_change_keeps_the_call_a_new_call_site_does_not() {
         let a = [f(1, 100, 10), f(2, 200, 4)];
         // same child, parent moved on and called it again from elsewhere
         let (codes, mut told) = (CodeTable::default(), ToldApart::default());
-        assert_eq!(common_calls(&a, &[f(1, 100, 12), f(2, 200, 4)], &codes, &mut told), 1);
+        assert_eq!(common_calls(&a, &[f(1, 100, 12), f(2, 200, 4)], 2, &codes, &mut told), 1);
         // the child moved lines: still the same call
-        assert_eq!(common_calls(&a, &[f(1, 100, 10), f(2, 200, 8)], &codes, &mut told), 2);
+        assert_eq!(common_calls(&a, &[f(1, 100, 10), f(2, 200, 8)], 2, &codes, &mut told), 2);
         // a different frame address is a different call
-        assert_eq!(common_calls(&a, &[f(1, 100, 10), f(2, 208, 4)], &codes, &mut told), 1);
+        assert_eq!(common_calls(&a, &[f(1, 100, 10), f(2, 208, 4)], 2, &codes, &mut told), 1);
     }
 }

@@ -22,8 +22,9 @@ use std::path::Path;
 
 /// One expected call: the fixture's function key (see INFO["functions"] in
 /// timeline_main.py), the fixture's timing label if it measured this call, and its
-/// children in order. `burst`: instead of exact children, 1..=max calls of one function
-/// made back to back from one line (they may merge into fewer slices).
+/// children in order. `burst`: instead of exact children, n calls of one function made
+/// back to back from one line, with nothing in the callee to tell them apart: the
+/// caller's loop variable, which changes between them, must (src/timeline.rs).
 struct E {
     key: &'static str,
     label: Option<&'static str>,
@@ -229,11 +230,11 @@ impl Matcher<'_> {
             .filter(|&c| !exp.may_also_contain.iter().any(|k| self.tree.slices[c].qual == self.truth.qual(k)))
             .collect();
         let got_names: Vec<String> = kids.iter().map(|&c| self.tree.slices[c].qual.clone()).collect();
-        if let Some((key, max)) = exp.burst {
+        if let Some((key, n)) = exp.burst {
             let qual = self.truth.qual(key);
-            if kids.is_empty() || kids.len() > max || got_names.iter().any(|n| *n != qual) {
+            if kids.len() != n || got_names.iter().any(|k| *k != qual) {
                 self.problems.push(format!(
-                    "{path}: expected 1 to {max} slices of {qual} (calls back to back from one line), got {got_names:?}"
+                    "{path}: expected {n} slices of {qual} (calls back to back from one line), got {got_names:?}"
                 ));
                 return;
             }

@@ -198,7 +198,8 @@ impl CodeCache {
             bytecode_start: c.code_adaptive.map(|o| addr + o).unwrap_or(0),
             first_traceable: c.firsttraceable.map(|o| head.i32_at(o) as i64 * 2).unwrap_or(0),
             frame_bytes: c.framesize.map(|o| head.i32_at(o).max(0) as u64 * 8).unwrap_or(0),
-            stack_base: c.nlocalsplus.map(|o| head.i32_at(o).max(0) as u64 * 8).unwrap_or(0),
+            // (3.8-3.10: where the locals end, for Locals::slots)
+            stack_base: c.nlocalsplus.or(c.nlocals).map(|o| head.i32_at(o).max(0) as u64 * 8).unwrap_or(0),
             identity: (name_ptr, file_ptr),
             proofs: bytecode::read_proofs(mem, layout, addr),
         });

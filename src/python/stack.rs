@@ -29,9 +29,10 @@ pub struct RawFrame {
 /// A fingerprint of one frame's local slots, for telling two calls of one function at
 /// one frame address apart: the objects in the slots a call never rebinds (its
 /// arguments, its cells), and which of the locals it never unbinds are bound. And a
-/// hash of all its first slots (locals, cells, value stack): nothing but the frame's own
-/// code writes those, so a frame whose slots changed between two samples ran in
-/// between, and whatever it had called then has returned (or, a generator, yielded).
+/// hash of all its first local slots (locals, cells, free variables): nothing but the
+/// frame's own code writes those, so a frame whose locals changed between two samples
+/// ran in between, and whatever it had called then has returned (or, a generator,
+/// yielded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Locals {
     pub read: bool,
@@ -363,12 +364,10 @@ pub fn reaches(mem: &dyn ReadMem, l: &Layout, from: u64, to: u64, code: u64, hop
 fn read_locals(mem: &dyn ReadMem, l: &Layout, frame: u64, c: &CodeFacts) -> Locals {
     let Some(at) = l.frame.localsplus else { return Locals::default() };
     let wanted = c.fixed_slots | c.undeletable;
-    // Every slot of the frame, its value stack included where the frame's size is known
-    // (3.12+), else its locals, cells and free variables; at most SLOTS_HASHED.
-    let all = match c.frame_bytes {
-        0 => c.stack_base,
-        n => n.saturating_sub(at),
-    } / 8;
+    // Its locals, cells and free variables (at most SLOTS_HASHED), not its value stack:
+    // 3.15 once showed a caller's stack change under a callee that ran on
+    // (tests/record_timeline.rs), and only the frame's own stores write its locals.
+    let all = c.stack_base / 8;
     let n = (64 - wanted.leading_zeros() as usize).max((all as usize).min(SLOTS_HASHED));
     if n == 0 {
         return Locals::default();
@@ -396,8 +395,7 @@ fn read_locals(mem: &dyn ReadMem, l: &Layout, frame: u64, c: &CodeFacts) -> Loca
     locals
 }
 
-/// Slots of a frame hashed for `Locals::slots`: the first ones, where a function keeps
-/// its loop variables and a call's arguments lie on a short stack.
+/// Local slots of a frame hashed for `Locals::slots` (loop variables are locals).
 const SLOTS_HASHED: usize = 32;
 
 /// The thread's stack read directly, frame by frame, believed only if the thread state
