@@ -78,7 +78,8 @@ struct RecordArgs {
     /// spend at most this share of the capture's wall time stopped, in percent (past it,
     /// such samples are counted lost). 0: never stop a thread. A watchdog ends vizattach
     /// if one stop lasts 250 ms, whatever happens to it; the kernel then resumes the
-    /// thread. Not in launch mode or with several processes
+    /// thread. Never the program vizattach starts in launch mode (its child); with several
+    /// processes, each has this budget
     #[arg(long, default_value = "5", value_name = "PERCENT", value_parser = parse_budget)]
     pause_budget: f64,
     /// Keep every stopped thread stopped this long (tests of the watchdog)

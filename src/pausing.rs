@@ -78,8 +78,9 @@ impl Pauser {
         100.0 * self.stopped_ns as f64 / wall as f64
     }
 
-    pub fn stopped_ms(&self) -> f64 {
-        self.stopped_ns as f64 / 1e6
+    /// Time threads have spent stopped so far.
+    pub fn stopped_ns(&self) -> u64 {
+        self.stopped_ns
     }
 
     /// Stops thread `tid`; None when it could not be (gone, not stopped in time, or

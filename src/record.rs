@@ -291,7 +291,7 @@ pub(crate) fn capture_info_of(
         asleep_samples: stats.asleep.load(Ordering::Relaxed),
         inferred_samples: stats.inferred.load(Ordering::Relaxed),
         paused_samples: stats.paused.load(Ordering::Relaxed),
-        stopped_ms: stats.stopped_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        stopped_ms: stats.stopped_ns.load(Ordering::Relaxed) as f64 / 1e6,
         signals_handed_back: stats.signals_handed_back.load(Ordering::Relaxed),
         pausing: stats.pausing.lock().map(|p| p.clone()).unwrap_or_default(),
         failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),

@@ -135,7 +135,7 @@ pub struct Stats {
     /// thread samples read with the thread stopped, after every quick re-read tore
     /// (src/pausing.rs), and the time threads spent stopped in all
     pub paused: AtomicU64,
-    pub stopped_us: AtomicU64,
+    pub stopped_ns: AtomicU64,
     pub signals_handed_back: AtomicU64,
     /// whether threads may be stopped, and why not (set once the sampler knows)
     pub pausing: std::sync::Mutex<String>,
@@ -634,6 +634,7 @@ impl<M: ReadMem> Sampler<M> {
             return Ok(());
         };
         pauser.tend();
+        let (stopped_before, signals_before) = (pauser.stopped_ns(), pauser.signals_handed_back);
         let mut i = 0;
         while i < failed.len() {
             let key = failed[i].0;
@@ -680,8 +681,9 @@ impl<M: ReadMem> Sampler<M> {
                 }
             }
         }
-        stats.stopped_us.store((pauser.stopped_ms() * 1000.0) as u64, Ordering::Relaxed);
-        stats.signals_handed_back.store(pauser.signals_handed_back, Ordering::Relaxed);
+        // (several samplers may share the counters: src/fleet/)
+        stats.stopped_ns.fetch_add(pauser.stopped_ns() - stopped_before, Ordering::Relaxed);
+        stats.signals_handed_back.fetch_add(pauser.signals_handed_back - signals_before, Ordering::Relaxed);
         if let Some(why) = &pauser.refused {
             if let Ok(mut p) = stats.pausing.lock() {
                 if p.as_str() != why {

@@ -42,6 +42,15 @@ pub struct Clock {
     /// more processes may join (--subprocesses): no members is not the end while a root lives
     roots: Vec<(i32, Identity)>,
     following: bool,
+    pausing: Pausing,
+}
+
+/// Whether members' threads may be stopped for a read (src/pausing.rs): each process
+/// gets its own budget; `not`: a process that must never be stopped (our own child).
+#[derive(Clone, Copy)]
+pub struct Pausing {
+    pub budget: f64,
+    pub not: Option<i32>,
 }
 
 impl Clock {
@@ -51,8 +60,9 @@ impl Clock {
         shared: Arc<Shared>,
         roots: Vec<(i32, Identity)>,
         following: bool,
+        pausing: Pausing,
     ) -> Clock {
-        Clock { members: Vec::new(), code_ids: Arc::default(), lanes, joins, shared, roots, following }
+        Clock { members: Vec::new(), code_ids: Arc::default(), lanes, joins, shared, roots, following, pausing }
     }
 
     /// Takes in a process: its lane goes to the consumer before any of its samples.
@@ -63,6 +73,9 @@ impl Clock {
         let codes = crate::python::code::CodeCache::sharing_ids(self.code_ids.clone());
         let mut sampler = Sampler::new(j.pid, process.memory, target, codes, ids);
         sampler.recycle_from(recycle_rx);
+        if self.pausing.budget > 0.0 && self.pausing.not != Some(j.pid) {
+            sampler.pause_with(crate::pausing::Pauser::new(self.pausing.budget));
+        }
         let lane = Lane { pid: j.pid, info: j.info, rx, recycle: recycle_tx, timeline: Timeline::default() };
         if self.lanes.send(lane).is_err() {
             return false;

@@ -186,7 +186,18 @@ pub fn record(opts: Options) -> Result<i32> {
         Rate::Max => 0,
     };
     let end_ns = opts.duration.map(|d| now_ns() + d.as_nanos() as u64);
-    let mut clock = clock::Clock::new(lanes_tx, joins_rx, shared.clone(), roots, opts.subprocesses);
+    // (a program we started is our child: our own wait for it would take the stops ptrace
+    // reports for its main thread; its descendants are not)
+    let launched = child.as_ref().map(|c| c.id() as i32);
+    let pausing = clock::Pausing { budget: opts.pause_budget, not: launched };
+    *stats.pausing.lock().unwrap_or_else(|e| e.into_inner()) = match opts.pause_budget {
+        b if b > 0.0 => format!(
+            "on (budget {b} % of wall time per process{})",
+            if launched.is_some() { ", not the program vizattach started" } else { "" }
+        ),
+        _ => "off (--pause-budget 0)".into(),
+    };
+    let mut clock = clock::Clock::new(lanes_tx, joins_rx, shared.clone(), roots, opts.subprocesses, pausing);
     let reason = clock.run(first, interval_ns, end_ns, &stop, &stats);
     let still = clock.member_count();
     watcher_stop.store(true, Ordering::Relaxed);
