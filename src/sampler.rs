@@ -48,6 +48,10 @@ pub struct ThreadSample {
     /// range of this thread's stack (root first) in the batch's frames; None when no
     /// consistent read of it could be made this tick (keep the previous view)
     pub frames: Option<(u32, u32)>,
+    /// every frame was read at one moment: the thread stayed in its top frame through
+    /// the read (or was stopped, or asleep). Otherwise a frame below the top may have
+    /// been copied a moment before its callee (the timeline's caller proof minds that)
+    pub settled: bool,
 }
 
 /// One tick: every thread's stack, frames of all threads in one flat vector.
@@ -66,9 +70,9 @@ impl SampleBatch {
     }
 
     /// Records that `frames[start..]` is the stack of thread `key` at `time_ns`.
-    fn push_stack(&mut self, key: u64, tid: i32, time_ns: u64, start: usize) {
+    fn push_stack(&mut self, key: u64, tid: i32, time_ns: u64, start: usize, settled: bool) {
         let frames = Some((start as u32, self.frames.len() as u32));
-        self.threads.push(ThreadSample { key, tid, time_ns, frames });
+        self.threads.push(ThreadSample { key, tid, time_ns, frames, settled });
     }
 
     /// The activity of `threads[i]` (unknown if it was not read).
@@ -580,7 +584,7 @@ impl<M: ReadMem> Sampler<M> {
         for &(key, why) in &failed {
             stats.lost[why as usize].fetch_add(1, Ordering::Relaxed);
             if let Some(Thread::Live(l)) = self.threads.get(&key) {
-                batch.threads.push(ThreadSample { key, tid: l.tid, time_ns: time, frames: None });
+                batch.threads.push(ThreadSample { key, tid: l.tid, time_ns: time, frames: None, settled: false });
             }
         }
         self.pending = pending;
@@ -971,7 +975,7 @@ impl<M: ReadMem> Sampler<M> {
             // it has not run since its stack was read: that stack still holds
             let start = batch.frames.len();
             batch.frames.extend_from_slice(&live.prev);
-            batch.push_stack(key, live.tid, time, start);
+            batch.push_stack(key, live.tid, time, start, true);
             return Ok(Attempt::Asleep);
         }
         let top = match stack::top_frame(pf, l, key) {
@@ -1135,7 +1139,7 @@ impl<M: ReadMem> Sampler<M> {
         }
         plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
         live.read_ns = read_span.0;
-        batch.push_stack(key, live.tid, time, start);
+        batch.push_stack(key, live.tid, time, start, after == top);
         Ok(Attempt::Kept { inferred: !walk.inferred.is_empty() })
     }
 

@@ -21,6 +21,8 @@ struct Track {
     last_ns: u64,
     /// frames[opened..] were first seen in the last sample
     opened: usize,
+    /// the last sample was read at one moment (ThreadSample::settled)
+    settled: bool,
 }
 
 /// Code objects by id, as the sampler announced them.
@@ -98,11 +100,20 @@ impl Timeline {
                         }
                         // first sight: nothing is known before this moment
                         None => (
-                            Track { tid: t.tid, frames: Vec::new(), starts: Vec::new(), last_ns: t.time_ns, opened: 0 },
+                            Track {
+                                tid: t.tid,
+                                frames: Vec::new(),
+                                starts: Vec::new(),
+                                last_ns: t.time_ns,
+                                opened: 0,
+                                settled: false,
+                            },
                             t.time_ns,
                         ),
                     };
-                    let keep = common_calls(&track.frames, frames, track.opened, &self.codes, &mut self.told_apart);
+                    // (callees the caller proof may split: all in a settled sample)
+                    let trusted = if track.settled { track.frames.len() } else { track.opened };
+                    let keep = common_calls(&track.frames, frames, trusted, &self.codes, &mut self.told_apart);
                     self.close_from(&mut track, keep, at, sink)?;
                     for f in &frames[keep..] {
                         if let Some(code) = self.code(f.code_id) {
@@ -114,6 +125,7 @@ impl Timeline {
                     track.frames.extend_from_slice(frames);
                     track.last_ns = t.time_ns;
                     track.opened = keep;
+                    track.settled = t.settled;
                     self.tracks.insert(t.key, track);
                 }
             }
@@ -179,12 +191,13 @@ fn same_offset(a: i64, b: i64) -> bool {
     a == b || a == UNKNOWN_OFFSET || b == UNKNOWN_OFFSET
 }
 
-/// How many frames, from the root, are the same calls in both stacks. `old[fresh..]`
-/// were first seen in the `old` sample.
+/// How many frames, from the root, are the same calls in both stacks. The caller proof
+/// splits only callees `old[..trusted]`: in a sample not read at one moment, those seen
+/// before it (its newest frames are trusted when it was).
 pub fn common_calls(
     old: &[StackFrame],
     new: &[StackFrame],
-    fresh: usize,
+    trusted: usize,
     codes: &CodeTable,
     told: &mut ToldApart,
 ) -> usize {
@@ -197,9 +210,10 @@ pub fn common_calls(
         }
         // A caller copied a moment before its callee (a copy is not atomic, and the
         // thread may come back to the caller, run it and call again in between) can
-        // show slots older than the callee's call: a callee seen in one sample only is
-        // not split by its caller's slots (tests/record_timeline.rs caught such a tear).
-        if n > 0 && n < fresh && old[n - 1].locals.proves_it_ran(&new[n - 1].locals) {
+        // show slots older than the callee's call: a callee first seen in a sample not
+        // read at one moment is not split by its caller's slots (tests/record_timeline.rs
+        // caught such a tear).
+        if n > 0 && n < trusted && old[n - 1].locals.proves_it_ran(&new[n - 1].locals) {
             told.by_caller += 1;
             break;
         }
@@ -261,7 +275,13 @@ mod tests {
         for (key, tid, stack) in threads {
             let a = b.frames.len() as u32;
             b.frames.extend_from_slice(stack);
-            b.threads.push(ThreadSample { key: *key, tid: *tid, time_ns: t, frames: Some((a, b.frames.len() as u32)) });
+            b.threads.push(ThreadSample {
+                key: *key,
+                tid: *tid,
+                time_ns: t,
+                frames: Some((a, b.frames.len() as u32)),
+                settled: true,
+            });
         }
         Message::Sample(b)
     }
@@ -310,7 +330,7 @@ mod tests {
         let s: &[StackFrame] = &[f(0, 100, 2), f(1, 200, 2)];
         tl.handle(&sample(1000, &[(1, 7, s)]), &mut r).unwrap();
         let mut torn = SampleBatch { time_ns: 2000, ..Default::default() };
-        torn.threads.push(ThreadSample { key: 1, tid: 7, time_ns: 2000, frames: None });
+        torn.threads.push(ThreadSample { key: 1, tid: 7, time_ns: 2000, frames: None, settled: false });
         tl.handle(&Message::Sample(torn), &mut r).unwrap();
         tl.handle(&sample(3000, &[(1, 7, s)]), &mut r).unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
@@ -395,6 +415,41 @@ mod tests {
         // a callee first seen in the earlier sample: its caller's slots may be a tear's
         assert_eq!(common_calls(&before, &[with_slots(caller, 6), callee], 1, &codes, &mut told), 2);
         assert_eq!(told.by_caller, 1);
+    }
+
+    /// The caller proof through the timeline: a callee first seen in a sample read at one
+    /// moment is split when its caller's locals change; first seen in a sample whose top
+    /// moved while it was copied (the caller may be older than the callee), it is not.
+    #[test]
+    fn a_callee_first_seen_in_a_torn_sample_is_not_split_by_its_callers_locals() {
+        let slots = |s| crate::python::stack::Locals { read: true, fixed: 0, bound: 0, slots: s };
+        let mut caller = f(1, 100, 10);
+        for settled in [true, false] {
+            let mut tl = Timeline::default();
+            let mut r = Recorder::default();
+            tl.handle(&codes(3), &mut r).unwrap();
+            let mut at = |t: u64, caller_slots, with_callee: bool, settled: bool| {
+                caller.locals = slots(caller_slots);
+                let stack: Vec<StackFrame> =
+                    if with_callee { vec![f(0, 50, 2), caller, f(2, 200, 4)] } else { vec![f(0, 50, 2), caller] };
+                let mut b = SampleBatch { time_ns: t, ..Default::default() };
+                b.frames.extend_from_slice(&stack);
+                b.threads.push(ThreadSample {
+                    key: 1,
+                    tid: 7,
+                    time_ns: t,
+                    frames: Some((0, stack.len() as u32)),
+                    settled,
+                });
+                Message::Sample(b)
+            };
+            tl.handle(&at(1000, 5, false, true), &mut r).unwrap();
+            tl.handle(&at(2000, 5, true, settled), &mut r).unwrap(); // f2 first seen
+            tl.handle(&at(3000, 6, true, true), &mut r).unwrap(); // the caller's locals moved on
+            tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+            let f2 = r.slices.iter().filter(|s| s.1 == 2).count();
+            assert_eq!(f2, if settled { 2 } else { 1 }, "settled first sample: {settled}");
+        }
     }
 
     #[test]
