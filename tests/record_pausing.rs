@@ -27,6 +27,20 @@ fn host_interpreter() -> Option<Interpreter> {
     found
 }
 
+/// Runs `check` on host 3.11 with the generator-churning fixture running for
+/// `seconds` (its churn begun), one test of this file at a time.
+fn on_churning_target(seconds: &str, check: impl Fn(&mut Target) -> Result<(), String> + Sync) {
+    let _serial = recording::serial();
+    let Some(interp) = host_interpreter() else {
+        return;
+    };
+    for_each_interpreter(&[interp], 1, |interp| {
+        let mut target = Target::start_with_env(interp, "signal_churn.py", &[("CHURN_SECONDS", seconds)])?;
+        std::thread::sleep(Duration::from_millis(500));
+        check(&mut target)
+    });
+}
+
 /// vizattach recording `pid` at 10 kHz, stopping threads as often as reads tear.
 fn record(pid: u32, extra: &[&str], out: &std::path::Path) -> Result<KillOnDrop, String> {
     Command::new(VIZATTACH)
@@ -75,13 +89,7 @@ fn runs_on(pid: u32) -> Result<(), String> {
 /// tick: every one is delivered (a stop that caught one hands it back on detach).
 #[test]
 fn signals_sent_while_threads_are_stopped_all_arrive() {
-    let _serial = recording::serial();
-    let Some(interp) = host_interpreter() else {
-        return;
-    };
-    for_each_interpreter(&[interp], 1, |interp| {
-        let mut target = Target::start_with_env(interp, "signal_churn.py", &[("CHURN_SECONDS", "5")])?;
-        std::thread::sleep(Duration::from_millis(500));
+    on_churning_target("5", |target| {
         let json = target.host_path("trace.json");
         // (every thread read stopped, every tick: most signals arrive during a stop)
         let mut viz = record(target.pid, &["--duration", "4s", "--pause-always"], &json)?;
@@ -123,13 +131,7 @@ fn signals_sent_while_threads_are_stopped_all_arrive() {
 /// the kernel resumes the thread and the target runs on.
 #[test]
 fn sigkill_while_a_thread_is_stopped_never_leaves_it_stopped() {
-    let _serial = recording::serial();
-    let Some(interp) = host_interpreter() else {
-        return;
-    };
-    for_each_interpreter(&[interp], 1, |interp| {
-        let target = Target::start_with_env(interp, "signal_churn.py", &[("CHURN_SECONDS", "120")])?;
-        std::thread::sleep(Duration::from_millis(500));
+    on_churning_target("120", |target| {
         for i in 0..KILLS {
             let out = target.host_path(&format!("kill{i}.json"));
             // (each stop held 50 ms: most of the time vizattach holds one)
@@ -149,13 +151,7 @@ fn sigkill_while_a_thread_is_stopped_never_leaves_it_stopped() {
 /// longer than the bound: its watchdog SIGKILLs it, and the thread runs on.
 #[test]
 fn watchdog_resumes_the_thread_when_vizattach_hangs() {
-    let _serial = recording::serial();
-    let Some(interp) = host_interpreter() else {
-        return;
-    };
-    for_each_interpreter(&[interp], 1, |interp| {
-        let target = Target::start_with_env(interp, "signal_churn.py", &[("CHURN_SECONDS", "120")])?;
-        std::thread::sleep(Duration::from_millis(500));
+    on_churning_target("120", |target| {
         for (how, hold) in [("SIGSTOP", "100"), ("a stop held 5 s", "5000")] {
             let out = target.host_path("hang.json");
             let mut viz = record(target.pid, &["--pause-hold-ms", hold], &out)?;
