@@ -299,6 +299,7 @@ pub(crate) fn capture_info_of(
             ("locals", told_apart.by_locals),
             ("offset", told_apart.by_offset),
             ("caller", told_apart.by_caller),
+            ("yield", told_apart.by_yield),
         ]
         .into_iter()
         .collect(),

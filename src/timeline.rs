@@ -183,6 +183,17 @@ pub struct ToldApart {
     pub by_offset: u64,
     /// the caller's slots changed: it ran, so what it had called returned (or yielded)
     pub by_caller: u64,
+    /// a generator's offsets are not on one path between yields (python/yields.rs)
+    pub by_yield: u64,
+}
+
+impl std::ops::AddAssign for ToldApart {
+    fn add_assign(&mut self, o: ToldApart) {
+        self.by_locals += o.by_locals;
+        self.by_offset += o.by_offset;
+        self.by_caller += o.by_caller;
+        self.by_yield += o.by_yield;
+    }
 }
 
 /// Offsets of one frame in two samples that may be the same instruction (an unknown one
@@ -230,9 +241,42 @@ pub fn common_calls(
             told.by_offset += 1;
             break;
         }
+        if yielded_between(old, new, n, codes) {
+            told.by_yield += 1;
+            break;
+        }
         n += 1;
     }
     n
+}
+
+/// Whether the frame at depth `n` of both stacks, a generator's, yielded between them:
+/// its own offsets are on no path between yields (python/yields.rs), or it delegates at
+/// one SEND (yield from, await) to the generator above it, which yielded, and so
+/// yielded too. A frame's own slots are copied after its offset, so slots that changed
+/// at one offset mean the frame really came back around to it.
+fn yielded_between(old: &[StackFrame], new: &[StackFrame], n: usize, codes: &CodeTable) -> bool {
+    let mut k = n;
+    loop {
+        let (a, b) = (&old[k], &new[k]);
+        let Some(code) = codes.get(b.code_id) else {
+            return false;
+        };
+        if a.offset == UNKNOWN_OFFSET || b.offset == UNKNOWN_OFFSET {
+            return false;
+        }
+        if !code.proofs.one_resumption(a.offset, b.offset, a.locals.proves_it_ran(&b.locals)) {
+            return true;
+        }
+        let (Some(c), Some(d)) = (old.get(k + 1), new.get(k + 1)) else {
+            return false;
+        };
+        let delegates = a.offset == b.offset && code.proofs.delegating(a.offset);
+        if !delegates || c.code_id != d.code_id || c.frame != d.frame {
+            return false;
+        }
+        k += 1;
+    }
 }
 
 #[cfg(test)]
@@ -388,6 +432,60 @@ mod tests {
         let f1: Vec<(u64, u64)> = r.slices.iter().filter(|s| s.1 == 1).map(|s| (s.2, s.3)).collect();
         assert_eq!(f1, vec![(1000, 3500), (3500, 4500), (4500, 5500), (5500, 7000)]);
         assert_eq!((tl.told_apart.by_offset, tl.told_apart.by_locals), (1, 2));
+    }
+
+    /// CPython 3.12's code of `def gen(xs, out): for x in xs: yield x; out(x)` and of
+    /// `def outer(xs, out): yield from gen(xs, out)`, analysed as a generator's.
+    fn generator_code(id: u32, name: &str, code: &str, table: &str) -> CodeInfo {
+        let hex = |s: &str| {
+            (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<u8>>()
+        };
+        let (code, table) = (hex(code), hex(table));
+        let shape = crate::python::bytecode::CodeShape {
+            bytecode: &code,
+            exception_table: &table,
+            resumable: true,
+            argcount: 2,
+            nlocals: 3,
+            ..Default::default()
+        };
+        let mut c = CodeInfo::for_test(id, name);
+        c.proofs =
+            crate::python::bytecode::analyze(crate::python::bytecode::Opcodes::for_minor("3.12").unwrap(), &shape);
+        c
+    }
+
+    #[test]
+    fn a_generator_seen_past_a_yield_and_the_generators_delegating_to_it_are_resumed_anew() {
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        let gen = generator_code(
+            2,
+            "gen",
+            "4b00010097007c0044005d0e00007d027c0296019701010002007c017c02ab0100000000000001008c1004007900ad037701",
+            "82151701",
+        );
+        let outer = generator_code(
+            1,
+            "outer",
+            "4b0001009700740100000000000000007c007c01ab02000000000000450064007b03000096029702860505000100790037008c05ad037701",
+            "82101a019201180493061a01",
+        );
+        assert!(gen.proofs.resumptions.is_some() && outer.proofs.delegating(32));
+        let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(outer), Arc::new(gen)]);
+        tl.handle(&msg, &mut r).unwrap();
+        // outer waits at its SEND (32) while gen runs: 16 is before gen's yield, 30
+        // (the call of out) after it, and 16 again is around gen's loop.
+        for (i, offset) in [16, 30, 30, 16].into_iter().enumerate() {
+            let stack = [f(0, 100, 10), f(1, 200, 32), f(2, 300, offset)];
+            tl.handle(&sample(1000 * (i as u64 + 1), &[(1, 7, &stack)]), &mut r).unwrap();
+        }
+        tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+        let of = |id: u32| r.slices.iter().filter(|s| s.1 == id).map(|s| (s.2, s.3)).collect::<Vec<_>>();
+        assert_eq!(of(2), vec![(1000, 1500), (1500, 4000)]);
+        assert_eq!(of(1), vec![(1000, 1500), (1500, 4000)]);
+        assert_eq!(of(0), vec![(1000, 4000)]);
+        assert_eq!(tl.told_apart.by_yield, 1);
     }
 
     /// A generator resumed again and again by one `for` loop, or a function called from

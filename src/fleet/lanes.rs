@@ -37,8 +37,7 @@ impl Totals {
         self.samples += t.samples;
         self.slices += t.slices;
         self.threads += t.threads_seen();
-        self.told_apart.by_locals += t.told_apart.by_locals;
-        self.told_apart.by_offset += t.told_apart.by_offset;
+        self.told_apart += t.told_apart;
         self.last_ns = self.last_ns.max(t.last_ns);
     }
 }

@@ -484,6 +484,7 @@ impl Perfetto {
                 u("calls_told_apart_by_locals", info.calls_told_apart.get("locals").copied().unwrap_or(0)),
                 u("calls_told_apart_by_offset", info.calls_told_apart.get("offset").copied().unwrap_or(0)),
                 u("calls_told_apart_by_caller", info.calls_told_apart.get("caller").copied().unwrap_or(0)),
+                u("calls_told_apart_by_yield", info.calls_told_apart.get("yield").copied().unwrap_or(0)),
                 f("longest_lag_us", info.longest_lag_us),
                 f("duration_s", info.duration_s),
                 s("clock", info.clock),

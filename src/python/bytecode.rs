@@ -35,6 +35,7 @@
 
 use super::layout::Layout;
 use super::strings::read_bytes;
+use super::yields::Resumptions;
 use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -64,6 +65,8 @@ pub struct CallProofs {
     /// byte offsets of the RESUME instructions, sorted (3.11+): a frame whose current
     /// instruction is one has not started running, or running again, yet
     pub resume_points: Vec<i64>,
+    /// a generator's or coroutine's paths between yields (3.11+; python/yields.rs)
+    pub resumptions: Option<Box<Resumptions>>,
 }
 
 impl Default for CallProofs {
@@ -75,7 +78,13 @@ impl Default for CallProofs {
 impl CallProofs {
     /// Proves nothing: what unreadable or unparseable code gets.
     pub fn none() -> CallProofs {
-        CallProofs { fixed_slots: 0, undeletable: 0, back_jumps: vec![(i64::MIN, i64::MAX)], resume_points: Vec::new() }
+        CallProofs {
+            fixed_slots: 0,
+            undeletable: 0,
+            back_jumps: vec![(i64::MIN, i64::MAX)],
+            resume_points: Vec::new(),
+            resumptions: None,
+        }
     }
 
     /// Whether a frame at `offset` sits at a RESUME: entered or resumed, but not running
@@ -89,6 +98,17 @@ impl CallProofs {
     /// (the last downward move that took the offset below or to `to` must be one).
     pub fn offset_can_go_back(&self, from: i64, to: i64) -> bool {
         to >= from || self.back_jumps.iter().any(|&(t, s)| t <= to && to < s)
+    }
+
+    /// Whether a generator frame seen at `from` and later at `to` can be in one
+    /// resumption (always, for code that is not a generator's or was not analysed).
+    pub fn one_resumption(&self, from: i64, to: i64, ran: bool) -> bool {
+        self.resumptions.as_ref().is_none_or(|r| r.one_resumption(from, to, ran))
+    }
+
+    /// Whether a frame at `offset` is delegating to another generator (yield from, await).
+    pub fn delegating(&self, offset: i64) -> bool {
+        self.resumptions.as_ref().is_some_and(|r| r.delegating(offset))
     }
 }
 
@@ -111,6 +131,7 @@ enum Kind {
     RewindOne,
     ReturnAddress,
     Setup,
+    Yield,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +153,11 @@ struct Encoding {
 pub struct Opcodes {
     kind: [Kind; 256],
     caches: [u8; 256],
+    /// execution never falls through to the next instruction (a return, raise or jump)
+    ends_flow: [bool; 256],
+    /// SEND: the frame delegates to another generator (yield from, await) and yields
+    /// whenever it does
+    delegates: [bool; 256],
     jump_unit: i64,
     jump_after_caches: bool,
 }
@@ -152,6 +178,7 @@ impl Opcodes {
                 ("clear", Kind::Clear),
                 ("make_cell", Kind::MakeCell),
                 ("resume", Kind::Resume),
+                ("yield", Kind::Yield),
                 ("jump_abs", Kind::JumpAbs),
                 ("jump_back", Kind::JumpBack),
                 ("jump_fwd", Kind::JumpFwd),
@@ -165,6 +192,9 @@ impl Opcodes {
         };
         let mut kind = [Kind::Unknown; 256];
         let mut caches = [0u8; 256];
+        let mut ends_flow = [false; 256];
+        let mut delegates = [false; 256];
+        let listed = |class: &str, base: &str| f.classes.get(class).is_some_and(|v| v.iter().any(|n| n == base));
         let ext_name = f.ops.iter().find(|(_, v)| v.0 == f.encoding.extended_arg).map(|(_, v)| v.1.clone());
         for (num, base, c) in f.ops.values() {
             let i = *num as usize;
@@ -173,6 +203,8 @@ impl Opcodes {
             }
             kind[i] = if Some(base) == ext_name.as_ref() { Kind::ExtendedArg } else { class_of(base) };
             caches[i] = *c;
+            ends_flow[i] = listed("ends_flow", base);
+            delegates[i] = listed("delegate", base);
         }
         for h in &f.encoding.hidden {
             kind[(*h as usize).min(255)] = Kind::Hidden;
@@ -180,6 +212,8 @@ impl Opcodes {
         Ok(Opcodes {
             kind,
             caches,
+            ends_flow,
+            delegates,
             jump_unit: f.encoding.jump_unit as i64,
             jump_after_caches: f.encoding.jump_after_caches,
         })
@@ -196,6 +230,71 @@ impl Opcodes {
                 Opcodes::parse(text).unwrap_or_else(|e| panic!("python_versions/opcodes/{m}.toml: {e}"))
             }),
         )
+    }
+}
+
+/// One instruction as it lies in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Instr {
+    /// byte offset of its opcode (after any EXTENDED_ARG prefix)
+    pub at: i64,
+    /// byte offset of the next instruction: past the inline cache entries, possibly past
+    /// the end of truncated code
+    pub after: i64,
+    pub op: usize,
+    /// the argument, EXTENDED_ARG prefixes folded in
+    pub arg: u32,
+}
+
+impl Opcodes {
+    /// The instructions of `code` in order (EXTENDED_ARG prefixes folded into the one
+    /// they prefix). None at an opcode the table does not know or one that hides the
+    /// real instruction: its cache size is unknown, so the rest cannot be parsed.
+    pub fn decode(&self, code: &[u8]) -> Option<Vec<Instr>> {
+        let mut out = Vec::with_capacity(code.len() / 2);
+        let mut ext: u32 = 0;
+        let mut i = 0usize;
+        while i + 1 < code.len() {
+            let op = code[i] as usize;
+            let arg = (ext << 8) | code[i + 1] as u32;
+            let after = i as i64 + 2 + 2 * self.caches[op] as i64;
+            match self.kind[op] {
+                Kind::Unknown | Kind::Hidden => return None,
+                Kind::ExtendedArg => ext = arg,
+                _ => {
+                    out.push(Instr { at: i as i64, after, op, arg });
+                    ext = 0;
+                }
+            }
+            i = after as usize;
+        }
+        Some(out)
+    }
+
+    /// Where a jump can send the offset: its target, and for a forward jump also the
+    /// instruction after it (3.12+ FOR_ITER skips the END_FOR at its target). None for
+    /// an instruction that does not jump.
+    pub fn targets(&self, i: &Instr) -> [Option<i64>; 2] {
+        let from = if self.jump_after_caches { i.after } else { i.at + 2 };
+        let delta = i.arg as i64 * self.jump_unit;
+        match self.kind[i.op] {
+            Kind::JumpAbs => [Some(delta), None],
+            Kind::JumpBack => [Some(from - delta), None],
+            Kind::JumpFwd => [Some(from + delta), Some(from + delta + 2)],
+            _ => [None, None],
+        }
+    }
+
+    pub fn is_yield(&self, i: &Instr) -> bool {
+        self.kind[i.op] == Kind::Yield
+    }
+
+    pub fn ends_flow(&self, i: &Instr) -> bool {
+        self.ends_flow[i.op]
+    }
+
+    pub fn delegates(&self, i: &Instr) -> bool {
+        self.delegates[i.op]
     }
 }
 
@@ -218,6 +317,8 @@ pub struct CodeShape<'a> {
     pub free_bit: u8,
     /// 3.11+: co_exceptiontable
     pub exception_table: &'a [u8],
+    /// a generator's, coroutine's or async generator's code (co_flags)
+    pub resumable: bool,
 }
 
 /// An exception table entry, in bytes: [start, end) -> target.
@@ -292,6 +393,9 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
     } else {
         Vec::new()
     };
+    let Some(instrs) = ops.decode(code) else {
+        return CallProofs::none();
+    };
     let mut written = 0u64; // stored, cleared or re-made cell: not fixed
     let mut cleared = 0u64; // made unbound: not undeletable
     let mut jumps: Vec<(i64, i64)> = Vec::new();
@@ -299,22 +403,11 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
     let mut min_setup: Option<i64> = None;
     let mut seen_resume = false;
     let mut resumes: Vec<i64> = Vec::new();
-    let mut ext: u32 = 0;
-    let mut i = 0usize;
-    while i + 1 < code.len() {
-        let op = code[i] as usize;
-        let arg = (ext << 8) | code[i + 1] as u32;
-        let at = i as i64;
-        let after = at + 2 + 2 * ops.caches[op] as i64;
-        let end = after.min(code.len() as i64);
-        match ops.kind[op] {
-            Kind::Unknown | Kind::Hidden => return CallProofs::none(),
-            Kind::ExtendedArg => {
-                ext = arg;
-                i = after as usize;
-                continue;
-            }
-            Kind::Other => {}
+    for ins in &instrs {
+        let (at, arg, end) = (ins.at, ins.arg, ins.after.min(code.len() as i64));
+        match ops.kind[ins.op] {
+            Kind::Unknown | Kind::Hidden | Kind::ExtendedArg => {}
+            Kind::Other | Kind::JumpFwd | Kind::Yield => {}
             Kind::Store => written |= bit(arg),
             Kind::StoreBoth => written |= bit((arg >> 4) & 15) | bit(arg & 15),
             Kind::StoreHigh => written |= bit((arg >> 4) & 15),
@@ -332,16 +425,17 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
                 resumes.push(at);
             }
             Kind::JumpAbs => {
-                let target = arg as i64 * ops.jump_unit;
-                if target < end {
-                    jumps.push((target, end));
+                if let [Some(target), _] = ops.targets(ins) {
+                    if target < end {
+                        jumps.push((target, end));
+                    }
                 }
             }
             Kind::JumpBack => {
-                let from = if ops.jump_after_caches { after } else { at + 2 };
-                jumps.push(((from - arg as i64 * ops.jump_unit).max(0), end));
+                if let [Some(target), _] = ops.targets(ins) {
+                    jumps.push((target.max(0), end));
+                }
             }
-            Kind::JumpFwd => {}
             Kind::ReraiseLasti => {
                 if arg != 0 {
                     reraises.push(end);
@@ -353,8 +447,6 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
                 min_setup.get_or_insert(at);
             }
         }
-        ext = 0;
-        i = after as usize;
     }
     // RERAISE n != 0 sets the offset back to the saved offset of an earlier raise before
     // unwinding: one inside a range whose handler saves it (3.11+: entries with lasti;
@@ -409,6 +501,11 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
         undeletable: locals & !cleared,
         back_jumps: jumps,
         resume_points: resumes,
+        resumptions: if c.resumable && ops.jump_after_caches {
+            Resumptions::build(ops, &instrs, code.len() as i64, &handlers).map(Box::new)
+        } else {
+            None
+        },
     }
 }
 
@@ -455,6 +552,7 @@ fn read_shape_and_analyze(mem: &dyn ReadMem, layout: &Layout, addr: u64) -> Read
         kwonlyargcount: count(c.kwonlyargcount)?,
         varargs: layout.model.co_varargs.is_some_and(|b| flags & b != 0),
         varkeywords: layout.model.co_varkeywords.is_some_and(|b| flags & b != 0),
+        resumable: layout.model.co_resumable.is_some_and(|b| flags & b != 0),
         ..CodeShape::default()
     };
     let code: Vec<u8>;
@@ -551,7 +649,7 @@ mod tests {
 
     #[test]
     fn offsets_go_back_only_through_recorded_jumps() {
-        let p = CallProofs { fixed_slots: 0, undeletable: 0, back_jumps: vec![(10, 40)], resume_points: Vec::new() };
+        let p = CallProofs { back_jumps: vec![(10, 40)], ..CallProofs::none() };
         assert!(p.offset_can_go_back(50, 60));
         assert!(p.offset_can_go_back(38, 10));
         assert!(p.offset_can_go_back(100, 39));

@@ -102,6 +102,9 @@ pub struct Model {
     pub co_varargs: Option<u64>,
     #[serde(default)]
     pub co_varkeywords: Option<u64>,
+    /// co_flags bits of code whose frame is resumed: generators, coroutines, async generators
+    #[serde(default)]
+    pub co_resumable: Option<u64>,
     /// co_localspluskinds bits (3.11+): the slot holds a cell / a free variable
     #[serde(default)]
     pub co_fast_cell: Option<u64>,

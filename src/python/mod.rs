@@ -19,3 +19,4 @@ pub mod thread_names;
 pub mod threads;
 pub mod values;
 pub mod version;
+pub mod yields;

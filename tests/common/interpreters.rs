@@ -124,6 +124,22 @@ pub fn host_targets() -> Option<Vec<Interpreter>> {
     Some(chosen)
 }
 
+/// Every supported interpreter of the manifest, and the host python3.11 always (alone
+/// when there is no manifest): for tests that only run code in them and read it back.
+pub fn analysis_targets() -> Vec<Interpreter> {
+    let host = Interpreter::host_only("host-python3.11", "3.11", Path::new(HOST_PYTHON311), "host");
+    match load_manifest() {
+        Some(all) => {
+            let mut v: Vec<Interpreter> = all.into_iter().filter(|i| i.is_supported()).collect();
+            if !v.iter().any(|i| i.executable == Path::new(HOST_PYTHON311) && !i.in_chroot()) {
+                v.push(host);
+            }
+            v
+        }
+        None => vec![host],
+    }
+}
+
 /// All the targets the dump fixtures run against: every supported manifest entry, plus
 /// the C embedder of the host libpython3.11 and a host python3.11 whose executable was
 /// deleted after start. None (after a skip note) when there is no manifest.

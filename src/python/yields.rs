@@ -1,0 +1,213 @@
+//! Whether a generator's frame must have yielded between two samples.
+//!
+//! VizTracer logs each resumption of a generator or coroutine as a call of its own, and
+//! a frame resumed from C (`"".join(gen)`, `list(gen)`, an event loop's `coro.send`)
+//! has no Python caller whose locals could show the resumption (timeline.rs, the caller
+//! proof). The generator's own offsets can: within one resumption the frame runs from
+//! where it resumed to its next YIELD_VALUE, so two samples of one frame are one
+//! resumption only if some path of its code leads from the first offset to the second
+//! without executing a YIELD_VALUE. Where none does, it yielded and was resumed in
+//! between: Jinja's compiled templates yield every few instructions, and a sample a
+//! millisecond later is almost always on the far side of one.
+//!
+//! The paths are those of the control-flow graph of basic blocks (a block ends at a
+//! jump, at a yield and where execution does not fall through), with an edge from every
+//! block inside an exception table range to its handler. Extra edges only make fewer
+//! proofs, so where in doubt there is an edge: a forward jump may also land one
+//! instruction past its target, and an instruction not known to end the flow falls
+//! through. Which blocks each block reaches without a yield is computed once per code
+//! object, as one bitset row per block.
+//!
+//! One movement of the offset is not a path: RERAISE with an argument sets the offset
+//! back to where the exception was raised, for the traceback, before unwinding. That
+//! raise happened earlier in the same resumption, so from any sample taken before it
+//! the raise point is reachable anyway; a sample taken inside a handler that may end
+//! that way (any block reachable from a handler that saves the raise offset, through
+//! yields too) proves nothing.
+//!
+//! A frame that delegates (SEND: `yield from`, `await`) yields each time its delegate
+//! does: `delegating` lets the timeline carry a delegate's proof down the chain.
+//!
+//! 3.11+ only: earlier versions resume at the YIELD_VALUE itself and keep their handlers
+//! on a block stack, which this does not model.
+
+use super::bytecode::{Handler, Instr, Opcodes};
+
+/// Blocks at most: the rows take blocks² bits.
+const MAX_BLOCKS: usize = 2048;
+/// Edges at most (exception ranges multiply them).
+const MAX_EDGES: usize = 1 << 15;
+const NONE: u32 = u32::MAX;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumptions {
+    /// first offset of each block, sorted; block i is [starts[i], starts[i + 1] or end)
+    starts: Vec<i64>,
+    end: i64,
+    /// per block: the offset of the YIELD_VALUE that ends it, or -1
+    yield_at: Vec<i64>,
+    /// per block ending in a yield: the block resumed after it (NONE at the code's end)
+    after_yield: Vec<u32>,
+    /// words per row
+    words: usize,
+    /// row b: the blocks reachable from the start of block b by a non-empty path that
+    /// executes no yield
+    reach: Vec<u64>,
+    /// blocks where a handler that restores the raise offset may be running
+    in_handler: Vec<u64>,
+    /// [at, after) of each SEND
+    delegations: Vec<(i64, i64)>,
+}
+
+impl Resumptions {
+    /// The analysis of one generator's code. None when it is too large to afford.
+    pub fn build(ops: &Opcodes, instrs: &[Instr], len: i64, handlers: &[Handler]) -> Option<Resumptions> {
+        let mut starts = vec![0i64];
+        for i in instrs {
+            let targets = ops.targets(i);
+            starts.extend(targets.iter().flatten());
+            if targets[0].is_some() || ops.is_yield(i) || ops.ends_flow(i) {
+                starts.push(i.after);
+            }
+        }
+        for h in handlers {
+            starts.extend([h.start, h.end, h.target]);
+        }
+        starts.retain(|&o| (0..len).contains(&o));
+        starts.sort_unstable();
+        starts.dedup();
+        let n = starts.len();
+        if n > MAX_BLOCKS || len <= 0 {
+            return None;
+        }
+        let block = |o: i64| -> usize { starts.partition_point(|&s| s <= o).saturating_sub(1) };
+        let mut edges: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut yield_at = vec![-1i64; n];
+        let mut after_yield = vec![NONE; n];
+        let mut has_instr = vec![false; n];
+        let mut delegations = Vec::new();
+        for i in instrs {
+            let b = block(i.at);
+            has_instr[b] = true;
+            for t in ops.targets(i).into_iter().flatten() {
+                if (0..len).contains(&t) {
+                    edges[b].push(block(t) as u32);
+                }
+            }
+            let next = (i.after < len).then(|| block(i.after));
+            if ops.is_yield(i) {
+                yield_at[b] = i.at;
+                after_yield[b] = next.map_or(NONE, |x| x as u32);
+            } else if !ops.ends_flow(i) {
+                if let Some(x) = next.filter(|&x| x != b) {
+                    edges[b].push(x as u32);
+                }
+            }
+            if ops.delegates(i) {
+                delegations.push((i.at, i.after));
+            }
+        }
+        // a block no instruction starts in (a target inside an instruction) leads on
+        for b in 0..n.saturating_sub(1) {
+            if !has_instr[b] {
+                edges[b].push(b as u32 + 1);
+            }
+        }
+        for h in handlers.iter().filter(|h| h.start < h.end && (0..len).contains(&h.target)) {
+            let target = block(h.target) as u32;
+            for e in &mut edges[block(h.start)..=block(h.end - 1)] {
+                e.push(target);
+            }
+        }
+        let mut total = 0;
+        for e in &mut edges {
+            e.sort_unstable();
+            e.dedup();
+            total += e.len();
+        }
+        if total > MAX_EDGES {
+            return None;
+        }
+        let words = n.div_ceil(64);
+        let mut reach = vec![0u64; n * words];
+        // Rows grow to a fixpoint; visiting blocks from the last makes forward edges
+        // settle in one pass, so passes are about as many as loops are nested.
+        let mut row = vec![0u64; words];
+        loop {
+            let mut changed = false;
+            for b in (0..n).rev() {
+                row.copy_from_slice(&reach[b * words..(b + 1) * words]);
+                for &w in &edges[b] {
+                    let w = w as usize;
+                    row[w / 64] |= 1 << (w % 64);
+                    for k in 0..words {
+                        row[k] |= reach[w * words + k];
+                    }
+                }
+                if row[..] != reach[b * words..(b + 1) * words] {
+                    reach[b * words..(b + 1) * words].copy_from_slice(&row);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        // Handlers that restore the raise offset, and all they lead to, yields included.
+        let mut in_handler = vec![0u64; words];
+        let mut todo: Vec<usize> =
+            handlers.iter().filter(|h| h.lasti && (0..len).contains(&h.target)).map(|h| block(h.target)).collect();
+        while let Some(b) = todo.pop() {
+            if in_handler[b / 64] & (1 << (b % 64)) != 0 {
+                continue;
+            }
+            in_handler[b / 64] |= 1 << (b % 64);
+            todo.extend(edges[b].iter().map(|&w| w as usize));
+            if after_yield[b] != NONE {
+                todo.push(after_yield[b] as usize);
+            }
+        }
+        Some(Resumptions { starts, end: len, yield_at, after_yield, words, reach, in_handler, delegations })
+    }
+
+    fn block(&self, offset: i64) -> Option<usize> {
+        if !(0..self.end).contains(&offset) {
+            return None;
+        }
+        Some(self.starts.partition_point(|&s| s <= offset) - 1)
+    }
+
+    fn reaches(&self, from_block: usize, to_block: usize) -> bool {
+        self.reach[from_block * self.words + to_block / 64] & (1 << (to_block % 64)) != 0
+    }
+
+    /// Whether one resumption can show offset `from` and later `to`. `ran`: the frame
+    /// is known to have run in between (its locals changed), so at one offset it must
+    /// have come back around. An offset outside the code proves nothing.
+    pub fn one_resumption(&self, from: i64, to: i64, ran: bool) -> bool {
+        let (Some(a), Some(b)) = (self.block(from), self.block(to)) else {
+            return true;
+        };
+        if self.in_handler[a / 64] & (1 << (a % 64)) != 0 {
+            return true;
+        }
+        if a == b && (to > from || (to == from && !ran)) {
+            return true;
+        }
+        if self.reaches(a, b) {
+            return true;
+        }
+        // A sample at the yield itself may have been taken as the frame resumed there
+        // (or as it yielded): what follows the yield is then the same resumption.
+        if self.yield_at[a] == from && self.after_yield[a] != NONE {
+            let next = self.after_yield[a] as usize;
+            return next == b || self.reaches(next, b);
+        }
+        false
+    }
+
+    /// Whether a frame at `offset` is delegating to another generator (at a SEND).
+    pub fn delegating(&self, offset: i64) -> bool {
+        self.delegations.iter().any(|&(at, after)| (at..after).contains(&offset))
+    }
+}

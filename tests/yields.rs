@@ -1,0 +1,308 @@
+//! The paths between yields (src/python/yields.rs) against traced runs of real
+//! generators and coroutines on every 3.11+ interpreter.
+//!
+//! Each interpreter runs standard-library generators nobody here wrote (tokenize,
+//! json's pure-Python encoder, ast.walk, os.walk, difflib's ndiff and unified_diff,
+//! asyncio coroutines) and a few of our own (a compiled-template-like generator that
+//! yields every few instructions, try/except/finally and with around yields, yield
+//! from chains, throw()) under sys.settrace with opcode events (3.11) or
+//! sys.monitoring's INSTRUCTION events (3.12+), recording the offset of every
+//! instruction each resumption executes. For every code object we require:
+//! - soundness: any two offsets of one resumption, in order, are on one path between
+//!   yields (`one_resumption`, with `ran`: even a revisited offset). A violation is a
+//!   split the timeline would make inside one VizTracer call;
+//! - use: offsets of two consecutive resumptions of one frame are often proved apart,
+//!   for the generators built to be (a floor per name, below).
+//!
+//!     cargo test --release --test yields -- --nocapture
+
+mod common;
+
+use common::*;
+use vizattach::python::bytecode::{analyze, CallProofs, CodeShape, Opcodes};
+
+const SCRIPT: &str = r#####"
+import asyncio, ast, difflib, io, json, os, sys, tokenize
+RES = {}
+MAX_RESUMPTIONS, MAX_OFFSETS = 200, 400
+
+ENDED = object()
+CUR = {}
+
+def start(frame, offsets):
+    runs = RES.setdefault(frame.f_code, [])
+    if len(runs) < MAX_RESUMPTIONS:
+        runs.append((id(frame), offsets))
+        CUR[frame] = offsets
+    else:
+        CUR[frame] = None
+
+def tracer(frame, event, arg):
+    if event != "call" or not (frame.f_code.co_flags & 0x3a0):
+        return None
+    start(frame, [frame.f_lasti])
+    frame.f_trace_opcodes = True
+    return local
+
+# Some versions report a resumption to the frame's local trace function, or only by
+# its opcodes: a return event (a yield too) ends the resumption in any case.
+def local(frame, event, arg):
+    if event == "call":
+        start(frame, [frame.f_lasti])
+    elif event == "return":
+        CUR[frame] = ENDED
+    elif event == "opcode":
+        offsets = CUR.get(frame)
+        if offsets is ENDED:
+            offsets = []
+            start(frame, offsets)
+        if offsets is not None and len(offsets) < MAX_OFFSETS:
+            offsets.append(frame.f_lasti)
+    return local
+
+def template(rows, escape=str):
+    yield "<table>"
+    for r in rows:
+        yield '<tr class="'
+        yield escape(r["cls"])
+        yield '">'
+        if r["note"]:
+            yield "<td>"
+            yield escape(r["note"])
+            yield "</td>"
+        for t in r["tags"]:
+            yield escape(t)
+            yield ", "
+        yield "</tr>"
+    yield "</table>"
+
+def guarded(n):
+    for i in range(n):
+        try:
+            with open(os.devnull) as f:
+                yield i
+                if i % 3 == 0:
+                    raise ValueError(i)
+        except ValueError:
+            yield -i
+        finally:
+            i += 0
+
+def inner(n):
+    for i in range(n):
+        yield i
+    return n
+
+def outer(n):
+    total = yield from inner(n)
+    yield total
+    yield from inner(2)
+
+async def leaf(i):
+    await asyncio.sleep(0)
+    return i
+
+async def middle(n):
+    s = 0
+    for i in range(n):
+        s += await leaf(i)
+        if i % 4 == 0:
+            await asyncio.sleep(0)
+    return s
+
+async def main():
+    return sum(await asyncio.gather(*(middle(12) for _ in range(3))))
+
+def work():
+    rows = [{"cls": "odd" if i % 2 else "even", "note": "n" * (i % 3), "tags": ["a", "b"][: i % 3]}
+            for i in range(40)]
+    "".join(template(rows))
+    list(guarded(12))
+    g = guarded(6)
+    next(g)
+    g.throw(ValueError("in"))
+    g.close()
+    list(outer(5))
+    src = open(tokenize.__file__).read()
+    list(tokenize.generate_tokens(io.StringIO(src).readline))
+    json.dumps({"a": [1, 2, {"b": [3, 4, None, True]}], "c": {"d": "e" * 5}} , indent=1)
+    list(ast.walk(ast.parse(src)))
+    list(os.walk(os.path.dirname(json.__file__)))
+    a = src[:3000].splitlines(True)
+    b = [l.replace("e", "E") if i % 5 == 0 else l for i, l in enumerate(a)]
+    list(difflib.ndiff(a[:60], b[:60]))
+    list(difflib.unified_diff(a, b))
+    asyncio.run(main())
+
+def resumed(code, offset, *rest):
+    if not (code.co_flags & 0x3a0):
+        return sys.monitoring.DISABLE
+    start(sys._getframe(1), [])
+
+def left(code, offset, *rest):
+    if code.co_flags & 0x3a0:
+        CUR[sys._getframe(1)] = ENDED
+
+def instruction(code, offset):
+    if not (code.co_flags & 0x3a0):
+        return sys.monitoring.DISABLE
+    frame = sys._getframe(1)
+    offsets = CUR.get(frame)
+    if offsets is ENDED:
+        offsets = []
+        start(frame, offsets)
+    if offsets is not None and len(offsets) < MAX_OFFSETS:
+        offsets.append(offset)
+
+# 3.12.1's settrace ignores f_trace_opcodes set in the call event: 3.12+ use
+# sys.monitoring, whose INSTRUCTION events report the offset each instruction runs at.
+if sys.version_info >= (3, 12):
+    M, E = sys.monitoring, sys.monitoring.events
+    M.use_tool_id(3, "yields-test")
+    for ev in (E.PY_START, E.PY_RESUME, E.PY_THROW):
+        M.register_callback(3, ev, resumed)
+    for ev in (E.PY_YIELD, E.PY_RETURN, E.PY_UNWIND):
+        M.register_callback(3, ev, left)
+    M.register_callback(3, E.INSTRUCTION, instruction)
+    M.set_events(3, E.PY_START | E.PY_RESUME | E.PY_THROW | E.PY_YIELD | E.PY_RETURN | E.PY_UNWIND
+                 | E.INSTRUCTION)
+    work()
+    M.set_events(3, 0)
+else:
+    sys.settrace(tracer)
+    work()
+    sys.settrace(None)
+out = []
+for co, runs in RES.items():
+    out.append({
+        "name": co.co_qualname if hasattr(co, "co_qualname") else co.co_name,
+        "file": os.path.basename(co.co_filename),
+        "code": co.co_code.hex(),
+        "table": co.co_exceptiontable.hex(),
+        "runs": runs,
+    })
+print(json.dumps({"minor": "%d.%d" % sys.version_info[:2], "codes": out}))
+"#####;
+
+/// Share of cross-resumption pairs proved apart, at least, for the generators built so
+/// that most of their pairs are on no path between yields.
+const FLOORS: &[(&str, f64)] = &[("template", 0.5), ("inner", 0.2)];
+
+/// Index pairs (i < j) of a sequence of `n`: all of them for short ones, a grid of
+/// about 80 x 80 for long ones.
+fn pairs(n: usize) -> Vec<(usize, usize)> {
+    let step = n.div_ceil(80).max(1);
+    let mut v = Vec::new();
+    for i in (0..n).step_by(step) {
+        for j in (i + 1..n).step_by(step) {
+            v.push((i, j));
+        }
+        if i + 1 < n {
+            v.push((i, i + 1));
+        }
+    }
+    v
+}
+
+fn check(interp: &Interpreter) -> Result<(), String> {
+    let mut cmd = if interp.in_chroot() {
+        let mut c = Command::new("chroot");
+        c.arg(&interp.root).arg(&interp.executable);
+        c
+    } else {
+        Command::new(&interp.executable)
+    };
+    let out = cmd.args(["-I", "-c", SCRIPT]).output().map_err(|e| format!("spawn: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("script failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let doc: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON: {e}"))?;
+    let minor = doc["minor"].as_str().ok_or("no minor")?;
+    let ops = Opcodes::for_minor(minor).ok_or("no opcode table")?;
+    let mut errors = Vec::new();
+    let (mut codes, mut checked, mut cross, mut proved) = (0, 0usize, 0usize, 0usize);
+    let mut per_name: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for c in doc["codes"].as_array().ok_or("no codes")? {
+        let name = format!("{}:{}", c["file"].as_str().unwrap_or("?"), c["name"].as_str().unwrap_or("?"));
+        let code = hex(c["code"].as_str().unwrap_or(""));
+        let table = hex(c["table"].as_str().unwrap_or(""));
+        let shape = CodeShape { bytecode: &code, exception_table: &table, resumable: true, ..Default::default() };
+        let proofs: CallProofs = analyze(ops, &shape);
+        let Some(_) = proofs.resumptions.as_ref() else {
+            errors.push(format!("{name}: no paths between yields were computed"));
+            continue;
+        };
+        codes += 1;
+        let runs: Vec<(u64, Vec<i64>)> = c["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r[0].as_u64().unwrap(), r[1].as_array().unwrap().iter().map(|o| o.as_i64().unwrap()).collect()))
+            .collect();
+        for (_, offsets) in &runs {
+            for (i, j) in pairs(offsets.len()) {
+                checked += 1;
+                if !proofs.one_resumption(offsets[i], offsets[j], true) {
+                    errors.push(format!(
+                        "{name}: offsets {} then {} of one resumption proved apart (resumption {:?})",
+                        offsets[i],
+                        offsets[j],
+                        &offsets[..offsets.len().min(60)]
+                    ));
+                    break;
+                }
+            }
+        }
+        // consecutive resumptions of one frame
+        for w in runs.windows(2) {
+            let ((f1, a), (f2, b)) = (&w[0], &w[1]);
+            if f1 != f2 {
+                continue;
+            }
+            let entry = per_name.entry(c["name"].as_str().unwrap_or("?").to_string()).or_default();
+            for &x in a.iter().step_by(a.len().div_ceil(40).max(1)) {
+                for &y in b.iter().step_by(b.len().div_ceil(40).max(1)) {
+                    cross += 1;
+                    entry.0 += 1;
+                    if !proofs.one_resumption(x, y, true) {
+                        proved += 1;
+                        entry.1 += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{} ({minor}): {codes} generator code objects, {checked} pairs within resumptions, \
+         {proved} of {cross} pairs across resumptions proved apart",
+        interp.name
+    );
+    for (name, floor) in FLOORS {
+        match per_name.get(*name) {
+            Some(&(n, p)) if n > 0 && p as f64 >= floor * n as f64 => {
+                eprintln!("  {name}: {p} of {n} pairs across resumptions proved apart")
+            }
+            Some(&(n, p)) => errors.push(format!("{name}: only {p} of {n} pairs across resumptions proved apart")),
+            None => errors.push(format!("{name}: never traced")),
+        }
+    }
+    if codes < 10 || checked < 10_000 {
+        errors.push(format!("only {codes} generator code objects traced, {checked} pairs within resumptions"));
+    }
+    errors.truncate(20);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0)).collect()
+}
+
+#[test]
+fn resumption_paths_hold_on_traced_generators() {
+    let all: Vec<Interpreter> = analysis_targets().into_iter().filter(|i| i.version_tuple() >= (3, 11, 0)).collect();
+    for_each_interpreter(&all, 4, check);
+}
