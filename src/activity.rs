@@ -13,6 +13,12 @@
 //!   ~1 us pread per tick; one that changes state, or is often preempted, costs a stat
 //!   read at those ticks, at most 1000 per second. Files are opened once per thread and
 //!   kept open; parsing is a byte scan, no allocation.
+//! - Runs: the kernel's count of the times it put the thread on a CPU (the third field
+//!   of the same schedstat line, so free). A thread seen asleep in the same frames at
+//!   two samples whose count moved in between woke: the timeline's wake proof. A thread
+//!   that woke from its C call but now waits for the GIL has not made another call yet;
+//!   that is told by the futex it sleeps on (.../syscall, read only when the count
+//!   moved: at most once per wake), and such a sample compares nothing.
 //! - The GIL: its `locked` flag and its holder (a thread state address), read where the
 //!   layout's `[model] gil` says the GIL lives (the runtime up to 3.11, each interpreter
 //!   from 3.12), as spans of the tick's one batched read: no system call of its own.
@@ -55,6 +61,22 @@ impl Activity {
     pub fn holds_gil(self) -> Option<bool> {
         (self.0 & Activity::GIL_KNOWN != 0).then_some(self.0 & Activity::HOLDS_GIL != 0)
     }
+}
+
+/// Where the kernel's count of a thread's runs stood at a sample (src/timeline.rs, the
+/// wake proof).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Runs {
+    /// not known, or moved by our own stop of the thread: compare nothing across it
+    #[default]
+    Unknown,
+    /// the count, read this tick before the stacks; when the sample found the thread
+    /// off CPU, it sleeps in a system call outside the GIL
+    Count(u64),
+    /// the thread ran and is not asleep in a call of its own: it waits for the GIL (the
+    /// C call it slept in returned, but its frame has not called again yet), or it runs
+    /// again. Compare the next count with the one before.
+    Waking,
 }
 
 /// Which samples the sample-count formats (collapsed, flame graph, pprof) count.
@@ -125,6 +147,17 @@ struct StatFile {
     was_on: Option<bool>,
     /// when the state letter was last read
     stat_at_ns: u64,
+    /// the switch-in count at the tick read before this one
+    prev_switch_ins: Option<u64>,
+    /// we stopped the thread since the count was read: the next count moved by our hand
+    disturbed: bool,
+    /// this tick's count moved by our hand
+    unknown: bool,
+    /// the count at which .../syscall was last read, and whether the thread then slept
+    /// in a system call outside the GIL
+    blocked_at: Option<(u64, bool)>,
+    /// .../syscall, opened the first time the count moved while the thread was off CPU
+    syscall: Option<File>,
 }
 
 /// Reads activity for the sampler: kept-open schedstat files, and the GIL from the tick's
@@ -225,6 +258,11 @@ impl ActivityReader {
                 at_ns: 0,
                 was_on: None,
                 stat_at_ns: 0,
+                prev_switch_ins: None,
+                disturbed: false,
+                unknown: false,
+                blocked_at: None,
+                syscall: None,
             };
             self.stats.insert(tid, s);
         }
@@ -242,13 +280,61 @@ impl ActivityReader {
             let s = self.stats.get_mut(&tid)?;
             s.read_tick = tick;
             s.now_cpu_ns = cpu_ns;
+            s.prev_switch_ins = s.now_switch_ins;
             s.now_switch_ins = third_number(&buf[..n]);
+            s.unknown = std::mem::take(&mut s.disturbed);
             if s.asleep.is_some_and(|(n, _)| Some(n) != s.now_switch_ins) {
                 s.asleep = None;
             }
             return Some(s);
         }
         self.stats.get_mut(&tid)
+    }
+
+    /// Call when the sampler stopped the thread (src/pausing.rs): its next count moves
+    /// by our hand.
+    pub fn note_stopped(&mut self, tid: i32) {
+        if let Some(s) = self.stats.get_mut(&tid) {
+            s.disturbed = true;
+        }
+    }
+
+    /// The thread's run count at this tick. `off`: the sample found it off CPU and
+    /// without the GIL; `in_gil`: whether an address lies in a GIL (its mutex or
+    /// condition variables).
+    pub fn runs(&mut self, tid: i32, off: bool, in_gil: &dyn Fn(u64) -> bool) -> Runs {
+        let (pid, tick) = (self.pid, self.tick);
+        let Some(s) = self.stats.get_mut(&tid) else {
+            return Runs::Unknown;
+        };
+        let Some(n) = s.now_switch_ins.filter(|_| s.read_tick == tick && !s.unknown) else {
+            return Runs::Unknown;
+        };
+        if !off {
+            return Runs::Count(n);
+        }
+        // What it sleeps in changes only when it runs: read once per count.
+        let blocked = match s.blocked_at {
+            Some((at, blocked)) if at == n => blocked,
+            _ => {
+                if s.syscall.is_none() {
+                    // once per thread found asleep
+                    s.syscall = File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok();
+                }
+                let mut buf = [0u8; 256];
+                let len = s.syscall.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok()).unwrap_or(0);
+                let line = &buf[..len];
+                // ("running", or -1: not in a system call; a GIL futex: waiting for it)
+                let blocked = first_number(line).is_some() && !futex_address(line).is_some_and(in_gil);
+                s.blocked_at = Some((n, blocked));
+                blocked
+            }
+        };
+        if blocked {
+            Runs::Count(n)
+        } else {
+            Runs::Waking
+        }
     }
 
     /// Since when the thread has provably not run (docs/ARCHITECTURE.md, "Sleeping
@@ -301,6 +387,20 @@ fn state_is_running(line: &[u8]) -> Option<bool> {
     line.get(close + 2).map(|&s| s == b'R')
 }
 
+/// The futex address of a .../syscall line, "202 0x7f.. 0x80 ..." (the number and the
+/// first argument), when the thread sleeps in a futex call.
+fn futex_address(line: &[u8]) -> Option<u64> {
+    let mut fields = line.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
+    if first_number(fields.next()?)? != libc::SYS_futex as u64 {
+        return None;
+    }
+    let hex = fields.next()?.strip_prefix(b"0x")?;
+    if hex.is_empty() || hex.len() > 16 {
+        return None;
+    }
+    hex.iter().try_fold(0u64, |n, &d| Some(n << 4 | (d as char).to_digit(16)? as u64))
+}
+
 /// The third number of a schedstat line: how many times the thread was put on a CPU.
 fn third_number(line: &[u8]) -> Option<u64> {
     let mut fields = line.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
@@ -334,6 +434,17 @@ mod tests {
         assert_eq!(first_number(b"99999999999999999999999 1"), None);
         assert_eq!(third_number(b"90951588 1426210953 236\n"), Some(236));
         assert_eq!(third_number(b"90951588 1426210953\n"), None);
+    }
+
+    #[test]
+    fn a_futex_sleep_names_its_address() {
+        let futex = format!("{} 0x7f12ab 0x80 0x0 0x0 0x0 0x0 0x7ffd 0x7f00\n", libc::SYS_futex);
+        assert_eq!(futex_address(futex.as_bytes()), Some(0x7f12ab));
+        assert_eq!(futex_address(b"running\n"), None);
+        assert_eq!(futex_address(b"-1 0x7ffd 0x7f00\n"), None);
+        assert_eq!(futex_address(b"23 0x5 0x7ffd 0x0 0x0 0x0 0x0 0x1 0x2\n"), None);
+        let bad = format!("{} 0xzz\n", libc::SYS_futex);
+        assert_eq!(futex_address(bad.as_bytes()), None);
     }
 
     #[test]

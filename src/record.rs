@@ -300,6 +300,7 @@ pub(crate) fn capture_info_of(
             ("offset", told_apart.by_offset),
             ("caller", told_apart.by_caller),
             ("yield", told_apart.by_yield),
+            ("wake", told_apart.by_wake),
         ]
         .into_iter()
         .collect(),

@@ -12,7 +12,7 @@
 //! gives the reasoning. Sample buffers come back from the consumer to be reused, so a
 //! warm loop does not allocate.
 
-use crate::activity::{Activity, ActivityReader};
+use crate::activity::{Activity, ActivityReader, Runs};
 use crate::clock::{now_ns, sleep_until_ns};
 use crate::pausing::Pauser;
 use crate::process::memory::{Fields, Memory, ReadError, ReadMem, ReadResult, Span};
@@ -52,6 +52,8 @@ pub struct ThreadSample {
     /// the read (or was stopped, or asleep). Otherwise a frame below the top may have
     /// been copied a moment before its callee (the timeline's caller proof minds that)
     pub settled: bool,
+    /// the kernel's count of the thread's runs (src/activity.rs)
+    pub runs: Runs,
 }
 
 /// One tick: every thread's stack, frames of all threads in one flat vector.
@@ -72,7 +74,7 @@ impl SampleBatch {
     /// Records that `frames[start..]` is the stack of thread `key` at `time_ns`.
     fn push_stack(&mut self, key: u64, tid: i32, time_ns: u64, start: usize, settled: bool) {
         let frames = Some((start as u32, self.frames.len() as u32));
-        self.threads.push(ThreadSample { key, tid, time_ns, frames, settled });
+        self.threads.push(ThreadSample { key, tid, time_ns, frames, settled, runs: Runs::Unknown });
     }
 
     /// The activity of `threads[i]` (unknown if it was not read).
@@ -316,6 +318,8 @@ pub struct Sampler<M: ReadMem = Memory> {
     ranks: HashMap<u64, Rank>,
     joiner: Joiner,
     activity: ActivityReader,
+    /// where each interpreter's GIL lies, this tick
+    gil_spans: Vec<(u64, u64)>,
     /// stops threads whose quick re-reads all tore (None: never)
     pauser: Option<Pauser>,
 }
@@ -424,6 +428,7 @@ impl<M: ReadMem> Sampler<M> {
             ranks: HashMap::new(),
             joiner: Joiner::default(),
             activity: ActivityReader::new(pid),
+            gil_spans: Vec::new(),
             pauser: None,
         }
     }
@@ -584,7 +589,14 @@ impl<M: ReadMem> Sampler<M> {
         for &(key, why) in &failed {
             stats.lost[why as usize].fetch_add(1, Ordering::Relaxed);
             if let Some(Thread::Live(l)) = self.threads.get(&key) {
-                batch.threads.push(ThreadSample { key, tid: l.tid, time_ns: time, frames: None, settled: false });
+                batch.threads.push(ThreadSample {
+                    key,
+                    tid: l.tid,
+                    time_ns: time,
+                    frames: None,
+                    settled: false,
+                    runs: Runs::Unknown,
+                });
             }
         }
         self.pending = pending;
@@ -603,9 +615,18 @@ impl<M: ReadMem> Sampler<M> {
             self.joiner.join(&mut batch, |key| ranks.get(&key).copied().unwrap_or(0));
         }
         batch.activity.clear();
-        for t in &batch.threads {
-            let kept = t.frames.is_some();
-            batch.activity.push(if kept { self.activity.of(t.key, t.tid, t.time_ns) } else { Activity::default() });
+        self.gil_spans.clear();
+        self.gil_spans
+            .extend(self.interps.iter().filter_map(|li| crate::python::threads::gil_span(&self.target, li.interp)));
+        let spans = &self.gil_spans;
+        let in_gil = |a: u64| spans.iter().any(|&(lo, hi)| (lo..hi).contains(&a));
+        for t in batch.threads.iter_mut() {
+            let a = if t.frames.is_some() { self.activity.of(t.key, t.tid, t.time_ns) } else { Activity::default() };
+            if t.frames.is_some() {
+                let off = a.on_cpu() == Some(false) && a.holds_gil() == Some(false);
+                t.runs = self.activity.runs(t.tid, off, &in_gil);
+            }
+            batch.activity.push(a);
         }
         self.activity.end_tick();
         let fresh = self.codes.take_new();
@@ -668,6 +689,7 @@ impl<M: ReadMem> Sampler<M> {
                 self.attempt(key, time, batch, tx)
             })();
             pauser.resume(stop);
+            self.activity.note_stopped(tid);
             match read? {
                 Attempt::Kept { inferred } => {
                     stats.paused.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 //! frames that appeared are opened at the midpoint between the two samples. Slices nest
 //! strictly by construction: a thread's open slices are a stack.
 
+use crate::activity::Runs;
 use crate::output::Sink;
 use crate::python::code::CodeInfo;
 use crate::python::stack::UNKNOWN_OFFSET;
@@ -23,6 +24,9 @@ struct Track {
     opened: usize,
     /// the last sample was read at one moment (ThreadSample::settled)
     settled: bool,
+    /// the kernel's run count at the last sample that found the thread asleep (off CPU,
+    /// without the GIL) in the frames it shows (src/activity.rs, Runs)
+    runs: Option<u64>,
 }
 
 /// Code objects by id, as the sampler announced them.
@@ -107,13 +111,33 @@ impl Timeline {
                                 last_ns: t.time_ns,
                                 opened: 0,
                                 settled: false,
+                                runs: None,
                             },
                             t.time_ns,
                         ),
                     };
                     // (callees the caller proof may split: all in a settled sample)
                     let trusted = if track.settled { track.frames.len() } else { track.opened };
-                    let keep = common_calls(&track.frames, frames, trusted, &self.codes, &mut self.told_apart);
+                    let mut keep = common_calls(&track.frames, frames, trusted, &self.codes, &mut self.told_apart);
+                    let a = batch.activity_of(i);
+                    let asleep = a.on_cpu() == Some(false) && a.holds_gil() == Some(false);
+                    let same = keep == frames.len() && keep == track.frames.len();
+                    if let (Runs::Count(now), Some(before), true) = (t.runs, track.runs, same && asleep) {
+                        let stay = woken_calls(frames, &self.codes);
+                        if now != before && stay < keep {
+                            self.told_apart.by_wake += 1;
+                            keep = stay;
+                        }
+                    }
+                    // The count to compare with is the one of the last sleep in these
+                    // frames: samples in between that found the thread running, or
+                    // waiting for the GIL, in the same frames keep it.
+                    track.runs = match t.runs {
+                        Runs::Unknown => None,
+                        Runs::Count(n) if asleep => Some(n),
+                        _ if same => track.runs,
+                        _ => None,
+                    };
                     self.close_from(&mut track, keep, at, sink)?;
                     for f in &frames[keep..] {
                         if let Some(code) = self.code(f.code_id) {
@@ -169,6 +193,24 @@ impl Timeline {
     }
 }
 
+/// How many frames, from the root, are the same calls after a thread asleep in the same
+/// frames at two samples was put on a CPU in between: it woke in the C call its top frame
+/// made, which returned. A frame that can come back to its offset (a loop around the
+/// call) may have called again; one that cannot returned, and so did every frame above
+/// it (python/paths.rs).
+fn woken_calls(frames: &[StackFrame], codes: &CodeTable) -> usize {
+    let mut k = frames.len();
+    while let Some(f) = k.checked_sub(1).map(|i| &frames[i]) {
+        let returned =
+            f.offset != UNKNOWN_OFFSET && codes.get(f.code_id).is_some_and(|c| !c.proofs.may_come_back(f.offset));
+        if !returned {
+            break;
+        }
+        k -= 1;
+    }
+    k
+}
+
 fn midpoint(a: u64, b: u64) -> u64 {
     a + (b.saturating_sub(a)) / 2
 }
@@ -183,8 +225,11 @@ pub struct ToldApart {
     pub by_offset: u64,
     /// the caller's slots changed: it ran, so what it had called returned (or yielded)
     pub by_caller: u64,
-    /// a generator's offsets are not on one path between yields (python/yields.rs)
+    /// a generator's offsets are not on one path between yields (python/paths.rs)
     pub by_yield: u64,
+    /// the thread woke in its C call, and the frames above the innermost one that can
+    /// loop back to its call site cannot have called again (python/paths.rs)
+    pub by_wake: u64,
 }
 
 impl std::ops::AddAssign for ToldApart {
@@ -193,6 +238,7 @@ impl std::ops::AddAssign for ToldApart {
         self.by_offset += o.by_offset;
         self.by_caller += o.by_caller;
         self.by_yield += o.by_yield;
+        self.by_wake += o.by_wake;
     }
 }
 
@@ -251,7 +297,7 @@ pub fn common_calls(
 }
 
 /// Whether the frame at depth `n` of both stacks, a generator's, yielded between them:
-/// its own offsets are on no path between yields (python/yields.rs), or it delegates at
+/// its own offsets are on no path between yields (python/paths.rs), or it delegates at
 /// one SEND (yield from, await) to the generator above it, which yielded, and so
 /// yielded too. A frame's own slots are copied after its offset, so slots that changed
 /// at one offset mean the frame really came back around to it.
@@ -325,6 +371,7 @@ mod tests {
                 time_ns: t,
                 frames: Some((a, b.frames.len() as u32)),
                 settled: true,
+                runs: Runs::Unknown,
             });
         }
         Message::Sample(b)
@@ -374,7 +421,14 @@ mod tests {
         let s: &[StackFrame] = &[f(0, 100, 2), f(1, 200, 2)];
         tl.handle(&sample(1000, &[(1, 7, s)]), &mut r).unwrap();
         let mut torn = SampleBatch { time_ns: 2000, ..Default::default() };
-        torn.threads.push(ThreadSample { key: 1, tid: 7, time_ns: 2000, frames: None, settled: false });
+        torn.threads.push(ThreadSample {
+            key: 1,
+            tid: 7,
+            time_ns: 2000,
+            frames: None,
+            settled: false,
+            runs: Runs::Unknown,
+        });
         tl.handle(&Message::Sample(torn), &mut r).unwrap();
         tl.handle(&sample(3000, &[(1, 7, s)]), &mut r).unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
@@ -434,9 +488,9 @@ mod tests {
         assert_eq!((tl.told_apart.by_offset, tl.told_apart.by_locals), (1, 2));
     }
 
-    /// CPython 3.12's code of `def gen(xs, out): for x in xs: yield x; out(x)` and of
-    /// `def outer(xs, out): yield from gen(xs, out)`, analysed as a generator's.
-    fn generator_code(id: u32, name: &str, code: &str, table: &str) -> CodeInfo {
+    /// A code object of CPython 3.12 (its bytecode and exception table in hex), analysed;
+    /// `resumable`: a generator's.
+    fn analysed(id: u32, name: &str, code: &str, table: &str, resumable: bool) -> CodeInfo {
         let hex = |s: &str| {
             (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<u8>>()
         };
@@ -444,7 +498,7 @@ mod tests {
         let shape = crate::python::bytecode::CodeShape {
             bytecode: &code,
             exception_table: &table,
-            resumable: true,
+            resumable,
             argcount: 2,
             nlocals: 3,
             ..Default::default()
@@ -459,19 +513,23 @@ mod tests {
     fn a_generator_seen_past_a_yield_and_the_generators_delegating_to_it_are_resumed_anew() {
         let mut tl = Timeline::default();
         let mut r = Recorder::default();
-        let gen = generator_code(
+        // 3.12: `def gen(xs, out): for x in xs: yield x; out(x)` and
+        // `def outer(xs, out): yield from gen(xs, out)`
+        let gen = analysed(
             2,
             "gen",
             "4b00010097007c0044005d0e00007d027c0296019701010002007c017c02ab0100000000000001008c1004007900ad037701",
             "82151701",
+            true,
         );
-        let outer = generator_code(
+        let outer = analysed(
             1,
             "outer",
             "4b0001009700740100000000000000007c007c01ab02000000000000450064007b03000096029702860505000100790037008c05ad037701",
             "82101a019201180493061a01",
+            true,
         );
-        assert!(gen.proofs.resumptions.is_some() && outer.proofs.delegating(32));
+        assert!(gen.proofs.paths.is_some() && outer.proofs.delegating(32));
         let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(outer), Arc::new(gen)]);
         tl.handle(&msg, &mut r).unwrap();
         // outer waits at its SEND (32) while gen runs: 16 is before gen's yield, 30
@@ -486,6 +544,63 @@ mod tests {
         assert_eq!(of(1), vec![(1000, 1500), (1500, 4000)]);
         assert_eq!(of(0), vec![(1000, 4000)]);
         assert_eq!(tl.told_apart.by_yield, 1);
+    }
+
+    /// A thread asleep in `wait` (3.12: `got = lock.acquire(); return got`, the call at
+    /// 24 on no loop), called from `worker` (`while True: wait(lock)`, the call at 16 in
+    /// the loop); a second thread asleep in `worker` itself.
+    #[test]
+    fn a_thread_that_woke_in_the_same_frames_made_new_calls_above_its_innermost_loop() {
+        use crate::activity::Activity;
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        let wait = analysed(
+            2,
+            "wait",
+            "97007c006a01000000000000000000000000000000000000ab000000000000007d017c015300",
+            "",
+            false,
+        );
+        let worker = analysed(1, "worker", "97000900740100000000000000007c00ab0100000000000001008c0c", "", false);
+        assert!(!wait.proofs.may_come_back(24) && worker.proofs.may_come_back(16));
+        let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(worker), Arc::new(wait)]);
+        tl.handle(&msg, &mut r).unwrap();
+        let asleep = Activity::new(Some(false), Some(false));
+        let running = Activity::new(Some(true), Some(true));
+        let steps = [
+            (asleep, Runs::Count(5)),
+            (asleep, Runs::Count(5)),
+            (asleep, Runs::Count(7)),   // woke: wait returned, worker called it again
+            (asleep, Runs::Waking),     // woke again, now waits for the GIL in the same call
+            (asleep, Runs::Count(9)),   // ... and called again
+            (running, Runs::Count(10)), // seen running in the same frames: 9 stands
+            (asleep, Runs::Count(11)),  // ... so this woke it too
+            (asleep, Runs::Unknown),    // (moved by our own stop: compare nothing across it)
+            (asleep, Runs::Count(13)),
+            (asleep, Runs::Count(14)),
+        ];
+        for (i, (activity, runs)) in steps.into_iter().enumerate() {
+            let t = 1000 * (i as u64 + 1);
+            let mut b = SampleBatch { time_ns: t, ..Default::default() };
+            let stacks: [(i32, Vec<StackFrame>); 2] =
+                [(7, vec![f(0, 50, 2), f(1, 100, 16), f(2, 200, 24)]), (8, vec![f(0, 60, 2), f(1, 300, 16)])];
+            for (tid, stack) in stacks {
+                let a = b.frames.len() as u32;
+                b.frames.extend_from_slice(&stack);
+                let frames = Some((a, b.frames.len() as u32));
+                b.threads.push(ThreadSample { key: tid as u64, tid, time_ns: t, frames, settled: true, runs });
+                b.activity.push(activity);
+            }
+            tl.handle(&Message::Sample(b), &mut r).unwrap();
+        }
+        tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+        let of = |tid: i32, id: u32| {
+            r.slices.iter().filter(|s| s.0 == tid && s.1 == id).map(|s| (s.2, s.3)).collect::<Vec<_>>()
+        };
+        assert_eq!(of(7, 2), vec![(1000, 2500), (2500, 4500), (4500, 6500), (6500, 9500), (9500, 10000)]);
+        assert_eq!(of(7, 1), vec![(1000, 10000)]);
+        assert_eq!(of(8, 1), vec![(1000, 10000)], "a frame that loops around its call stays one call");
+        assert_eq!(tl.told_apart.by_wake, 4);
     }
 
     /// A generator resumed again and again by one `for` loop, or a function called from
@@ -538,6 +653,7 @@ mod tests {
                     time_ns: t,
                     frames: Some((0, stack.len() as u32)),
                     settled,
+                    runs: Runs::Unknown,
                 });
                 Message::Sample(b)
             };

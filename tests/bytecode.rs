@@ -285,7 +285,7 @@ fn truth_of(v: &Value) -> CallProofs {
             .map(|p| (p[0].as_i64().unwrap(), p[1].as_i64().unwrap()))
             .collect(),
         resume_points: t["resumes"].as_array().unwrap().iter().map(|o| o.as_i64().unwrap()).collect(),
-        resumptions: None,
+        paths: None,
     }
 }
 
@@ -352,9 +352,9 @@ fn check(interp: &Interpreter) -> Result<(), String> {
             };
             let from_deopt = analyze(ops, &shape);
             // The truth is dis's view of offsets and slots. The paths between yields
-            // (python/yields.rs) are checked against traced runs in tests/yields.rs; here
+            // (python/paths.rs) are checked against traced runs in tests/yields.rs; here
             // only for coming out the same from memory as from co_code.
-            let bare = |p: &CallProofs| CallProofs { resumptions: None, ..p.clone() };
+            let bare = |p: &CallProofs| CallProofs { paths: None, ..p.clone() };
             if bare(&from_deopt) != truth {
                 errors.push(format!(
                     "{name}: co_code analysis differs\n  got   {}\n  truth {}",
@@ -365,7 +365,7 @@ fn check(interp: &Interpreter) -> Result<(), String> {
             shape.bytecode = &raw;
             let from_raw = analyze(ops, &shape);
             let is_hidden = c["hidden"].as_bool().unwrap();
-            if !is_hidden && from_raw.resumptions != from_deopt.resumptions {
+            if !is_hidden && from_raw.paths != from_deopt.paths {
                 errors.push(format!("{name}: paths between yields differ between memory and co_code"));
             }
             specialised += (raw != deopt) as usize;

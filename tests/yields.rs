@@ -1,4 +1,4 @@
-//! The paths between yields (src/python/yields.rs) against traced runs of real
+//! The paths between yields (src/python/paths.rs) against traced runs of real
 //! generators and coroutines on every 3.11+ interpreter.
 //!
 //! Each interpreter runs standard-library generators nobody here wrote (tokenize,
@@ -228,7 +228,7 @@ fn check(interp: &Interpreter) -> Result<(), String> {
         let table = hex(c["table"].as_str().unwrap_or(""));
         let shape = CodeShape { bytecode: &code, exception_table: &table, resumable: true, ..Default::default() };
         let proofs: CallProofs = analyze(ops, &shape);
-        let Some(_) = proofs.resumptions.as_ref() else {
+        let Some(_) = proofs.paths.as_ref() else {
             errors.push(format!("{name}: no paths between yields were computed"));
             continue;
         };

@@ -775,7 +775,7 @@ fn info_from_json(v: &serde_json::Value) -> CaptureInfo {
         signals_handed_back: u("signals_handed_back"),
         pausing: s("pausing"),
         failed_ticks: u("failed_ticks"),
-        calls_told_apart: names("calls_told_apart", &["locals", "offset", "caller", "yield"]),
+        calls_told_apart: names("calls_told_apart", &["locals", "offset", "caller", "yield", "wake"]),
         longest_lag_us: f("longest_lag_us"),
         duration_s: f("duration_s"),
         mode: match v["mode"].as_str() {

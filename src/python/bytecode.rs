@@ -34,8 +34,8 @@
 //! writes from 3.13) or jumps (`frame.f_lineno = n` from a trace function).
 
 use super::layout::Layout;
+use super::paths::Paths;
 use super::strings::read_bytes;
-use super::yields::Resumptions;
 use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -65,8 +65,8 @@ pub struct CallProofs {
     /// byte offsets of the RESUME instructions, sorted (3.11+): a frame whose current
     /// instruction is one has not started running, or running again, yet
     pub resume_points: Vec<i64>,
-    /// a generator's or coroutine's paths between yields (3.11+; python/yields.rs)
-    pub resumptions: Option<Box<Resumptions>>,
+    /// the paths through the code (3.11+; python/paths.rs)
+    pub paths: Option<Box<Paths>>,
 }
 
 impl Default for CallProofs {
@@ -83,7 +83,7 @@ impl CallProofs {
             undeletable: 0,
             back_jumps: vec![(i64::MIN, i64::MAX)],
             resume_points: Vec::new(),
-            resumptions: None,
+            paths: None,
         }
     }
 
@@ -103,12 +103,18 @@ impl CallProofs {
     /// Whether a generator frame seen at `from` and later at `to` can be in one
     /// resumption (always, for code that is not a generator's or was not analysed).
     pub fn one_resumption(&self, from: i64, to: i64, ran: bool) -> bool {
-        self.resumptions.as_ref().is_none_or(|r| r.one_resumption(from, to, ran))
+        self.paths.as_ref().is_none_or(|r| r.one_resumption(from, to, ran))
     }
 
     /// Whether a frame at `offset` is delegating to another generator (yield from, await).
     pub fn delegating(&self, offset: i64) -> bool {
-        self.resumptions.as_ref().is_some_and(|r| r.delegating(offset))
+        self.paths.as_ref().is_some_and(|r| r.delegating(offset))
+    }
+
+    /// Whether one invocation can leave `offset` and come back to it (always, for code
+    /// that was not analysed).
+    pub fn may_come_back(&self, offset: i64) -> bool {
+        self.paths.as_ref().is_none_or(|r| r.may_come_back(offset))
     }
 }
 
@@ -501,8 +507,8 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
         undeletable: locals & !cleared,
         back_jumps: jumps,
         resume_points: resumes,
-        resumptions: if c.resumable && ops.jump_after_caches {
-            Resumptions::build(ops, &instrs, code.len() as i64, &handlers).map(Box::new)
+        paths: if ops.jump_after_caches {
+            Paths::build(ops, &instrs, code.len() as i64, &handlers, c.resumable).map(Box::new)
         } else {
             None
         },

@@ -13,7 +13,6 @@
 //! `addr` names the mutex. Only an exact address match is reported.
 
 use super::discover::Target;
-use super::layout::GilHome;
 use super::locals;
 use super::objects::{dict_items, instance_attr_items};
 use super::snapshot::ThreadStack;
@@ -158,17 +157,7 @@ pub fn diagnose(
 
 /// Whether `addr` lies inside the GIL of `interp` (its mutex or condition variables).
 fn in_gil(t: &Target, interp: u64, addr: u64) -> bool {
-    let l = &t.layout;
-    let (base, holder) = match l.model.gil {
-        GilHome::Runtime => (t.runtime, l.runtime.gil_holder),
-        GilHome::Interp => (interp, l.interp.gil_holder),
-    };
-    let Some(holder) = holder else { return false };
-    if l.gil.size == 0 {
-        return false;
-    }
-    let start = (base + holder).wrapping_sub(l.gil.last_holder);
-    addr >= start && addr < start + l.gil.size
+    super::threads::gil_span(t, interp).is_some_and(|(start, end)| (start..end).contains(&addr))
 }
 
 /// What a thread asleep on futex `addr` may wait for: the semaphore itself, or the

@@ -145,6 +145,22 @@ pub fn gil_holder(mem: &dyn ReadMem, t: &Target, interp: u64) -> ReadResult<Opti
     Ok(Some(mem.read_u64(base + holder)?))
 }
 
+/// Where the GIL of `interp` lies, [start, end): its mutex and condition variables are
+/// inside, so a thread sleeping on a futex there waits for the GIL.
+pub fn gil_span(t: &Target, interp: u64) -> Option<(u64, u64)> {
+    use super::layout::GilHome;
+    let l = &t.layout;
+    let (base, holder) = match l.model.gil {
+        GilHome::Runtime => (t.runtime, l.runtime.gil_holder),
+        GilHome::Interp => (interp, l.interp.gil_holder),
+    };
+    if l.gil.size == 0 {
+        return None;
+    }
+    let start = (base + holder?).wrapping_sub(l.gil.last_holder);
+    Some((start, start + l.gil.size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,9 @@
-//! Whether a generator's frame must have yielded between two samples.
+//! Paths through a code object's bytecode (3.11+): where one invocation can go, and so
+//! when two samples of one frame cannot be one call.
 //!
-//! VizTracer logs each resumption of a generator or coroutine as a call of its own, and
+//! Two questions are asked of them.
+//!
+//! **Did a generator yield between two samples?** VizTracer logs each resumption of a generator or coroutine as a call of its own, and
 //! a frame resumed from C (`"".join(gen)`, `list(gen)`, an event loop's `coro.send`)
 //! has no Python caller whose locals could show the resumption (timeline.rs, the caller
 //! proof). The generator's own offsets can: within one resumption the frame runs from
@@ -28,19 +31,29 @@
 //! A frame that delegates (SEND: `yield from`, `await`) yields each time its delegate
 //! does: `delegating` lets the timeline carry a delegate's proof down the chain.
 //!
+//! **Can a frame come back to where it is?** A thread asleep in a C call (select, a lock)
+//! at the same offset of the same frames in two samples, which the kernel put on a CPU
+//! in between, woke: its C call returned. If no path of the frame's code leads from
+//! that offset back to it (no loop around the call; for a generator, none without a
+//! yield), the frame cannot have called again from there: it returned, and the frame
+//! seen now is a new call (timeline.rs, the wake proof). Every function gets that one
+//! bit per block; the rows for any two offsets are kept for generators only.
+//!
 //! 3.11+ only: earlier versions resume at the YIELD_VALUE itself and keep their handlers
 //! on a block stack, which this does not model.
 
 use super::bytecode::{Handler, Instr, Opcodes};
 
-/// Blocks at most: the rows take blocks² bits.
+/// Blocks at most: the rows take blocks² bits while they are computed. Code that is not
+/// a generator's keeps one bit per block, and is given fewer.
 const MAX_BLOCKS: usize = 2048;
+const MAX_BLOCKS_PLAIN: usize = 512;
 /// Edges at most (exception ranges multiply them).
 const MAX_EDGES: usize = 1 << 15;
 const NONE: u32 = u32::MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resumptions {
+pub struct Paths {
     /// first offset of each block, sorted; block i is [starts[i], starts[i + 1] or end)
     starts: Vec<i64>,
     end: i64,
@@ -51,17 +64,21 @@ pub struct Resumptions {
     /// words per row
     words: usize,
     /// row b: the blocks reachable from the start of block b by a non-empty path that
-    /// executes no yield
+    /// executes no yield; kept for generators only (empty otherwise)
     reach: Vec<u64>,
+    /// the blocks on such a path back to themselves
+    cyclic: Vec<u64>,
     /// blocks where a handler that restores the raise offset may be running
     in_handler: Vec<u64>,
     /// [at, after) of each SEND
     delegations: Vec<(i64, i64)>,
+    resumable: bool,
 }
 
-impl Resumptions {
-    /// The analysis of one generator's code. None when it is too large to afford.
-    pub fn build(ops: &Opcodes, instrs: &[Instr], len: i64, handlers: &[Handler]) -> Option<Resumptions> {
+impl Paths {
+    /// The analysis of one code object; `resumable`: a generator's (or coroutine's), whose
+    /// rows are kept. None when it is too large to afford.
+    pub fn build(ops: &Opcodes, instrs: &[Instr], len: i64, handlers: &[Handler], resumable: bool) -> Option<Paths> {
         let mut starts = vec![0i64];
         for i in instrs {
             let targets = ops.targets(i);
@@ -77,7 +94,7 @@ impl Resumptions {
         starts.sort_unstable();
         starts.dedup();
         let n = starts.len();
-        if n > MAX_BLOCKS || len <= 0 {
+        if n > if resumable { MAX_BLOCKS } else { MAX_BLOCKS_PLAIN } || len <= 0 {
             return None;
         }
         let block = |o: i64| -> usize { starts.partition_point(|&s| s <= o).saturating_sub(1) };
@@ -167,7 +184,27 @@ impl Resumptions {
                 todo.push(after_yield[b] as usize);
             }
         }
-        Some(Resumptions { starts, end: len, yield_at, after_yield, words, reach, in_handler, delegations })
+        let mut cyclic = vec![0u64; words];
+        for b in 0..n {
+            if reach[b * words + b / 64] & (1 << (b % 64)) != 0 {
+                cyclic[b / 64] |= 1 << (b % 64);
+            }
+        }
+        if !resumable {
+            reach = Vec::new();
+        }
+        Some(Paths {
+            starts,
+            end: len,
+            yield_at,
+            after_yield,
+            words,
+            reach,
+            cyclic,
+            in_handler,
+            delegations,
+            resumable,
+        })
     }
 
     fn block(&self, offset: i64) -> Option<usize> {
@@ -178,17 +215,22 @@ impl Resumptions {
     }
 
     fn reaches(&self, from_block: usize, to_block: usize) -> bool {
-        self.reach[from_block * self.words + to_block / 64] & (1 << (to_block % 64)) != 0
+        self.reach.get(from_block * self.words + to_block / 64).is_some_and(|w| w & (1 << (to_block % 64)) != 0)
     }
 
-    /// Whether one resumption can show offset `from` and later `to`. `ran`: the frame
-    /// is known to have run in between (its locals changed), so at one offset it must
-    /// have come back around. An offset outside the code proves nothing.
+    fn is_set(bits: &[u64], b: usize) -> bool {
+        bits[b / 64] & (1 << (b % 64)) != 0
+    }
+
+    /// Whether one resumption of a generator can show offset `from` and later `to`.
+    /// `ran`: the frame is known to have run in between (its locals changed), so at one
+    /// offset it must have come back around. An offset outside the code, or code that is
+    /// not a generator's, proves nothing.
     pub fn one_resumption(&self, from: i64, to: i64, ran: bool) -> bool {
-        let (Some(a), Some(b)) = (self.block(from), self.block(to)) else {
+        let (true, Some(a), Some(b)) = (self.resumable, self.block(from), self.block(to)) else {
             return true;
         };
-        if self.in_handler[a / 64] & (1 << (a % 64)) != 0 {
+        if Paths::is_set(&self.in_handler, a) {
             return true;
         }
         if a == b && (to > from || (to == from && !ran)) {
@@ -204,6 +246,12 @@ impl Resumptions {
             return next == b || self.reaches(next, b);
         }
         false
+    }
+
+    /// Whether one invocation (one resumption, for a generator) can leave `offset` and
+    /// come back to it. An offset outside the code may.
+    pub fn may_come_back(&self, offset: i64) -> bool {
+        self.block(offset).is_none_or(|b| Paths::is_set(&self.cyclic, b) || Paths::is_set(&self.in_handler, b))
     }
 
     /// Whether a frame at `offset` is delegating to another generator (at a SEND).
