@@ -18,7 +18,10 @@
 //!   two samples whose count moved in between woke: the timeline's wake proof. A thread
 //!   that woke from its C call but now waits for the GIL has not made another call yet;
 //!   that is told by the futex it sleeps on (.../syscall, read only when the count
-//!   moved: at most once per wake), and such a sample compares nothing.
+//!   moved, before the tick's memory read: at most once per wake), and such a sample
+//!   compares the next count with the one before. Where a thread sleeps (the system
+//!   call and its first argument) goes with the count: only a sleep in the same place
+//!   again is a new call.
 //! - The GIL: its `locked` flag and its holder (a thread state address), read where the
 //!   layout's `[model] gil` says the GIL lives (the runtime up to 3.11, each interpreter
 //!   from 3.12), as spans of the tick's one batched read: no system call of its own.
@@ -70,9 +73,13 @@ pub enum Runs {
     /// not known, or moved by our own stop of the thread: compare nothing across it
     #[default]
     Unknown,
-    /// the count, read this tick before the stacks; when the sample found the thread
-    /// off CPU, it sleeps in a system call outside the GIL
+    /// the count, read this tick before the stacks (a thread found on CPU or holding
+    /// the GIL)
     Count(u64),
+    /// the count of a thread off CPU that sleeps in a system call outside the GIL, and
+    /// which one: its number and first argument, folded (src/timeline.rs compares only
+    /// sleeps in the same place: a C call may wait on an internal lock on its way)
+    Asleep(u64, u64),
     /// the thread ran and is not asleep in a call of its own: it waits for the GIL (the
     /// C call it slept in returned, but its frame has not called again yet), or it runs
     /// again. Compare the next count with the one before.
@@ -153,9 +160,9 @@ struct StatFile {
     disturbed: bool,
     /// this tick's count moved by our hand
     unknown: bool,
-    /// the count at which .../syscall was last read, and whether the thread then slept
-    /// in a system call outside the GIL
-    blocked_at: Option<(u64, bool)>,
+    /// the count at which .../syscall was last read, and where the thread then slept
+    /// (Runs::Asleep; None: not in a system call, or in a GIL wait)
+    blocked_at: Option<(u64, Option<u64>)>,
     /// .../syscall, opened the first time the count moved while the thread was off CPU
     syscall: Option<File>,
 }
@@ -168,11 +175,12 @@ pub struct ActivityReader {
     tick: u64,
     /// thread states holding a GIL as of this tick's read; None when it could not be read
     holders: Option<Vec<u64>>,
+    gil_spans: Vec<(u64, u64)>,
 }
 
 impl ActivityReader {
     pub fn new(pid: i32) -> ActivityReader {
-        ActivityReader { pid, stats: HashMap::new(), tick: 0, holders: Some(Vec::new()) }
+        ActivityReader { pid, stats: HashMap::new(), tick: 0, holders: Some(Vec::new()), gil_spans: Vec::new() }
     }
 
     /// Where the GIL's `locked` flag and holder lie, for the GIL home of this layout:
@@ -277,12 +285,43 @@ impl ActivityReader {
                 self.stats.remove(&tid);
                 return None;
             };
+            let (pid, spans) = (self.pid, &self.gil_spans);
             let s = self.stats.get_mut(&tid)?;
             s.read_tick = tick;
-            s.now_cpu_ns = cpu_ns;
             s.prev_switch_ins = s.now_switch_ins;
             s.now_switch_ins = third_number(&buf[..n]);
             s.unknown = std::mem::take(&mut s.disturbed);
+            // Where it sleeps changes only when it runs: read once per count, and here,
+            // before the tick's memory read, so that a stack read after it still sleeps
+            // there. (Not for a thread that ran nearly all the interval.)
+            let now = crate::clock::now_ns();
+            let ran = cpu_ns.saturating_sub(s.cpu_ns);
+            let running = s.at_ns != 0 && ran as f64 >= now.saturating_sub(s.at_ns) as f64 * SURELY_RUNNING;
+            if let Some(n) = s.now_switch_ins.filter(|&n| !running && s.blocked_at.is_none_or(|(at, _)| at != n)) {
+                if s.syscall.is_none() {
+                    // once per thread found not running
+                    s.syscall = File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok();
+                }
+                let len = s.syscall.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok()).unwrap_or(0);
+                let line = &buf[..len];
+                // ("running", or -1: not in a system call; a futex in a GIL: waiting for it)
+                let in_gil = |a: u64| spans.iter().any(|&(lo, hi)| (lo..hi).contains(&a));
+                let blocked = match syscall_head(line) {
+                    Some((nr, arg)) if !(nr == libc::SYS_futex as u64 && in_gil(arg)) => {
+                        Some(nr.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ arg)
+                    }
+                    _ => None,
+                };
+                // The count again: a thread put on a CPU since the count was read may be
+                // asleep in a call it made after that count (a stack read now would be
+                // taken for one that count describes). Then nothing is stored: the next
+                // tick reads again.
+                let again = s.schedstat.read_at(&mut buf, 0).unwrap_or(0);
+                if third_number(&buf[..again]) == Some(n) {
+                    s.blocked_at = Some((n, blocked));
+                }
+            }
+            s.now_cpu_ns = cpu_ns;
             if s.asleep.is_some_and(|(n, _)| Some(n) != s.now_switch_ins) {
                 s.asleep = None;
             }
@@ -299,41 +338,28 @@ impl ActivityReader {
         }
     }
 
+    /// Where each interpreter's GIL lies, [start, end): set before the tick's first
+    /// read of a thread (a futex there is a wait for the GIL).
+    pub fn set_gil_spans(&mut self, spans: impl Iterator<Item = (u64, u64)>) {
+        self.gil_spans.clear();
+        self.gil_spans.extend(spans);
+    }
+
     /// The thread's run count at this tick. `off`: the sample found it off CPU and
-    /// without the GIL; `in_gil`: whether an address lies in a GIL (its mutex or
-    /// condition variables).
-    pub fn runs(&mut self, tid: i32, off: bool, in_gil: &dyn Fn(u64) -> bool) -> Runs {
-        let (pid, tick) = (self.pid, self.tick);
-        let Some(s) = self.stats.get_mut(&tid) else {
+    /// without the GIL; then the count stands for a sleep only if the thread sleeps in a
+    /// system call outside the GIL (as read before the tick's memory read).
+    pub fn runs(&mut self, tid: i32, off: bool) -> Runs {
+        let tick = self.tick;
+        let Some(s) = self.stats.get(&tid) else {
             return Runs::Unknown;
         };
         let Some(n) = s.now_switch_ins.filter(|_| s.read_tick == tick && !s.unknown) else {
             return Runs::Unknown;
         };
-        if !off {
-            return Runs::Count(n);
-        }
-        // What it sleeps in changes only when it runs: read once per count.
-        let blocked = match s.blocked_at {
-            Some((at, blocked)) if at == n => blocked,
-            _ => {
-                if s.syscall.is_none() {
-                    // once per thread found asleep
-                    s.syscall = File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok();
-                }
-                let mut buf = [0u8; 256];
-                let len = s.syscall.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok()).unwrap_or(0);
-                let line = &buf[..len];
-                // ("running", or -1: not in a system call; a GIL futex: waiting for it)
-                let blocked = first_number(line).is_some() && !futex_address(line).is_some_and(in_gil);
-                s.blocked_at = Some((n, blocked));
-                blocked
-            }
-        };
-        if blocked {
-            Runs::Count(n)
-        } else {
-            Runs::Waking
+        match s.blocked_at {
+            _ if !off => Runs::Count(n),
+            Some((at, Some(sleep))) if at == n => Runs::Asleep(n, sleep),
+            _ => Runs::Waking,
         }
     }
 
@@ -387,18 +413,16 @@ fn state_is_running(line: &[u8]) -> Option<bool> {
     line.get(close + 2).map(|&s| s == b'R')
 }
 
-/// The futex address of a .../syscall line, "202 0x7f.. 0x80 ..." (the number and the
-/// first argument), when the thread sleeps in a futex call.
-fn futex_address(line: &[u8]) -> Option<u64> {
+/// The system call number and first argument of a .../syscall line, "202 0x7f.. 0x80
+/// ..."; None for "running" and "-1 ..." (not in a system call).
+fn syscall_head(line: &[u8]) -> Option<(u64, u64)> {
     let mut fields = line.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
-    if first_number(fields.next()?)? != libc::SYS_futex as u64 {
-        return None;
-    }
+    let nr = first_number(fields.next()?)?;
     let hex = fields.next()?.strip_prefix(b"0x")?;
     if hex.is_empty() || hex.len() > 16 {
         return None;
     }
-    hex.iter().try_fold(0u64, |n, &d| Some(n << 4 | (d as char).to_digit(16)? as u64))
+    Some((nr, hex.iter().try_fold(0u64, |n, &d| Some(n << 4 | (d as char).to_digit(16)? as u64))?))
 }
 
 /// The third number of a schedstat line: how many times the thread was put on a CPU.
@@ -437,14 +461,12 @@ mod tests {
     }
 
     #[test]
-    fn a_futex_sleep_names_its_address() {
-        let futex = format!("{} 0x7f12ab 0x80 0x0 0x0 0x0 0x0 0x7ffd 0x7f00\n", libc::SYS_futex);
-        assert_eq!(futex_address(futex.as_bytes()), Some(0x7f12ab));
-        assert_eq!(futex_address(b"running\n"), None);
-        assert_eq!(futex_address(b"-1 0x7ffd 0x7f00\n"), None);
-        assert_eq!(futex_address(b"23 0x5 0x7ffd 0x0 0x0 0x0 0x0 0x1 0x2\n"), None);
-        let bad = format!("{} 0xzz\n", libc::SYS_futex);
-        assert_eq!(futex_address(bad.as_bytes()), None);
+    fn a_sleep_names_its_system_call_and_first_argument() {
+        assert_eq!(syscall_head(b"202 0x7f12ab 0x80 0x0 0x0 0x0 0x0 0x7ffd 0x7f00\n"), Some((202, 0x7f12ab)));
+        assert_eq!(syscall_head(b"23 0x5 0x7ffd 0x0 0x0 0x0 0x0 0x1 0x2\n"), Some((23, 5)));
+        assert_eq!(syscall_head(b"running\n"), None);
+        assert_eq!(syscall_head(b"-1 0x7ffd 0x7f00\n"), None);
+        assert_eq!(syscall_head(b"202 0xzz\n"), None);
     }
 
     #[test]

@@ -318,8 +318,6 @@ pub struct Sampler<M: ReadMem = Memory> {
     ranks: HashMap<u64, Rank>,
     joiner: Joiner,
     activity: ActivityReader,
-    /// where each interpreter's GIL lies, this tick
-    gil_spans: Vec<(u64, u64)>,
     /// stops threads whose quick re-reads all tore (None: never)
     pauser: Option<Pauser>,
 }
@@ -428,7 +426,6 @@ impl<M: ReadMem> Sampler<M> {
             ranks: HashMap::new(),
             joiner: Joiner::default(),
             activity: ActivityReader::new(pid),
-            gil_spans: Vec::new(),
             pauser: None,
         }
     }
@@ -615,16 +612,11 @@ impl<M: ReadMem> Sampler<M> {
             self.joiner.join(&mut batch, |key| ranks.get(&key).copied().unwrap_or(0));
         }
         batch.activity.clear();
-        self.gil_spans.clear();
-        self.gil_spans
-            .extend(self.interps.iter().filter_map(|li| crate::python::threads::gil_span(&self.target, li.interp)));
-        let spans = &self.gil_spans;
-        let in_gil = |a: u64| spans.iter().any(|&(lo, hi)| (lo..hi).contains(&a));
         for t in batch.threads.iter_mut() {
             let a = if t.frames.is_some() { self.activity.of(t.key, t.tid, t.time_ns) } else { Activity::default() };
             if t.frames.is_some() {
                 let off = a.on_cpu() == Some(false) && a.holds_gil() == Some(false);
-                t.runs = self.activity.runs(t.tid, off, &in_gil);
+                t.runs = self.activity.runs(t.tid, off);
             }
             batch.activity.push(a);
         }
@@ -725,6 +717,9 @@ impl<M: ReadMem> Sampler<M> {
     /// again (docs/ARCHITECTURE.md, "Sleeping threads"). At least every
     /// `ASLEEP_REREAD_NS` a sleeping thread is read anyway.
     fn note_asleep(&mut self) {
+        let (target, interps) = (&self.target, &self.interps);
+        self.activity
+            .set_gil_spans(interps.iter().filter_map(|li| crate::python::threads::gil_span(target, li.interp)));
         let now = now_ns();
         for th in self.threads.values_mut() {
             if let Thread::Live(live) = th {

@@ -25,8 +25,9 @@ struct Track {
     /// the last sample was read at one moment (ThreadSample::settled)
     settled: bool,
     /// the kernel's run count at the last sample that found the thread asleep (off CPU,
-    /// without the GIL) in the frames it shows (src/activity.rs, Runs)
-    runs: Option<u64>,
+    /// without the GIL) in the frames it shows, and what it slept in (src/activity.rs,
+    /// Runs)
+    runs: Option<(u64, u64)>,
 }
 
 /// Code objects by id, as the sampler announced them.
@@ -122,9 +123,11 @@ impl Timeline {
                     let a = batch.activity_of(i);
                     let asleep = a.on_cpu() == Some(false) && a.holds_gil() == Some(false);
                     let same = keep == frames.len() && keep == track.frames.len();
-                    if let (Runs::Count(now), Some(before), true) = (t.runs, track.runs, same && asleep) {
+                    if let (Runs::Asleep(now, sleep), Some((before, slept)), true) =
+                        (t.runs, track.runs, same && asleep)
+                    {
                         let stay = woken_calls(frames, &self.codes);
-                        if now != before && stay < keep {
+                        if now != before && sleep == slept && stay < keep {
                             self.told_apart.by_wake += 1;
                             keep = stay;
                         }
@@ -134,7 +137,7 @@ impl Timeline {
                     // waiting for the GIL, in the same frames keep it.
                     track.runs = match t.runs {
                         Runs::Unknown => None,
-                        Runs::Count(n) if asleep => Some(n),
+                        Runs::Asleep(n, sleep) if asleep => Some((n, sleep)),
                         _ if same => track.runs,
                         _ => None,
                     };
@@ -568,16 +571,17 @@ mod tests {
         let asleep = Activity::new(Some(false), Some(false));
         let running = Activity::new(Some(true), Some(true));
         let steps = [
-            (asleep, Runs::Count(5)),
-            (asleep, Runs::Count(5)),
-            (asleep, Runs::Count(7)),   // woke: wait returned, worker called it again
-            (asleep, Runs::Waking),     // woke again, now waits for the GIL in the same call
-            (asleep, Runs::Count(9)),   // ... and called again
-            (running, Runs::Count(10)), // seen running in the same frames: 9 stands
-            (asleep, Runs::Count(11)),  // ... so this woke it too
-            (asleep, Runs::Unknown),    // (moved by our own stop: compare nothing across it)
-            (asleep, Runs::Count(13)),
-            (asleep, Runs::Count(14)),
+            (asleep, Runs::Asleep(5, 1)),
+            (asleep, Runs::Asleep(5, 1)),
+            (asleep, Runs::Asleep(7, 1)),  // woke: wait returned, worker called it again
+            (asleep, Runs::Waking),        // woke again, now waits for the GIL in the same call
+            (asleep, Runs::Asleep(9, 1)),  // ... and called again
+            (running, Runs::Count(10)),    // seen running in the same frames: 9 stands
+            (asleep, Runs::Asleep(11, 1)), // ... so this woke it too
+            (asleep, Runs::Unknown),       // (moved by our own stop: compare nothing across it)
+            (asleep, Runs::Asleep(13, 1)),
+            (asleep, Runs::Asleep(14, 2)), // asleep elsewhere (an internal lock): not a new call
+            (asleep, Runs::Asleep(15, 1)), // ... nor back where it was first
         ];
         for (i, (activity, runs)) in steps.into_iter().enumerate() {
             let t = 1000 * (i as u64 + 1);
@@ -597,10 +601,10 @@ mod tests {
         let of = |tid: i32, id: u32| {
             r.slices.iter().filter(|s| s.0 == tid && s.1 == id).map(|s| (s.2, s.3)).collect::<Vec<_>>()
         };
-        assert_eq!(of(7, 2), vec![(1000, 2500), (2500, 4500), (4500, 6500), (6500, 9500), (9500, 10000)]);
-        assert_eq!(of(7, 1), vec![(1000, 10000)]);
-        assert_eq!(of(8, 1), vec![(1000, 10000)], "a frame that loops around its call stays one call");
-        assert_eq!(tl.told_apart.by_wake, 4);
+        assert_eq!(of(7, 2), vec![(1000, 2500), (2500, 4500), (4500, 6500), (6500, 11000)]);
+        assert_eq!(of(7, 1), vec![(1000, 11000)]);
+        assert_eq!(of(8, 1), vec![(1000, 11000)], "a frame that loops around its call stays one call");
+        assert_eq!(tl.told_apart.by_wake, 3);
     }
 
     /// A generator resumed again and again by one `for` loop, or a function called from
