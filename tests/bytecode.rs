@@ -25,7 +25,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use vizattach::process::memory::Memory;
 use vizattach::python::bytecode::{analyze, CallProofs, CodeShape, Opcodes};
 use vizattach::python::code::CodeCache;
@@ -302,13 +302,7 @@ fn sound(got: &CallProofs, truth: &CallProofs, len: i64) -> bool {
 }
 
 fn check(interp: &Interpreter) -> Result<(), String> {
-    let mut cmd = if interp.in_chroot() {
-        let mut c = Command::new("chroot");
-        c.arg(&interp.root).arg(&interp.executable);
-        c
-    } else {
-        Command::new(&interp.executable)
-    };
+    let mut cmd = python_command(interp);
     cmd.args(["-I", "-c", SCRIPT]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
     let mut line = String::new();

@@ -32,24 +32,7 @@ fn check_generators(interp: &Interpreter) -> Result<(), String> {
     let json = work.host_path("gen.json");
     // Attached by pid, not launched: only then may vizattach stop the thread for a read
     // when its quick re-reads tear (src/pausing.rs), and this program tears them often.
-    let ready = work.target_path("ready").display().to_string();
-    let argv = work.command_line("gen_churn.py", &["6".to_string(), ready]);
-    let program = KillOnDrop(
-        std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .current_dir(work.host_path(""))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn {argv:?}: {e}"))?,
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !work.host_path("ready").exists() {
-        if std::time::Instant::now() > deadline {
-            return Err("gen_churn.py never began".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let program = start_until_ready(&work, "gen_churn.py", &["6"])?;
     let mut cmd = std::process::Command::new(VIZATTACH);
     cmd.args(["record", "-q", "--rate", "2000", "--duration", "3s", "--pid", &program.pid().to_string(), "-o"])
         .arg(&collapsed)

@@ -24,24 +24,7 @@ const SECONDS: f64 = 2.0;
 fn check_wakes(interp: &Interpreter) -> Result<(), String> {
     let work = WorkDir::new(interp)?;
     let json = work.host_path("wakes.json");
-    let ready = work.target_path("ready").display().to_string();
-    let argv = work.command_line("wake_churn.py", &["30".to_string(), ready]);
-    let program = KillOnDrop(
-        std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .current_dir(work.host_path(""))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn {argv:?}: {e}"))?,
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !work.host_path("ready").exists() {
-        if std::time::Instant::now() > deadline {
-            return Err("wake_churn.py never began".into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let program = start_until_ready(&work, "wake_churn.py", &["30"])?;
     let mut cmd = std::process::Command::new(VIZATTACH);
     cmd.args(["record", "-q", "--rate", "1000", "--duration", &format!("{SECONDS}s"), "--pid"])
         .arg(program.pid().to_string())

@@ -205,13 +205,7 @@ fn pairs(n: usize) -> Vec<(usize, usize)> {
 }
 
 fn check(interp: &Interpreter) -> Result<(), String> {
-    let mut cmd = if interp.in_chroot() {
-        let mut c = Command::new("chroot");
-        c.arg(&interp.root).arg(&interp.executable);
-        c
-    } else {
-        Command::new(&interp.executable)
-    };
+    let mut cmd = python_command(interp);
     let out = cmd.args(["-I", "-c", SCRIPT]).output().map_err(|e| format!("spawn: {e}"))?;
     if !out.status.success() {
         return Err(format!("script failed: {}", String::from_utf8_lossy(&out.stderr)));

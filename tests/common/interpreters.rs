@@ -55,6 +55,17 @@ impl Interpreter {
     }
 }
 
+/// A command running `interp` (through chroot for one in a debootstrap root).
+pub fn python_command(interp: &Interpreter) -> Command {
+    if interp.in_chroot() {
+        let mut c = Command::new("chroot");
+        c.arg(&interp.root).arg(&interp.executable);
+        c
+    } else {
+        Command::new(&interp.executable)
+    }
+}
+
 pub fn is_ci() -> bool {
     std::env::var("CI").map(|v| v == "true").unwrap_or(false)
 }

@@ -32,6 +32,33 @@ pub fn launch(work: &WorkDir, fixture: &str, args: &[String], out: &Path) -> Res
     run_with_timeout(cmd, Duration::from_secs(90))
 }
 
+/// Starts fixture `fixture` (its arguments `args`, then the path of a ready file) in its
+/// work directory and waits until it writes the ready file: for tests that attach by
+/// pid, as only then may vizattach stop threads for a read (src/pausing.rs).
+pub fn start_until_ready(work: &WorkDir, fixture: &str, args: &[&str]) -> Result<KillOnDrop, String> {
+    let ready = work.target_path("ready").display().to_string();
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.push(ready);
+    let argv = work.command_line(fixture, &all);
+    let program = KillOnDrop(
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(work.host_path(""))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawn {argv:?}: {e}"))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !work.host_path("ready").exists() {
+        if Instant::now() > deadline {
+            return Err(format!("{fixture} never began"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(program)
+}
+
 pub fn send_signal(pid: u32, sig: i32) -> Result<(), String> {
     // SAFETY: plain kill(2) on a pid we spawned.
     if unsafe { libc::kill(pid as i32, sig) } != 0 {
