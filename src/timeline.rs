@@ -126,10 +126,13 @@ impl Timeline {
                     if let (Runs::Asleep(now, sleep), Some((before, slept)), true) =
                         (t.runs, track.runs, same && asleep)
                     {
-                        let stay = woken_calls(frames, &self.codes);
-                        if now != before && sleep == slept && stay < keep {
-                            self.told_apart.by_wake += 1;
-                            keep = stay;
+                        // (the walk down the stack only for a thread that woke)
+                        if now != before && sleep == slept {
+                            let stay = woken_calls(frames, &self.codes);
+                            if stay < keep {
+                                self.told_apart.by_wake += 1;
+                                keep = stay;
+                            }
                         }
                     }
                     // The count to compare with is the one of the last sleep in these
