@@ -154,8 +154,6 @@ struct StatFile {
     was_on: Option<bool>,
     /// when the state letter was last read
     stat_at_ns: u64,
-    /// the switch-in count at the tick read before this one
-    prev_switch_ins: Option<u64>,
     /// we stopped the thread since the count was read: the next count moved by our hand
     disturbed: bool,
     /// this tick's count moved by our hand
@@ -266,7 +264,6 @@ impl ActivityReader {
                 at_ns: 0,
                 was_on: None,
                 stat_at_ns: 0,
-                prev_switch_ins: None,
                 disturbed: false,
                 unknown: false,
                 blocked_at: None,
@@ -288,7 +285,6 @@ impl ActivityReader {
             let (pid, spans) = (self.pid, &self.gil_spans);
             let s = self.stats.get_mut(&tid)?;
             s.read_tick = tick;
-            s.prev_switch_ins = s.now_switch_ins;
             s.now_switch_ins = third_number(&buf[..n]);
             s.unknown = std::mem::take(&mut s.disturbed);
             // Where it sleeps changes only when it runs: read once per count, and here,
