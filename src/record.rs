@@ -14,8 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long the timeline thread sleeps when it has caught up: 4096 queued samples last
-/// 20 ms even at 200k samples/s.
-const CONSUMER_NAP: Duration = Duration::from_millis(2);
+/// 20 ms even at 200k samples/s. Each nap is a wake-up of its own (a context switch,
+/// ~10 us on a VM): at 2 ms they were a fifth of vizattach's CPU above the sleep-loop
+/// floor at 1 kHz.
+pub(crate) const CONSUMER_NAP: Duration = Duration::from_millis(8);
+/// Sample buffers waiting to go back to the sampler: more than one nap's worth at
+/// 10 kHz, so none is freed and made again.
+pub(crate) const RECYCLED: usize = 256;
 /// How often the writers hand what they buffer to the file (Sink::checkpoint): what a
 /// vizattach killed without warning can lose (README, "What survives a crash").
 const CHECKPOINT_NS: u64 = 500_000_000;
@@ -121,7 +126,7 @@ pub fn record(opts: Options) -> Result<i32> {
 
     let (tx, rx) = crossbeam_channel::bounded::<Message>(4096);
     // Sample buffers travel back to the sampler once written, so it never allocates.
-    let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(64);
+    let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(RECYCLED);
     sampler.recycle_from(recycle_rx);
     let facts = Facts {
         python_version: python_version.clone(),

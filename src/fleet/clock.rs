@@ -68,7 +68,7 @@ impl Clock {
     /// Takes in a process: its lane goes to the consumer before any of its samples.
     fn admit(&mut self, j: Joined) -> bool {
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
-        let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(64);
+        let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(crate::record::RECYCLED);
         let crate::python::snapshot::Reader { source: process, target, ids, .. } = j.reader;
         let codes = crate::python::code::CodeCache::sharing_ids(self.code_ids.clone());
         let mut sampler = Sampler::new(j.pid, process.memory, target, codes, ids);

@@ -20,10 +20,7 @@ use lanes::{Lanes, Totals};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-/// What the consumer does when every lane is drained (as record.rs's consumer).
-const CONSUMER_NAP: Duration = Duration::from_millis(2);
 const CHECKPOINT_NS: u64 = 500_000_000;
 
 /// A process attached and ready to be sampled.
@@ -157,7 +154,7 @@ pub fn record(opts: Options) -> Result<i32> {
                         break;
                     }
                     if !got {
-                        std::thread::sleep(CONSUMER_NAP);
+                        std::thread::sleep(record::CONSUMER_NAP);
                     }
                 }
                 (lanes.totals(), sink, error)
