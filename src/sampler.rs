@@ -54,6 +54,11 @@ pub struct ThreadSample {
     pub settled: bool,
     /// the kernel's count of the thread's runs (src/activity.rs)
     pub runs: Runs,
+    /// the thread has not run since its last sample: its stack is that sample's, which
+    /// the consumer holds (`frames` is None). Copying 80 frames of each of 32 idle
+    /// threads every tick, and comparing them again, was a third of vizattach's CPU on
+    /// an idle pool.
+    pub same_as_last: bool,
 }
 
 /// One tick: every thread's stack, frames of all threads in one flat vector.
@@ -74,7 +79,29 @@ impl SampleBatch {
     /// Records that `frames[start..]` is the stack of thread `key` at `time_ns`.
     fn push_stack(&mut self, key: u64, tid: i32, time_ns: u64, start: usize, settled: bool) {
         let frames = Some((start as u32, self.frames.len() as u32));
-        self.threads.push(ThreadSample { key, tid, time_ns, frames, settled, runs: Runs::Unknown });
+        self.threads.push(ThreadSample {
+            key,
+            tid,
+            time_ns,
+            frames,
+            settled,
+            runs: Runs::Unknown,
+            same_as_last: false,
+        });
+    }
+
+    /// Records that thread `key` still has the stack of its last sample, at `time_ns`.
+    fn push_same(&mut self, key: u64, tid: i32, time_ns: u64) {
+        let same_as_last = true;
+        self.threads.push(ThreadSample {
+            key,
+            tid,
+            time_ns,
+            frames: None,
+            settled: true,
+            runs: Runs::Unknown,
+            same_as_last,
+        });
     }
 
     /// The activity of `threads[i]` (unknown if it was not read).
@@ -320,6 +347,12 @@ pub struct Sampler<M: ReadMem = Memory> {
     activity: ActivityReader,
     /// stops threads whose quick re-reads all tore (None: never)
     pauser: Option<Pauser>,
+    /// a batch was dropped (the consumer fell behind): it may lack the last stack of a
+    /// thread now asleep, so the next batch that gets through carries every stack
+    resend_stacks: bool,
+    /// this tick, a thread asleep since its last sample is sent as `same_as_last`
+    /// (never with subinterpreters: the joiner needs every stack)
+    send_same: bool,
 }
 
 /// Waits for the next tick of a clock at a fixed rate (`interval_ns` > 0).
@@ -427,6 +460,8 @@ impl<M: ReadMem> Sampler<M> {
             joiner: Joiner::default(),
             activity: ActivityReader::new(pid),
             pauser: None,
+            resend_stacks: false,
+            send_same: false,
         }
     }
 
@@ -523,6 +558,7 @@ impl<M: ReadMem> Sampler<M> {
             }
         }
         self.stale_list = false;
+        self.send_same = !self.resend_stacks && self.interps.len() <= 1;
         batch.time_ns = time;
         // (the GIL was read in the same batched read as the stacks' first attempt)
         self.activity.note_gil(&self.pf, &self.target, &mut self.interps.iter().map(|li| li.interp));
@@ -593,6 +629,7 @@ impl<M: ReadMem> Sampler<M> {
                     frames: None,
                     settled: false,
                     runs: Runs::Unknown,
+                    same_as_last: false,
                 });
             }
         }
@@ -613,8 +650,9 @@ impl<M: ReadMem> Sampler<M> {
         }
         batch.activity.clear();
         for t in batch.threads.iter_mut() {
-            let a = if t.frames.is_some() { self.activity.of(t.key, t.tid, t.time_ns) } else { Activity::default() };
-            if t.frames.is_some() {
+            let read = t.frames.is_some() || t.same_as_last;
+            let a = if read { self.activity.of(t.key, t.tid, t.time_ns) } else { Activity::default() };
+            if read {
                 let off = a.on_cpu() == Some(false) && a.holds_gil() == Some(false);
                 t.runs = self.activity.runs(t.tid, off);
             }
@@ -629,8 +667,12 @@ impl<M: ReadMem> Sampler<M> {
         self.scan_names(tx, now_ns());
         stats.last_sample_ns.store(batch.time_ns, Ordering::Relaxed);
         match tx.try_send(Message::Sample(batch)) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.resend_stacks = false;
+                Ok(true)
+            }
             Err(TrySendError::Full(_)) => {
+                self.resend_stacks = true;
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 Ok(true)
             }
@@ -959,6 +1001,7 @@ impl<M: ReadMem> Sampler<M> {
             stale_list,
             tstate_len,
             read_span,
+            send_same,
             ..
         } = self;
         let mem: &dyn ReadMem = mem;
@@ -990,9 +1033,13 @@ impl<M: ReadMem> Sampler<M> {
         };
         if live.asleep {
             // it has not run since its stack was read: that stack still holds
-            let start = batch.frames.len();
-            batch.frames.extend_from_slice(&live.prev);
-            batch.push_stack(key, live.tid, time, start, true);
+            if *send_same {
+                batch.push_same(key, live.tid, time);
+            } else {
+                let start = batch.frames.len();
+                batch.frames.extend_from_slice(&live.prev);
+                batch.push_stack(key, live.tid, time, start, true);
+            }
             return Ok(Attempt::Asleep);
         }
         let top = match stack::top_frame(pf, l, key) {

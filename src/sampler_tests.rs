@@ -496,8 +496,23 @@ fn a_thread_that_has_not_run_keeps_its_stack_unread_until_it_runs() {
     assert_eq!(stats.asleep.load(Ordering::Relaxed), 0);
     sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 5]));
     let (_, b) = tick(&mut s, &stats);
-    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2, 3]))], "not read: it has not run");
+    // not read: it has not run; the consumer holds that stack already
+    assert_eq!(stacks(&b), vec![(TSTATE, None)]);
+    assert!(b.threads[0].same_as_last && b.threads[0].settled);
     assert_eq!(stats.asleep.load(Ordering::Relaxed), 1);
+    // A batch the consumer never got may have held its last stack: after a dropped
+    // batch, the next one that gets through carries every stack.
+    let (full_tx, full_rx) = crossbeam_channel::bounded(1);
+    full_tx.send(Message::Codes(Vec::new())).unwrap();
+    assert!(s.tick(&full_tx, &stats).unwrap());
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+    drop(full_rx);
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2, 3]))], "not read, but sent whole");
+    assert!(!b.threads[0].same_as_last);
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, None)]);
+    assert_eq!(stats.asleep.load(Ordering::Relaxed), 4);
     wake_tx.send(()).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20)); // (it runs, and waits again)
     while !waiting() && std::time::Instant::now() < until {
@@ -505,7 +520,7 @@ fn a_thread_that_has_not_run_keeps_its_stack_unread_until_it_runs() {
     }
     let (_, b) = tick(&mut s, &stats);
     assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 5]))], "read again: it ran");
-    assert_eq!(stats.asleep.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.asleep.load(Ordering::Relaxed), 4);
     drop(wake_tx);
     sleeper.join().unwrap();
 }

@@ -5,11 +5,11 @@
 //! frames that appeared are opened at the midpoint between the two samples. Slices nest
 //! strictly by construction: a thread's open slices are a stack.
 
-use crate::activity::Runs;
+use crate::activity::{Activity, Runs};
 use crate::output::Sink;
 use crate::python::code::CodeInfo;
 use crate::python::stack::UNKNOWN_OFFSET;
-use crate::sampler::{Message, StackFrame};
+use crate::sampler::{Message, StackFrame, ThreadSample};
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::Arc;
@@ -92,6 +92,10 @@ impl Timeline {
                 // A thread missing from a batch, or without a stack in it, keeps its last
                 // view: threads end only by ThreadEnded.
                 for (i, t) in batch.threads.iter().enumerate() {
+                    if t.same_as_last {
+                        self.same_as_last(t, batch.activity_of(i), sink)?;
+                        continue;
+                    }
                     let Some(frames) = batch.stack(t) else {
                         continue;
                     };
@@ -160,6 +164,27 @@ impl Timeline {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A thread that has not run since its last sample: the same calls, still open. (Its
+    /// switch-in count cannot have moved, so the wake proof has nothing to split.)
+    fn same_as_last(&mut self, t: &ThreadSample, a: Activity, sink: &mut dyn Sink) -> io::Result<()> {
+        // (a track the sampler thinks we hold and we do not: nothing to show until a read)
+        let Some(track) = self.tracks.get_mut(&t.key) else {
+            return Ok(());
+        };
+        sink.activity(t.tid, t.time_ns, a)?;
+        sink.sample(t.tid, &track.frames, &self.codes)?;
+        let asleep = a.on_cpu() == Some(false) && a.holds_gil() == Some(false);
+        track.runs = match t.runs {
+            Runs::Unknown => None,
+            Runs::Asleep(n, sleep) if asleep => Some((n, sleep)),
+            _ => track.runs,
+        };
+        track.last_ns = t.time_ns;
+        track.opened = track.frames.len();
+        track.settled = t.settled;
         Ok(())
     }
 
@@ -346,8 +371,14 @@ mod tests {
     struct Recorder {
         slices: Vec<(i32, u32, u64, u64)>,
         threads: Vec<(i32, String)>,
+        /// each sample's thread and stack, as code ids root first
+        samples: Vec<(i32, Vec<u32>)>,
     }
     impl Sink for Recorder {
+        fn sample(&mut self, tid: i32, stack: &[StackFrame], _: &CodeTable) -> io::Result<()> {
+            self.samples.push((tid, stack.iter().map(|f| f.code_id).collect()));
+            Ok(())
+        }
         fn thread(&mut self, tid: i32, name: &str) -> io::Result<()> {
             self.threads.push((tid, name.to_string()));
             Ok(())
@@ -378,6 +409,7 @@ mod tests {
                 frames: Some((a, b.frames.len() as u32)),
                 settled: true,
                 runs: Runs::Unknown,
+                same_as_last: false,
             });
         }
         Message::Sample(b)
@@ -419,6 +451,36 @@ mod tests {
         assert_eq!(r.slices, vec![(8, 2, 2000, 3000), (8, 1, 2000, 3000), (7, 0, 1000, 5000)]);
     }
 
+    /// A thread asleep since its last sample comes without frames: the timeline holds
+    /// them, keeps its calls open, and the sample-count writers still get its stack.
+    #[test]
+    fn a_thread_asleep_since_its_last_sample_keeps_its_calls_and_counts_its_stack() {
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        tl.handle(&codes(2), &mut r).unwrap();
+        let s: &[StackFrame] = &[f(0, 100, 2), f(1, 200, 2)];
+        tl.handle(&sample(1000, &[(1, 7, s)]), &mut r).unwrap();
+        for t in [2000, 3000] {
+            let mut b = SampleBatch { time_ns: t, ..Default::default() };
+            b.threads.push(ThreadSample {
+                key: 1,
+                tid: 7,
+                time_ns: t,
+                frames: None,
+                settled: true,
+                runs: Runs::Unknown,
+                same_as_last: true,
+            });
+            // (and one the timeline never saw: nothing to show for it)
+            b.threads.push(ThreadSample { key: 2, tid: 8, ..b.threads[0] });
+            tl.handle(&Message::Sample(b), &mut r).unwrap();
+        }
+        tl.handle(&sample(4000, &[(1, 7, &s[..1])]), &mut r).unwrap();
+        tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+        assert_eq!(r.slices, vec![(7, 1, 1000, 3500), (7, 0, 1000, 4000)]);
+        assert_eq!(r.samples, vec![(7, vec![0, 1]), (7, vec![0, 1]), (7, vec![0, 1]), (7, vec![0])]);
+    }
+
     #[test]
     fn a_torn_read_keeps_the_previous_view() {
         let mut tl = Timeline::default();
@@ -434,6 +496,7 @@ mod tests {
             frames: None,
             settled: false,
             runs: Runs::Unknown,
+            same_as_last: false,
         });
         tl.handle(&Message::Sample(torn), &mut r).unwrap();
         tl.handle(&sample(3000, &[(1, 7, s)]), &mut r).unwrap();
@@ -595,7 +658,15 @@ mod tests {
                 let a = b.frames.len() as u32;
                 b.frames.extend_from_slice(&stack);
                 let frames = Some((a, b.frames.len() as u32));
-                b.threads.push(ThreadSample { key: tid as u64, tid, time_ns: t, frames, settled: true, runs });
+                b.threads.push(ThreadSample {
+                    key: tid as u64,
+                    tid,
+                    time_ns: t,
+                    frames,
+                    settled: true,
+                    runs,
+                    same_as_last: false,
+                });
                 b.activity.push(activity);
             }
             tl.handle(&Message::Sample(b), &mut r).unwrap();
@@ -661,6 +732,7 @@ mod tests {
                     frames: Some((0, stack.len() as u32)),
                     settled,
                     runs: Runs::Unknown,
+                    same_as_last: false,
                 });
                 Message::Sample(b)
             };
