@@ -72,12 +72,6 @@ impl Pauser {
         self.refused.is_none() && spent < allowed
     }
 
-    /// The share of wall time threads have spent stopped so far, in percent.
-    pub fn share_percent(&self) -> f64 {
-        let wall = now_ns().saturating_sub(self.started_ns).max(1);
-        100.0 * self.stopped_ns as f64 / wall as f64
-    }
-
     /// Time threads have spent stopped so far.
     pub fn stopped_ns(&self) -> u64 {
         self.stopped_ns

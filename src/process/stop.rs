@@ -29,10 +29,6 @@ pub struct Stopped {
 }
 
 impl Stopped {
-    pub fn tid(&self) -> i32 {
-        self.tid
-    }
-
     /// The signal it was stopped on the way to (0: none), which detaching hands back.
     pub fn signal(&self) -> i32 {
         self.signal
