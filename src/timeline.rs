@@ -415,6 +415,18 @@ mod tests {
         Message::Sample(b)
     }
 
+    /// A batch of (key, tid) threads without frames, all at `t`: unread (a torn read), or
+    /// the same stack as their last sample.
+    fn frameless(t: u64, threads: &[(u64, i32)], same_as_last: bool) -> Message {
+        let mut b = SampleBatch { time_ns: t, ..Default::default() };
+        for &(key, tid) in threads {
+            let settled = same_as_last;
+            let runs = Runs::Unknown;
+            b.threads.push(ThreadSample { key, tid, time_ns: t, frames: None, settled, runs, same_as_last });
+        }
+        Message::Sample(b)
+    }
+
     #[test]
     fn boundaries_fall_halfway_between_samples_and_slices_nest() {
         let mut tl = Timeline::default();
@@ -461,19 +473,8 @@ mod tests {
         let s: &[StackFrame] = &[f(0, 100, 2), f(1, 200, 2)];
         tl.handle(&sample(1000, &[(1, 7, s)]), &mut r).unwrap();
         for t in [2000, 3000] {
-            let mut b = SampleBatch { time_ns: t, ..Default::default() };
-            b.threads.push(ThreadSample {
-                key: 1,
-                tid: 7,
-                time_ns: t,
-                frames: None,
-                settled: true,
-                runs: Runs::Unknown,
-                same_as_last: true,
-            });
             // (and one the timeline never saw: nothing to show for it)
-            b.threads.push(ThreadSample { key: 2, tid: 8, ..b.threads[0] });
-            tl.handle(&Message::Sample(b), &mut r).unwrap();
+            tl.handle(&frameless(t, &[(1, 7), (2, 8)], true), &mut r).unwrap();
         }
         tl.handle(&sample(4000, &[(1, 7, &s[..1])]), &mut r).unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
@@ -488,17 +489,7 @@ mod tests {
         tl.handle(&codes(2), &mut r).unwrap();
         let s: &[StackFrame] = &[f(0, 100, 2), f(1, 200, 2)];
         tl.handle(&sample(1000, &[(1, 7, s)]), &mut r).unwrap();
-        let mut torn = SampleBatch { time_ns: 2000, ..Default::default() };
-        torn.threads.push(ThreadSample {
-            key: 1,
-            tid: 7,
-            time_ns: 2000,
-            frames: None,
-            settled: false,
-            runs: Runs::Unknown,
-            same_as_last: false,
-        });
-        tl.handle(&Message::Sample(torn), &mut r).unwrap();
+        tl.handle(&frameless(2000, &[(1, 7)], false), &mut r).unwrap();
         tl.handle(&sample(3000, &[(1, 7, s)]), &mut r).unwrap();
         tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
         assert_eq!(r.slices, vec![(7, 1, 1000, 3000), (7, 0, 1000, 3000)]);
