@@ -33,6 +33,8 @@ pub struct ChromeJson {
     /// spans exactly the same interval.
     pending: Vec<String>,
     pending_at: (i32, u64),
+    /// written events' buffers, for the next closes: a slice costs no allocation
+    spare: Vec<String>,
     /// per thread: the activity last written as a counter event, and its last sample
     activity: std::collections::HashMap<i32, (Activity, u64)>,
 }
@@ -53,6 +55,7 @@ impl ChromeJson {
             written: head.len() as u64,
             pending: Vec::new(),
             pending_at: (0, 0),
+            spare: Vec::new(),
             activity: std::collections::HashMap::new(),
         })
     }
@@ -97,6 +100,7 @@ impl ChromeJson {
     fn flush_pending(&mut self) -> io::Result<()> {
         while let Some(e) = self.pending.pop() {
             self.event(&e)?;
+            self.spare.push(e);
         }
         Ok(())
     }
@@ -121,8 +125,13 @@ pub fn slice_name(code: &CodeInfo) -> String {
     format!("{} ({}:{})", code.name, code.filename, code.first_line)
 }
 
-fn us(ns: u64) -> String {
-    format!("{}.{:03}", ns / 1000, ns % 1000)
+/// Nanoseconds written as microseconds with three decimals, formatted in place.
+struct Us(u64);
+
+impl std::fmt::Display for Us {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+    }
 }
 
 impl Sink for ChromeJson {
@@ -173,7 +182,7 @@ impl Sink for ChromeJson {
         }
         let e = format!(
             "{{\"ph\":\"C\",\"name\":\"activity {tid}\",\"ts\":{},\"pid\":{},\"tid\":{tid},\"args\":{{{}}}}}",
-            us(at),
+            Us(at),
             self.pid,
             args.join(",")
         );
@@ -182,12 +191,16 @@ impl Sink for ChromeJson {
     }
 
     fn close(&mut self, tid: i32, code: &CodeInfo, start_ns: u64, end_ns: u64) -> io::Result<()> {
+        use std::fmt::Write as _;
         let pid = self.pid;
-        let e = format!(
+        let mut e = self.spare.pop().unwrap_or_default();
+        e.clear();
+        let _ = write!(
+            e,
             "{{\"ph\":\"X\",\"name\":{},\"ts\":{},\"dur\":{},\"pid\":{pid},\"tid\":{tid},\"cat\":\"python\"}}",
             self.name(code),
-            us(start_ns),
-            us(end_ns - start_ns)
+            Us(start_ns),
+            Us(end_ns - start_ns)
         );
         if self.pending_at != (tid, end_ns) {
             self.flush_pending()?;
