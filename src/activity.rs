@@ -303,9 +303,7 @@ impl ActivityReader {
                 // ("running", or -1: not in a system call; a futex in a GIL: waiting for it)
                 let in_gil = |a: u64| spans.iter().any(|&(lo, hi)| (lo..hi).contains(&a));
                 let blocked = match syscall_head(line) {
-                    Some((nr, arg)) if !(nr == libc::SYS_futex as u64 && in_gil(arg)) => {
-                        Some(nr.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ arg)
-                    }
+                    Some((nr, arg)) if !(nr == libc::SYS_futex as u64 && in_gil(arg)) => Some(sleep_place(nr, arg)),
                     _ => None,
                 };
                 // The count again: a thread put on a CPU since the count was read may be
@@ -421,6 +419,21 @@ fn syscall_head(line: &[u8]) -> Option<(u64, u64)> {
     Some((nr, hex.iter().try_fold(0u64, |n, &d| Some(n << 4 | (d as char).to_digit(16)? as u64))?))
 }
 
+/// Where a thread sleeps, folded into one number: the system call and, where it names a
+/// place, its first argument (a futex's address, a descriptor, a clock). Not for select
+/// and pselect6, whose first argument is the highest descriptor waited on plus one, nor
+/// for poll and ppoll, whose first is an array the caller may move: a server's next wait
+/// in the same loop differs in both as connections come and go (waitress' `poll`, whose
+/// calls were all taken for one).
+fn sleep_place(nr: u64, arg: u64) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    let sets = [libc::SYS_select, libc::SYS_poll, libc::SYS_pselect6, libc::SYS_ppoll];
+    #[cfg(not(target_arch = "x86_64"))]
+    let sets = [libc::SYS_pselect6, libc::SYS_ppoll];
+    let arg = if sets.iter().any(|&n| n as u64 == nr) { 0 } else { arg };
+    nr.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ arg
+}
+
 /// The third number of a schedstat line: how many times the thread was put on a CPU.
 fn third_number(line: &[u8]) -> Option<u64> {
     let mut fields = line.split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
@@ -463,6 +476,15 @@ mod tests {
         assert_eq!(syscall_head(b"running\n"), None);
         assert_eq!(syscall_head(b"-1 0x7ffd 0x7f00\n"), None);
         assert_eq!(syscall_head(b"202 0xzz\n"), None);
+    }
+
+    #[test]
+    fn a_sleep_in_select_or_poll_is_one_place_whatever_it_waits_on() {
+        let select = libc::SYS_pselect6 as u64;
+        assert_eq!(sleep_place(select, 5), sleep_place(select, 9));
+        let futex = libc::SYS_futex as u64;
+        assert_ne!(sleep_place(futex, 0x7f00_1000), sleep_place(futex, 0x7f00_2000));
+        assert_ne!(sleep_place(select, 0), sleep_place(libc::SYS_ppoll as u64, 0));
     }
 
     #[test]

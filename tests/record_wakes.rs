@@ -7,8 +7,11 @@
 //! - threading.Condition.wait (the standard library's) is one slice per notify, every
 //!   20 ms: no slice between the first and last may last 3 periods;
 //! - `nap` (one 10 ms sleep, called in a loop) is one slice per sleep;
-//! - `dozer`, which sleeps again and again in one call, and the loops that call `nap`
-//!   and `Condition.wait`, are each one slice from the start of the capture to its end.
+//! - `select_once` (one 15 ms select() on a different number of sockets each time, from
+//!   a loop whose frame never changes: waitress' main thread) is one slice per wait;
+//! - `dozer`, which sleeps again and again in one call, and the loops that call `nap`,
+//!   `select_once` and `Condition.wait`, are each one slice from the start of the
+//!   capture to its end.
 //!
 //!     cargo test --release --test record_wakes -- --nocapture
 
@@ -43,7 +46,7 @@ fn check_wakes(interp: &Interpreter) -> Result<(), String> {
     };
     // (timestamps in microseconds)
     let capture = SECONDS * 1e6;
-    for (qual, period_ms) in [("Condition.wait", 20.0), ("nap", 10.0)] {
+    for (qual, period_ms) in [("Condition.wait", 20.0), ("nap", 10.0), ("select_once", 15.0)] {
         let v = named(qual);
         let longest_inner = v.iter().skip(1).take(v.len().saturating_sub(2)).map(|s| s.dur).fold(0.0, f64::max);
         eprintln!(
@@ -62,7 +65,7 @@ fn check_wakes(interp: &Interpreter) -> Result<(), String> {
             problems.push(format!("{qual}: a slice of {:.1} ms, calls last {period_ms} ms", longest_inner / 1e3));
         }
     }
-    for qual in ["dozer", "napper", "waiter"] {
+    for qual in ["dozer", "napper", "waiter", "selector"] {
         let v = named(qual);
         if v.len() != 1 || span(&v) < capture * 0.9 {
             problems.push(format!(
