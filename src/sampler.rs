@@ -56,9 +56,17 @@ pub struct ThreadSample {
     pub runs: Runs,
     /// the thread has not run since its last sample: its stack is that sample's, which
     /// the consumer holds (`frames` is None). Copying 80 frames of each of 32 idle
-    /// threads every tick, and comparing them again, was a third of vizattach's CPU on
-    /// an idle pool.
+    /// threads every tick, and comparing them again, was a quarter of vizattach's CPU
+    /// on an idle pool (docs/ARCHITECTURE.md, "Sleeping threads").
     pub same_as_last: bool,
+}
+
+impl ThreadSample {
+    /// A thread's sample, its stack at `frames` of the batch (None: no consistent read),
+    /// its run count not read yet.
+    pub fn new(key: u64, tid: i32, time_ns: u64, frames: Option<(u32, u32)>, settled: bool) -> ThreadSample {
+        ThreadSample { key, tid, time_ns, frames, settled, runs: Runs::Unknown, same_as_last: false }
+    }
 }
 
 /// One tick: every thread's stack, frames of all threads in one flat vector.
@@ -79,29 +87,12 @@ impl SampleBatch {
     /// Records that `frames[start..]` is the stack of thread `key` at `time_ns`.
     fn push_stack(&mut self, key: u64, tid: i32, time_ns: u64, start: usize, settled: bool) {
         let frames = Some((start as u32, self.frames.len() as u32));
-        self.threads.push(ThreadSample {
-            key,
-            tid,
-            time_ns,
-            frames,
-            settled,
-            runs: Runs::Unknown,
-            same_as_last: false,
-        });
+        self.threads.push(ThreadSample::new(key, tid, time_ns, frames, settled));
     }
 
     /// Records that thread `key` still has the stack of its last sample, at `time_ns`.
     fn push_same(&mut self, key: u64, tid: i32, time_ns: u64) {
-        let same_as_last = true;
-        self.threads.push(ThreadSample {
-            key,
-            tid,
-            time_ns,
-            frames: None,
-            settled: true,
-            runs: Runs::Unknown,
-            same_as_last,
-        });
+        self.threads.push(ThreadSample { same_as_last: true, ..ThreadSample::new(key, tid, time_ns, None, true) });
     }
 
     /// The activity of `threads[i]` (unknown if it was not read).
@@ -622,15 +613,7 @@ impl<M: ReadMem> Sampler<M> {
         for &(key, why) in &failed {
             stats.lost[why as usize].fetch_add(1, Ordering::Relaxed);
             if let Some(Thread::Live(l)) = self.threads.get(&key) {
-                batch.threads.push(ThreadSample {
-                    key,
-                    tid: l.tid,
-                    time_ns: time,
-                    frames: None,
-                    settled: false,
-                    runs: Runs::Unknown,
-                    same_as_last: false,
-                });
+                batch.threads.push(ThreadSample::new(key, l.tid, time, None, false));
             }
         }
         self.pending = pending;

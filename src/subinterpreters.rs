@@ -90,15 +90,7 @@ mod tests {
                 b.frames.extend(c.iter().map(|&c| frame(c)));
                 (a, b.frames.len() as u32)
             });
-            b.threads.push(ThreadSample {
-                key,
-                tid,
-                time_ns: key,
-                frames,
-                settled: false,
-                runs: Default::default(),
-                same_as_last: false,
-            });
+            b.threads.push(ThreadSample::new(key, tid, key, frames, false));
         }
         b
     }

@@ -402,15 +402,7 @@ mod tests {
         for (key, tid, stack) in threads {
             let a = b.frames.len() as u32;
             b.frames.extend_from_slice(stack);
-            b.threads.push(ThreadSample {
-                key: *key,
-                tid: *tid,
-                time_ns: t,
-                frames: Some((a, b.frames.len() as u32)),
-                settled: true,
-                runs: Runs::Unknown,
-                same_as_last: false,
-            });
+            b.threads.push(ThreadSample::new(*key, *tid, t, Some((a, b.frames.len() as u32)), true));
         }
         Message::Sample(b)
     }
@@ -420,9 +412,7 @@ mod tests {
     fn frameless(t: u64, threads: &[(u64, i32)], same_as_last: bool) -> Message {
         let mut b = SampleBatch { time_ns: t, ..Default::default() };
         for &(key, tid) in threads {
-            let settled = same_as_last;
-            let runs = Runs::Unknown;
-            b.threads.push(ThreadSample { key, tid, time_ns: t, frames: None, settled, runs, same_as_last });
+            b.threads.push(ThreadSample { same_as_last, ..ThreadSample::new(key, tid, t, None, same_as_last) });
         }
         Message::Sample(b)
     }
@@ -649,15 +639,7 @@ mod tests {
                 let a = b.frames.len() as u32;
                 b.frames.extend_from_slice(&stack);
                 let frames = Some((a, b.frames.len() as u32));
-                b.threads.push(ThreadSample {
-                    key: tid as u64,
-                    tid,
-                    time_ns: t,
-                    frames,
-                    settled: true,
-                    runs,
-                    same_as_last: false,
-                });
+                b.threads.push(ThreadSample { runs, ..ThreadSample::new(tid as u64, tid, t, frames, true) });
                 b.activity.push(activity);
             }
             tl.handle(&Message::Sample(b), &mut r).unwrap();
@@ -716,15 +698,7 @@ mod tests {
                     if with_callee { vec![f(0, 50, 2), caller, f(2, 200, 4)] } else { vec![f(0, 50, 2), caller] };
                 let mut b = SampleBatch { time_ns: t, ..Default::default() };
                 b.frames.extend_from_slice(&stack);
-                b.threads.push(ThreadSample {
-                    key: 1,
-                    tid: 7,
-                    time_ns: t,
-                    frames: Some((0, stack.len() as u32)),
-                    settled,
-                    runs: Runs::Unknown,
-                    same_as_last: false,
-                });
+                b.threads.push(ThreadSample::new(1, 7, t, Some((0, stack.len() as u32)), settled));
                 Message::Sample(b)
             };
             tl.handle(&at(1000, 5, false, true), &mut r).unwrap();
