@@ -125,7 +125,7 @@ impl Timeline {
                     let trusted = if track.settled { track.frames.len() } else { track.opened };
                     let mut keep = common_calls(&track.frames, frames, trusted, &self.codes, &mut self.told_apart);
                     let a = batch.activity_of(i);
-                    let asleep = a.on_cpu() == Some(false) && a.holds_gil() == Some(false);
+                    let asleep = off_and_without_gil(a);
                     let same = keep == frames.len() && keep == track.frames.len();
                     if let (Runs::Asleep(now, sleep), Some((before, slept)), true) =
                         (t.runs, track.runs, same && asleep)
@@ -139,15 +139,7 @@ impl Timeline {
                             }
                         }
                     }
-                    // The count to compare with is the one of the last sleep in these
-                    // frames: samples in between that found the thread running, or
-                    // waiting for the GIL, in the same frames keep it.
-                    track.runs = match t.runs {
-                        Runs::Unknown => None,
-                        Runs::Asleep(n, sleep) if asleep => Some((n, sleep)),
-                        _ if same => track.runs,
-                        _ => None,
-                    };
+                    track.runs = runs_to_compare(t.runs, asleep, same, track.runs);
                     self.close_from(&mut track, keep, at, sink)?;
                     for f in &frames[keep..] {
                         if let Some(code) = self.code(f.code_id) {
@@ -176,12 +168,7 @@ impl Timeline {
         };
         sink.activity(t.tid, t.time_ns, a)?;
         sink.sample(t.tid, &track.frames, &self.codes)?;
-        let asleep = a.on_cpu() == Some(false) && a.holds_gil() == Some(false);
-        track.runs = match t.runs {
-            Runs::Unknown => None,
-            Runs::Asleep(n, sleep) if asleep => Some((n, sleep)),
-            _ => track.runs,
-        };
+        track.runs = runs_to_compare(t.runs, off_and_without_gil(a), true, track.runs);
         track.last_ns = t.time_ns;
         track.opened = track.frames.len();
         track.settled = t.settled;
@@ -240,6 +227,23 @@ fn woken_calls(frames: &[StackFrame], codes: &CodeTable) -> usize {
         k -= 1;
     }
     k
+}
+
+/// A sample that found the thread off CPU and without the GIL: asleep in a call.
+fn off_and_without_gil(a: Activity) -> bool {
+    a.on_cpu() == Some(false) && a.holds_gil() == Some(false)
+}
+
+/// The count (and sleep place) a track's next sample is compared with: that of the last
+/// sleep in these frames. Samples in between that found the thread running, or waiting
+/// for the GIL, in the same frames keep it.
+fn runs_to_compare(runs: Runs, asleep: bool, same: bool, before: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    match runs {
+        Runs::Unknown => None,
+        Runs::Asleep(n, sleep) if asleep => Some((n, sleep)),
+        _ if same => before,
+        _ => None,
+    }
 }
 
 fn midpoint(a: u64, b: u64) -> u64 {
