@@ -86,6 +86,44 @@ pub enum Runs {
     Waking,
 }
 
+/// What our own stops did to a thread's switch-in count. A stop moves it twice: once
+/// when the thread stops, and once when it runs again after we let it go, which on a
+/// loaded machine may be milliseconds later, after a tick found it asleep where it was
+/// (a stopped thread's .../syscall still names the sleep it was taken from). Counts
+/// are compared again only from the tick after the one that proves it ran since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Touch {
+    /// not stopped by us, or proved to have run since
+    Clear,
+    /// being stopped, stopped, or interrupted and not stopped yet: not let go
+    Held,
+    /// let go; its CPU time at the next read is the floor
+    LetGo,
+    /// let go when its CPU time stood at this (read after the detach, which waits for
+    /// the thread to be off its CPU): more proves it ran since
+    Floor(u64),
+}
+
+impl Touch {
+    /// At a tick's read of the thread's CPU time: whether this tick's count is ours.
+    fn at_read(&mut self, cpu_ns: u64) -> bool {
+        match *self {
+            Touch::Clear => false,
+            Touch::Held => true,
+            Touch::LetGo => {
+                *self = Touch::Floor(cpu_ns);
+                true
+            }
+            Touch::Floor(floor) => {
+                if cpu_ns > floor {
+                    *self = Touch::Clear;
+                }
+                true
+            }
+        }
+    }
+}
+
 /// Which samples the sample-count formats (collapsed, flame graph, pprof) count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
@@ -154,8 +192,8 @@ struct StatFile {
     was_on: Option<bool>,
     /// when the state letter was last read
     stat_at_ns: u64,
-    /// we stopped the thread since the count was read: the next count moved by our hand
-    disturbed: bool,
+    /// what our own stops did to its count
+    touch: Touch,
     /// this tick's count moved by our hand
     unknown: bool,
     /// the count at which .../syscall was last read, and where the thread then slept
@@ -264,7 +302,7 @@ impl ActivityReader {
                 at_ns: 0,
                 was_on: None,
                 stat_at_ns: 0,
-                disturbed: false,
+                touch: Touch::Clear,
                 unknown: false,
                 blocked_at: None,
                 syscall: None,
@@ -286,7 +324,7 @@ impl ActivityReader {
             let s = self.stats.get_mut(&tid)?;
             s.read_tick = tick;
             s.now_switch_ins = third_number(&buf[..n]);
-            s.unknown = std::mem::take(&mut s.disturbed);
+            s.unknown = s.touch.at_read(cpu_ns);
             // Where it sleeps changes only when it runs: read once per count, and here,
             // before the tick's memory read, so that a stack read after it still sleeps
             // there. (Not for a thread that ran nearly all the interval.)
@@ -324,11 +362,22 @@ impl ActivityReader {
         self.stats.get_mut(&tid)
     }
 
-    /// Call when the sampler stopped the thread (src/pausing.rs): its next count moves
-    /// by our hand.
-    pub fn note_stopped(&mut self, tid: i32) {
+    /// Call before the sampler tries to stop the thread (src/pausing.rs): its count
+    /// moves by our hand from now on, and this tick's, read before, says nothing of what
+    /// the stopped read finds.
+    pub fn note_held(&mut self, tid: i32) {
         if let Some(s) = self.stats.get_mut(&tid) {
-            s.disturbed = true;
+            s.touch = Touch::Held;
+            s.unknown = true;
+        }
+    }
+
+    /// Call once the sampler has let the thread go (or never stopped it after all).
+    pub fn note_let_go(&mut self, tid: i32) {
+        if let Some(s) = self.stats.get_mut(&tid) {
+            if s.touch == Touch::Held {
+                s.touch = Touch::LetGo;
+            }
         }
     }
 
@@ -375,11 +424,13 @@ impl ActivityReader {
         let known = s.at_ns != 0 && elapsed > 0;
         s.cpu_ns = cpu_ns;
         s.at_ns = time_ns;
+        // (a thread we let go is asked its state until it proves it ran since)
+        let proving = matches!(s.touch, Touch::LetGo | Touch::Floor(_));
         let on = if known && ran as f64 >= elapsed as f64 * SURELY_RUNNING {
             Some(true)
-        } else if known && ran == 0 && s.was_on == Some(false) {
+        } else if known && ran == 0 && s.was_on == Some(false) && !proving {
             Some(false)
-        } else if s.was_on.is_some() && time_ns.saturating_sub(s.stat_at_ns) < STAT_EVERY_NS {
+        } else if s.was_on.is_some() && time_ns.saturating_sub(s.stat_at_ns) < STAT_EVERY_NS && !proving {
             s.was_on
         } else {
             s.stat_at_ns = time_ns;
@@ -387,7 +438,14 @@ impl ActivityReader {
                 s.stat = File::open(format!("/proc/{pid}/task/{tid}/stat")).ok();
             }
             let n = s.stat.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok()).unwrap_or(0);
-            let running = state_is_running(&buf[..n]);
+            let letter = state_letter(&buf[..n]);
+            let running = letter.map(|l| l == b'R');
+            // Asleep now, after being let go: it ran since (a thread let go is runnable
+            // until it runs). The count read before this letter may predate that run, so
+            // this tick's stays unknown; the next one is the thread's own.
+            if proving && matches!(letter, Some(b'S' | b'D')) {
+                s.touch = Touch::Clear;
+            }
             // (the switch count was read before the letter: any run after this moment
             // puts the thread on a CPU and moves the count)
             if let (Some(false), Some(switch_ins)) = (running, s.now_switch_ins) {
@@ -402,9 +460,9 @@ impl ActivityReader {
 
 /// The state letter of a stat line, "pid (comm) S ...": after the last ')', since a
 /// thread's name may itself hold parentheses.
-fn state_is_running(line: &[u8]) -> Option<bool> {
+fn state_letter(line: &[u8]) -> Option<u8> {
     let close = line.iter().rposition(|&b| b == b')')?;
-    line.get(close + 2).map(|&s| s == b'R')
+    line.get(close + 2).copied()
 }
 
 /// The system call number and first argument of a .../syscall line, "202 0x7f.. 0x80
@@ -455,9 +513,9 @@ mod tests {
 
     #[test]
     fn state_letter_after_the_last_parenthesis() {
-        assert_eq!(state_is_running(b"12 (python3) R 1 12 12 0"), Some(true));
-        assert_eq!(state_is_running(b"12 (a) b) S 1 12"), Some(false));
-        assert_eq!(state_is_running(b"12 (x"), None);
+        assert_eq!(state_letter(b"12 (python3) R 1 12 12 0"), Some(b'R'));
+        assert_eq!(state_letter(b"12 (a) b) S 1 12"), Some(b'S'));
+        assert_eq!(state_letter(b"12 (x"), None);
     }
 
     #[test]

@@ -85,9 +85,12 @@ struct RecordArgs {
     /// Keep every stopped thread stopped this long (tests of the watchdog)
     #[arg(long, hide = true, default_value = "0")]
     pause_hold_ms: u64,
-    /// Read every thread stopped, every tick (tests of what stopping does to a target)
-    #[arg(long, hide = true)]
-    pause_always: bool,
+    /// Read every thread stopped every Nth tick (tests of what stopping does to a target)
+    #[arg(long, hide = true, default_value = "0", value_name = "N")]
+    pause_every: u64,
+    /// Give up waiting for a stop after this long (tests of threads let go a tick later)
+    #[arg(long, hide = true, value_name = "MICROSECONDS")]
+    pause_wait_us: Option<u64>,
     /// Launch mode: the program to start and record until it exits, after `--`
     /// (vizattach exits with its exit status)
     #[arg(last = true, value_name = "COMMAND")]
@@ -289,7 +292,10 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 }
             };
             vizattach::pausing::HOLD_MS.store(a.pause_hold_ms, std::sync::atomic::Ordering::Relaxed);
-            vizattach::pausing::ALWAYS.store(a.pause_always, std::sync::atomic::Ordering::Relaxed);
+            vizattach::pausing::EVERY.store(a.pause_every, std::sync::atomic::Ordering::Relaxed);
+            if let Some(us) = a.pause_wait_us {
+                vizattach::pausing::WAIT_US.store(us, std::sync::atomic::Ordering::Relaxed);
+            }
             record::record(record::Options {
                 what,
                 duration: a.duration,

@@ -19,16 +19,19 @@ use std::time::Duration;
 pub const STOP_BOUND: Duration = Duration::from_millis(250);
 /// Wait this long for a thread to stop, spinning (it runs, so it stops within tens of
 /// microseconds); one that has not stopped by then is let go when it does.
-const STOP_WAIT: Duration = Duration::from_micros(2000);
-const STOP_SPIN: Duration = Duration::from_micros(2000);
+const STOP_WAIT_US: u64 = 2000;
 /// Stop time allowed before the budget's share has anything to be a share of.
 const BUDGET_HEADROOM_NS: u64 = 2_000_000;
 
 /// Tests only (the hidden `--pause-hold-ms`): keep every stopped thread stopped this
 /// long, to prove the watchdog and the kernel resume it whatever happens to vizattach.
 pub static HOLD_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-/// Tests only (the hidden `--pause-always`): read every thread stopped, every tick.
-pub static ALWAYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Tests only (the hidden `--pause-every N`): every Nth tick, read every thread stopped
+/// (0: never; 1: every tick).
+pub static EVERY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Tests only (the hidden `--pause-wait-us`): give up waiting for a stop this soon, so
+/// that threads are let go a tick later (src/activity.rs, `Touch`).
+pub static WAIT_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(STOP_WAIT_US);
 
 pub struct Pauser {
     /// share of wall time threads may spend stopped (0: never stop one)
@@ -41,8 +44,13 @@ pub struct Pauser {
     watchdog: Option<Watchdog>,
     /// threads interrupted that had not stopped when we gave up waiting
     pending: Vec<Pending>,
+    /// threads of `pending` let go since the caller last took them (their switch-in
+    /// counts move by our hand until they run: src/activity.rs)
+    pub let_go: Vec<i32>,
     /// why stopping is off for this capture, once it is
     pub refused: Option<String>,
+    /// ticks seen by `read_all_stopped`
+    ticks: u64,
 }
 
 /// A thread stopped for a read; give it back with `Pauser::resume`.
@@ -61,8 +69,17 @@ impl Pauser {
             signals_handed_back: 0,
             watchdog: None,
             pending: Vec::new(),
+            let_go: Vec::new(),
             refused: (budget_percent <= 0.0).then(|| "off (--pause-budget 0)".into()),
+            ticks: 0,
         }
+    }
+
+    /// Call once per tick: whether this tick reads every thread stopped (tests only).
+    pub fn read_all_stopped(&mut self) -> bool {
+        let every = EVERY.load(std::sync::atomic::Ordering::Relaxed);
+        self.ticks += 1;
+        every > 0 && self.refused.is_none() && self.ticks.is_multiple_of(every)
     }
 
     /// Whether a thread may be stopped now.
@@ -82,7 +99,7 @@ impl Pauser {
     pub fn stop(&mut self, tid: i32) -> Option<Stop> {
         // A thread still seized from a stop we gave up waiting for cannot be seized again.
         self.tend();
-        if self.pending.iter().any(|p| p.tid() == tid) {
+        if self.holds(tid) {
             return None;
         }
         if self.watchdog.is_none() {
@@ -97,7 +114,8 @@ impl Pauser {
         let watchdog = self.watchdog.as_ref()?;
         watchdog.arm();
         let since = now_ns();
-        let stopped = stop::stop_thread(tid, STOP_WAIT, STOP_SPIN);
+        let wait = Duration::from_micros(WAIT_US.load(std::sync::atomic::Ordering::Relaxed));
+        let stopped = stop::stop_thread(tid, wait, wait);
         match stopped {
             Ok(thread) => {
                 let hold = HOLD_MS.load(std::sync::atomic::Ordering::Relaxed);
@@ -139,6 +157,18 @@ impl Pauser {
         if self.pending.is_empty() {
             return;
         }
-        self.pending.retain(|p| matches!(p.poll(), PendingState::Running));
+        let let_go = &mut self.let_go;
+        self.pending.retain(|p| match p.poll() {
+            PendingState::Running => true,
+            PendingState::Stopped(_) | PendingState::Gone => {
+                let_go.push(p.tid());
+                false
+            }
+        });
+    }
+
+    /// Whether `tid` was interrupted and has not been let go yet.
+    pub fn holds(&self, tid: i32) -> bool {
+        self.pending.iter().any(|p| p.tid() == tid)
     }
 }

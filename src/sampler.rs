@@ -562,7 +562,7 @@ impl<M: ReadMem> Sampler<M> {
         let mut failed = std::mem::take(&mut self.failed);
         failed.clear();
         // (tests of what stopping does to a target: every thread read stopped)
-        let quick = if crate::pausing::ALWAYS.load(Ordering::Relaxed) && self.pauser.is_some() {
+        let quick = if self.pauser.as_mut().is_some_and(|p| p.read_all_stopped()) {
             failed.extend(pending.iter().map(|&k| (k, Loss::Moved)));
             0
         } else {
@@ -690,7 +690,11 @@ impl<M: ReadMem> Sampler<M> {
             if !pauser.allowed() {
                 break;
             }
+            self.activity.note_held(tid);
             let Some(stop) = pauser.stop(tid) else {
+                if !pauser.holds(tid) {
+                    self.activity.note_let_go(tid);
+                }
                 i += 1;
                 continue;
             };
@@ -715,8 +719,16 @@ impl<M: ReadMem> Sampler<M> {
                 self.attempt(key, time, batch, tx)
             })();
             pauser.resume(stop);
-            self.activity.note_stopped(tid);
-            match read? {
+            self.activity.note_let_go(tid);
+            let read = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    // (the pauser still holds threads that have not stopped yet)
+                    self.pauser = Some(pauser);
+                    return Err(e);
+                }
+            };
+            match read {
                 Attempt::Kept { inferred } => {
                     stats.paused.fetch_add(1, Ordering::Relaxed);
                     if inferred {
@@ -732,6 +744,9 @@ impl<M: ReadMem> Sampler<M> {
                     i += 1;
                 }
             }
+        }
+        for tid in pauser.let_go.drain(..) {
+            self.activity.note_let_go(tid);
         }
         // (several samplers may share the counters: src/fleet/)
         stats.stopped_ns.fetch_add(pauser.stopped_ns() - stopped_before, Ordering::Relaxed);

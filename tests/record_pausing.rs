@@ -114,7 +114,7 @@ fn signals_sent_while_threads_are_stopped_all_arrive() {
     on_churning_target("5", 3, |target| {
         let json = target.host_path("trace.json");
         // (every thread read stopped, every tick: most signals arrive during a stop)
-        let mut viz = record(target.pid, &["--duration", "4s", "--pause-always"], &json)?;
+        let mut viz = record(target.pid, &["--duration", "4s", "--pause-every", "1"], &json)?;
         std::thread::sleep(Duration::from_millis(300));
         const SENT: usize = 9000;
         // (jittered: a fixed period can lock onto the sampler's ticks and miss the window)

@@ -97,33 +97,15 @@ fn check_stop(interp: &Interpreter, how: Stop) -> Result<(), String> {
         ));
     }
     // Each cycle() holds its two steps, in order.
-    let mut bad = 0;
-    let mut bad_ones = Vec::new();
-    for (n, s) in tree.slices.iter().enumerate() {
-        if s.qual == "cycle" && s.tid == main_tid {
-            let kids: Vec<&str> = tree.children[n].iter().map(|&c| tree.slices[c].qual.as_str()).collect();
-            // the first and last cycle may be cut by the start or end of the capture
-            let cut = s.ts <= tree.slices.iter().map(|s| s.ts).fold(f64::MAX, f64::min) + 1.0
-                || s.end() >= tree.slices.iter().map(|s| s.end()).fold(0.0, f64::max) - 1.0;
-            if kids != ["step_sleep", "step_busy"] && !cut {
-                bad += 1;
-                if bad <= 3 {
-                    bad_ones.push(format!(
-                        "cycle [ts {:.1} ms, dur {:.1} ms] holds {kids:?}",
-                        s.ts / 1000.0,
-                        s.dur / 1000.0
-                    ));
-                }
-            }
-        }
-    }
-    if bad > 0 {
+    let (bad, _) = tree.cycles_not_holding_their_steps(main_tid);
+    if !bad.is_empty() {
         let _ = fs::copy(&out, failed_trace_path(interp, "stop"));
         return Err(format!(
-            "{how:?}: {bad} cycle() slices do not hold exactly [step_sleep, step_busy] (longest sampler lag {:.1} ms, trace kept at {}):\n{}",
+            "{how:?}: {} cycle() slices do not hold exactly [step_sleep, step_busy] (longest sampler lag {:.1} ms, trace kept at {}):\n{}",
+            bad.len(),
             trace.meta_f64("longest_lag_us") / 1000.0,
             failed_trace_path(interp, "stop").display(),
-            bad_ones.join("\n")
+            bad[..bad.len().min(3)].join("\n")
         ));
     }
     let what = match how {

@@ -11,7 +11,10 @@
 //!   a loop whose frame never changes: waitress' main thread) is one slice per wait;
 //! - `dozer`, which sleeps again and again in one call, and the loops that call `nap`,
 //!   `select_once` and `Condition.wait`, are each one slice from the start of the
-//!   capture to its end.
+//!   capture to its end;
+//! - a thread stopped by the sampler (src/pausing.rs) and let go, at once or a tick
+//!   later, is not taken for one that woke (timeline_forever.py: each `cycle()` holds
+//!   one `step_sleep` and one `step_busy`, and no call is told apart by a wake).
 //!
 //!     cargo test --release --test record_wakes -- --nocapture
 
@@ -82,6 +85,75 @@ fn check_wakes(interp: &Interpreter) -> Result<(), String> {
     } else {
         Err(problems.join("\n"))
     }
+}
+
+/// timeline_forever.py recorded with every thread read stopped every 5th tick, and the
+/// wait for each stop cut to nothing, so that about half the threads stop only after
+/// the sampler gave up and are let go a tick later. A stop moves the thread's switch-in
+/// count twice: when it stops and when it runs again after being let go, which may come
+/// after a tick that found it asleep where it was. Before the fix (src/activity.rs,
+/// `Touch`) every capture split `step_sleep` and `cycle` at stops: 11-20 cycles in 2.5 s.
+fn check_stops_are_not_wakes(interp: &Interpreter) -> Result<(), String> {
+    let mut target = Target::start(interp, "timeline_forever.py")?;
+    let ready = target.wait_json("expected.json", Duration::from_secs(60))?;
+    let fixture = target.target_path("timeline_forever.py").display().to_string();
+    let json = target.host_path("stopped.json");
+    let mut cmd = std::process::Command::new(VIZATTACH);
+    cmd.args(["record", "-q", "--rate", "1000", "--duration", "2500ms", "--pause-budget", "100"])
+        .args(["--pause-every", "5", "--pause-wait-us", "0", "--pid"])
+        .arg(target.pid.to_string())
+        .arg("-o")
+        .arg(&json);
+    let run = run_with_timeout(cmd, Duration::from_secs(90))?;
+    if !run.status.success() {
+        return Err(format!("vizattach record failed: {}", run.describe()));
+    }
+    let trace = check_trace(&json, &interp.root, Some(&fixture))?;
+    let meta = &trace.meta;
+    let (paused, moved) =
+        (meta["paused_samples"].as_u64().unwrap_or(0), meta["lost_samples"]["moved"].as_u64().unwrap_or(0));
+    let wakes = meta["calls_told_apart"]["wake"].as_u64().unwrap_or(u64::MAX);
+    let tree = trace.file_tree(&fixture);
+    let (bad, complete) = tree.cycles_not_holding_their_steps(ready["main_tid"].as_i64().unwrap_or(0));
+    eprintln!(
+        "     {}: {complete} cycles, {paused} samples read stopped, {moved} lost to stops not made in time, {wakes} calls told apart by a wake",
+        interp.name
+    );
+    let mut problems = Vec::new();
+    if paused == 0 || moved == 0 {
+        problems
+            .push(format!("the capture did not exercise both kinds of stop: {paused} read stopped, {moved} given up"));
+    }
+    if complete < 8 {
+        problems.push(format!("only {complete} complete cycle() slices in 2.5 s of 150 ms cycles"));
+    }
+    if wakes != 0 {
+        problems.push(format!("{wakes} calls told apart by a wake, where no call sleeps twice in the same frames"));
+    }
+    if !bad.is_empty() {
+        let kept = failed_trace_path(interp, "stops-are-not-wakes");
+        let _ = std::fs::copy(&json, &kept);
+        problems.push(format!(
+            "{} cycles split (trace kept at {}):\n{}",
+            bad.len(),
+            kept.display(),
+            bad[..bad.len().min(3)].join("\n")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+#[test]
+fn a_thread_the_sampler_stopped_did_not_wake() {
+    let _serial = serial();
+    let Some(targets) = host_targets() else {
+        return;
+    };
+    for_each_interpreter(&targets, 1, check_stops_are_not_wakes);
 }
 
 #[test]

@@ -108,6 +108,26 @@ impl FileTree {
         self.render(self.roots.get(&tid).map(|v| v.as_slice()).unwrap_or(&[]), 1, &mut out);
         out
     }
+
+    /// timeline_forever.py's `cycle()` slices on thread `tid` that do not hold exactly
+    /// [step_sleep, step_busy], described (the first and last, which the start or end
+    /// of the capture may cut, excepted), and how many complete ones there are.
+    pub fn cycles_not_holding_their_steps(&self, tid: i64) -> (Vec<String>, usize) {
+        let first = self.slices.iter().map(|s| s.ts).fold(f64::MAX, f64::min);
+        let last = self.slices.iter().map(|s| s.end()).fold(0.0, f64::max);
+        let (mut bad, mut complete) = (Vec::new(), 0);
+        for (n, s) in self.slices.iter().enumerate() {
+            if s.qual != "cycle" || s.tid != tid || s.ts <= first + 1.0 || s.end() >= last - 1.0 {
+                continue;
+            }
+            complete += 1;
+            let kids: Vec<&str> = self.children[n].iter().map(|&c| self.slices[c].qual.as_str()).collect();
+            if kids != ["step_sleep", "step_busy"] {
+                bad.push(format!("cycle [ts {:.1} ms, dur {:.1} ms] holds {kids:?}", s.ts / 1000.0, s.dur / 1000.0));
+            }
+        }
+        (bad, complete)
+    }
 }
 
 /// "qualname (file:line)" -> (qualname, file, line).
