@@ -1188,6 +1188,18 @@ impl<M: ReadMem> Sampler<M> {
                 Some(id) => id,
                 None => {
                     same_so_far = false;
+                    // A frame its caller called inline while that caller's instruction
+                    // cannot call: the caller was copied after it had moved on, and
+                    // this frame is what an ended call left at an address the top
+                    // pointer names again (it returned and a new call took its place
+                    // while the group was copied).
+                    let caller = depth.checked_sub(1).map(|d| &batch.frames[start + d]);
+                    if let Some(caller) = caller.filter(|_| f.caller_inline) {
+                        if codes.cached(caller.code).is_some_and(|c| !c.proofs.may_call_inline(caller.offset)) {
+                            batch.frames.truncate(start);
+                            return Ok(Attempt::Retry(Loss::Torn));
+                        }
+                    }
                     match codes.cached(f.code) {
                         // a code object met before: check it is still the same one with
                         // the others at the end of the tick

@@ -459,6 +459,72 @@ fn a_frame_linking_to_a_newer_one_in_its_chunk_is_torn() {
     assert_eq!(stats.lost[Loss::Torn as usize].load(Ordering::Relaxed), 1);
 }
 
+/// Gives code `n` real 3.12 bytecode: RESUME at 0, CALL at 2 (caches to 10), POP_TOP at
+/// 10, CALL at 12 (caches to 20), POP_TOP at 20; no arguments, locals or handlers.
+/// (Other tests' codes have none: they prove nothing, so any offset may call.)
+fn give_bytecode(r: &mut Regions, l: &Layout, n: u64) {
+    let ops = |name: &str| -> u8 {
+        match name {
+            "RESUME" => 151,
+            "CALL" => 171,
+            _ => 1, // POP_TOP
+        }
+    };
+    let mut bytes = Vec::new();
+    for (name, caches) in [("RESUME", 0), ("CALL", 3), ("POP_TOP", 0), ("CALL", 3), ("POP_TOP", 0)] {
+        bytes.extend_from_slice(&[ops(name), 0]);
+        bytes.extend(std::iter::repeat_n(0u8, 2 * caches));
+    }
+    let c = code(n);
+    let empty = HEAP + 0x3f00; // an empty bytes object: no locals, no handlers
+    r.u64(empty + l.bytes.size, 0);
+    r.u64(c + l.code.ob_size.unwrap(), bytes.len() as u64 / 2);
+    r.write(c + l.code.code_adaptive.unwrap(), &bytes);
+    for field in [l.code.argcount, l.code.kwonlyargcount, l.code.flags, l.code.nlocalsplus] {
+        r.u32(c + field.unwrap(), 0);
+    }
+    r.u64(c + l.code.localspluskinds.unwrap(), empty);
+    r.u64(c + l.code.exceptiontable.unwrap(), empty);
+}
+
+#[test]
+fn a_stale_callee_under_a_caller_that_moved_on_is_torn() {
+    // f1 calls f2 from its first CALL. While the group is copied, f2 returns and f1
+    // moves on to the POP_TOP after that CALL (the copy of f1's frame says so), then
+    // calls f3 from its second CALL into f2's slot, which is the top again when the top
+    // pointer is checked. The copy holds f2's stale frame under a caller that cannot be
+    // calling anything: one stack of no moment, and a phantom new call of f2 (f1's
+    // offset changed) to a timeline. It is torn and read again.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| {
+        for n in [0, 1, 2, 3] {
+            give_bytecode(r, &l, n);
+        }
+        stack(r, &l, CFRAME, 0, &[0, 1, 2]);
+        frame(r, &l, slot(0), 0, ENTRY, 8);
+        frame(r, &l, slot(1), 1, slot(0), 8);
+        frame(r, &l, slot(2), 2, slot(1), 10);
+    });
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2]))]);
+    let retried = stats.retried.load(Ordering::Relaxed);
+    let l2 = l.clone();
+    sim.mem.when_reading(CHUNK, move |r| frame(r, &l2, slot(1), 1, slot(0), 10));
+    let l3 = l.clone();
+    sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| {
+        frame(r, &l3, slot(1), 1, slot(0), 18);
+        frame(r, &l3, slot(2), 3, slot(1), 10);
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(sim.mem.pending_changes(), 0);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 3]))]);
+    assert_eq!(lost(&stats), 0);
+    assert_eq!(stats.retried.load(Ordering::Relaxed), retried + 1, "kept from the second read");
+}
+
 #[test]
 fn a_thread_that_has_not_run_keeps_its_stack_unread_until_it_runs() {
     // The simulated thread is a real OS thread blocked on a channel. While the kernel
