@@ -1188,27 +1188,6 @@ impl<M: ReadMem> Sampler<M> {
                 Some(id) => id,
                 None => {
                     same_so_far = false;
-                    // A frame its caller called inline while that caller's instruction
-                    // cannot call: the caller was copied after it had moved on, and
-                    // this frame is what an ended call left at an address the top
-                    // pointer names again (it returned and a new call took its place
-                    // while the group was copied).
-                    let caller = depth.checked_sub(1).map(|d| start + d).filter(|_| f.caller_inline);
-                    if let Some(i) = caller {
-                        let (code, offset) = (batch.frames[i].code, batch.frames[i].offset);
-                        if codes.cached(code).is_some_and(|c| !c.proofs.may_call_inline(offset)) {
-                            // (a cached entry is checked against its object only at the end of
-                            // the tick: it may describe an earlier code object at that address,
-                            // whose entry every sample rejected here would keep)
-                            match codes.get(mem, l, t.code_type, code) {
-                                Ok(c) if c.proofs.may_call_inline(offset) => batch.frames[i].code_id = c.id,
-                                _ => {
-                                    drop_frames_from(batch, unchecked, start);
-                                    return Ok(Attempt::Retry(Loss::Torn));
-                                }
-                            }
-                        }
-                    }
                     match codes.cached(f.code) {
                         // a code object met before: check it is still the same one with
                         // the others at the end of the tick
@@ -1219,7 +1198,7 @@ impl<M: ReadMem> Sampler<M> {
                         None => match codes.get(mem, l, t.code_type, f.code) {
                             Ok(c) => c.id,
                             Err(ReadError::Fault | ReadError::NotCode) => {
-                                drop_frames_from(batch, unchecked, start);
+                                batch.frames.truncate(start);
                                 return Ok(Attempt::Retry(Loss::Torn));
                             }
                             Err(e) => return Err(e),
@@ -1340,17 +1319,6 @@ fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_t
         plan.chunk = 0;
         plan.frames.clear();
         plan.frames.extend_from_slice(visited);
-    }
-}
-
-/// Takes back the frames of a sample given up on from `start`, and their code checks:
-/// a check left behind would give its code id to whichever frame takes that index next
-/// (another thread's, in another interpreter: subinterpreter stacks nested under the
-/// wrong frames).
-fn drop_frames_from(batch: &mut SampleBatch, unchecked: &mut Vec<(usize, u64)>, start: usize) {
-    batch.frames.truncate(start);
-    while unchecked.last().is_some_and(|&(i, _)| i >= start) {
-        unchecked.pop();
     }
 }
 

@@ -262,65 +262,7 @@ for co in codes:
         "exceptiontable": co.co_exceptiontable.hex() if V >= (3, 11) else "",
         "truth": t,
     })
-# Where callers stand while a Python function they called inline runs (3.11+): each
-# form of call the interpreter inlines once specialised, run until it is.
-CALLERS = []
-if V >= (3, 11):
-    INLINE_SRC = '''
-import sys
-def rec():
-    f = sys._getframe(2)
-    SEEN.append((id(f.f_code), f.f_lasti, f.f_code.co_name))
-def callee(*a, **k):
-    rec()
-class C:
-    def __init__(self):
-        rec()
-    def m(self):
-        rec()
-    def __getitem__(self, i):
-        rec()
-        return i
-    @property
-    def p(self):
-        rec()
-        return 1
-class G:
-    def __getattribute__(self, n):
-        rec()
-        return 1
-def gen():
-    rec()
-    yield 1
-    rec()
-    yield 2
-def deleg():
-    yield from gen()
-async def inner():
-    rec()
-    return 1
-async def outer():
-    return await inner()
-def caller():
-    callee(); callee(1, x=2); callee(*[1]); callee(**{"x": 1})
-    c = C(); c.m(); c[0]; c.p; G().x
-    for _ in gen(): pass
-    for _ in deleg(): pass
-    co = outer()
-    try:
-        co.send(None)
-    except StopIteration:
-        pass
-'''
-    inl = {"SEEN": []}
-    exec(compile(INLINE_SRC, "inline_fixture.py", "exec"), inl)
-    for _ in range(200):
-        inl["caller"]()
-    inl["SEEN"].clear()
-    inl["caller"]()
-    CALLERS = sorted(set(inl["SEEN"]))
-    KEEP = inl
-print(json.dumps({"code_type": id(types.CodeType), "minor": "%d.%d" % V, "codes": out, "callers": CALLERS}), flush=True)
+print(json.dumps({"code_type": id(types.CodeType), "minor": "%d.%d" % V, "codes": out}), flush=True)
 sys.stdin.read()
 "#####;
 
@@ -344,7 +286,6 @@ fn truth_of(v: &Value) -> CallProofs {
             .collect(),
         resume_points: t["resumes"].as_array().unwrap().iter().map(|o| o.as_i64().unwrap()).collect(),
         paths: None,
-        call_sites: None,
     }
 }
 
@@ -407,7 +348,7 @@ fn check(interp: &Interpreter) -> Result<(), String> {
             // The truth is dis's view of offsets and slots. The paths between yields
             // (python/paths.rs) are checked against traced runs in tests/yields.rs; here
             // only for coming out the same from memory as from co_code.
-            let bare = |p: &CallProofs| CallProofs { paths: None, call_sites: None, ..p.clone() };
+            let bare = |p: &CallProofs| CallProofs { paths: None, ..p.clone() };
             if bare(&from_deopt) != truth {
                 errors.push(format!(
                     "{name}: co_code analysis differs\n  got   {}\n  truth {}",
@@ -449,32 +390,10 @@ fn check(interp: &Interpreter) -> Result<(), String> {
                 Err(e) => errors.push(format!("{name}: code cache read failed: {e:?}")),
             }
         }
-        // Every caller seen waiting on a call it made inline stands where the analysis
-        // says an inline call can be made: otherwise the sampler would take its real
-        // stacks for torn ones.
-        let callers = doc["callers"].as_array().map(|v| v.as_slice()).unwrap_or_default();
-        for c in callers {
-            let (addr, lasti, name) = (c[0].as_u64().unwrap(), c[1].as_i64().unwrap(), c[2].as_str().unwrap_or("?"));
-            match cache.get(&mem, &layout, code_type, addr) {
-                Ok(info) if info.proofs.call_sites.is_none() => {
-                    errors.push(format!("{name}: no call sites found (offset {lasti} calls)"))
-                }
-                Ok(info) if !info.proofs.may_call_inline(lasti) => errors.push(format!(
-                    "{name}: offset {lasti} calls, but is not among the call sites {:?}",
-                    info.proofs.call_sites
-                )),
-                Ok(_) => {}
-                Err(e) => errors.push(format!("{name}: code cache read failed: {e:?}")),
-            }
-        }
-        if layout.model.owner_generator.is_some() && callers.len() < 10 {
-            errors.push(format!("only {} places callers call from", callers.len()));
-        }
         eprintln!(
             "{} ({minor}): {n} code objects, {specialised} specialised/instrumented in memory, \
-             {hidden} with hidden opcodes, {exact_raw} exact from memory, {} places callers call from",
-            interp.name,
-            callers.len()
+             {hidden} with hidden opcodes, {exact_raw} exact from memory",
+            interp.name
         );
         if n < 20 {
             errors.push(format!("only {n} code objects"));

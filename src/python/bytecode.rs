@@ -67,9 +67,6 @@ pub struct CallProofs {
     pub resume_points: Vec<i64>,
     /// the paths through the code (3.11+; python/paths.rs)
     pub paths: Option<Box<Paths>>,
-    /// [start, end) byte offsets of the instructions that can call a Python function
-    /// inline, caches included, sorted (3.11+; None: not known)
-    pub call_sites: Option<Vec<(i64, i64)>>,
 }
 
 impl Default for CallProofs {
@@ -87,7 +84,6 @@ impl CallProofs {
             back_jumps: vec![(i64::MIN, i64::MAX)],
             resume_points: Vec::new(),
             paths: None,
-            call_sites: None,
         }
     }
 
@@ -113,17 +109,6 @@ impl CallProofs {
     /// Whether a frame at `offset` is delegating to another generator (yield from, await).
     pub fn delegating(&self, offset: i64) -> bool {
         self.paths.as_ref().is_some_and(|r| r.delegating(offset))
-    }
-
-    /// Whether a frame at `offset` can be the caller of a frame it called inline, with
-    /// no C between them (always, for code that was not analysed). A stack that shows
-    /// such a caller anywhere else was read at two moments: the caller had moved on,
-    /// and its callee's frame is a stale copy of an ended call.
-    pub fn may_call_inline(&self, offset: i64) -> bool {
-        self.call_sites.as_ref().is_none_or(|s| {
-            let i = s.partition_point(|&(start, _)| start <= offset);
-            i > 0 && offset < s[i - 1].1
-        })
     }
 
     /// Whether one invocation can leave `offset` and come back to it (always, for code
@@ -179,9 +164,6 @@ pub struct Opcodes {
     /// SEND: the frame delegates to another generator (yield from, await) and yields
     /// whenever it does
     delegates: [bool; 256],
-    /// may push a Python frame linked straight to the running one (3.11+ inlined calls);
-    /// None where the table lists none (before 3.11: every call goes through C)
-    calls_inline: Option<[bool; 256]>,
     jump_unit: i64,
     jump_after_caches: bool,
 }
@@ -218,7 +200,6 @@ impl Opcodes {
         let mut caches = [0u8; 256];
         let mut ends_flow = [false; 256];
         let mut delegates = [false; 256];
-        let mut calls_inline = [false; 256];
         let listed = |class: &str, base: &str| f.classes.get(class).is_some_and(|v| v.iter().any(|n| n == base));
         let ext_name = f.ops.iter().find(|(_, v)| v.0 == f.encoding.extended_arg).map(|(_, v)| v.1.clone());
         for (num, base, c) in f.ops.values() {
@@ -230,7 +211,6 @@ impl Opcodes {
             caches[i] = *c;
             ends_flow[i] = listed("ends_flow", base);
             delegates[i] = listed("delegate", base);
-            calls_inline[i] = listed("calls_inline", base);
         }
         for h in &f.encoding.hidden {
             kind[(*h as usize).min(255)] = Kind::Hidden;
@@ -240,7 +220,6 @@ impl Opcodes {
             caches,
             ends_flow,
             delegates,
-            calls_inline: f.classes.get("calls_inline").is_some_and(|v| !v.is_empty()).then_some(calls_inline),
             jump_unit: f.encoding.jump_unit as i64,
             jump_after_caches: f.encoding.jump_after_caches,
         })
@@ -430,9 +409,6 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
     let mut min_setup: Option<i64> = None;
     let mut seen_resume = false;
     let mut resumes: Vec<i64> = Vec::new();
-    let call_sites = ops
-        .calls_inline
-        .map(|inline| instrs.iter().filter(|i| inline[i.op]).map(|i| (i.at, i.after.min(code.len() as i64))).collect());
     for ins in &instrs {
         let (at, arg, end) = (ins.at, ins.arg, ins.after.min(code.len() as i64));
         match ops.kind[ins.op] {
@@ -536,7 +512,6 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
         } else {
             None
         },
-        call_sites,
     }
 }
 

@@ -269,7 +269,7 @@ impl Search<'_> {
             _ => UNKNOWN_OFFSET,
         };
         let saved = self.saved_top_of(f, head, codes)?;
-        Some((RawFrame { code, frame: f, offset, locals: Default::default(), caller_inline: false }, saved))
+        Some((RawFrame { code, frame: f, offset, locals: Default::default() }, saved))
     }
 
     /// A path of `depth` generators arrived at the target. A path that skips some of

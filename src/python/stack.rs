@@ -24,10 +24,6 @@ pub struct RawFrame {
     pub offset: i64,
     /// what the frame's local slots say about which call this is (bytecode.rs proofs)
     pub locals: Locals,
-    /// the next frame of the walk called this one from its bytecode, with no C between
-    /// them (3.11+ inlined calls): that caller's instruction must be one that can
-    /// (bytecode.rs `may_call_inline`)
-    pub caller_inline: bool,
 }
 
 /// A fingerprint of one frame's local slots, for telling two calls of one function at
@@ -170,9 +166,6 @@ pub fn continue_walk(
     let mut head: HeadBuf = [0; 128 + FRAME_LEAD as usize];
     let executing = l.model.frame_executing.unwrap_or(0);
     let mut root_owner = None;
-    // (the last frame pushed was linked straight to the frame read next: no entry frame,
-    // no frame skipped, not 3.11's first frame of an evaluation loop)
-    let mut straight = false;
     // A chain read while frames are freed and reused can loop back on itself (3.8's
     // heap frame objects during start-up, seen once in 70 launches). Walking that to
     // MAX_DEPTH cost 50,000 reads per attempt: a 55 ms stall in which a 50 ms program
@@ -204,8 +197,7 @@ pub fn continue_walk(
                     Ok(c) => read_locals(locals, l, frame, &c),
                     Err(_) => Locals::default(), // (names are resolved later, with their own checks)
                 };
-                let offset = lasti * l.model.lasti_unit as i64;
-                w.frames.push(RawFrame { code, frame, offset, locals, caller_inline: false });
+                w.frames.push(RawFrame { code, frame, offset: lasti * l.model.lasti_unit as i64, locals });
             }
             FrameModel::InterpreterFrame => {
                 let owner = b.u8_at(f.owner.unwrap_or(0));
@@ -216,7 +208,6 @@ pub fn continue_walk(
                 if previous != 0 && Some(owner) == l.model.owner_generator && state.is_some_and(|s| s != executing) {
                     return Err(ReadError::Fault);
                 }
-                let was_straight = std::mem::take(&mut straight);
                 let non_python = l.model.owner_first_non_python.is_some_and(|first| owner >= first);
                 if !non_python && code != 0 {
                     match codes.facts(code) {
@@ -227,15 +218,8 @@ pub fn continue_walk(
                             let offset = b.u64_at(f.instr.unwrap_or(0)).wrapping_sub(c.bytecode_start) as i64;
                             let incomplete = Some(owner) != l.model.owner_generator && offset < c.first_traceable;
                             if !incomplete {
-                                if was_straight {
-                                    if let Some(callee) = w.frames.last_mut() {
-                                        callee.caller_inline = true;
-                                    }
-                                }
                                 let slots = read_locals(locals, l, frame, &c);
-                                w.frames.push(RawFrame { code, frame, offset, locals: slots, caller_inline: false });
-                                let entry = f.is_entry.is_some_and(|at| b.u8_at(at) != 0);
-                                straight = !entry;
+                                w.frames.push(RawFrame { code, frame, offset, locals: slots });
                             }
                         }
                         // 3.13+ frames may execute something that is not a code object;
