@@ -296,6 +296,7 @@ pub(crate) fn capture_info_of(
         asleep_samples: stats.asleep.load(Ordering::Relaxed),
         inferred_samples: stats.inferred.load(Ordering::Relaxed),
         paused_samples: stats.paused.load(Ordering::Relaxed),
+        over_budget_samples: stats.over_budget.load(Ordering::Relaxed),
         stopped_ms: stats.stopped_ns.load(Ordering::Relaxed) as f64 / 1e6,
         signals_handed_back: stats.signals_handed_back.load(Ordering::Relaxed),
         pausing: stats.pausing.lock().map(|p| p.clone()).unwrap_or_default(),

@@ -160,6 +160,9 @@ pub struct Stats {
     /// (src/pausing.rs), and the time threads spent stopped in all
     pub paused: AtomicU64,
     pub stopped_ns: AtomicU64,
+    /// thread samples lost because the stop budget was spent: every quick re-read tore,
+    /// and no stop was allowed
+    pub over_budget: AtomicU64,
     pub signals_handed_back: AtomicU64,
     /// whether threads may be stopped, and why not (set once the sampler knows)
     pub pausing: std::sync::Mutex<String>,
@@ -338,6 +341,9 @@ pub struct Sampler<M: ReadMem = Memory> {
     activity: ActivityReader,
     /// stops threads whose quick re-reads all tore (None: never)
     pauser: Option<Pauser>,
+    /// the thread being read is stopped: what the copy lacks, read from the process, is
+    /// of the same moment, and nothing needs reading again to prove it
+    reading_stopped: bool,
     /// a batch was dropped (the consumer fell behind): it may lack the last stack of a
     /// thread now asleep, so the next batch that gets through carries every stack
     resend_stacks: bool,
@@ -451,6 +457,7 @@ impl<M: ReadMem> Sampler<M> {
             joiner: Joiner::default(),
             activity: ActivityReader::new(pid),
             pauser: None,
+            reading_stopped: false,
             resend_stacks: false,
             send_same: false,
         }
@@ -688,6 +695,8 @@ impl<M: ReadMem> Sampler<M> {
                 }
             };
             if !pauser.allowed() {
+                // (the rest of `failed` is lost for want of budget)
+                stats.over_budget.fetch_add((failed.len() - i) as u64, Ordering::Relaxed);
                 break;
             }
             self.activity.note_held(tid);
@@ -704,6 +713,7 @@ impl<M: ReadMem> Sampler<M> {
             // another chunk or evaluation loop since) learn where it is and read again.
             // (One read instead of two: stops went from 74 to 65 us on average, pylint
             // under VizTracer at 10 kHz, so 14 % more of them fit in the budget.)
+            self.reading_stopped = true;
             let read = (|| {
                 self.pf.clear();
                 self.want_thread(key);
@@ -718,6 +728,7 @@ impl<M: ReadMem> Sampler<M> {
                 let time = self.fetch()?;
                 self.attempt(key, time, batch, tx)
             })();
+            self.reading_stopped = false;
             pauser.resume(stop);
             self.activity.note_let_go(tid);
             let read = match read {
@@ -1009,6 +1020,7 @@ impl<M: ReadMem> Sampler<M> {
             tstate_len,
             read_span,
             send_same,
+            reading_stopped,
             ..
         } = self;
         let mem: &dyn ReadMem = mem;
@@ -1078,6 +1090,14 @@ impl<M: ReadMem> Sampler<M> {
             }
             return Ok(Attempt::Retry(Loss::Incomplete));
         };
+        // No frame on top while frames still sit on the data stack: no stack describes
+        // that (3.12 under pylint showed a NULL top through a live CFrame for up to 300 us
+        // at a time, the whole stack still on the data stack, and before this check the
+        // timeline ended every call of the thread and began them all again). A thread
+        // whose last call returned has popped its frames first.
+        if top.frame == 0 && after.frame == 0 && data_stack_holds_frames(l, chunk, stack_top) {
+            return Ok(Attempt::Retry(Loss::Truncated));
+        }
         // The walk takes frames from the copy and, where a frame is not in it (a generator
         // started since the plan was made, most often), from the process itself.
         let behind = CopyThenProcess { copy: pf, process: mem };
@@ -1113,8 +1133,9 @@ impl<M: ReadMem> Sampler<M> {
         }
         // Which moment the stack describes, if any (docs/ARCHITECTURE.md, "Torn reads").
         let mut time = time;
-        if after == top && whole_copy {
-            // the thread stayed in its frame while the group was copied
+        if after == top && (whole_copy || *reading_stopped) {
+            // the thread stayed in its frame while the group was copied (or could not
+            // move: the frames read after the copy are of the same moment)
         } else if after == top {
             // Frames read after the copy (a generator started since the plan was made, a
             // stack deeper than planned): believable only if the thread is still in the
@@ -1278,6 +1299,13 @@ impl<M: ReadMem> Sampler<M> {
 fn data_stack(l: &Layout, ts: &[u8]) -> (u64, u64) {
     let at = |o: Option<u64>| o.map(|o| ts.u64_at(o)).unwrap_or(0);
     (at(l.tstate.datastack_chunk), at(l.tstate.datastack_top))
+}
+
+/// Whether a thread's data stack holds a frame (3.11+): its top is above the first slot
+/// of the chunk (a thread's first chunk keeps its first word free; a later chunk is
+/// freed when its last frame is popped).
+fn data_stack_holds_frames(l: &Layout, chunk: u64, stack_top: u64) -> bool {
+    chunk != 0 && stack_top > chunk + l.chunk.data + 8
 }
 
 /// What to copy next time for a thread whose walk read `visited`: the newest chunk

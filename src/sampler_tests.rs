@@ -775,3 +775,34 @@ fn a_trampoline_frame_not_owned_by_the_c_stack_is_torn() {
     assert_eq!(stacks(&b)[0].1, None, "a stale entry frame's slot is not a Python frame");
     assert!(stats.lost[Loss::Torn as usize].load(Ordering::Relaxed) >= 1);
 }
+
+#[test]
+fn no_top_frame_while_the_data_stack_holds_frames_is_not_believed() {
+    // The top pointer reads NULL through a live CFrame while the data stack still holds
+    // the thread's frames (3.12 under pylint, up to 300 us at a time): not an empty
+    // stack, which would end every call of the thread and begin them all again.
+    let (sim, l, mut s, stats) = warm(&[0, 1, 2]);
+    let top = TSTATE + l.tstate.datastack_top.unwrap();
+    let current = CFRAME + l.tstate.cframe_current_frame.unwrap();
+    sim.mem.with(|r| {
+        r.u64(top, slot(3));
+        r.u64(current, 0);
+    });
+    let (msgs, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, None)]);
+    assert_eq!(stats.lost[Loss::Truncated as usize].load(Ordering::Relaxed), 1);
+    assert!(ended(&msgs).is_empty());
+    // Its stack back: the same calls.
+    sim.mem.with(|r| r.u64(current, slot(2)));
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2]))]);
+    // Every frame popped (the data stack back at its first free slot): the thread runs
+    // no Python code, and that is what its sample says.
+    sim.mem.with(|r| {
+        r.u64(top, slot(0));
+        r.u64(current, 0);
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![]))]);
+    assert_eq!(lost(&stats), 1);
+}

@@ -198,3 +198,54 @@ fn watchdog_resumes_the_thread_when_vizattach_hangs() {
         Ok(Proved::Yes)
     });
 }
+
+/// A budget spent: every thread read stopped at every tick (`--pause-every 1`) with a
+/// budget of 0.05 % of the time. Threads are stopped for no longer than the budget
+/// allows (its 2 ms of headroom at the start, and the stop under way when it ran out,
+/// included), and what could not be read stopped is lost, counted as past the budget in
+/// the metadata and named in the summary line with its remedy.
+#[test]
+fn a_spent_stop_budget_bounds_the_stops_and_counts_what_it_lost() {
+    on_churning_target("6", 1, |target| {
+        let json = target.host_path("budget.json");
+        let mut cmd = Command::new(VIZATTACH);
+        cmd.args(["record", "--pid", &target.pid.to_string(), "--rate", "10000", "--duration", "2s"])
+            .args(["--pause-budget", "0.05", "--pause-every", "1", "-o"])
+            .arg(&json);
+        let run = run_with_timeout(cmd, Duration::from_secs(60))?;
+        if !run.status.success() {
+            return Err(format!("vizattach record failed: {}", run.describe()));
+        }
+        let meta: Value = serde_json::from_str(&std::fs::read_to_string(&json).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        let meta = &meta["viztracer_metadata"];
+        let n = |k: &str| meta[k].as_u64().unwrap_or(0);
+        let (over, lost, taken, paused) = (
+            n("over_budget_samples"),
+            meta["lost_samples"]["total"].as_u64().unwrap_or(0),
+            n("thread_samples"),
+            n("paused_samples"),
+        );
+        let stopped_ms = meta["stopped_ms"].as_f64().unwrap_or(f64::MAX);
+        let seconds = meta["duration_s"].as_f64().unwrap_or(0.0);
+        eprintln!("     {paused} read stopped ({stopped_ms:.1} ms in {seconds:.2} s), {over} of {taken} lost past the budget, {lost} lost in all");
+        // 0.05 % of the capture, 2 ms of headroom, and one stop begun just within it (on
+        // a loaded machine the read inside a stop can take a few ms)
+        let allowed_ms = 0.0005 * seconds * 1000.0 + 2.0 + 10.0;
+        if stopped_ms > allowed_ms {
+            return Err(format!("threads stopped {stopped_ms:.1} ms, more than the budget's {allowed_ms:.1} ms"));
+        }
+        if paused == 0 {
+            return Err(format!("no sample read stopped within the budget ({meta})"));
+        }
+        if over * 2 < taken || over > lost {
+            return Err(format!("{over} samples lost past the budget, of {lost} lost and {taken} taken"));
+        }
+        let summary = run.stderr.lines().find(|l| l.contains("stopped after")).unwrap_or_default();
+        if !summary.contains(&format!("{over} lost with the stop budget spent (a larger --pause-budget")) {
+            return Err(format!("the summary line does not name the spent budget: {summary}"));
+        }
+        runs_on(target.pid)?;
+        Ok(Proved::Yes)
+    });
+}

@@ -48,6 +48,10 @@ pub struct CaptureInfo {
     /// re-read tore (src/pausing.rs), and how long threads were stopped in all
     #[serde(default)]
     pub paused_samples: u64,
+    /// of the lost thread samples, those that a stop would have been tried for had the
+    /// stop budget (`--pause-budget`) not been spent
+    #[serde(default)]
+    pub over_budget_samples: u64,
     #[serde(default)]
     pub stopped_ms: f64,
     /// stops that caught a signal on its way to the thread (handed back on detach)
@@ -143,6 +147,12 @@ impl CaptureInfo {
                 self.paused_samples,
                 self.stopped_ms,
                 if self.duration_s > 0.0 { self.stopped_ms / 10.0 / self.duration_s } else { 0.0 }
+            );
+        }
+        if self.over_budget_samples > 0 {
+            s += &format!(
+                ", {} lost with the stop budget spent (a larger --pause-budget or a lower --rate keeps them)",
+                self.over_budget_samples
             );
         }
         if self.pausing.starts_with("refused") {

@@ -477,6 +477,7 @@ impl Perfetto {
                 u("asleep_samples", info.asleep_samples),
                 u("inferred_samples", info.inferred_samples),
                 u("paused_samples", info.paused_samples),
+                u("over_budget_samples", info.over_budget_samples),
                 f("stopped_ms", info.stopped_ms),
                 u("signals_handed_back", info.signals_handed_back),
                 s("pausing", &info.pausing),
