@@ -1185,10 +1185,14 @@ impl<M: ReadMem> Sampler<M> {
         // none of its own code yet (it waits for the GIL, most often, for up to the
         // switch interval): not shown, as a frame still in its prologue is not, and as
         // a tracer's call event comes only after it (docs/ARCHITECTURE.md, "Frames that
-        // have not started").
-        let waiting =
-            walk.frames.first().is_some_and(|f| codes.cached(f.code).is_some_and(|c| c.proofs.at_resume(f.offset)));
-        let shown = &walk.frames[waiting as usize..];
+        // have not started"). Nor one at a return instruction: its code is done, and a
+        // frame that stays there was read after it returned, from a slot whose next
+        // call was not written yet while the top pointer named that slot at both ends
+        // of the read ("Frames that have finished").
+        let idle = walk.frames.first().is_some_and(|f| {
+            codes.cached(f.code).is_some_and(|c| c.proofs.at_resume(f.offset) || c.proofs.at_return(f.offset))
+        });
+        let shown = &walk.frames[idle as usize..];
         let start = batch.frames.len();
         let prev = &live.prev;
         let mut same_so_far = true;

@@ -806,3 +806,35 @@ fn no_top_frame_while_the_data_stack_holds_frames_is_not_believed() {
     assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![]))]);
     assert_eq!(lost(&stats), 1);
 }
+
+/// Gives code `n` real bytecode (3.12 opcode numbers, one (opcode, oparg) pair per code
+/// unit, no locals, no exception table), so that its proofs are read and analysed.
+fn bytecode(r: &mut Regions, l: &Layout, n: u64, units: &[(u8, u8)]) {
+    let c = code(n);
+    let empty = STRINGS + 0x3800; // the line table: a bytes object of size 0
+    r.u64(c + l.code.ob_size.unwrap(), units.len() as u64);
+    for (i, &(op, arg)) in units.iter().enumerate() {
+        r.write(c + l.code.code_adaptive.unwrap() + 2 * i as u64, &[op, arg]);
+    }
+    r.u64(c + l.code.localspluskinds.unwrap(), empty);
+    r.u64(c + l.code.exceptiontable.unwrap(), empty);
+}
+
+#[test]
+fn an_innermost_frame_at_its_return_or_resume_is_not_shown() {
+    // f12: RESUME, NOP, RETURN_CONST. At its return it has finished its code; a frame
+    // that stays there was read after it returned (the top pointer named its slot at
+    // both ends of the read, a new call into the slot not written yet), and showing it
+    // under a caller that moved on made a new call of the callee that had ended.
+    const RESUME: u8 = 151;
+    const NOP: u8 = 9;
+    const RETURN_CONST: u8 = 121;
+    let (sim, l, mut s, stats) = warm(&[0, 1, 2]);
+    sim.mem.with(|r| bytecode(r, &l, 12, &[(RESUME, 0), (NOP, 0), (RETURN_CONST, 0)]));
+    for (offset, shown) in [(2, vec![0, 1, 12]), (4, vec![0, 1]), (0, vec![0, 1]), (2, vec![0, 1, 12])] {
+        sim.mem.with(|r| frame(r, &l, slot(2), 12, slot(1), offset));
+        let (_, b) = tick(&mut s, &stats);
+        assert_eq!(stacks(&b), vec![(TSTATE, Some(shown))], "f12 at offset {offset}");
+    }
+    assert_eq!(lost(&stats), 0);
+}

@@ -236,7 +236,9 @@ def truth(co):
     fixed = mask((set(range(nargs)) | cells) - written)
     undeletable = mask(plain - cleared)
     resumes = [i.offset for i in ins if i.opname == "RESUME"]
-    return kinds, {"fixed": fixed, "undeletable": undeletable, "back_jumps": sorted(jumps), "resumes": resumes}
+    returns = [i.offset for i in ins if i.opname in ("RETURN_VALUE", "RETURN_CONST")]
+    return kinds, {"fixed": fixed, "undeletable": undeletable, "back_jumps": sorted(jumps), "resumes": resumes,
+                   "returns": returns}
 
 codes = []
 def collect(co):
@@ -268,8 +270,8 @@ sys.stdin.read()
 
 fn proofs_json(p: &CallProofs) -> String {
     format!(
-        "fixed={:#x} undeletable={:#x} back_jumps={:?} resume_points={:?}",
-        p.fixed_slots, p.undeletable, p.back_jumps, p.resume_points
+        "fixed={:#x} undeletable={:#x} back_jumps={:?} resume_points={:?} return_points={:?}",
+        p.fixed_slots, p.undeletable, p.back_jumps, p.resume_points, p.return_points
     )
 }
 
@@ -285,6 +287,7 @@ fn truth_of(v: &Value) -> CallProofs {
             .map(|p| (p[0].as_i64().unwrap(), p[1].as_i64().unwrap()))
             .collect(),
         resume_points: t["resumes"].as_array().unwrap().iter().map(|o| o.as_i64().unwrap()).collect(),
+        return_points: t["returns"].as_array().unwrap().iter().map(|o| o.as_i64().unwrap()).collect(),
         paths: None,
     }
 }
@@ -299,6 +302,7 @@ fn sound(got: &CallProofs, truth: &CallProofs, len: i64) -> bool {
         && got.undeletable & !truth.undeletable == 0
         && (-1..=len).all(|to| !truth.offset_can_go_back(len + 1, to) || got.offset_can_go_back(len + 1, to))
         && got.resume_points.iter().all(|o| truth.resume_points.contains(o))
+        && got.return_points.iter().all(|o| truth.return_points.contains(o))
 }
 
 fn check(interp: &Interpreter) -> Result<(), String> {

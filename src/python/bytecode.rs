@@ -65,6 +65,9 @@ pub struct CallProofs {
     /// byte offsets of the RESUME instructions, sorted (3.11+): a frame whose current
     /// instruction is one has not started running, or running again, yet
     pub resume_points: Vec<i64>,
+    /// byte offsets of the return instructions, sorted: a frame whose current
+    /// instruction is one has finished its own code
+    pub return_points: Vec<i64>,
     /// the paths through the code (3.11+; python/paths.rs)
     pub paths: Option<Box<Paths>>,
 }
@@ -83,6 +86,7 @@ impl CallProofs {
             undeletable: 0,
             back_jumps: vec![(i64::MIN, i64::MAX)],
             resume_points: Vec::new(),
+            return_points: Vec::new(),
             paths: None,
         }
     }
@@ -91,6 +95,12 @@ impl CallProofs {
     /// its own code yet (waiting for the GIL, or for the eval breaker's work).
     pub fn at_resume(&self, offset: i64) -> bool {
         self.resume_points.binary_search(&offset).is_ok()
+    }
+
+    /// Whether a frame at `offset` sits at a return instruction: returning now, or read
+    /// after it returned (a stale frame a new call has not overwritten yet).
+    pub fn at_return(&self, offset: i64) -> bool {
+        self.return_points.binary_search(&offset).is_ok()
     }
 
     /// Whether one invocation can report offset `from` and later offset `to`. Always true
@@ -130,6 +140,7 @@ enum Kind {
     Clear,
     MakeCell,
     Resume,
+    Return,
     JumpAbs,
     JumpBack,
     JumpFwd,
@@ -184,6 +195,7 @@ impl Opcodes {
                 ("clear", Kind::Clear),
                 ("make_cell", Kind::MakeCell),
                 ("resume", Kind::Resume),
+                ("returns", Kind::Return),
                 ("yield", Kind::Yield),
                 ("jump_abs", Kind::JumpAbs),
                 ("jump_back", Kind::JumpBack),
@@ -409,6 +421,7 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
     let mut min_setup: Option<i64> = None;
     let mut seen_resume = false;
     let mut resumes: Vec<i64> = Vec::new();
+    let mut returns: Vec<i64> = Vec::new();
     for ins in &instrs {
         let (at, arg, end) = (ins.at, ins.arg, ins.after.min(code.len() as i64));
         match ops.kind[ins.op] {
@@ -426,6 +439,7 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
                     written |= bit(arg);
                 }
             }
+            Kind::Return => returns.push(at),
             Kind::Resume => {
                 seen_resume = true;
                 resumes.push(at);
@@ -507,6 +521,7 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
         undeletable: locals & !cleared,
         back_jumps: jumps,
         resume_points: resumes,
+        return_points: returns,
         paths: if ops.jump_after_caches {
             Paths::build(ops, &instrs, code.len() as i64, &handlers, c.resumable).map(Box::new)
         } else {
