@@ -1184,7 +1184,7 @@ impl<M: ReadMem> Sampler<M> {
         // The innermost frame at a RESUME instruction was entered or resumed but runs
         // none of its own code yet (it waits for the GIL, most often, for up to the
         // switch interval): not shown, as a frame still in its prologue is not, and as
-        // a tracer's call event comes only after it (docs/ARCHITECTURE.md, "Frames that
+        // VizTracer logs no call for such a wait (docs/ARCHITECTURE.md, "Frames that
         // have not started"). Nor one at a return instruction: its code is done, and a
         // frame that stays there was read after it returned, from a slot whose next
         // call was not written yet while the top pointer named that slot at both ends
