@@ -962,7 +962,7 @@ impl<M: ReadMem> Sampler<M> {
                                 tid,
                                 named: false,
                                 prev: Vec::new(),
-                                plan: Plan::default(),
+                                plan: first_plan(mem, &t.layout, s.addr, self.tstate_len),
                                 root: 0,
                                 new_root: 0,
                                 read_ns: 0,
@@ -1310,6 +1310,23 @@ fn data_stack(l: &Layout, ts: &[u8]) -> (u64, u64) {
 /// freed when its last frame is popped).
 fn data_stack_holds_frames(l: &Layout, chunk: u64, stack_top: u64) -> bool {
     chunk != 0 && stack_top > chunk + l.chunk.data + 8
+}
+
+/// A new thread's first plan, from its state read directly: where its CFrame and data
+/// stack are, so that the tick's read copies its stack. (With an empty plan the first
+/// read of every new thread lacked its stack and cost a round of re-reads: the thread
+/// per request of `http.server` makes dozens a second.)
+fn first_plan(mem: &dyn ReadMem, l: &Layout, tstate: u64, len: usize) -> Plan {
+    let mut plan = Plan::default();
+    let Ok(ts) = mem.read_vec(tstate, len) else {
+        return plan;
+    };
+    if l.model.frame_via_cframe {
+        plan.see_cframe(ts.u64_at(l.tstate.frame));
+    }
+    let (chunk, stack_top) = data_stack(l, &ts);
+    plan_from(&mut plan, l, mem, chunk, stack_top, &[]);
+    plan
 }
 
 /// What to copy next time for a thread whose walk read `visited`: the newest chunk

@@ -838,3 +838,21 @@ fn an_innermost_frame_at_its_return_or_resume_is_not_shown() {
     }
     assert_eq!(lost(&stats), 0);
 }
+
+#[test]
+fn a_new_thread_is_read_whole_in_the_first_copy() {
+    // Its state is read directly when it is first listed, so the tick's one copy already
+    // holds its CFrame and data stack: no round of re-reads for every new thread.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| {
+        stack(r, &l, CFRAME, 0, &[0, 1, 2]);
+        r.u64(TSTATE + l.tstate.datastack_top.unwrap(), slot(3));
+    });
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2]))]);
+    assert_eq!(stats.retried.load(Ordering::Relaxed), 0, "kept from the first copy");
+    assert_eq!(lost(&stats), 0);
+}
