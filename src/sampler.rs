@@ -341,9 +341,6 @@ pub struct Sampler<M: ReadMem = Memory> {
     activity: ActivityReader,
     /// stops threads whose quick re-reads all tore (None: never)
     pauser: Option<Pauser>,
-    /// the thread being read is stopped: what the copy lacks, read from the process, is
-    /// of the same moment, and nothing needs reading again to prove it
-    reading_stopped: bool,
     /// a batch was dropped (the consumer fell behind): it may lack the last stack of a
     /// thread now asleep, so the next batch that gets through carries every stack
     resend_stacks: bool,
@@ -457,7 +454,6 @@ impl<M: ReadMem> Sampler<M> {
             joiner: Joiner::default(),
             activity: ActivityReader::new(pid),
             pauser: None,
-            reading_stopped: false,
             resend_stacks: false,
             send_same: false,
         }
@@ -578,7 +574,7 @@ impl<M: ReadMem> Sampler<M> {
         for attempt in 0..quick {
             failed.clear();
             for &key in &pending {
-                match self.attempt(key, time, &mut batch, tx)? {
+                match self.attempt(key, time, &mut batch, tx, false)? {
                     Attempt::Kept { inferred } => {
                         if attempt > 0 {
                             stats.retried.fetch_add(1, Ordering::Relaxed);
@@ -713,12 +709,11 @@ impl<M: ReadMem> Sampler<M> {
             // another chunk or evaluation loop since) learn where it is and read again.
             // (One read instead of two: stops went from 74 to 65 us on average, pylint
             // under VizTracer at 10 kHz, so 14 % more of them fit in the budget.)
-            self.reading_stopped = true;
             let read = (|| {
                 self.pf.clear();
                 self.want_thread(key);
                 let time = self.fetch()?;
-                match self.attempt(key, time, batch, tx)? {
+                match self.attempt(key, time, batch, tx, true)? {
                     Attempt::Retry(Loss::Incomplete) => {}
                     done => return Ok(done),
                 }
@@ -726,9 +721,8 @@ impl<M: ReadMem> Sampler<M> {
                 self.pf.clear();
                 self.want_thread(key);
                 let time = self.fetch()?;
-                self.attempt(key, time, batch, tx)
+                self.attempt(key, time, batch, tx, true)
             })();
-            self.reading_stopped = false;
             pauser.resume(stop);
             self.activity.note_let_go(tid);
             let read = match read {
@@ -1005,8 +999,17 @@ impl<M: ReadMem> Sampler<M> {
         self.orphans = false;
     }
 
-    /// One thread from the current copy.
-    fn attempt(&mut self, key: u64, time: u64, batch: &mut SampleBatch, tx: &Sender<Message>) -> ReadResult<Attempt> {
+    /// One thread from the current copy. `stopped`: the thread is stopped for this read,
+    /// so what the copy lacks, read from the process, is of the same moment, and nothing
+    /// needs reading again to prove it.
+    fn attempt(
+        &mut self,
+        key: u64,
+        time: u64,
+        batch: &mut SampleBatch,
+        tx: &Sender<Message>,
+        stopped: bool,
+    ) -> ReadResult<Attempt> {
         let Sampler {
             pf,
             threads,
@@ -1020,7 +1023,6 @@ impl<M: ReadMem> Sampler<M> {
             tstate_len,
             read_span,
             send_same,
-            reading_stopped,
             ..
         } = self;
         let mem: &dyn ReadMem = mem;
@@ -1133,7 +1135,7 @@ impl<M: ReadMem> Sampler<M> {
         }
         // Which moment the stack describes, if any (docs/ARCHITECTURE.md, "Torn reads").
         let mut time = time;
-        if after == top && (whole_copy || *reading_stopped) {
+        if after == top && (whole_copy || stopped) {
             // the thread stayed in its frame while the group was copied (or could not
             // move: the frames read after the copy are of the same moment)
         } else if after == top {
