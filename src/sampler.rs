@@ -1225,7 +1225,12 @@ impl<M: ReadMem> Sampler<M> {
                         None => match codes.get(mem, l, t.code_type, f.code) {
                             Ok(c) => c.id,
                             Err(ReadError::Fault | ReadError::NotCode) => {
+                                // (the walk cached every code it ran through, so only an
+                                // entry dropped since gets here) This sample's pending
+                                // code checks go with its frames: left behind, a check
+                                // would give its id to whichever frame takes its index.
                                 batch.frames.truncate(start);
+                                unchecked.retain(|&(i, _)| i < start);
                                 return Ok(Attempt::Retry(Loss::Torn));
                             }
                             Err(e) => return Err(e),

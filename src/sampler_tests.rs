@@ -856,3 +856,22 @@ fn a_new_thread_is_read_whole_in_the_first_copy() {
     assert_eq!(stats.retried.load(Ordering::Relaxed), 0, "kept from the first copy");
     assert_eq!(lost(&stats), 0);
 }
+
+#[test]
+fn a_code_object_made_again_where_one_was_freed_is_read_again() {
+    // Code compiled from strings shares its name and file objects (`<module>`,
+    // `<string>`), and the allocator hands a new one the address an old one just freed.
+    let (sim, l, mut s, stats) = warm(&[0, 1]);
+    let (_, b) = tick(&mut s, &stats);
+    let old = b.stack(&b.threads[0]).unwrap()[1].code_id;
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0]));
+    tick(&mut s, &stats);
+    sim.mem.with(|r| {
+        r.u32(code(1) + l.code.firstlineno, 500);
+        stack(r, &l, CFRAME, 0, &[0, 1]);
+    });
+    let (_, b) = tick(&mut s, &stats);
+    assert_ne!(b.stack(&b.threads[0]).unwrap()[1].code_id, old, "the freed code's entry was kept");
+    assert_eq!(s.codes.cached(code(1)).map(|c| c.first_line), Some(500));
+    assert_eq!(lost(&stats), 0);
+}

@@ -411,7 +411,7 @@ pub struct Header {
 }
 
 enum Record {
-    Code(CodeInfo),
+    Code(Box<CodeInfo>),
     Thread(i32, String),
     Open { tid: i32, code: u32, at: u64 },
     Close { tid: i32, code: u32, start: u64, end: u64 },
@@ -480,7 +480,7 @@ impl Records {
             CODE => {
                 let id = f.id()?;
                 let (name, file) = (f.str()?, f.str()?);
-                Record::Code(CodeInfo::named(id, name, file, f.int()?))
+                Record::Code(Box::new(CodeInfo::named(id, name, file, f.int()?)))
             }
             THREAD => Record::Thread(f.int()?, f.str()?),
             OPEN => Record::Open { tid: f.int()?, code: f.id()?, at: clock.get(&mut f)? },
@@ -609,7 +609,7 @@ pub fn replay(paths: &Paths, root: impl FnOnce(&Header) -> PathBuf) -> io::Resul
         };
         match rec {
             Record::Code(c) => {
-                let c = Arc::new(c);
+                let c: Arc<CodeInfo> = Arc::from(c);
                 sink.code(&c)?;
                 codes.insert(c.id, c);
             }

@@ -31,8 +31,9 @@ pub struct CodeInfo {
     pub frame_bytes: u64,
     /// Where the value stack starts, in bytes from localsplus (3.11+).
     pub stack_base: u64,
-    /// The name and file object pointers this entry was read from (its identity).
-    identity: (u64, u64),
+    /// What this entry was read from: the name, file and line table pointers, and the
+    /// bytecode's length and first line (`identity_of`).
+    identity: [u64; 4],
     /// 3.12+'s `<interpreter trampoline>`, which only C-stack entry frames run
     entry_only: bool,
     /// What the bytecode lets the timeline prove about two samples of one frame of this
@@ -43,14 +44,32 @@ pub struct CodeInfo {
 /// The code object 3.12+ C-stack entry frames run (CPython's `_Py_MakeShimCode`).
 const TRAMPOLINE: &str = "<interpreter trampoline>";
 
-/// Where a code object's identity (its name and file pointers) lies: one small read
-/// tells whether a cached entry still describes the object at that address.
-pub fn identity_span(layout: &Layout) -> (u64, usize) {
+/// The fields that tell one code object from another at the same address.
+fn identity_fields(layout: &Layout) -> [u64; 5] {
     let c = &layout.code;
     let name = c.qualname.unwrap_or(c.name);
-    let lo = name.min(c.filename);
-    let hi = name.max(c.filename) + 8;
+    [name, c.filename, c.linetable, c.firstlineno, c.ob_size.unwrap_or(c.firstlineno)]
+}
+
+/// Where a code object's identity lies: one small read tells whether a cached entry
+/// still describes the object at that address.
+pub fn identity_span(layout: &Layout) -> (u64, usize) {
+    let fields = identity_fields(layout);
+    let lo = fields.iter().min().copied().unwrap_or(0);
+    let hi = fields.iter().max().copied().unwrap_or(0) + 8;
     (lo, (hi - lo) as usize)
+}
+
+/// A code object's identity from bytes read at `base` bytes into it. Name and file
+/// pointers alone do not tell apart code compiled from strings, whose `<module>` and
+/// `<string>` are the same objects for all of them, nor does the line table's pointer
+/// when the allocator hands a new code object and its table the addresses an old pair
+/// just freed: subinterpreters running one string after another did exactly that, and
+/// their module code kept the bytecode proofs of an earlier string's. The bytecode's
+/// length and first line catch most of those.
+fn identity_of(layout: &Layout, bytes: &[u8], base: u64) -> [u64; 4] {
+    let [name, file, lines, first, size] = identity_fields(layout).map(|at| bytes.u64_at(at - base));
+    [name, file, lines, (first & 0xffff_ffff) | size << 32]
 }
 
 impl CodeInfo {
@@ -67,7 +86,7 @@ impl CodeInfo {
             first_traceable: 0,
             frame_bytes: 0,
             stack_base: 0,
-            identity: (0, 0),
+            identity: [0; 4],
             entry_only: false,
             proofs: CallProofs::none(),
         }
@@ -87,7 +106,7 @@ impl CodeInfo {
             first_traceable: 0,
             frame_bytes: 0,
             stack_base: 0,
-            identity: (0, 0),
+            identity: [0; 4],
             entry_only: false,
             proofs: CallProofs::none(),
         }
@@ -108,11 +127,7 @@ impl CodeInfo {
 
     /// Whether `bytes`, read at the code object's identity span, are still this entry's.
     pub fn identity_matches(&self, layout: &Layout, bytes: &[u8]) -> bool {
-        let c = &layout.code;
-        let (lo, _) = identity_span(layout);
-        let name = bytes.u64_at(c.qualname.unwrap_or(c.name) - lo);
-        let file = bytes.u64_at(c.filename - lo);
-        self.identity == (name, file)
+        self.identity == identity_of(layout, bytes, identity_span(layout).0)
     }
 
     /// The line of a byte offset in this code's bytecode (the first line if the table
@@ -178,7 +193,7 @@ impl CodeCache {
         let name_ptr = head.u64_at(c.qualname.unwrap_or(c.name));
         let file_ptr = head.u64_at(c.filename);
         if let Some(hit) = self.entries.get(&addr) {
-            if hit.identity == (name_ptr, file_ptr) {
+            if hit.identity == identity_of(layout, head, 0) {
                 return Ok(hit.clone());
             }
         }
@@ -200,7 +215,7 @@ impl CodeCache {
             frame_bytes: c.framesize.map(|o| head.i32_at(o).max(0) as u64 * 8).unwrap_or(0),
             // (3.8-3.10: where the locals end, for Locals::slots)
             stack_base: c.nlocalsplus.or(c.nlocals).map(|o| head.i32_at(o).max(0) as u64 * 8).unwrap_or(0),
-            identity: (name_ptr, file_ptr),
+            identity: identity_of(layout, head, 0),
             proofs: bytecode::read_proofs(mem, layout, addr),
         });
         self.next_id += 1;
