@@ -789,9 +789,11 @@ impl<M: ReadMem> Sampler<M> {
         self.pf.clear();
         let l = &self.target.layout;
         self.pf.want(self.target.runtime + l.runtime.interpreters_head, 8);
+        ActivityReader::want_gil(&mut self.pf, &self.target, None);
         for li in &self.interps {
             self.pf.want(li.interp + l.interp.next, 8);
             self.pf.want(li.interp + l.interp.threads_head, 8);
+            ActivityReader::want_gil(&mut self.pf, &self.target, Some(li.interp));
         }
         for i in 0..self.interps.len() {
             for j in 0..self.interps[i].raw.len() {
@@ -799,7 +801,6 @@ impl<M: ReadMem> Sampler<M> {
                 self.want_thread(self.interps[i].raw[j].0);
             }
         }
-        ActivityReader::want_gil(&mut self.pf, &self.target, &mut self.interps.iter().map(|li| li.interp));
         self.fetch()
     }
 

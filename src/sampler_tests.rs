@@ -374,9 +374,10 @@ fn a_new_evaluation_loop_is_followed_to_its_cframe() {
 fn churn_in_the_thread_list_never_ends_a_living_thread() {
     let (sim, l, mut s, stats) = warm(&[0, 1]);
     // A thread is being linked in while the list is copied: the head changes under the
-    // read, and the direct re-read that follows finds the list changed again.
+    // read, and the direct re-read that follows finds the list changed again. (The
+    // interpreter's next and threads_head fields are one piece of the read.)
     let l2 = l.clone();
-    sim.mem.when_reading(INTERP + l.interp.threads_head, move |r| {
+    sim.mem.when_reading(INTERP + l.interp.next, move |r| {
         r.map(TSTATE2, 1024);
         r.u64(TSTATE2 + l2.tstate.interp, 0xdead_0000); // half-built: not ours yet
         r.u64(INTERP + l2.interp.threads_head, TSTATE2);

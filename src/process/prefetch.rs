@@ -11,6 +11,10 @@
 
 use super::memory::{ReadError, ReadMem, ReadResult, Span};
 
+/// Bytes between two pieces that one piece reads rather than starting another.
+const MERGE_GAP: u64 = 1024;
+const PAGE: u64 = 4096;
+
 #[derive(Default)]
 pub struct Prefetch {
     spans: Vec<Span>,
@@ -46,10 +50,31 @@ impl Prefetch {
         self.spans.len() - 1
     }
 
+    /// Asks for [addr, addr+len). A piece that starts shortly after the previous one
+    /// and lies on the pages that one touches extends it instead: the kernel pins pages
+    /// per piece, so two fields of one structure cost one piece, not two (the bytes in
+    /// between are read too, at the same point of the read; a page the other could not
+    /// read, this one could not either).
     pub fn want(&mut self, addr: u64, len: usize) {
-        if addr != 0 && len != 0 {
-            self.push(addr, len, false);
+        if addr == 0 || len == 0 {
+            return;
         }
+        if let (Some(last), Some(false)) = (self.spans.last_mut(), self.check.last()) {
+            let end = last.addr + last.len as u64;
+            let new_end = addr.saturating_add(len as u64);
+            if addr >= last.addr && addr <= end + MERGE_GAP && (new_end - 1) / PAGE <= (end - 1) / PAGE {
+                if new_end > end {
+                    let grow = (new_end - end) as usize;
+                    last.len += grow;
+                    self.used += grow;
+                    if self.buf.len() < self.used {
+                        self.buf.resize(self.used, 0);
+                    }
+                }
+                return;
+            }
+        }
+        self.push(addr, len, false);
     }
 
     /// A second read of a field already asked for; its bytes come from `checked`.
@@ -152,6 +177,27 @@ mod tests {
         assert_eq!(p.checked(c).map(|b| b[1]), Some(0x01));
         let mut b = [0u8; 2];
         assert_eq!(p.read(0x1800, &mut b), Err(ReadError::Missing));
+    }
+
+    #[test]
+    fn close_pieces_on_one_page_are_read_as_one_but_never_across_a_check() {
+        let mut p = Prefetch::default();
+        p.want(0x1000, 8);
+        p.want(0x1100, 16); // same page, 248 bytes on: one piece
+        p.want(0x1ff8, 16); // past the gap
+        let c = p.want_check(0x1000, 8).unwrap();
+        p.want(0x1010, 8); // after a check: its own piece, read after it
+        assert_eq!(
+            p.spans.iter().map(|s| (s.addr, s.len)).collect::<Vec<_>>(),
+            [(0x1000, 0x110), (0x1ff8, 16), (0x1000, 8), (0x1010, 8)]
+        );
+        p.fetch(&Flat).unwrap();
+        assert_eq!(p.get(0x1108, 8).map(|b| b[0]), Some(0x08));
+        assert_eq!(p.checked(c).map(|b| b[1]), Some(0x01));
+        let mut q = Prefetch::default();
+        q.want(0x1f00, 0x80);
+        q.want(0x2008, 8); // on the next page: not merged
+        assert_eq!(q.spans.len(), 2);
     }
 
     #[test]
