@@ -50,8 +50,8 @@ impl Prefetch {
         self.spans.len() - 1
     }
 
-    /// Asks for [addr, addr+len). A piece that starts shortly after the previous one
-    /// and lies on the pages that one touches extends it instead: the kernel pins pages
+    /// Asks for [addr, addr+len). A piece close to the previous one (after or before it)
+    /// and on the pages that one touches extends it instead: the kernel pins pages
     /// per piece, so two fields of one structure cost one piece, not two (the bytes in
     /// between are read too, at the same point of the read; a page the other could not
     /// read, this one could not either).
@@ -62,14 +62,18 @@ impl Prefetch {
         if let (Some(last), Some(false)) = (self.spans.last_mut(), self.check.last()) {
             let end = last.addr + last.len as u64;
             let new_end = addr.saturating_add(len as u64);
-            if addr >= last.addr && addr <= end + MERGE_GAP && (new_end - 1) / PAGE <= (end - 1) / PAGE {
-                if new_end > end {
-                    let grow = (new_end - end) as usize;
-                    last.len += grow;
-                    self.used += grow;
-                    if self.buf.len() < self.used {
-                        self.buf.resize(self.used, 0);
-                    }
+            let (lo, hi) = (addr.min(last.addr), new_end.max(end));
+            let gap = addr.saturating_sub(end).max(last.addr.saturating_sub(new_end));
+            // (below it too: thread states listed newest first lie at falling addresses)
+            if gap <= MERGE_GAP && lo / PAGE >= last.addr / PAGE && (hi - 1) / PAGE <= (end - 1) / PAGE {
+                // (the last piece's bytes are not read yet: it just starts lower and
+                // ends higher in the same place of the buffer)
+                let grow = (hi - lo) as usize - last.len;
+                last.addr = lo;
+                last.len += grow;
+                self.used += grow;
+                if self.buf.len() < self.used {
+                    self.buf.resize(self.used, 0);
                 }
                 return;
             }
@@ -198,6 +202,16 @@ mod tests {
         q.want(0x1f00, 0x80);
         q.want(0x2008, 8); // on the next page: not merged
         assert_eq!(q.spans.len(), 2);
+        // falling addresses on one page: one piece, each read where it lies
+        let mut r = Prefetch::default();
+        r.want(0x1800, 0x100);
+        r.want(0x1400, 0x100);
+        r.want(0x1000, 0x100);
+        r.want(0x0c00, 0x100); // on the page before: its own piece
+        assert_eq!(r.spans.iter().map(|s| (s.addr, s.len)).collect::<Vec<_>>(), [(0x1000, 0x900), (0x0c00, 0x100)]);
+        r.fetch(&Flat).unwrap();
+        assert_eq!(r.get(0x1400, 2), Some(&[0x00, 0x01][..]));
+        assert_eq!(r.get(0x18ff, 1), Some(&[0xff][..]));
     }
 
     #[test]
