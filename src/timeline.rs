@@ -55,6 +55,8 @@ pub struct Timeline {
     pub samples: u64,
     pub first_ns: Option<u64>,
     pub last_ns: u64,
+    /// the latest time any thread was sampled at
+    latest_sample_ns: Option<u64>,
     tids: BTreeSet<i32>,
     named: BTreeSet<i32>,
     pub told_apart: ToldApart,
@@ -86,8 +88,16 @@ impl Timeline {
                 }
             }
             Message::Sample(batch) => {
-                // (a thread first seen now was not listed at the previous tick's read)
-                let previous_tick = self.first_ns.map(|_| self.last_ns);
+                // A thread first seen now was not listed at the previous tick's read,
+                // which came before every sample taken so far; and it was started by a
+                // call of another thread, which opens no later than halfway to this
+                // batch's sample of that thread.
+                let calls_opened_by = batch
+                    .threads
+                    .iter()
+                    .filter_map(|t| self.tracks.get(&t.key).map(|k| midpoint(k.last_ns, t.time_ns)))
+                    .max();
+                let previous_tick = self.latest_sample_ns;
                 self.samples += 1;
                 self.first_ns.get_or_insert(batch.time_ns);
                 self.last_ns = batch.time_ns;
@@ -112,10 +122,12 @@ impl Timeline {
                         // First sight. A thread listed from the first tick on: nothing is
                         // known before this moment. One that appeared later began after
                         // the previous tick's read, which did not list it: its frames
-                        // open halfway from there, as a thread's end is put halfway to
-                        // the read that found it gone (opening them at this read made
-                        // every new thread's calls start late: http.server at 10 kHz,
-                        // a median 1.5 intervals).
+                        // open halfway from there (but not before a call this batch
+                        // opens on another thread: the one that may have started it), as
+                        // a thread's end is put halfway to the read that found it gone.
+                        // Opening them at this read made
+                        // every new thread's calls start late: http.server at 10 kHz, a
+                        // median 1.5 intervals.
                         None => (
                             Track {
                                 tid: t.tid,
@@ -126,7 +138,9 @@ impl Timeline {
                                 settled: false,
                                 runs: None,
                             },
-                            previous_tick.map_or(t.time_ns, |p| midpoint(p.min(t.time_ns), t.time_ns)),
+                            previous_tick.map_or(t.time_ns, |p| {
+                                midpoint(p.min(t.time_ns), t.time_ns).max(calls_opened_by.unwrap_or(0)).min(t.time_ns)
+                            }),
                         ),
                     };
                     // (callees the caller proof may split: all in a settled sample)
@@ -162,6 +176,8 @@ impl Timeline {
                     track.settled = t.settled;
                     self.tracks.insert(t.key, track);
                 }
+                let latest = batch.threads.iter().map(|t| t.time_ns).max();
+                self.latest_sample_ns = self.latest_sample_ns.max(latest);
             }
         }
         Ok(())
