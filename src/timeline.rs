@@ -125,9 +125,8 @@ impl Timeline {
                         // open halfway from there (but not before a call this batch
                         // opens on another thread: the one that may have started it), as
                         // a thread's end is put halfway to the read that found it gone.
-                        // Opening them at this read made
-                        // every new thread's calls start late: http.server at 10 kHz, a
-                        // median 1.5 intervals.
+                        // Opening them at this read made every new thread's calls start
+                        // late: http.server at 10 kHz, a median 1.5 intervals.
                         None => (
                             Track {
                                 tid: t.tid,
