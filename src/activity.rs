@@ -12,10 +12,12 @@
 //!   between, the last one read). The kernel adds a running thread's CPU time at its
 //!   timer tick (every 4 ms on this VM) or when it is switched out, so a thread the letter
 //!   found runnable whose CPU time and switch-in count have not moved since is still
-//!   runnable: no letter is read then. So a thread that computes or sleeps steadily costs one
-//!   ~1 us pread per tick; one that changes state, or is often preempted, costs a stat
-//!   read at those ticks, at most 1000 per second. Files are opened once per thread and
-//!   kept open; parsing is a byte scan, no allocation.
+//!   runnable: no letter is read then. So a thread that computes steadily costs one ~1 us
+//!   pread per tick; one that changes state, or is often preempted, costs a stat read at
+//!   those ticks, at most 1000 per second. A thread asleep at its last read costs nothing
+//!   while the GIL proves it has not run Python since (`replays`), and one pread every
+//!   10 ms. Files are opened once per thread and kept open; parsing is a byte scan, no
+//!   allocation.
 //! - Runs: the kernel's count of the times it put the thread on a CPU (the third field
 //!   of the same schedstat line, so free). A thread seen asleep in the same frames at
 //!   two samples whose count moved in between woke: the timeline's wake proof. A thread
@@ -25,17 +27,18 @@
 //!   compares the next count with the one before. Where a thread sleeps (the system
 //!   call and its first argument) goes with the count: only a sleep in the same place
 //!   again is a new call.
-//! - The GIL: its `locked` flag and its holder (a thread state address), read where the
-//!   layout's `[model] gil` says the GIL lives (the runtime up to 3.11, each interpreter
-//!   from 3.12), as spans of the tick's one batched read: no system call of its own.
+//! - The GIL: its `locked` flag, its holder (a thread state address) and its switch count,
+//!   read where the layout's `[model] gil` says the GIL lives (the runtime up to 3.11,
+//!   each interpreter from 3.12), as spans of the tick's one batched read: no system call
+//!   of its own.
 //!
 //! The timeline shows both (a counter track per thread in Perfetto, counter events in
 //! JSON); `--mode` picks the samples that the sample-count formats count.
 
+use crate::addr_map::AddrMap;
 use crate::process::prefetch::Prefetch;
 use crate::python::discover::Target;
 use crate::python::layout::GilHome;
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -175,6 +178,13 @@ const PRUNE_EVERY: u64 = 4096;
 const SURELY_RUNNING: f64 = 0.9;
 /// The state letter is read at most this often per thread.
 const STAT_EVERY_NS: u64 = 1_000_000;
+/// A sleeping thread whose schedstat the GIL proof saves is still read this often: the
+/// proof says its frames did not move, not that it did not wake into C code without
+/// the GIL, which its on-CPU state would show.
+const SLEEPER_CHECK_NS: u64 = 10_000_000;
+
+/// The GIL as one batched read found it: (switch_number, last_holder).
+type GilMark = (u64, u64);
 
 struct StatFile {
     schedstat: File,
@@ -211,28 +221,50 @@ struct StatFile {
     blocked_at: Option<(u64, Option<u64>)>,
     /// .../syscall, opened the first time the count moved while the thread was off CPU
     syscall: Option<File>,
+    /// the GIL as read by the last batch before this thread's last real schedstat read,
+    /// and when that read was
+    gil_mark: Option<GilMark>,
+    real_ns: u64,
+    #[cfg(test)]
+    schedstat_reads: u32,
 }
 
 /// Reads activity for the sampler: kept-open schedstat files, and the GIL from the tick's
 /// copy.
 pub struct ActivityReader {
     pid: i32,
-    stats: HashMap<i32, StatFile>,
+    stats: AddrMap<i32, StatFile>,
     tick: u64,
     /// thread states holding a GIL as of this tick's read; None when it could not be read
     holders: Option<Vec<u64>>,
     gil_spans: Vec<(u64, u64)>,
+    /// the process's one GIL as the last batch found it (None: unknown, or several GILs)
+    gil: Option<GilMark>,
+    /// threads whose schedstat this tick replays on the GIL's word, to confirm once the
+    /// tick's batch has read the GIL again
+    replayed: Vec<i32>,
+    /// replays the GIL confirmed
+    pub proved_by_gil: u64,
 }
 
 impl ActivityReader {
     pub fn new(pid: i32) -> ActivityReader {
-        ActivityReader { pid, stats: HashMap::new(), tick: 0, holders: Some(Vec::new()), gil_spans: Vec::new() }
+        ActivityReader {
+            pid,
+            stats: AddrMap::default(),
+            tick: 0,
+            holders: Some(Vec::new()),
+            gil_spans: Vec::new(),
+            gil: None,
+            replayed: Vec::new(),
+            proved_by_gil: 0,
+        }
     }
 
-    /// Where the GIL's `locked` flag and holder lie, for the GIL home of this layout:
-    /// (address, length, offset of locked, offset of holder) per GIL.
+    /// Where the GIL's `locked` flag, holder and switch count lie, for the GIL home of
+    /// this layout: (address, length, offsets of locked, holder and switch count) per GIL.
     /// False when the layout does not say where the GIL is.
-    fn gil_spans(t: &Target, interps: &mut dyn Iterator<Item = u64>, mut f: impl FnMut(u64, usize, u64, u64)) -> bool {
+    fn gil_spans(t: &Target, interps: &mut dyn Iterator<Item = u64>, mut f: impl FnMut(u64, usize, GilFields)) -> bool {
         let l = &t.layout;
         let (locked, holder) = match l.model.gil {
             GilHome::Runtime => (l.runtime.gil_locked, l.runtime.gil_holder),
@@ -241,11 +273,14 @@ impl ActivityReader {
         let (Some(locked), Some(holder)) = (locked, holder) else {
             return false;
         };
-        let lo = locked.min(holder);
-        let len = (locked.max(holder) - lo + 8) as usize;
+        // (the switch count's place in the GIL's struct, from the holder's)
+        let switch = l.gil.switch_number.and_then(|s| (holder + s).checked_sub(l.gil.last_holder));
+        let lo = locked.min(holder).min(switch.unwrap_or(u64::MAX));
+        let len = (locked.max(holder).max(switch.unwrap_or(0)) - lo + 8) as usize;
+        let fields = GilFields { locked: locked - lo, holder: holder - lo, switch: switch.map(|s| s - lo) };
         match l.model.gil {
-            GilHome::Runtime => f(t.runtime + lo, len, locked - lo, holder - lo),
-            GilHome::Interp => interps.for_each(|i| f(i + lo, len, locked - lo, holder - lo)),
+            GilHome::Runtime => f(t.runtime + lo, len, fields),
+            GilHome::Interp => interps.for_each(|i| f(i + lo, len, fields)),
         }
         true
     }
@@ -257,7 +292,7 @@ impl ActivityReader {
         if matches!(t.layout.model.gil, GilHome::Runtime) != interp.is_none() {
             return;
         }
-        ActivityReader::gil_spans(t, &mut interp.into_iter(), |addr, len, _, _| {
+        ActivityReader::gil_spans(t, &mut interp.into_iter(), |addr, len, _| {
             pf.want(addr, len);
         });
     }
@@ -267,18 +302,48 @@ impl ActivityReader {
         let mut holders = self.holders.take().unwrap_or_default();
         holders.clear();
         let mut read_ok = true;
-        let has_gil = ActivityReader::gil_spans(t, interps, |addr, len, locked, holder| match pf.get(addr, len) {
+        let (mut gils, mut mark) = (0, None);
+        let has_gil = ActivityReader::gil_spans(t, interps, |addr, len, f| match pf.get(addr, len) {
             Some(b) => {
                 let at = |o: u64, n: usize| b.get(o as usize..o as usize + n);
-                let is_locked = at(locked, 4).is_some_and(|v| v != [0, 0, 0, 0]);
-                let who = at(holder, 8).map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8]))).unwrap_or(0);
+                let word = |o: u64| at(o, 8).map(|v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8])));
+                let is_locked = at(f.locked, 4).is_some_and(|v| v != [0, 0, 0, 0]);
+                let who = word(f.holder).unwrap_or(0);
                 if is_locked && who != 0 {
                     holders.push(who);
                 }
+                gils += 1;
+                mark = f.switch.and_then(word).map(|n| (n, who));
             }
             None => read_ok = false,
         });
         self.holders = (has_gil && read_ok).then_some(holders);
+        self.gil = mark.filter(|_| read_ok && gils == 1);
+    }
+
+    /// Call after `note_gil`: checks the schedstat replays of this tick (`asleep_since`)
+    /// against the GIL this tick's batch read. Where it moved, the thread's schedstat is
+    /// read now; a thread that ran since is put in `woke`: its stack was not in the
+    /// batch, and must be read.
+    pub fn confirm_replays(&mut self, woke: &mut Vec<i32>) {
+        let mut replayed = std::mem::take(&mut self.replayed);
+        for &tid in &replayed {
+            let Some(s) = self.stats.get_mut(&tid).filter(|s| s.read_tick == self.tick) else {
+                continue;
+            };
+            if s.gil_mark.is_some() && s.gil_mark == self.gil {
+                self.proved_by_gil += 1;
+                continue;
+            }
+            // (read after the batch: if the count still stands, the thread did not run
+            // before this moment either, and the batch's time is before it)
+            s.read_tick = u64::MAX;
+            if self.sched(tid, None).is_none_or(|s| s.asleep.is_none()) {
+                woke.push(tid);
+            }
+        }
+        replayed.clear();
+        self.replayed = replayed;
     }
 
     /// The activity of a thread sampled this tick: `key` its thread state, `tid` its OS
@@ -291,14 +356,16 @@ impl ActivityReader {
     /// Call once per tick, after the samples: closes files of threads long gone.
     pub fn end_tick(&mut self) {
         self.tick += 1;
+        self.replayed.clear();
         if self.tick.is_multiple_of(PRUNE_EVERY) {
             let tick = self.tick;
             self.stats.retain(|_, s| tick - s.last_tick < PRUNE_EVERY);
         }
     }
 
-    /// The thread's schedstat line, read at most once per tick.
-    fn sched(&mut self, tid: i32) -> Option<&mut StatFile> {
+    /// The thread's schedstat line, read at most once per tick. With `key` (its thread
+    /// state) a thread asleep at its last read may be spared the read: see `replays`.
+    fn sched(&mut self, tid: i32, key: Option<u64>) -> Option<&mut StatFile> {
         if tid <= 0 {
             return None;
         }
@@ -325,13 +392,21 @@ impl ActivityReader {
                 unknown: false,
                 blocked_at: None,
                 syscall: None,
+                gil_mark: None,
+                real_ns: 0,
+                #[cfg(test)]
+                schedstat_reads: 0,
             };
             self.stats.insert(tid, s);
         }
-        let tick = self.tick;
+        let (tick, gil) = (self.tick, self.gil);
         let s = self.stats.get_mut(&tid)?;
         s.last_tick = tick;
-        if s.read_tick != tick {
+        let replay = s.read_tick != tick && key.is_some_and(|key| replays(s, gil, key));
+        if replay {
+            s.read_tick = tick;
+            self.replayed.push(tid);
+        } else if s.read_tick != tick {
             let mut buf = [0u8; 512];
             let n = s.schedstat.read_at(&mut buf, 0).unwrap_or(0);
             let Some(cpu_ns) = first_number(&buf[..n]) else {
@@ -342,6 +417,13 @@ impl ActivityReader {
             let (pid, spans) = (self.pid, &self.gil_spans);
             let s = self.stats.get_mut(&tid)?;
             s.read_tick = tick;
+            // (the GIL was read before this line: `replays`)
+            s.gil_mark = gil;
+            s.real_ns = crate::clock::now_ns();
+            #[cfg(test)]
+            {
+                s.schedstat_reads += 1;
+            }
             s.now_switch_ins = third_number(&buf[..n]);
             s.unknown = s.touch.at_read(cpu_ns);
             // Where it sleeps changes only when it runs: read once per count, and here,
@@ -429,13 +511,14 @@ impl ActivityReader {
     /// threads"): its state letter said off CPU at that moment, and the kernel has not put
     /// it on a CPU since. None when that is not known. Read before the tick's memory read:
     /// a stack read after the moment returned still holds.
-    pub fn asleep_since(&mut self, tid: i32) -> Option<u64> {
-        self.sched(tid)?.asleep.map(|(_, when)| when)
+    /// `key` is the thread's state: see `replays`.
+    pub fn asleep_since(&mut self, tid: i32, key: u64) -> Option<u64> {
+        self.sched(tid, Some(key))?.asleep.map(|(_, when)| when)
     }
 
     fn on_cpu(&mut self, tid: i32, time_ns: u64) -> Option<bool> {
         let pid = self.pid;
-        let s = self.sched(tid)?;
+        let s = self.sched(tid, None)?;
         let mut buf = [0u8; 512];
         let cpu_ns = s.now_cpu_ns;
         let ran = cpu_ns.saturating_sub(s.cpu_ns);
@@ -491,6 +574,35 @@ impl ActivityReader {
         s.was_on = on;
         on
     }
+}
+
+/// Where the GIL's word spares a thread asleep at its last schedstat read the read at
+/// this tick: its line is taken as read again unchanged, to be confirmed by
+/// `confirm_replays` once the tick's batch has read the GIL (docs/ARCHITECTURE.md,
+/// "Sleeping threads"). The GIL's switch count moves whenever a thread other than its
+/// last holder takes it, and a thread runs Python, pushing or popping frames, only
+/// holding it. So if the count has not moved since a read of the GIL made before the
+/// thread's last schedstat read (which found it asleep, so it did not run up to then),
+/// and the holder then was another thread, this thread has not taken the GIL since:
+/// its frames are where they were. Only for a thread we did not stop of late, and at
+/// most for `SLEEPER_CHECK_NS`.
+fn replays(s: &StatFile, gil: Option<GilMark>, key: u64) -> bool {
+    let now = crate::clock::now_ns();
+    s.asleep.is_some()
+        && s.touch == Touch::Clear
+        && !s.unknown
+        && gil.is_some()
+        && s.gil_mark == gil
+        && gil.is_some_and(|(_, holder)| holder != key)
+        && now.saturating_sub(s.real_ns) < SLEEPER_CHECK_NS
+}
+
+/// Where the GIL's fields lie in the span read for it.
+#[derive(Clone, Copy)]
+struct GilFields {
+    locked: u64,
+    holder: u64,
+    switch: Option<u64>,
 }
 
 /// The state letter of a stat line, "pid (comm) S ...": after the last ')', since a
@@ -624,7 +736,7 @@ mod tests {
         assert_eq!(r.on_cpu(tid, now()), Some(true), "spinning (first sight: its state)");
         tick(&mut r);
         assert_eq!(r.on_cpu(tid, now()), Some(true), "spinning");
-        assert_eq!(r.asleep_since(tid), None, "spinning");
+        assert_eq!(r.asleep_since(tid, 1), None, "spinning");
         stop.store(true, Ordering::Relaxed);
         while !asleep.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(1));
@@ -633,14 +745,14 @@ mod tests {
         tick(&mut r);
         let fell_asleep = now();
         assert_eq!(r.on_cpu(tid, now()), Some(false), "gone to sleep");
-        let since = r.asleep_since(tid).expect("asleep since its state was read");
+        let since = r.asleep_since(tid, 1).expect("asleep since its state was read");
         assert!(since >= fell_asleep);
         tick(&mut r);
         assert_eq!(r.on_cpu(tid, now()), Some(false), "still asleep");
-        assert_eq!(r.asleep_since(tid), Some(since), "still asleep");
+        assert_eq!(r.asleep_since(tid, 1), Some(since), "still asleep");
         wake_tx.send(()).unwrap();
         tick(&mut r);
-        assert_eq!(r.asleep_since(tid), None, "woken: it was put on a CPU since");
+        assert_eq!(r.asleep_since(tid, 1), None, "woken: it was put on a CPU since");
         assert_eq!(r.on_cpu(-1, now()), None);
         worker.join().unwrap();
     }
@@ -685,6 +797,73 @@ mod tests {
         r.end_tick();
         assert_eq!(r.on_cpu(tid, now()), Some(false), "asleep, whatever the reads before said");
         wake_tx.send(()).unwrap();
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn a_sleeper_is_spared_its_schedstat_while_the_gil_says_it_did_not_run() {
+        use std::time::Duration;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            while wake_rx.recv().is_ok() {}
+        });
+        let tid = rx.recv().unwrap();
+        let (key, other) = (0x7f00_0000_1000, 0x7f00_0000_2000);
+        let mut r = ActivityReader::new(std::process::id() as i32);
+        let now = crate::clock::now_ns;
+        let reads = |r: &ActivityReader| r.stats.get(&tid).map(|s| s.schedstat_reads).unwrap();
+        let mut woke = Vec::new();
+        // one tick: the sleep check before the batch, the batch's GIL, the confirmation
+        let mut tick = |r: &mut ActivityReader, gil: GilMark| {
+            r.end_tick();
+            std::thread::sleep(Duration::from_millis(1));
+            let asleep = r.asleep_since(tid, key).is_some();
+            r.gil = Some(gil);
+            woke.clear();
+            r.confirm_replays(&mut woke);
+            r.on_cpu(tid, now());
+            (asleep, !woke.is_empty())
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        r.gil = Some((5, other));
+        tick(&mut r, (5, other));
+        tick(&mut r, (5, other));
+        assert_eq!(tick(&mut r, (5, other)), (true, false), "asleep, and proved so");
+        let (before, proved) = (reads(&r), r.proved_by_gil);
+        for _ in 0..3 {
+            assert_eq!(tick(&mut r, (5, other)), (true, false));
+        }
+        assert_eq!(reads(&r), before, "no switch of the GIL: no schedstat read");
+        assert_eq!(r.proved_by_gil, proved + 3);
+        // The GIL changed hands during the batch, but not to this thread: read after the
+        // batch, it still sleeps.
+        assert_eq!(tick(&mut r, (6, other)), (true, false));
+        assert_eq!(reads(&r), before + 1);
+        // It ran (and the GIL changed hands): taken as asleep before the batch, it must
+        // be read after all.
+        tick(&mut r, (6, other));
+        wake_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        // (as if the wake came within SLEEPER_CHECK_NS of its last read)
+        r.stats.get_mut(&tid).unwrap().real_ns = now();
+        assert_eq!(tick(&mut r, (7, other)), (true, true), "woke during the batch");
+        // Its last holder may take the GIL again without moving the count: never spared.
+        for _ in 0..3 {
+            tick(&mut r, (7, key));
+        }
+        let before = reads(&r);
+        tick(&mut r, (7, key));
+        assert_eq!(reads(&r), before + 1, "the last holder is read every tick");
+        // At most SLEEPER_CHECK_NS without a read, whatever the GIL says.
+        tick(&mut r, (8, other));
+        tick(&mut r, (8, other));
+        let before = reads(&r);
+        std::thread::sleep(Duration::from_nanos(SLEEPER_CHECK_NS));
+        tick(&mut r, (8, other));
+        assert_eq!(reads(&r), before + 1, "read again after {SLEEPER_CHECK_NS} ns");
+        drop(wake_tx);
         worker.join().unwrap();
     }
 }

@@ -3,6 +3,7 @@
 //! Data flows one way: process memory -> interpreter model -> samples -> timeline -> writers.
 
 pub mod activity;
+pub mod addr_map;
 pub mod clock;
 pub mod demo;
 pub mod dump;

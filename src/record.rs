@@ -294,6 +294,7 @@ pub(crate) fn capture_info_of(
             .collect(),
         retried_samples: stats.retried.load(Ordering::Relaxed),
         asleep_samples: stats.asleep.load(Ordering::Relaxed),
+        asleep_by_gil_samples: stats.asleep_by_gil.load(Ordering::Relaxed),
         inferred_samples: stats.inferred.load(Ordering::Relaxed),
         paused_samples: stats.paused.load(Ordering::Relaxed),
         over_budget_samples: stats.over_budget.load(Ordering::Relaxed),

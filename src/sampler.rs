@@ -13,6 +13,7 @@
 //! warm loop does not allocate.
 
 use crate::activity::{Activity, ActivityReader, Runs};
+use crate::addr_map::AddrMap;
 use crate::clock::{now_ns, sleep_until_ns};
 use crate::pausing::Pauser;
 use crate::process::memory::{Fields, Memory, ReadError, ReadMem, ReadResult, Span};
@@ -150,6 +151,8 @@ pub struct Stats {
     pub retried: AtomicU64,
     /// thread samples of threads that had not run since their last stack was read
     pub asleep: AtomicU64,
+    /// of those, the ones the GIL's switch count proved, sparing their schedstat read
+    pub asleep_by_gil: AtomicU64,
     /// thread samples whose generator frames' callers were named from the copy
     /// (python/resume.rs)
     pub inferred: AtomicU64,
@@ -303,7 +306,7 @@ pub struct Sampler<M: ReadMem = Memory> {
     ids: ThreadIds,
     /// the interpreters and their threads, as last read
     interps: Vec<Listed>,
-    threads: HashMap<u64, Thread>,
+    threads: AddrMap<u64, Thread>,
     /// threads we know that the current list lacks, waiting for a confirmed list to end them
     orphans: bool,
     pf: Prefetch,
@@ -347,6 +350,10 @@ pub struct Sampler<M: ReadMem = Memory> {
     /// this tick, a thread asleep since its last sample is sent as `same_as_last`
     /// (never with subinterpreters: the joiner needs every stack)
     send_same: bool,
+    /// threads taken as asleep before the batch whose sleep the GIL did not confirm and
+    /// which ran: their stacks are read in the re-read of this tick (OS ids, then states)
+    woke_tids: Vec<i32>,
+    woke: Vec<u64>,
 }
 
 /// Waits for the next tick of a clock at a fixed rate (`interval_ns` > 0).
@@ -432,7 +439,7 @@ impl<M: ReadMem> Sampler<M> {
             codes,
             ids,
             interps: Vec::new(),
-            threads: HashMap::new(),
+            threads: AddrMap::default(),
             orphans: false,
             pf: Prefetch::default(),
             walk: Walk::default(),
@@ -456,6 +463,8 @@ impl<M: ReadMem> Sampler<M> {
             pauser: None,
             resend_stacks: false,
             send_same: false,
+            woke_tids: Vec::new(),
+            woke: Vec::new(),
         }
     }
 
@@ -556,6 +565,7 @@ impl<M: ReadMem> Sampler<M> {
         batch.time_ns = time;
         // (the GIL was read in the same batched read as the stacks' first attempt)
         self.activity.note_gil(&self.pf, &self.target, &mut self.interps.iter().map(|li| li.interp));
+        self.confirm_asleep(stats);
 
         let mut pending = std::mem::take(&mut self.pending);
         pending.clear();
@@ -574,6 +584,10 @@ impl<M: ReadMem> Sampler<M> {
         for attempt in 0..quick {
             failed.clear();
             for &key in &pending {
+                if attempt == 0 && !self.woke.is_empty() && self.woke.contains(&key) {
+                    failed.push((key, Loss::Incomplete));
+                    continue;
+                }
                 match self.attempt(key, time, &mut batch, tx, false)? {
                     Attempt::Kept { inferred } => {
                         if attempt > 0 {
@@ -775,11 +789,33 @@ impl<M: ReadMem> Sampler<M> {
         self.activity
             .set_gil_spans(interps.iter().filter_map(|li| crate::python::threads::gil_span(target, li.interp)));
         let now = now_ns();
-        for th in self.threads.values_mut() {
+        for (&key, th) in self.threads.iter_mut() {
             if let Thread::Live(live) = th {
                 live.asleep = live.read_ns != 0
                     && now.saturating_sub(live.read_ns) < ASLEEP_REREAD_NS
-                    && self.activity.asleep_since(live.tid).is_some_and(|since| since < live.read_ns);
+                    && self.activity.asleep_since(live.tid, key).is_some_and(|since| since < live.read_ns);
+            }
+        }
+    }
+
+    /// Checks the sleeps taken on the GIL's word before the batch (src/activity.rs,
+    /// `replays`) against the GIL the batch read. A thread that ran after all was not in
+    /// the batch: it is read in the tick's re-read.
+    fn confirm_asleep(&mut self, stats: &Stats) {
+        let proved = self.activity.proved_by_gil;
+        self.woke.clear();
+        self.woke_tids.clear();
+        self.activity.confirm_replays(&mut self.woke_tids);
+        stats.asleep_by_gil.fetch_add(self.activity.proved_by_gil - proved, Ordering::Relaxed);
+        if self.woke_tids.is_empty() {
+            return;
+        }
+        for (&key, th) in self.threads.iter_mut() {
+            if let Thread::Live(live) = th {
+                if live.asleep && self.woke_tids.contains(&live.tid) {
+                    live.asleep = false;
+                    self.woke.push(key);
+                }
             }
         }
     }

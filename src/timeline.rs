@@ -6,11 +6,12 @@
 //! strictly by construction: a thread's open slices are a stack.
 
 use crate::activity::{Activity, Runs};
+use crate::addr_map::AddrMap;
 use crate::output::Sink;
 use crate::python::code::CodeInfo;
 use crate::python::stack::UNKNOWN_OFFSET;
 use crate::sampler::{Message, StackFrame, ThreadSample};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io;
 use std::sync::Arc;
 
@@ -50,7 +51,7 @@ impl CodeTable {
 #[derive(Default)]
 pub struct Timeline {
     codes: CodeTable,
-    tracks: HashMap<u64, Track>,
+    tracks: AddrMap<u64, Track>,
     pub slices: u64,
     pub samples: u64,
     pub first_ns: Option<u64>,

@@ -40,6 +40,10 @@ pub struct CaptureInfo {
     /// not run since their last read)
     #[serde(default)]
     pub asleep_samples: u64,
+    /// thread samples whose thread the GIL's switch count proved asleep, without a read
+    /// of its /proc schedstat (src/activity.rs, `replays`)
+    #[serde(default)]
+    pub asleep_by_gil_samples: u64,
     /// thread samples whose walk reached a generator the copy lacked, read after it had
     /// moved on, and was completed from the callers' saved value stacks in the copy
     #[serde(default)]

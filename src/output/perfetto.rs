@@ -475,6 +475,7 @@ impl Perfetto {
                 u("lost_samples", info.lost_samples.get("total").copied().unwrap_or(0)),
                 u("retried_samples", info.retried_samples),
                 u("asleep_samples", info.asleep_samples),
+                u("asleep_by_gil_samples", info.asleep_by_gil_samples),
                 u("inferred_samples", info.inferred_samples),
                 u("paused_samples", info.paused_samples),
                 u("over_budget_samples", info.over_budget_samples),

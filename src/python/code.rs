@@ -7,8 +7,8 @@ use super::bytecode::{self, CallProofs};
 use super::layout::Layout;
 use super::linetable;
 use super::strings::{read_bytes, read_unicode};
+use crate::addr_map::AddrMap;
 use crate::process::memory::{Fields, ReadError, ReadMem, ReadResult};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug)]
@@ -144,7 +144,7 @@ impl CodeInfo {
 
 #[derive(Default)]
 pub struct CodeCache {
-    entries: HashMap<u64, Arc<CodeInfo>>,
+    entries: AddrMap<u64, Arc<CodeInfo>>,
     next_id: u32,
     /// ids drawn from a counter shared by the caches of several processes, so one
     /// capture's ids never collide (src/fleet.rs); None: this cache's own

@@ -363,6 +363,9 @@ pub struct CellOffsets {
 pub struct GilOffsets {
     pub last_holder: u64,
     pub size: u64,
+    /// how many times a thread other than the last holder took it
+    #[serde(default)]
+    pub switch_number: Option<u64>,
 }
 
 /// _thread.lock / _thread.RLock objects in both layouts (a semaphore pointer, or an
