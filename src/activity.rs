@@ -225,6 +225,8 @@ struct StatFile {
     /// and when that read was
     gil_mark: Option<GilMark>,
     real_ns: u64,
+    /// the tick whose line was replayed
+    replayed_tick: u64,
     #[cfg(test)]
     schedstat_reads: u32,
 }
@@ -321,11 +323,17 @@ impl ActivityReader {
         self.gil = mark.filter(|_| read_ok && gils == 1);
     }
 
+    /// Whether this tick's schedstat line of the thread is a replay (`replays`).
+    pub fn replayed(&self, tid: i32) -> bool {
+        self.stats.get(&tid).is_some_and(|s| s.replayed_tick == self.tick)
+    }
+
     /// Call after `note_gil`: checks the schedstat replays of this tick (`asleep_since`)
     /// against the GIL this tick's batch read. Where it moved, the thread's schedstat is
     /// read now; a thread that ran since is put in `woke`: its stack was not in the
-    /// batch, and must be read.
-    pub fn confirm_replays(&mut self, woke: &mut Vec<i32>) {
+    /// batch, and must be read. True when the GIL moved for any of them.
+    pub fn confirm_replays(&mut self, woke: &mut Vec<i32>) -> bool {
+        let mut moved = false;
         let mut replayed = std::mem::take(&mut self.replayed);
         for &tid in &replayed {
             let Some(s) = self.stats.get_mut(&tid).filter(|s| s.read_tick == self.tick) else {
@@ -337,6 +345,7 @@ impl ActivityReader {
             }
             // (read after the batch: if the count still stands, the thread did not run
             // before this moment either, and the batch's time is before it)
+            moved = true;
             s.read_tick = u64::MAX;
             if self.sched(tid, None).is_none_or(|s| s.asleep.is_none()) {
                 woke.push(tid);
@@ -344,6 +353,7 @@ impl ActivityReader {
         }
         replayed.clear();
         self.replayed = replayed;
+        moved
     }
 
     /// The activity of a thread sampled this tick: `key` its thread state, `tid` its OS
@@ -394,6 +404,7 @@ impl ActivityReader {
                 syscall: None,
                 gil_mark: None,
                 real_ns: 0,
+                replayed_tick: u64::MAX,
                 #[cfg(test)]
                 schedstat_reads: 0,
             };
@@ -405,6 +416,7 @@ impl ActivityReader {
         let replay = s.read_tick != tick && key.is_some_and(|key| replays(s, gil, key));
         if replay {
             s.read_tick = tick;
+            s.replayed_tick = tick;
             self.replayed.push(tid);
         } else if s.read_tick != tick {
             let mut buf = [0u8; 512];

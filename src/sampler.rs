@@ -204,6 +204,11 @@ struct Live {
     /// this tick: the thread has not run since before that copy, so `prev` is still its
     /// stack and nothing of it is read
     asleep: bool,
+    /// its state as last read while it was asleep (empty: none), and whether this tick's
+    /// first read takes the state from it instead of the process (the GIL proves the
+    /// thread has not run since: src/activity.rs, `replays`)
+    state_copy: Vec<u8>,
+    given: bool,
 }
 
 /// One interpreter's thread list.
@@ -354,6 +359,9 @@ pub struct Sampler<M: ReadMem = Memory> {
     /// which ran: their stacks are read in the re-read of this tick (OS ids, then states)
     woke_tids: Vec<i32>,
     woke: Vec<u64>,
+    /// the read under way may take the states of threads the GIL proves asleep from
+    /// their copies (only a tick's first read: the proof is checked against it)
+    give_states: bool,
 }
 
 /// Waits for the next tick of a clock at a fixed rate (`interval_ns` > 0).
@@ -465,6 +473,7 @@ impl<M: ReadMem> Sampler<M> {
             send_same: false,
             woke_tids: Vec::new(),
             woke: Vec::new(),
+            give_states: false,
         }
     }
 
@@ -538,8 +547,23 @@ impl<M: ReadMem> Sampler<M> {
         batch.threads.clear();
         batch.frames.clear();
         self.new_threads = false;
-        self.note_asleep();
+        let given = self.note_asleep();
+        self.give_states = given;
         let mut time = self.read_everything()?;
+        self.give_states = false;
+        // (the GIL was read in the same batched read as the stacks' first attempt)
+        self.note_gil();
+        if self.confirm_asleep(stats) && given {
+            // A state taken from its copy may be stale (a thread next to it in the list
+            // may have gone): read them all, and keep what this read finds.
+            for th in self.threads.values_mut() {
+                if let Thread::Live(live) = th {
+                    live.given = false;
+                }
+            }
+            time = self.read_everything()?;
+            self.note_gil();
+        }
         if time.saturating_sub(self.last_list_ns) > RESOLVE_EVERY_NS
             && self.threads.values().any(|t| matches!(t, Thread::Unresolved { .. }))
         {
@@ -551,6 +575,7 @@ impl<M: ReadMem> Sampler<M> {
                 self.relist(tx, time)?;
                 self.last_list_ns = time;
                 time = self.read_everything()?;
+                self.note_gil();
             }
             // A list read directly and then found again in a fresh copy is the truth:
             // only then do threads missing from it end.
@@ -563,9 +588,6 @@ impl<M: ReadMem> Sampler<M> {
         self.stale_list = false;
         self.send_same = !self.resend_stacks && self.interps.len() <= 1;
         batch.time_ns = time;
-        // (the GIL was read in the same batched read as the stacks' first attempt)
-        self.activity.note_gil(&self.pf, &self.target, &mut self.interps.iter().map(|li| li.interp));
-        self.confirm_asleep(stats);
 
         let mut pending = std::mem::take(&mut self.pending);
         pending.clear();
@@ -783,32 +805,41 @@ impl<M: ReadMem> Sampler<M> {
 
     /// Which threads have not run since their last stack was read: those are not read
     /// again (docs/ARCHITECTURE.md, "Sleeping threads"). At least every
-    /// `ASLEEP_REREAD_NS` a sleeping thread is read anyway.
-    fn note_asleep(&mut self) {
+    /// `ASLEEP_REREAD_NS` a sleeping thread is read anyway. True when the state of any
+    /// is to be taken from its copy (`Live::given`).
+    fn note_asleep(&mut self) -> bool {
         let (target, interps) = (&self.target, &self.interps);
         self.activity
             .set_gil_spans(interps.iter().filter_map(|li| crate::python::threads::gil_span(target, li.interp)));
         let now = now_ns();
+        let mut given = false;
         for (&key, th) in self.threads.iter_mut() {
             if let Thread::Live(live) = th {
                 live.asleep = live.read_ns != 0
                     && now.saturating_sub(live.read_ns) < ASLEEP_REREAD_NS
                     && self.activity.asleep_since(live.tid, key).is_some_and(|since| since < live.read_ns);
+                live.given = live.asleep && !live.state_copy.is_empty() && self.activity.replayed(live.tid);
+                given |= live.given;
             }
         }
+        given
+    }
+
+    fn note_gil(&mut self) {
+        self.activity.note_gil(&self.pf, &self.target, &mut self.interps.iter().map(|li| li.interp));
     }
 
     /// Checks the sleeps taken on the GIL's word before the batch (src/activity.rs,
     /// `replays`) against the GIL the batch read. A thread that ran after all was not in
-    /// the batch: it is read in the tick's re-read.
-    fn confirm_asleep(&mut self, stats: &Stats) {
+    /// the batch: it is read in the tick's re-read. True when the GIL moved for any.
+    fn confirm_asleep(&mut self, stats: &Stats) -> bool {
         let proved = self.activity.proved_by_gil;
         self.woke.clear();
         self.woke_tids.clear();
-        self.activity.confirm_replays(&mut self.woke_tids);
+        let moved = self.activity.confirm_replays(&mut self.woke_tids);
         stats.asleep_by_gil.fetch_add(self.activity.proved_by_gil - proved, Ordering::Relaxed);
         if self.woke_tids.is_empty() {
-            return;
+            return moved;
         }
         for (&key, th) in self.threads.iter_mut() {
             if let Thread::Live(live) = th {
@@ -818,6 +849,7 @@ impl<M: ReadMem> Sampler<M> {
                 }
             }
         }
+        moved
     }
 
     /// One batched read of the thread lists and every listed thread; returns its time.
@@ -853,10 +885,15 @@ impl<M: ReadMem> Sampler<M> {
     /// Asks for one thread's group: its state, its frames, then its top pointer again.
     fn want_thread(&mut self, key: u64) {
         let l = &self.target.layout;
-        self.pf.want(key, self.tstate_len);
         let Some(Thread::Live(live)) = self.threads.get_mut(&key) else {
+            self.pf.want(key, self.tstate_len);
             return;
         };
+        if live.asleep && live.given && self.give_states {
+            self.pf.give(key, &live.state_copy);
+            return;
+        }
+        self.pf.want(key, self.tstate_len);
         if live.asleep {
             return; // its stack is not read this tick
         }
@@ -998,6 +1035,8 @@ impl<M: ReadMem> Sampler<M> {
                                 new_root: 0,
                                 read_ns: 0,
                                 asleep: false,
+                                state_copy: Vec::new(),
+                                given: false,
                             }))
                         }
                         None => Thread::Unresolved { ids },
@@ -1091,6 +1130,11 @@ impl<M: ReadMem> Sampler<M> {
         };
         if live.asleep {
             // it has not run since its stack was read: that stack still holds
+            if !live.given {
+                // (what a later tick may take instead of reading it, while it sleeps)
+                live.state_copy.clear();
+                live.state_copy.extend_from_slice(ts);
+            }
             if *send_same {
                 batch.push_same(key, live.tid, time);
             } else {

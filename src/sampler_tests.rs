@@ -526,6 +526,61 @@ fn a_thread_that_has_not_run_keeps_its_stack_unread_until_it_runs() {
     sleeper.join().unwrap();
 }
 
+#[test]
+fn a_thread_the_gil_proves_asleep_is_not_read_at_all_until_the_gil_moves() {
+    // As above, a real OS thread blocked on a channel; the GIL is held by another thread
+    // and its switch count stands. Once the sleep is proved, not even the thread's state
+    // is read (src/activity.rs, `replays`); when the GIL has moved by the time of the
+    // tick's read, everything is read again, the state too.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
+    let sleeper = std::thread::spawn(move || {
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        while wake_rx.recv().is_ok() {}
+    });
+    let tid = tid_rx.recv().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    let holder = INTERP + l.interp.gil_holder.unwrap();
+    let switches = holder - l.gil.last_holder + l.gil.switch_number.unwrap();
+    sim.mem.with(|r| {
+        r.u32(TSTATE + l.tstate.native_thread_id.unwrap(), tid as u32);
+        stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]);
+        r.u64(holder, 0x99_000);
+        r.u32(INTERP + l.interp.gil_locked.unwrap(), 1);
+        r.u64(switches, 5);
+    });
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    // (a tick late by SLEEPER_CHECK_NS on a loaded machine reads for real: try a few)
+    let mut unread = 0;
+    for _ in 0..50 {
+        sim.mem.when_reading(TSTATE, |_| {});
+        let (_, b) = tick(&mut s, &stats);
+        assert_eq!(stacks(&b).len(), 1);
+        if sim.mem.pending_changes() == 1 {
+            unread += 1;
+            assert_eq!(stacks(&b), vec![(TSTATE, None)], "its last stack stands");
+            if unread == 3 {
+                break;
+            }
+        }
+        sim.mem.forget_changes();
+    }
+    assert_eq!(unread, 3, "the state of a thread the GIL proves asleep is not read");
+    assert!(stats.asleep_by_gil.load(Ordering::Relaxed) >= 3);
+    // The GIL changed hands before the tick's read: the state is read after all.
+    sim.mem.forget_changes();
+    sim.mem.with(|r| r.u64(switches, 6));
+    sim.mem.when_reading(TSTATE, |_| {});
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(sim.mem.pending_changes(), 0, "read again once the GIL moved");
+    assert_eq!(stacks(&b), vec![(TSTATE, None)], "still asleep: the kernel says so");
+    drop(wake_tx);
+    sleeper.join().unwrap();
+}
+
 /// Where the generator objects of the generator tests live: a frame is inside its
 /// generator object, `gen.iframe` bytes in.
 fn gen_object(l: &Layout, frame: u64) -> u64 {

@@ -26,7 +26,10 @@ pub struct Prefetch {
     /// written by the last read, so nothing is zeroed per tick)
     used: usize,
     buf: Vec<u8>,
-    /// filled, non-check spans not inside another, by address (ends increase too)
+    /// bytes handed in rather than read (`give`), served like filled spans
+    given: Vec<Span>,
+    /// filled, non-check spans not inside another, by address (ends increase too);
+    /// `spans.len() + j` stands for given[j]
     index: Vec<u32>,
 }
 
@@ -36,7 +39,29 @@ impl Prefetch {
         self.check.clear();
         self.ok.clear();
         self.used = 0;
+        self.given.clear();
         self.index.clear();
+    }
+
+    /// Serves [addr, addr+bytes.len()) from `bytes` at this read, without reading it:
+    /// for memory known not to have changed since it was last read. A span read for
+    /// real that covers the same bytes is served instead.
+    pub fn give(&mut self, addr: u64, bytes: &[u8]) {
+        if addr == 0 || bytes.is_empty() {
+            return;
+        }
+        let at = self.used;
+        self.used += bytes.len();
+        if self.buf.len() < self.used {
+            self.buf.resize(self.used, 0);
+        }
+        self.buf[at..self.used].copy_from_slice(bytes);
+        self.given.push(Span { addr, len: bytes.len(), at });
+    }
+
+    fn span(&self, i: u32) -> &Span {
+        let i = i as usize;
+        self.spans.get(i).unwrap_or_else(|| &self.given[i - self.spans.len()])
     }
 
     fn push(&mut self, addr: u64, len: usize, check: bool) -> usize {
@@ -99,19 +124,23 @@ impl Prefetch {
         }
         self.index.clear();
         self.index.extend((0..self.spans.len() as u32).filter(|&i| self.ok[i as usize] && !self.check[i as usize]));
-        let spans = &self.spans;
-        self.index.sort_unstable_by_key(|&i| (spans[i as usize].addr, std::cmp::Reverse(spans[i as usize].len)));
+        let read = self.spans.len() as u32;
+        self.index.extend(read..read + self.given.len() as u32);
+        let mut index = std::mem::take(&mut self.index);
+        // (at one address, the longer first; of equal ones, the one read for real)
+        index.sort_unstable_by_key(|&i| (self.span(i).addr, std::cmp::Reverse(self.span(i).len), i >= read));
         // A span that ends before some earlier-starting span ends lies inside that span:
         // drop it, so starts and ends both increase and one binary search finds the only
         // span that can hold an address.
         let mut end = 0;
-        self.index.retain(|&i| {
-            let s = &spans[i as usize];
+        index.retain(|&i| {
+            let s = self.span(i);
             let e = s.addr + s.len as u64;
             let keep = e > end;
             end = end.max(e);
             keep
         });
+        self.index = index;
         Ok(())
     }
 
@@ -125,8 +154,8 @@ impl Prefetch {
     #[inline]
     pub fn get(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let end = addr.checked_add(len as u64)?;
-        let i = self.index.partition_point(|&i| self.spans[i as usize].addr <= addr).checked_sub(1)?;
-        let s = &self.spans[self.index[i] as usize];
+        let i = self.index.partition_point(|&i| self.span(i).addr <= addr).checked_sub(1)?;
+        let s = self.span(self.index[i]);
         if end > s.addr + s.len as u64 {
             return None;
         }
@@ -224,5 +253,23 @@ mod tests {
         assert!(p.get(0x1000, 8).is_some());
         assert!(p.get(0x9000, 8).is_none());
         assert!(p.get(0x1100, 8).is_some());
+    }
+
+    #[test]
+    fn given_bytes_are_served_without_a_read_and_a_real_read_wins() {
+        let mut p = Prefetch::default();
+        p.want(0x1000, 0x10);
+        p.give(0x1800, &[7; 16]);
+        p.give(0x1000, &[9; 8]); // read for real too: the read is served
+        p.want(0x2000, 8);
+        p.fetch(&Flat).unwrap();
+        assert_eq!(p.spans.len(), 2, "given bytes are not read");
+        assert_eq!(p.get(0x1804, 4), Some(&[7, 7, 7, 7][..]));
+        assert_eq!(p.get(0x1000, 2), Some(&[0x00, 0x01][..]));
+        assert_eq!(p.get(0x2000, 1), Some(&[0x00][..]));
+        assert_eq!(p.get(0x180c, 8), None, "past the given bytes");
+        p.clear();
+        p.fetch(&Flat).unwrap();
+        assert_eq!(p.get(0x1800, 1), None, "gone with the read they were given to");
     }
 }

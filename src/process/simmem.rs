@@ -70,6 +70,11 @@ impl SimMem {
     pub fn pending_changes(&self) -> usize {
         self.script.borrow().len()
     }
+
+    /// Drops the changes not made yet.
+    pub fn forget_changes(&self) {
+        self.script.borrow_mut().clear();
+    }
 }
 
 impl ReadMem for SimMem {
