@@ -944,10 +944,7 @@ impl<M: ReadMem> Sampler<M> {
         let (Some(ts), Some(Thread::Live(live))) = (pf.get(key, *tstate_len), threads.get_mut(&key)) else {
             return;
         };
-        let (chunk, stack_top) = data_stack(l, ts);
-        if l.model.frame_via_cframe {
-            live.plan.see_cframe(ts.u64_at(l.tstate.frame));
-        }
+        let (chunk, stack_top) = plan_state(&mut live.plan, l, ts);
         let behind = CopyThenProcess { copy: pf, process: mem };
         walk.visited.clear();
         let walked = stack::top_frame(&behind, l, key)
@@ -1409,12 +1406,18 @@ fn first_plan(mem: &dyn ReadMem, l: &Layout, tstate: u64, len: usize) -> Plan {
     let Ok(ts) = mem.read_vec(tstate, len) else {
         return plan;
     };
+    let (chunk, stack_top) = plan_state(&mut plan, l, &ts);
+    plan_from(&mut plan, l, mem, chunk, stack_top, &[]);
+    plan
+}
+
+/// What a thread state says of where its stack is: its CFrame goes into the plan
+/// (3.11-3.12); returns its newest data-stack chunk and the top of its data stack.
+fn plan_state(plan: &mut Plan, l: &Layout, ts: &[u8]) -> (u64, u64) {
     if l.model.frame_via_cframe {
         plan.see_cframe(ts.u64_at(l.tstate.frame));
     }
-    let (chunk, stack_top) = data_stack(l, &ts);
-    plan_from(&mut plan, l, mem, chunk, stack_top, &[]);
-    plan
+    data_stack(l, ts)
 }
 
 /// What to copy next time for a thread whose walk read `visited`: the newest chunk

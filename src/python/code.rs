@@ -192,8 +192,9 @@ impl CodeCache {
         let c = &layout.code;
         let name_ptr = head.u64_at(c.qualname.unwrap_or(c.name));
         let file_ptr = head.u64_at(c.filename);
+        let identity = identity_of(layout, head, 0);
         if let Some(hit) = self.entries.get(&addr) {
-            if hit.identity == identity_of(layout, head, 0) {
+            if hit.identity == identity {
                 return Ok(hit.clone());
             }
         }
@@ -215,7 +216,7 @@ impl CodeCache {
             frame_bytes: c.framesize.map(|o| head.i32_at(o).max(0) as u64 * 8).unwrap_or(0),
             // (3.8-3.10: where the locals end, for Locals::slots)
             stack_base: c.nlocalsplus.or(c.nlocals).map(|o| head.i32_at(o).max(0) as u64 * 8).unwrap_or(0),
-            identity: identity_of(layout, head, 0),
+            identity,
             proofs: bytecode::read_proofs(mem, layout, addr),
         });
         self.next_id += 1;
