@@ -333,8 +333,14 @@ pub fn common_calls(
             told.by_caller += 1;
             break;
         }
-        // The frame itself may prove a new call began (python/bytecode.rs).
-        if a.locals.proves_new_call(&b.locals) {
+        // The frame itself may prove a new call began (python/bytecode.rs): a slot it
+        // never writes, or (python/paths.rs) one it does not write on any way from its
+        // offset back to it, holds another object at the same offset.
+        if a.locals.proves_new_call(&b.locals)
+            || (a.offset == b.offset
+                && a.offset != UNKNOWN_OFFSET
+                && codes.get(b.code_id).is_some_and(|c| a.locals.changed_in(&b.locals, c.proofs.kept_at(a.offset))))
+        {
             told.by_locals += 1;
             break;
         }
@@ -546,7 +552,7 @@ mod tests {
         let main = f(0, 100, 10);
         let with = |offset, fixed, bound| {
             let mut c = f(1, 200, offset);
-            c.locals = crate::python::stack::Locals { read: true, fixed, bound, slots: 0 };
+            c.locals = crate::python::stack::Locals { read: true, fixed, bound, slots: 0, sig: 0 };
             c
         };
         let samples = [
@@ -689,7 +695,7 @@ mod tests {
     #[test]
     fn a_caller_whose_slots_changed_ran_so_its_callee_is_a_new_call() {
         let with_slots = |mut frame: StackFrame, slots| {
-            frame.locals = crate::python::stack::Locals { read: true, fixed: 0, bound: 0, slots };
+            frame.locals = crate::python::stack::Locals { read: true, fixed: 0, bound: 0, slots, sig: 0 };
             frame
         };
         let (codes, mut told) = (CodeTable::default(), ToldApart::default());
@@ -715,7 +721,7 @@ mod tests {
     /// moved while it was copied (the caller may be older than the callee), it is not.
     #[test]
     fn a_callee_first_seen_in_a_torn_sample_is_not_split_by_its_callers_locals() {
-        let slots = |s| crate::python::stack::Locals { read: true, fixed: 0, bound: 0, slots: s };
+        let slots = |s| crate::python::stack::Locals { read: true, fixed: 0, bound: 0, slots: s, sig: 0 };
         let mut caller = f(1, 100, 10);
         for settled in [true, false] {
             let mut tl = Timeline::default();

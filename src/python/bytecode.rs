@@ -79,6 +79,12 @@ impl Default for CallProofs {
 }
 
 impl CallProofs {
+    /// The slots (a mask, < 64) that keep their object while one call of this code
+    /// (not a generator's) stays at `offset`, or comes back to it (python/paths.rs).
+    pub fn kept_at(&self, offset: i64) -> u64 {
+        self.paths.as_ref().map_or(0, |p| p.kept_at(offset))
+    }
+
     /// Proves nothing: what unreadable or unparseable code gets.
     pub fn none() -> CallProofs {
         CallProofs {
@@ -397,6 +403,19 @@ fn low_bits(n: u32) -> u64 {
     }
 }
 
+/// The local slots (< 64) an instruction stores to, deletes, clears or makes a cell of,
+/// as a mask. `after_resume`: a MAKE_CELL counts only once the frame runs.
+pub(crate) fn slots_written(ops: &Opcodes, ins: &Instr, after_resume: bool) -> u64 {
+    let arg = ins.arg;
+    match ops.kind[ins.op] {
+        Kind::Store | Kind::Clear => bit(arg),
+        Kind::StoreBoth => bit((arg >> 4) & 15) | bit(arg & 15),
+        Kind::StoreHigh => bit((arg >> 4) & 15),
+        Kind::MakeCell if after_resume => bit(arg),
+        _ => 0,
+    }
+}
+
 /// The analysis proper: pure, bounded, never panics on any input.
 pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
     let code = c.bytecode;
@@ -424,21 +443,12 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
     let mut returns: Vec<i64> = Vec::new();
     for ins in &instrs {
         let (at, arg, end) = (ins.at, ins.arg, ins.after.min(code.len() as i64));
+        written |= slots_written(ops, ins, seen_resume);
         match ops.kind[ins.op] {
             Kind::Unknown | Kind::Hidden | Kind::ExtendedArg => {}
             Kind::Other | Kind::JumpFwd | Kind::Yield => {}
-            Kind::Store => written |= bit(arg),
-            Kind::StoreBoth => written |= bit((arg >> 4) & 15) | bit(arg & 15),
-            Kind::StoreHigh => written |= bit((arg >> 4) & 15),
-            Kind::Clear => {
-                written |= bit(arg);
-                cleared |= bit(arg);
-            }
-            Kind::MakeCell => {
-                if seen_resume {
-                    written |= bit(arg);
-                }
-            }
+            Kind::Store | Kind::StoreBoth | Kind::StoreHigh | Kind::MakeCell => {}
+            Kind::Clear => cleared |= bit(arg),
             Kind::Return => returns.push(at),
             Kind::Resume => {
                 seen_resume = true;
@@ -516,17 +526,18 @@ pub fn analyze(ops: &Opcodes, c: &CodeShape) -> CallProofs {
             (low_bits(nargs as u32), cells, low_bits(c.nlocals))
         }
     };
+    let paths = if ops.jump_after_caches {
+        Paths::build(ops, &instrs, code.len() as i64, &handlers, &jumps, c.resumable).map(Box::new)
+    } else {
+        None
+    };
     CallProofs {
         fixed_slots: (args | cells) & !written,
         undeletable: locals & !cleared,
         back_jumps: jumps,
         resume_points: resumes,
         return_points: returns,
-        paths: if ops.jump_after_caches {
-            Paths::build(ops, &instrs, code.len() as i64, &handlers, c.resumable).map(Box::new)
-        } else {
-            None
-        },
+        paths,
     }
 }
 

@@ -42,7 +42,7 @@
 //! 3.11+ only: earlier versions resume at the YIELD_VALUE itself and keep their handlers
 //! on a block stack, which this does not model.
 
-use super::bytecode::{Handler, Instr, Opcodes};
+use super::bytecode::{slots_written, Handler, Instr, Opcodes};
 
 /// Blocks at most: the rows take blocks² bits while they are computed. Code that is not
 /// a generator's keeps one bit per block, and is given fewer.
@@ -73,12 +73,95 @@ pub struct Paths {
     /// [at, after) of each SEND
     delegations: Vec<(i64, i64)>,
     resumable: bool,
+    /// per block (code that is not a generator's only, else empty): the slots no path
+    /// from the block back to itself writes, nor any handler that restores the raise
+    /// offset (`kept_at`)
+    kept: Vec<u64>,
+}
+
+/// Per block, the slots kept while one call stays at or comes back to the block
+/// (`Paths::kept`). Between two samples at one offset of one call, the frame ran only
+/// along a path from that offset back to it: every block of it is in the block's
+/// strongly connected component, so a slot no block of the component writes holds the
+/// same object (a block on no cycle: the frame did not move at all). The graph here
+/// also has an edge for every downward move of the reported offset that is not a jump
+/// (an instruction that rewinds it, a RERAISE that restores an earlier raise's offset),
+/// and slots that handlers restoring a raise offset write are never kept: a sample in
+/// one can show the offset of the raise, after the handler's stores.
+fn kept_slots(
+    ops: &Opcodes,
+    instrs: &[Instr],
+    starts: &[i64],
+    edges: &[Vec<u32>],
+    moves: &[(i64, i64)],
+    in_handler: &[u64],
+) -> Vec<u64> {
+    let n = starts.len();
+    let block = |o: i64| -> usize { starts.partition_point(|&s| s <= o).saturating_sub(1) };
+    let mut writes = vec![0u64; n];
+    for i in instrs {
+        writes[block(i.at)] |= slots_written(ops, i, true);
+    }
+    let mut all: Vec<Vec<u32>> = edges.to_vec();
+    for &(target, source) in moves {
+        if target < 0 || source <= target {
+            continue;
+        }
+        let from = block(source - 1);
+        for b in block(target)..=from.min(n - 1) {
+            all[from].push(b as u32);
+        }
+    }
+    // Reachability by non-empty paths, as for the yield rows (a fixpoint over rows).
+    let words = n.div_ceil(64);
+    let mut reach = vec![0u64; n * words];
+    let mut row = vec![0u64; words];
+    loop {
+        let mut changed = false;
+        for b in (0..n).rev() {
+            row.copy_from_slice(&reach[b * words..(b + 1) * words]);
+            for &w in &all[b] {
+                let w = w as usize;
+                row[w / 64] |= 1 << (w % 64);
+                for k in 0..words {
+                    row[k] |= reach[w * words + k];
+                }
+            }
+            if row[..] != reach[b * words..(b + 1) * words] {
+                reach[b * words..(b + 1) * words].copy_from_slice(&row);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let reaches = |a: usize, b: usize| reach[a * words + b / 64] & (1 << (b % 64)) != 0;
+    let in_handlers = (0..n).filter(|&b| in_handler[b / 64] & (1 << (b % 64)) != 0).fold(0, |m, b| m | writes[b]);
+    (0..n)
+        .map(|b| {
+            if in_handler[b / 64] & (1 << (b % 64)) != 0 {
+                return 0;
+            }
+            let on_cycle = (0..n).filter(|&c| reaches(b, c) && reaches(c, b)).fold(0, |m, c| m | writes[c]);
+            !(on_cycle | in_handlers)
+        })
+        .collect()
 }
 
 impl Paths {
     /// The analysis of one code object; `resumable`: a generator's (or coroutine's), whose
     /// rows are kept. None when it is too large to afford.
-    pub fn build(ops: &Opcodes, instrs: &[Instr], len: i64, handlers: &[Handler], resumable: bool) -> Option<Paths> {
+    /// `moves`: (target, source) pairs, where the reported offset can move from below
+    /// source down to target and above (bytecode.rs, `back_jumps`).
+    pub fn build(
+        ops: &Opcodes,
+        instrs: &[Instr],
+        len: i64,
+        handlers: &[Handler],
+        moves: &[(i64, i64)],
+        resumable: bool,
+    ) -> Option<Paths> {
         let mut starts = vec![0i64];
         for i in instrs {
             let targets = ops.targets(i);
@@ -190,6 +273,7 @@ impl Paths {
                 cyclic[b / 64] |= 1 << (b % 64);
             }
         }
+        let kept = if resumable { Vec::new() } else { kept_slots(ops, instrs, &starts, &edges, moves, &in_handler) };
         if !resumable {
             reach = Vec::new();
         }
@@ -204,6 +288,7 @@ impl Paths {
             in_handler,
             delegations,
             resumable,
+            kept,
         })
     }
 
@@ -256,6 +341,16 @@ impl Paths {
     /// come back to it. An offset outside the code may.
     pub fn may_come_back(&self, offset: i64) -> bool {
         self.block(offset).is_none_or(|b| Paths::is_set(&self.cyclic, b) || Paths::is_set(&self.in_handler, b))
+    }
+
+    /// The slots that keep their object while a call stays at `offset` or comes back to
+    /// it: two samples of one frame at one offset whose slots differ there are two
+    /// calls. 0 (none) for a generator's code and an offset outside the code.
+    pub fn kept_at(&self, offset: i64) -> u64 {
+        match self.block(offset) {
+            Some(b) if !self.kept.is_empty() => self.kept[b],
+            _ => 0,
+        }
     }
 
     /// Whether a frame at `offset` is delegating to another generator (at a SEND).
