@@ -15,25 +15,12 @@ mod common;
 use common::recording::*;
 use common::trace::*;
 use common::*;
-use std::time::Duration;
 
 const SECONDS: f64 = 1.5;
 
 fn check_sleepers(interp: &Interpreter) -> Result<(), String> {
     let work = WorkDir::new(interp)?;
-    let json = work.host_path("sleepers.json");
-    let program = start_until_ready(&work, "gil_sleepers.py", &["60"])?;
-    let mut cmd = std::process::Command::new(VIZATTACH);
-    cmd.args(["record", "-q", "--rate", "1000", "--duration", &format!("{SECONDS}s"), "--pid"])
-        .arg(program.pid().to_string())
-        .arg("-o")
-        .arg(&json);
-    let run = run_with_timeout(cmd, Duration::from_secs(90))?;
-    if !run.status.success() {
-        return Err(format!("vizattach record failed: {}", run.describe()));
-    }
-    drop(program);
-    let trace = check_trace(&json, &work.interpreter.root, None)?;
+    let trace = record_fixture(&work, "gil_sleepers.py", &["60"], SECONDS, "sleepers.json")?;
     let mut problems = Vec::new();
     let tids_named = |prefix: &str| -> Vec<i64> {
         trace.thread_names.iter().filter(|(_, n)| n.starts_with(prefix)).map(|(&t, _)| t).collect()

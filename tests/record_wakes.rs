@@ -29,19 +29,7 @@ const SECONDS: f64 = 2.0;
 
 fn check_wakes(interp: &Interpreter) -> Result<(), String> {
     let work = WorkDir::new(interp)?;
-    let json = work.host_path("wakes.json");
-    let program = start_until_ready(&work, "wake_churn.py", &["30"])?;
-    let mut cmd = std::process::Command::new(VIZATTACH);
-    cmd.args(["record", "-q", "--rate", "1000", "--duration", &format!("{SECONDS}s"), "--pid"])
-        .arg(program.pid().to_string())
-        .arg("-o")
-        .arg(&json);
-    let run = run_with_timeout(cmd, Duration::from_secs(90))?;
-    if !run.status.success() {
-        return Err(format!("vizattach record failed: {}", run.describe()));
-    }
-    drop(program);
-    let trace = check_trace(&json, &work.interpreter.root, None)?;
+    let trace = record_fixture(&work, "wake_churn.py", &["30"], SECONDS, "wakes.json")?;
     let mut problems = Vec::new();
     let named = |qual: &str| -> Vec<&Slice> { trace.slices.iter().filter(|s| s.qual == qual).collect() };
     let span = |v: &[&Slice]| -> f64 {

@@ -79,6 +79,38 @@ pub struct Paths {
     kept: Vec<u64>,
 }
 
+/// Per block, a row of the blocks reachable from its start by a non-empty path along
+/// `edges`; and the words per row.
+fn reach_rows(edges: &[Vec<u32>]) -> (Vec<u64>, usize) {
+    let n = edges.len();
+    let words = n.div_ceil(64);
+    let mut reach = vec![0u64; n * words];
+    // Rows grow to a fixpoint; visiting blocks from the last makes forward edges
+    // settle in one pass, so passes are about as many as loops are nested.
+    let mut row = vec![0u64; words];
+    loop {
+        let mut changed = false;
+        for b in (0..n).rev() {
+            row.copy_from_slice(&reach[b * words..(b + 1) * words]);
+            for &w in &edges[b] {
+                let w = w as usize;
+                row[w / 64] |= 1 << (w % 64);
+                for k in 0..words {
+                    row[k] |= reach[w * words + k];
+                }
+            }
+            if row[..] != reach[b * words..(b + 1) * words] {
+                reach[b * words..(b + 1) * words].copy_from_slice(&row);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    (reach, words)
+}
+
 /// Per block, the slots kept while one call stays at or comes back to the block
 /// (`Paths::kept`). Between two samples at one offset of one call, the frame ran only
 /// along a path from that offset back to it: every block of it is in the block's
@@ -112,30 +144,7 @@ fn kept_slots(
             all[from].push(b as u32);
         }
     }
-    // Reachability by non-empty paths, as for the yield rows (a fixpoint over rows).
-    let words = n.div_ceil(64);
-    let mut reach = vec![0u64; n * words];
-    let mut row = vec![0u64; words];
-    loop {
-        let mut changed = false;
-        for b in (0..n).rev() {
-            row.copy_from_slice(&reach[b * words..(b + 1) * words]);
-            for &w in &all[b] {
-                let w = w as usize;
-                row[w / 64] |= 1 << (w % 64);
-                for k in 0..words {
-                    row[k] |= reach[w * words + k];
-                }
-            }
-            if row[..] != reach[b * words..(b + 1) * words] {
-                reach[b * words..(b + 1) * words].copy_from_slice(&row);
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
+    let (reach, words) = reach_rows(&all);
     let reaches = |a: usize, b: usize| reach[a * words + b / 64] & (1 << (b % 64)) != 0;
     let in_handlers = (0..n).filter(|&b| in_handler[b / 64] & (1 << (b % 64)) != 0).fold(0, |m, b| m | writes[b]);
     (0..n)
@@ -228,31 +237,7 @@ impl Paths {
         if total > MAX_EDGES {
             return None;
         }
-        let words = n.div_ceil(64);
-        let mut reach = vec![0u64; n * words];
-        // Rows grow to a fixpoint; visiting blocks from the last makes forward edges
-        // settle in one pass, so passes are about as many as loops are nested.
-        let mut row = vec![0u64; words];
-        loop {
-            let mut changed = false;
-            for b in (0..n).rev() {
-                row.copy_from_slice(&reach[b * words..(b + 1) * words]);
-                for &w in &edges[b] {
-                    let w = w as usize;
-                    row[w / 64] |= 1 << (w % 64);
-                    for k in 0..words {
-                        row[k] |= reach[w * words + k];
-                    }
-                }
-                if row[..] != reach[b * words..(b + 1) * words] {
-                    reach[b * words..(b + 1) * words].copy_from_slice(&row);
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
+        let (mut reach, words) = reach_rows(&edges);
         // Handlers that restore the raise offset, and all they lead to, yields included.
         let mut in_handler = vec![0u64; words];
         let mut todo: Vec<usize> =

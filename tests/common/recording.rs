@@ -59,6 +59,30 @@ pub fn start_until_ready(work: &WorkDir, fixture: &str, args: &[&str]) -> Result
     Ok(program)
 }
 
+/// Starts `fixture` (the ready file appended to `args`), records it by pid at `RATE`
+/// for `seconds` into `out` in the work directory, stops it, and reads the trace back.
+pub fn record_fixture(
+    work: &WorkDir,
+    fixture: &str,
+    args: &[&str],
+    seconds: f64,
+    out: &str,
+) -> Result<super::trace::Trace, String> {
+    let json = work.host_path(out);
+    let program = start_until_ready(work, fixture, args)?;
+    let mut cmd = Command::new(VIZATTACH);
+    cmd.args(["record", "-q", "--rate", &RATE.to_string(), "--duration", &format!("{seconds}s"), "--pid"])
+        .arg(program.pid().to_string())
+        .arg("-o")
+        .arg(&json);
+    let run = run_with_timeout(cmd, Duration::from_secs(90))?;
+    if !run.status.success() {
+        return Err(format!("vizattach record failed: {}", run.describe()));
+    }
+    drop(program);
+    super::trace::check_trace(&json, &work.interpreter.root, None)
+}
+
 pub fn send_signal(pid: u32, sig: i32) -> Result<(), String> {
     // SAFETY: plain kill(2) on a pid we spawned.
     if unsafe { libc::kill(pid as i32, sig) } != 0 {
