@@ -460,19 +460,25 @@ fn a_frame_linking_to_a_newer_one_in_its_chunk_is_torn() {
     assert_eq!(stats.lost[Loss::Torn as usize].load(Ordering::Relaxed), 1);
 }
 
-#[test]
-fn a_thread_that_has_not_run_keeps_its_stack_unread_until_it_runs() {
-    // The simulated thread is a real OS thread blocked on a channel. While the kernel
-    // says it has not run since its stack was read, that stack is taken again without
-    // reading (so a change to the simulated memory stays unseen: only a running thread
-    // changes its own stack); once it has run, it is read again.
+/// A real OS thread blocked on a channel: its id, the channel (each message wakes it
+/// once; dropping it ends the thread) and its handle.
+fn blocked_thread() -> (i32, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
     let sleeper = std::thread::spawn(move || {
         tid_tx.send(unsafe { libc::gettid() }).unwrap();
         while wake_rx.recv().is_ok() {}
     });
-    let tid = tid_rx.recv().unwrap();
+    (tid_rx.recv().unwrap(), wake_tx, sleeper)
+}
+
+#[test]
+fn a_thread_that_has_not_run_keeps_its_stack_unread_until_it_runs() {
+    // The simulated thread is a real OS thread blocked on a channel. While the kernel
+    // says it has not run since its stack was read, that stack is taken again without
+    // reading (so a change to the simulated memory stays unseen: only a running thread
+    // changes its own stack); once it has run, it is read again.
+    let (tid, wake_tx, sleeper) = blocked_thread();
     let waiting = || {
         let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
         stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('S'))
@@ -532,13 +538,7 @@ fn a_thread_the_gil_proves_asleep_is_not_read_at_all_until_the_gil_moves() {
     // and its switch count stands. Once the sleep is proved, not even the thread's state
     // is read (src/activity.rs, `replays`); when the GIL has moved by the time of the
     // tick's read, everything is read again, the state too.
-    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-    let (wake_tx, wake_rx) = std::sync::mpsc::channel::<()>();
-    let sleeper = std::thread::spawn(move || {
-        tid_tx.send(unsafe { libc::gettid() }).unwrap();
-        while wake_rx.recv().is_ok() {}
-    });
-    let tid = tid_rx.recv().unwrap();
+    let (tid, wake_tx, sleeper) = blocked_thread();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let sim = Sim::new();
     let l = sim.l.clone();
