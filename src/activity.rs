@@ -431,7 +431,6 @@ impl ActivityReader {
             s.read_tick = tick;
             // (the GIL was read before this line: `replays`)
             s.gil_mark = gil;
-            s.real_ns = crate::clock::now_ns();
             #[cfg(test)]
             {
                 s.schedstat_reads += 1;
@@ -442,6 +441,7 @@ impl ActivityReader {
             // before the tick's memory read, so that a stack read after it still sleeps
             // there. (Not for a thread that ran nearly all the interval.)
             let now = crate::clock::now_ns();
+            s.real_ns = now;
             let ran = cpu_ns.saturating_sub(s.cpu_ns);
             let running = s.at_ns != 0 && ran as f64 >= now.saturating_sub(s.at_ns) as f64 * SURELY_RUNNING;
             if let Some(n) = s.now_switch_ins.filter(|&n| !running && s.blocked_at.is_none_or(|(at, _)| at != n)) {

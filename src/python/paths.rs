@@ -146,10 +146,10 @@ fn kept_slots(
     }
     let (reach, words) = reach_rows(&all);
     let reaches = |a: usize, b: usize| reach[a * words + b / 64] & (1 << (b % 64)) != 0;
-    let in_handlers = (0..n).filter(|&b| in_handler[b / 64] & (1 << (b % 64)) != 0).fold(0, |m, b| m | writes[b]);
+    let in_handlers = (0..n).filter(|&b| Paths::is_set(in_handler, b)).fold(0, |m, b| m | writes[b]);
     (0..n)
         .map(|b| {
-            if in_handler[b / 64] & (1 << (b % 64)) != 0 {
+            if Paths::is_set(in_handler, b) {
                 return 0;
             }
             let on_cycle = (0..n).filter(|&c| reaches(b, c) && reaches(c, b)).fold(0, |m, c| m | writes[c]);
