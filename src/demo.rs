@@ -131,6 +131,7 @@ pub fn run(opts: Options) -> Result<i32> {
         also: vec![PathBuf::from(SVG)],
         mode: crate::activity::Mode::Wall,
         pause_budget: 5.0,
+        sampler_nice: None,
     })?;
     drop(running);
     // record's summary said how to open the timeline; the flame graph is the other file

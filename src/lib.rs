@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod native;
 pub mod output;
 pub mod pausing;
+pub mod priority;
 pub mod process;
 pub mod python;
 pub mod record;

@@ -82,6 +82,16 @@ struct RecordArgs {
     /// processes, each has this budget
     #[arg(long, default_value = "5", value_name = "PERCENT", value_parser = parse_budget)]
     pause_budget: f64,
+    /// Nice value of the thread that samples, -20 (first) to 19 (last). A sample is
+    /// stamped when it is read, so a tick that comes late moves the slice edges it finds:
+    /// on a machine the target keeps busy, a sampler at the default priority wakes late
+    /// and skips ticks. Raised, it gets the CPU on time and uses no more per tick; the
+    /// timeline and writer thread keep vizattach's priority. Below 0 needs root or
+    /// CAP_SYS_NICE: without it the sampler keeps its priority and the summary says so
+    /// [default: -10 if vizattach runs at nice 0, else vizattach's own]
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    sampler_nice: Option<i32>,
     /// Keep every stopped thread stopped this long (tests of the watchdog)
     #[arg(long, hide = true, default_value = "0")]
     pause_hold_ms: u64,
@@ -307,6 +317,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
                 mode: a.mode,
                 subprocesses: a.subprocesses,
                 pause_budget: a.pause_budget,
+                sampler_nice: a.sampler_nice,
             })
         }
         Command::Dump {

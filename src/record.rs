@@ -61,6 +61,8 @@ pub struct Options {
     pub subprocesses: bool,
     /// share of wall time threads may spend stopped for a read, in percent (src/pausing.rs)
     pub pause_budget: f64,
+    /// the sampling thread's nice value; None: src/priority.rs's default
+    pub sampler_nice: Option<i32>,
 }
 
 /// Records; returns the exit status to leave with (the program's, in launch mode).
@@ -193,6 +195,9 @@ pub fn record(opts: Options) -> Result<i32> {
         Rate::Max => 0,
     };
     let end_ns = opts.duration.map(|d| now_ns() + d.as_nanos() as u64);
+    // (here, on the thread that samples, once the others have started: they keep ours)
+    *stats.sampler_priority.lock().unwrap_or_else(|e| e.into_inner()) =
+        crate::priority::set_sampling_thread(opts.sampler_nice);
     let reason = sampler.run(&tx, interval_ns, end_ns, &stop, &stats);
     drop(tx);
     if let Some(p) = progress {
@@ -301,6 +306,7 @@ pub(crate) fn capture_info_of(
         stopped_ms: stats.stopped_ns.load(Ordering::Relaxed) as f64 / 1e6,
         signals_handed_back: stats.signals_handed_back.load(Ordering::Relaxed),
         pausing: stats.pausing.lock().map(|p| p.clone()).unwrap_or_default(),
+        sampler_priority: stats.sampler_priority.lock().map(|p| p.clone()).unwrap_or_default(),
         failed_ticks: stats.failed_ticks.load(Ordering::Relaxed),
         calls_told_apart: [
             ("locals", told_apart.by_locals),

@@ -169,6 +169,8 @@ pub struct Stats {
     pub signals_handed_back: AtomicU64,
     /// whether threads may be stopped, and why not (set once the sampler knows)
     pub pausing: std::sync::Mutex<String>,
+    /// the sampling thread's priority, as src/priority.rs set it
+    pub sampler_priority: std::sync::Mutex<String>,
 }
 
 impl Stats {

@@ -64,6 +64,10 @@ pub struct CaptureInfo {
     /// whether threads could be stopped ("on (budget 5 % of wall time)"), or why not
     #[serde(default)]
     pub pausing: String,
+    /// the sampling thread's nice value ("nice -10"), or what was refused and why
+    /// ("nice 0, not -10: raising priority needs root or CAP_SYS_NICE"): src/priority.rs
+    #[serde(default)]
+    pub sampler_priority: String,
     /// ticks whose read failed as a whole (the target exec'ing or exiting)
     pub failed_ticks: u64,
     /// samples of one frame taken for two calls because the frame proved it: "locals"
@@ -161,6 +165,9 @@ impl CaptureInfo {
         }
         if self.pausing.starts_with("refused") {
             s += &format!("; stopping threads {}", self.pausing);
+        }
+        if crate::priority::was_refused(&self.sampler_priority) {
+            s += &format!("; sampler at {} (on a busy machine its ticks may come late)", self.sampler_priority);
         }
         if let Some(r) = &self.recovered {
             s += &format!("; {r}");

@@ -482,6 +482,7 @@ impl Perfetto {
                 f("stopped_ms", info.stopped_ms),
                 u("signals_handed_back", info.signals_handed_back),
                 s("pausing", &info.pausing),
+                s("sampler_priority", &info.sampler_priority),
                 s("losses", &info.losses()),
                 u("calls_told_apart_by_locals", info.calls_told_apart.get("locals").copied().unwrap_or(0)),
                 u("calls_told_apart_by_offset", info.calls_told_apart.get("offset").copied().unwrap_or(0)),

@@ -1,0 +1,122 @@
+//! The sampling thread's priority (src/priority.rs): raised to nice -10 by default, to
+//! what `--sampler-nice` says, never for the timeline thread; refused without
+//! CAP_SYS_NICE, which the summary and the metadata say. Read from the kernel
+//! (/proc/PID/task/TID/stat) while a real capture runs.
+//!
+//!     cargo test --release --test record_priority -- --nocapture
+//!
+//! Needs root (to drop CAP_SYS_NICE with setpriv).
+
+mod common;
+
+use common::*;
+
+/// A host python3.11 sleeping, killed on drop.
+fn sleeper(dir: &Path) -> (KillOnDrop, u32) {
+    let ready = dir.join("ready.json");
+    let process = KillOnDrop(
+        Command::new(HOST_PYTHON311)
+            .arg(Path::new(FIXTURES).join("idle.py"))
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the sleeper was not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = process.pid();
+    (process, pid)
+}
+
+/// Runs `prefix... vizattach record --pid PID -d 3s -o OUT extra...`; while it records,
+/// reads the nice value of each of its threads by name. Returns them, the summary line
+/// and the trace's `sampler_priority`.
+fn record(dir: &Path, prefix: &[&str], pid: u32, extra: &[&str]) -> (BTreeMap<String, i64>, String, String) {
+    let out = dir.join("trace.json");
+    let _ = fs::remove_file(&out);
+    let mut cmd = Command::new(prefix.first().copied().unwrap_or(VIZATTACH));
+    if !prefix.is_empty() {
+        cmd.args(&prefix[1..]).arg("--").arg(VIZATTACH);
+    }
+    cmd.args(["record", "--pid", &pid.to_string(), "-d", "3s", "-o"]).arg(&out).args(extra);
+    let mut va = KillOnDrop(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
+    // The sampler starts once the target is read (well within a second here); its
+    // priority is set before the first tick.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut nice = BTreeMap::new();
+    while Instant::now() < deadline && va.exited().is_none() {
+        std::thread::sleep(Duration::from_millis(300));
+        nice = threads_nice(va.pid());
+        if nice.contains_key("timeline") && nice.len() >= 2 {
+            std::thread::sleep(Duration::from_millis(300));
+            nice = threads_nice(va.pid());
+            break;
+        }
+    }
+    let status = va.0.wait().unwrap();
+    let mut stderr = String::new();
+    va.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "vizattach failed: {stderr}");
+    let summary = stderr.lines().find(|l| l.contains("stopped after")).unwrap_or_default().to_string();
+    let trace: Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
+    let said = trace["viztracer_metadata"]["sampler_priority"].as_str().unwrap_or_default().to_string();
+    (nice, summary, said)
+}
+
+/// Thread name -> nice value (field 19 of /proc/PID/task/TID/stat). The sampler is the
+/// main thread, named after the executable.
+fn threads_nice(pid: u32) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        let tid: u32 = t.file_name().to_string_lossy().parse().unwrap();
+        let (Ok(stat), Ok(comm)) =
+            (fs::read_to_string(t.path().join("stat")), fs::read_to_string(t.path().join("comm")))
+        else {
+            continue;
+        };
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let name = if tid == pid { "sampler".to_string() } else { comm.trim().to_string() };
+        out.insert(name, fields[16].parse().unwrap());
+    }
+    out
+}
+
+#[test]
+fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
+    let dir = PathBuf::from(format!("/tmp/vizattach-priority-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let (_target, pid) = sleeper(&dir);
+
+    let (nice, _, said) = record(&dir, &[], pid, &[]);
+    assert_eq!(nice.get("sampler"), Some(&-10), "threads' nice values: {nice:?}");
+    assert_eq!(nice.get("timeline"), Some(&0), "threads' nice values: {nice:?}");
+    assert_eq!(said, "nice -10");
+
+    let (nice, _, said) = record(&dir, &[], pid, &["--sampler-nice", "-3"]);
+    assert_eq!((nice.get("sampler"), nice.get("timeline")), (Some(&-3), Some(&0)), "{nice:?}");
+    assert_eq!(said, "nice -3");
+
+    // Started under `nice`, vizattach keeps what it was given unless told.
+    let (nice, _, said) = record(&dir, &["nice", "-n", "4"], pid, &[]);
+    assert_eq!((nice.get("sampler"), nice.get("timeline")), (Some(&4), Some(&4)), "{nice:?}");
+    assert_eq!(said, "nice 4");
+
+    // Without CAP_SYS_NICE the kernel refuses: the capture goes on, and says so.
+    let (nice, summary, said) =
+        record(&dir, &["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice"], pid, &[]);
+    assert_eq!(nice.get("sampler"), Some(&0), "{nice:?}");
+    assert_eq!(said, "nice 0, not -10: raising priority needs root or CAP_SYS_NICE");
+    assert!(summary.contains("sampler at nice 0, not -10"), "summary: {summary}");
+
+    let out = run_vizattach(&["record", "--pid", &pid.to_string(), "--sampler-nice", "-21"]).unwrap();
+    assert!(!out.status.success());
+    let line = expect_error_line(&out).unwrap();
+    assert!(line.contains("--sampler-nice") && line.contains("-20"), "error: {line}");
+    let _ = fs::remove_dir_all(&dir);
+}
