@@ -1,13 +1,17 @@
 """Oracle workload 3: a thread-pool web app. A Flask app rendering Jinja2 templates (a
 table with loops, macros, filters, autoescaping: real work per request) under waitress'
 thread pool (4 threads, one process) on 127.0.0.1:PORT, stopped after SECONDS: the main
-thread runs waitress' own event loop (wasyncore.loop, what server.run() runs) one poll at a
-time until then, and shuts the pool down the way run() does on Ctrl-C. (Interrupting
-server.run() with _thread.interrupt_main() was tried first: under VizTracer on 3.11 the
-KeyboardInterrupt was sometimes lost and the server never stopped.)
+thread runs server.run(), waitress' own event loop (one wasyncore.loop call, as
+waitress.serve() runs it); a timer then hands the loop a trigger thunk that empties its
+channel map, so the loop returns, and the pool is shut down the way run() does on Ctrl-C.
+(Interrupting server.run() with _thread.interrupt_main() was tried first: under VizTracer
+on 3.11 the KeyboardInterrupt was sometimes lost and the server never stopped. Calling
+wasyncore.loop(count=1) over and over was used next: it made back-to-back calls of `loop`
+that no sampler can tell apart, the same objects in every slot at the same offset, which
+no real waitress server makes.)
 Usage: flask_job.py PORT SECONDS"""
 import sys
-import time
+import threading
 
 import flask
 import waitress
@@ -45,11 +49,17 @@ def main():
     port, seconds = int(sys.argv[1]), float(sys.argv[2])
     server = waitress.create_server(app, host="127.0.0.1", port=port, threads=4)
     print("ORACLE-READY", port, flush=True)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        server.asyncore.loop(timeout=0.1, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1)
+    channels = []
+
+    def stop():  # a trigger thunk: runs in the main thread, inside the loop
+        channels.extend(server._map.values())
+        server._map.clear()
+
+    threading.Timer(seconds, server.trigger.pull_trigger, args=(stop,)).start()
+    server.run()  # wasyncore.loop(), as waitress.serve() runs it, until the map is empty
     server.task_dispatcher.shutdown()
-    server.close()
+    for channel in channels:
+        channel.close()
     print("ORACLE-DONE", flush=True)
 
 
