@@ -70,8 +70,15 @@ impl ThreadIds {
             self.tasks = Tasks::read(self.pid);
             known = self.known_target_tids();
         }
+        // Listing /proc/PID/task while threads come and go can skip live ones (the
+        // kernel walks the list by position); asked by name, the kernel answers exactly.
+        // (Our tid is the target's only in our own pid namespace; a core's threads are
+        // what it recorded, whatever runs under its pid here now.)
+        let (pid, same_ns) = (self.pid, self.same_pid_namespace && self.live);
+        let listed_or_there =
+            |t: &i32| known.contains(t) || (same_ns && std::path::Path::new(&format!("/proc/{pid}/task/{t}")).exists());
         let mut tids: Vec<Option<i32>> =
-            inner.into_iter().map(|t| t.filter(|t| known.contains(t)).map(|t| self.tasks.to_ours(t))).collect();
+            inner.into_iter().map(|t| t.filter(listed_or_there).map(|t| self.tasks.to_ours(t))).collect();
         drop_duplicates(&mut tids);
         tids
     }
