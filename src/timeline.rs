@@ -594,6 +594,42 @@ mod tests {
         c
     }
 
+    /// 3.12: `def step(x, n): y = [x]; work(y)` (the call at 20, on no loop) and
+    /// `def looper(x, n): for y in range(n): work(y)` (the call at 42, in the loop that
+    /// writes `y`). Two samples at one call site whose `y` holds another object: two
+    /// calls of `step`, one call of `looper`.
+    #[test]
+    fn a_slot_no_way_back_to_the_offset_writes_tells_calls_apart_where_it_changed() {
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        let step = analysed(1, "step", "97007c0067017d02740100000000000000007c02ab0100000000000001007900", "", false);
+        let looper = analysed(
+            2,
+            "looper",
+            "9700740100000000000000007c01ab0100000000000044005d0d00007d02740300000000000000007c02ab0100000000000001008c0f04007900",
+            "",
+            false,
+        );
+        assert_eq!((step.proofs.kept_at(20) & 0b111, looper.proofs.kept_at(42) & 0b111), (0b111, 0b011));
+        let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(step), Arc::new(looper)]);
+        tl.handle(&msg, &mut r).unwrap();
+        // slot 2 (`y`) holds objects whose 4 bits are 1, 1, 2, 2, 3
+        for (i, y) in [1u64, 1, 2, 2, 3].into_iter().enumerate() {
+            let at = |code: u32, frame: u64, offset: i64| {
+                let mut c = f(code, frame, offset);
+                c.locals = crate::python::stack::Locals { read: true, fixed: 5, bound: 0b111, slots: 0, sig: y << 8 };
+                c
+            };
+            let (a, b) = ([f(0, 100, 10), at(1, 200, 20)], [f(0, 300, 10), at(2, 400, 42)]);
+            tl.handle(&sample(1000 * (i as u64 + 1), &[(1, 7, &a), (2, 8, &b)]), &mut r).unwrap();
+        }
+        tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+        let of = |id: u32| r.slices.iter().filter(|s| s.1 == id).map(|s| (s.2, s.3)).collect::<Vec<_>>();
+        assert_eq!(of(1), vec![(1000, 2500), (2500, 4500), (4500, 5000)]);
+        assert_eq!(of(2), vec![(1000, 5000)]);
+        assert_eq!(tl.told_apart.by_locals, 2);
+    }
+
     #[test]
     fn a_generator_seen_past_a_yield_and_the_generators_delegating_to_it_are_resumed_anew() {
         let mut tl = Timeline::default();
