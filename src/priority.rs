@@ -5,7 +5,7 @@
 //! default priority competes for them as one task among many: the kernel lets it wake
 //! late, and it skips ticks (flask under load on 2 CPUs at 10 kHz: a quarter of the ticks
 //! missed, slice durations off by 1.2 ms at p90, 12 intervals). With a higher weight
-//! (nice -10) it runs when it wakes (the same run: 0.12 ms, 1.7 intervals), and takes no
+//! (nice -10) it runs when it wakes (the same cell: 0.17 ms, 1.7 intervals), and takes no
 //! more CPU per tick than before: it only gets the CPU on time. Only the thread that
 //! samples is raised; the timeline and the writers keep vizattach's own priority.
 
