@@ -12,8 +12,8 @@ mod common;
 use common::*;
 
 /// A host python3.11 sleeping, killed on drop.
-fn sleeper(dir: &Path) -> (KillOnDrop, u32) {
-    let ready = dir.join("ready.json");
+fn sleeper(dir: &Path, n: usize) -> (KillOnDrop, u32) {
+    let ready = dir.join(format!("ready{n}.json"));
     let process = KillOnDrop(
         Command::new(HOST_PYTHON311)
             .arg(Path::new(FIXTURES).join("idle.py"))
@@ -91,7 +91,8 @@ fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
     let dir = PathBuf::from(format!("/tmp/vizattach-priority-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
-    let (_target, pid) = sleeper(&dir);
+    let (_target, pid) = sleeper(&dir, 0);
+    let (_other, other) = sleeper(&dir, 1);
 
     let (nice, _, said) = record(&dir, &[], pid, &[]);
     assert_eq!(nice.get("sampler"), Some(&-10), "threads' nice values: {nice:?}");
@@ -101,6 +102,11 @@ fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
     let (nice, _, said) = record(&dir, &[], pid, &["--sampler-nice", "-3"]);
     assert_eq!((nice.get("sampler"), nice.get("timeline")), (Some(&-3), Some(&0)), "{nice:?}");
     assert_eq!(said, "nice -3");
+
+    // Several processes: one clock samples them all (src/fleet/), on the main thread.
+    let (nice, _, said) = record(&dir, &[], pid, &["--pid", &other.to_string()]);
+    assert_eq!((nice.get("sampler"), said.as_str()), (Some(&-10), "nice -10"), "{nice:?}");
+    assert!(nice.iter().filter(|(name, _)| name.as_str() != "sampler").all(|(_, &n)| n == 0), "{nice:?}");
 
     // Started under `nice`, vizattach keeps what it was given unless told.
     let (nice, _, said) = record(&dir, &["nice", "-n", "4"], pid, &[]);
