@@ -295,12 +295,13 @@ const MAX_PLANNED_FRAMES: usize = 1024;
 const RESOLVE_EVERY_NS: u64 = 10_000_000;
 /// The most C stack read to catch a thread's CFrame wherever it is next.
 const CFRAME_WINDOW: u64 = 12 << 10;
-/// Reads of one thread per tick before its sample is given up (the first included):
-/// always `ATTEMPTS_ALWAYS`, and up to `ATTEMPTS` while within half the interval, so
-/// re-reads do not push the next tick back (at `--rate max` there is no interval).
+/// Reads of one thread per tick (the first included) before it is stopped for a read
+/// (src/pausing.rs) or its sample is given up: all of them, at any rate. A re-read costs
+/// the sampler's time, a stop the target's. (Up to 2026-11-30 only 4 were certain and
+/// the rest had to fit in half an interval: pylint at 10 kHz, where 13 % of the threads'
+/// samples tore 4 times, lost 5.7-7.0 % of them with the stop budget spent; with all 8,
+/// 0.1-0.2 %, in half the time stopped, for 5-8 % more ticks missed.)
 const ATTEMPTS: usize = 8;
-const ATTEMPTS_ALWAYS: usize = 4;
-const RETRY_SHARE: u64 = 2;
 /// A thread asleep since its stack was read is read anyway this often (its stack cannot
 /// have changed; the read is a check that costs nothing at this rate).
 const ASLEEP_REREAD_NS: u64 = 100_000_000;
@@ -332,8 +333,6 @@ pub struct Sampler<M: ReadMem = Memory> {
     read_span: (u64, u64),
     /// a plan's frames while `learn` makes the next one
     kept_frames: Vec<u64>,
-    /// re-reads of this tick stop here (half the interval after it began)
-    retry_until: Option<u64>,
     /// scratch for the walk from the second top pointer
     walk_after: Walk,
     last_name_scan_ns: u64,
@@ -460,7 +459,6 @@ impl<M: ReadMem> Sampler<M> {
             pf_codes: Prefetch::default(),
             read_span: (0, 0),
             kept_frames: Vec::new(),
-            retry_until: None,
             walk_after: Walk::default(),
             last_name_scan_ns: 0,
             stale_list: true,
@@ -511,10 +509,6 @@ impl<M: ReadMem> Sampler<M> {
             if end_ns.is_some_and(|e| now_ns() >= e) {
                 return StopReason::Requested;
             }
-            self.retry_until = match interval_ns {
-                0 => None,
-                i => Some(now_ns() + i / RETRY_SHARE),
-            };
             match self.tick(tx, stats) {
                 Ok(true) => {}
                 Ok(false) => return StopReason::ConsumerGone,
@@ -536,15 +530,9 @@ impl<M: ReadMem> Sampler<M> {
         }
     }
 
-    /// One tick, for a clock that drives several samplers (src/fleet/clock.rs): re-reads stop
-    /// at `retry_until` (None: every attempt). False when the consumer has gone away.
-    pub fn tick_until(&mut self, tx: &Sender<Message>, stats: &Stats, retry_until: Option<u64>) -> ReadResult<bool> {
-        self.retry_until = retry_until;
-        self.tick(tx, stats)
-    }
-
-    /// One tick; false when the consumer has gone away.
-    fn tick(&mut self, tx: &Sender<Message>, stats: &Stats) -> ReadResult<bool> {
+    /// One tick (also for a clock that drives several samplers: src/fleet/clock.rs); false
+    /// when the consumer has gone away.
+    pub fn tick(&mut self, tx: &Sender<Message>, stats: &Stats) -> ReadResult<bool> {
         let mut batch = self.recycled.as_ref().and_then(|r| r.try_recv().ok()).unwrap_or_default();
         batch.threads.clear();
         batch.frames.clear();
@@ -628,8 +616,7 @@ impl<M: ReadMem> Sampler<M> {
                     Attempt::Retry(why) => failed.push((key, why)),
                 }
             }
-            let out_of_time = attempt + 1 >= ATTEMPTS_ALWAYS && self.retry_until.is_none_or(|d| now_ns() >= d);
-            if failed.is_empty() || attempt + 1 == ATTEMPTS || out_of_time {
+            if failed.is_empty() || attempt + 1 == ATTEMPTS {
                 break;
             }
             // Read again at once, only the threads that need it: first their states, to

@@ -1,6 +1,7 @@
 //! `vizattach record` stops a thread for one read when every quick re-read of it tore
 //! (src/pausing.rs). What that must never do to the target, proved on a real one that
-//! churns generators (so that reads tear and stops happen all the time):
+//! churns generators, its thread read stopped at every tick (`--pause-every 1`: its
+//! reads tear often, but not always 8 times in a row):
 //! - a signal delivered while the thread is stopped is handed back, not dropped;
 //! - SIGKILL of vizattach while it holds the thread stopped: the kernel resumes it;
 //! - vizattach stopped (SIGSTOP) or stuck while it holds the thread: its watchdog
@@ -159,8 +160,9 @@ fn sigkill_while_a_thread_is_stopped_never_leaves_it_stopped() {
     on_churning_target("120", 1, |target| {
         for i in 0..KILLS {
             let out = target.host_path(&format!("kill{i}.json"));
-            // (each stop held 50 ms: most of the time vizattach holds one)
-            let mut viz = record(target.pid, &["--pause-hold-ms", "50"], &out)?;
+            // (every tick reads the thread stopped, each stop held 50 ms: most of the time
+            // vizattach holds one)
+            let mut viz = record(target.pid, &["--pause-every", "1", "--pause-hold-ms", "50"], &out)?;
             wait_traced(target.pid, Duration::from_secs(30)).map_err(|e| format!("kill {i}: {e}"))?;
             // SAFETY: signalling our own child.
             unsafe { libc::kill(viz.pid() as i32, libc::SIGKILL) };
@@ -179,7 +181,7 @@ fn watchdog_resumes_the_thread_when_vizattach_hangs() {
     on_churning_target("120", 1, |target| {
         for (how, hold) in [("SIGSTOP", "100"), ("a stop held 5 s", "5000")] {
             let out = target.host_path("hang.json");
-            let mut viz = record(target.pid, &["--pause-hold-ms", hold], &out)?;
+            let mut viz = record(target.pid, &["--pause-every", "1", "--pause-hold-ms", hold], &out)?;
             wait_traced(target.pid, Duration::from_secs(30))?;
             if how == "SIGSTOP" {
                 // SAFETY: signalling our own child.

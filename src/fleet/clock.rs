@@ -113,14 +113,11 @@ impl Clock {
                     return StopReason::ConsumerGone;
                 }
             }
-            // Re-reads of every member stop half an interval after the tick began, as
-            // for one process; each still gets its minimum of attempts.
-            let retry_until = (interval_ns > 0).then(|| now_ns() + interval_ns / 2);
             let mut sampled = false;
             let mut i = 0;
             while i < self.members.len() {
                 let m = &mut self.members[i];
-                let leave = match m.sampler.tick_until(&m.tx, stats, retry_until) {
+                let leave = match m.sampler.tick(&m.tx, stats) {
                     Ok(true) => {
                         sampled = true;
                         None
