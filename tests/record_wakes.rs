@@ -81,6 +81,10 @@ fn check_wakes(interp: &Interpreter) -> Result<(), String> {
 /// count twice: when it stops and when it runs again after being let go, which may come
 /// after a tick that found it asleep where it was. Before the fix (src/activity.rs,
 /// `Touch`) every capture split `step_sleep` and `cycle` at stops: 11-20 cycles in 2.5 s.
+/// The sampler runs at nice 0 here: a sleeping thread the interrupt wakes on the
+/// sampler's own CPU cannot preempt a sampler at nice -10, so with no wait at all almost
+/// no stop came in time (0-5 of ~490, against 12-31 at nice 0), and the capture proved
+/// nothing about stops that do.
 fn check_stops_are_not_wakes(interp: &Interpreter) -> Result<(), String> {
     let mut target = Target::start(interp, "timeline_forever.py")?;
     let ready = target.wait_json("expected.json", Duration::from_secs(60))?;
@@ -88,7 +92,7 @@ fn check_stops_are_not_wakes(interp: &Interpreter) -> Result<(), String> {
     let json = target.host_path("stopped.json");
     let mut cmd = std::process::Command::new(VIZATTACH);
     cmd.args(["record", "-q", "--rate", "1000", "--duration", "2500ms", "--pause-budget", "100"])
-        .args(["--pause-every", "5", "--pause-wait-us", "0", "--pid"])
+        .args(["--pause-every", "5", "--pause-wait-us", "0", "--sampler-nice", "0", "--pid"])
         .arg(target.pid.to_string())
         .arg("-o")
         .arg(&json);
