@@ -43,6 +43,23 @@ fn gunicorn() -> Option<PathBuf> {
     }
 }
 
+/// How long a worker has lived before the test may kill it as one vizattach follows.
+const OLD_ENOUGH: Duration = Duration::from_millis(600);
+
+/// How long process `pid` has been running (None: gone), to the kernel's 10 ms tick.
+fn age(pid: i64) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let (state, started) = (fields.first()?, fields.get(19)?.parse::<f64>().ok()?);
+    if *state == "Z" {
+        return None;
+    }
+    // SAFETY: sysconf has no preconditions
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let uptime: f64 = fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_secs_f64((uptime - started / hz).max(0.0)))
+}
+
 /// CLOCK_MONOTONIC in microseconds: the trace's clock.
 fn monotonic_us() -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -153,9 +170,20 @@ fn server_capture(bin: &Path) -> Result<(), String> {
     // Mid-load, one worker dies without warning (an OOM kill, a segfault in an
     // extension): its slices must end cleanly and its replacement must be followed.
     std::thread::sleep(Duration::from_millis(1500));
-    // not the newest of the three live workers: long enough alive to have been attached
-    let booted = server.booted();
-    let victim = *booted.get(booted.len().wrapping_sub(2)).ok_or("fewer than two workers booted")?;
+    // The youngest live worker that has lived long enough to have been attached (the
+    // process tree is looked at every 150 ms, and attaching takes a moment): before, the
+    // second newest was taken, and once it had not been attached yet (CI, 2026-11-30).
+    let chosen = Instant::now() + Duration::from_secs(3);
+    let victim = loop {
+        let old_enough = server.booted().into_iter().rev().find(|&p| age(p).is_some_and(|a| a >= OLD_ENOUGH));
+        if let Some(p) = old_enough {
+            break p;
+        }
+        if Instant::now() > chosen {
+            return Err(format!("no worker lived {OLD_ENOUGH:?} under load: booted {:?}", server.booted()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let killed_us = monotonic_us();
     // SAFETY: kill(2) on a worker of the server this test started
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
