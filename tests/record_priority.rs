@@ -9,28 +9,8 @@
 
 mod common;
 
+use common::recording::start_until_ready;
 use common::*;
-
-/// A host python3.11 sleeping, killed on drop.
-fn sleeper(dir: &Path, n: usize) -> (KillOnDrop, u32) {
-    let ready = dir.join(format!("ready{n}.json"));
-    let process = KillOnDrop(
-        Command::new(HOST_PYTHON311)
-            .arg(Path::new(FIXTURES).join("idle.py"))
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the sleeper was not ready within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let pid = process.pid();
-    (process, pid)
-}
 
 /// Runs `prefix... vizattach record --pid PID -d 3s -o OUT extra...`; while it records,
 /// reads the nice value of each of its threads by name. Returns them, the summary line
@@ -88,11 +68,15 @@ fn threads_nice(pid: u32) -> BTreeMap<String, i64> {
 
 #[test]
 fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
-    let dir = PathBuf::from(format!("/tmp/vizattach-priority-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    let (_target, pid) = sleeper(&dir, 0);
-    let (_other, other) = sleeper(&dir, 1);
+    let Some(interp) = load_manifest().and_then(|all| all.into_iter().find(|i| i.name == "host-python3.11")) else {
+        return missing_prerequisite("no host-python3.11 in the manifest");
+    };
+    // two sleeping targets (idle.py), each in a work directory of its own
+    let (work, other_work) = (WorkDir::new(&interp).unwrap(), WorkDir::new(&interp).unwrap());
+    let target = start_until_ready(&work, "idle.py", &[]).unwrap();
+    let other_target = start_until_ready(&other_work, "idle.py", &[]).unwrap();
+    let (pid, other) = (target.pid(), other_target.pid());
+    let dir = work.host_path("");
 
     let (nice, _, said) = record(&dir, &[], pid, &[]);
     assert_eq!(nice.get("sampler"), Some(&-10), "threads' nice values: {nice:?}");
@@ -124,5 +108,4 @@ fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
     assert!(!out.status.success());
     let line = expect_error_line(&out).unwrap();
     assert!(line.contains("--sampler-nice") && line.contains("-20"), "error: {line}");
-    let _ = fs::remove_dir_all(&dir);
 }
