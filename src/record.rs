@@ -61,7 +61,7 @@ pub struct Options {
     pub subprocesses: bool,
     /// share of wall time threads may spend stopped for a read, in percent (src/pausing.rs)
     pub pause_budget: f64,
-    /// the sampling thread's nice value; None: src/priority.rs's default
+    /// the sampling thread's nice value; None: src/sampling_thread.rs's default
     pub sampler_nice: Option<i32>,
 }
 
@@ -196,8 +196,7 @@ pub fn record(opts: Options) -> Result<i32> {
     };
     let end_ns = opts.duration.map(|d| now_ns() + d.as_nanos() as u64);
     // (here, on the thread that samples, once the others have started: they keep ours)
-    *stats.sampler_priority.lock().unwrap_or_else(|e| e.into_inner()) =
-        crate::priority::set_sampling_thread(opts.sampler_nice);
+    stats.set_sampler_priority(crate::sampling_thread::prepare(opts.sampler_nice));
     let reason = sampler.run(&tx, interval_ns, end_ns, &stop, &stats);
     drop(tx);
     if let Some(p) = progress {

@@ -169,13 +169,17 @@ pub struct Stats {
     pub signals_handed_back: AtomicU64,
     /// whether threads may be stopped, and why not (set once the sampler knows)
     pub pausing: std::sync::Mutex<String>,
-    /// the sampling thread's priority, as src/priority.rs set it
+    /// the sampling thread's priority, as src/sampling_thread.rs set it
     pub sampler_priority: std::sync::Mutex<String>,
 }
 
 impl Stats {
     pub fn lost_total(&self) -> u64 {
         self.lost.iter().map(|l| l.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn set_sampler_priority(&self, described: String) {
+        *self.sampler_priority.lock().unwrap_or_else(|e| e.into_inner()) = described;
     }
 }
 
@@ -497,8 +501,6 @@ impl<M: ReadMem> Sampler<M> {
         stop: &AtomicBool,
         stats: &Stats,
     ) -> StopReason {
-        // Sleeps wake on time, not up to 50 us late (the default timer slack).
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
         let start = now_ns();
         stats.started_ns.store(start, Ordering::Relaxed);
         let mut deadline = start;

@@ -1,4 +1,4 @@
-//! The sampling thread's priority (src/priority.rs): raised to nice -10 by default, to
+//! The sampling thread's priority (src/sampling_thread.rs): raised to nice -10 by default, to
 //! what `--sampler-nice` says, never for the timeline thread; refused without
 //! CAP_SYS_NICE, which the summary and the metadata say. Read from the kernel
 //! (/proc/PID/task/TID/stat) while a real capture runs.
@@ -31,7 +31,7 @@ fn record(dir: &Path, prefix: &[&str], pid: u32, extra: &[&str]) -> (BTreeMap<St
     while Instant::now() < deadline && va.exited().is_none() {
         std::thread::sleep(Duration::from_millis(300));
         nice = threads_nice(va.pid());
-        if nice.contains_key("timeline") && nice.len() >= 2 {
+        if nice.contains_key("timeline") && nice.contains_key("sampler") {
             std::thread::sleep(Duration::from_millis(300));
             nice = threads_nice(va.pid());
             break;
@@ -48,9 +48,13 @@ fn record(dir: &Path, prefix: &[&str], pid: u32, extra: &[&str]) -> (BTreeMap<St
 }
 
 /// Thread name -> nice value (field 19 of /proc/PID/task/TID/stat). The sampler is the
-/// main thread, named after the executable.
+/// main thread, named after the executable. With it, under "sampler slack", its timer
+/// slack in ns (/proc/PID/timerslack_ns is the main thread's).
 fn threads_nice(pid: u32) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
+    if let Ok(slack) = fs::read_to_string(format!("/proc/{pid}/timerslack_ns")) {
+        out.insert("sampler slack".to_string(), slack.trim().parse().unwrap());
+    }
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return out };
     for t in tasks.flatten() {
         let tid: u32 = t.file_name().to_string_lossy().parse().unwrap();
@@ -82,6 +86,8 @@ fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
     assert_eq!(nice.get("sampler"), Some(&-10), "threads' nice values: {nice:?}");
     assert_eq!(nice.get("timeline"), Some(&0), "threads' nice values: {nice:?}");
     assert_eq!(said, "nice -10");
+    // and it wakes on time: no timer slack (src/sampling_thread.rs)
+    assert_eq!(nice.get("sampler slack"), Some(&1), "{nice:?}");
 
     let (nice, _, said) = record(&dir, &[], pid, &["--sampler-nice", "-3"]);
     assert_eq!((nice.get("sampler"), nice.get("timeline")), (Some(&-3), Some(&0)), "{nice:?}");
@@ -90,7 +96,8 @@ fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
     // Several processes: one clock samples them all (src/fleet/), on the main thread.
     let (nice, _, said) = record(&dir, &[], pid, &["--pid", &other.to_string()]);
     assert_eq!((nice.get("sampler"), said.as_str()), (Some(&-10), "nice -10"), "{nice:?}");
-    assert!(nice.iter().filter(|(name, _)| name.as_str() != "sampler").all(|(_, &n)| n == 0), "{nice:?}");
+    assert_eq!(nice.get("sampler slack"), Some(&1), "{nice:?}");
+    assert!(nice.iter().filter(|(name, _)| !name.starts_with("sampler")).all(|(_, &n)| n == 0), "{nice:?}");
 
     // Started under `nice`, vizattach keeps what it was given unless told.
     let (nice, _, said) = record(&dir, &["nice", "-n", "4"], pid, &[]);

@@ -93,8 +93,6 @@ impl Clock {
         stop: &AtomicBool,
         stats: &Stats,
     ) -> StopReason {
-        // Sleeps wake on time, not up to 50 us late (the default timer slack).
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
         for j in first {
             if !self.admit(j) {
                 return StopReason::ConsumerGone;

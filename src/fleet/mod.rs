@@ -196,8 +196,7 @@ pub fn record(opts: Options) -> Result<i32> {
     };
     let mut clock = clock::Clock::new(lanes_tx, joins_rx, shared.clone(), roots, opts.subprocesses, pausing);
     // (here, on the thread that samples, once the others have started: they keep ours)
-    *stats.sampler_priority.lock().unwrap_or_else(|e| e.into_inner()) =
-        crate::priority::set_sampling_thread(opts.sampler_nice);
+    stats.set_sampler_priority(crate::sampling_thread::prepare(opts.sampler_nice));
     let reason = clock.run(first, interval_ns, end_ns, &stop, &stats);
     let still = clock.member_count();
     watcher_stop.store(true, Ordering::Relaxed);

@@ -65,7 +65,7 @@ pub struct CaptureInfo {
     #[serde(default)]
     pub pausing: String,
     /// the sampling thread's nice value ("nice -10"), or what was refused and why
-    /// ("nice 0, not -10: raising priority needs root or CAP_SYS_NICE"): src/priority.rs
+    /// ("nice 0, not -10: raising priority needs root or CAP_SYS_NICE"): src/sampling_thread.rs
     #[serde(default)]
     pub sampler_priority: String,
     /// ticks whose read failed as a whole (the target exec'ing or exiting)
@@ -166,7 +166,7 @@ impl CaptureInfo {
         if self.pausing.starts_with("refused") {
             s += &format!("; stopping threads {}", self.pausing);
         }
-        if crate::priority::was_refused(&self.sampler_priority) {
+        if crate::sampling_thread::was_refused(&self.sampler_priority) {
             s += &format!("; sampler at {} (on a busy machine its ticks may come late)", self.sampler_priority);
         }
         if let Some(r) = &self.recovered {

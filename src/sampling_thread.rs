@@ -1,5 +1,11 @@
-//! The sampling thread's scheduling priority.
+//! What the thread that samples asks of the scheduler before its first tick: wake-ups on
+//! time (timer slack) and a priority that gets it the CPU when it wakes.
 //!
+//! Timer slack: the kernel may delay a sleeper's wake-up by up to its slack (50 us by
+//! default) to batch timers; a sampler's deadlines are its samples' timestamps, so its
+//! slack is 1 ns.
+//!
+//! Priority:
 //! A sample is stamped when it is read, so a tick that comes late moves every slice edge
 //! it finds by as much. On a machine whose CPUs the target keeps busy, a sampler at the
 //! default priority competes for them as one task among many: the kernel lets it wake
@@ -11,6 +17,14 @@
 
 /// The nice value the sampling thread asks for when vizattach runs at nice 0.
 pub const DEFAULT_NICE: i32 = -10;
+
+/// Prepares the calling thread to sample: its timer slack, then its nice value (see
+/// `set_sampling_thread`, whose description it returns). Call it on the thread that
+/// samples once the other threads have started: threads started later would inherit both.
+pub fn prepare(wanted_nice: Option<i32>) -> String {
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
+    set_sampling_thread(wanted_nice)
+}
 
 /// Sets the calling thread's nice value (Linux keeps one per thread) to `wanted`, or to
 /// `DEFAULT_NICE` when None and vizattach was started at nice 0 (a vizattach started
