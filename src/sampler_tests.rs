@@ -328,6 +328,38 @@ fn a_stack_deeper_than_last_tick_is_read_whole() {
 }
 
 #[test]
+fn a_deep_stack_the_copy_lacks_is_copied_not_read_frame_by_frame() {
+    // The thread moved to a new data-stack chunk holding 3000 frames: the tick's copy has
+    // none of them. A walk that read them from the process one by one made single ticks
+    // of pylint at 10 kHz last 57-184 ms; the walk gives up after PROCESS_READS reads,
+    // and the next read copies the chunk whole.
+    const CHUNK2: u64 = 0x100_000;
+    const DEPTH: u64 = 3000;
+    let (sim, l, mut s, stats) = warm(&[0, 1]);
+    let size = 32 + (DEPTH + 1) * SLOT;
+    sim.mem.with(|r| {
+        r.map(CHUNK2, size as usize);
+        r.u64(CHUNK2 + l.chunk.size, size);
+        let mut prev = ENTRY;
+        for i in 0..DEPTH {
+            let at = CHUNK2 + 32 + i * SLOT;
+            frame(r, &l, at, i % 16, prev, 2);
+            prev = at;
+        }
+        r.u64(CFRAME + l.tstate.cframe_current_frame.unwrap(), prev);
+        r.u64(TSTATE + l.tstate.datastack_chunk.unwrap(), CHUNK2);
+        r.u64(TSTATE + l.tstate.datastack_top.unwrap(), prev + SLOT);
+    });
+    let before = *sim.mem.reads.borrow();
+    let (_, b) = tick(&mut s, &stats);
+    let reads = *sim.mem.reads.borrow() - before;
+    let want: Vec<u64> = (0..DEPTH).map(|i| i % 16).collect();
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(want))]);
+    assert!(reads < 500, "{reads} reads of the process for one tick of a {DEPTH}-deep stack");
+    assert_eq!(lost(&stats), 0);
+}
+
+#[test]
 fn a_generator_frame_at_the_root_is_a_stale_copy() {
     // A generator's frame read while it was suspended links to nothing: a chain ending
     // there is cut short, and is read again rather than shown with the generator as root.

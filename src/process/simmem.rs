@@ -55,6 +55,8 @@ pub struct SimMem {
     /// (span address, changes), run just before the next span at that address is read
     script: RefCell<Vec<(u64, Change)>>,
     pub spans_read: RefCell<usize>,
+    /// calls of `read_spans`: what a process would pay one system call each for
+    pub reads: RefCell<usize>,
 }
 
 impl SimMem {
@@ -79,6 +81,7 @@ impl SimMem {
 
 impl ReadMem for SimMem {
     fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
+        *self.reads.borrow_mut() += 1;
         for (n, s) in spans.iter().enumerate() {
             let due = {
                 let mut script = self.script.borrow_mut();
