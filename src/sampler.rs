@@ -421,6 +421,8 @@ struct CopyThenProcess<'a> {
 
 /// Reads of the process one walk may make for frames its copy lacks.
 const PROCESS_READS: u32 = 64;
+/// ... and one walk that only learns where they are.
+const LEARNING_READS: u32 = 256;
 
 impl<'a> CopyThenProcess<'a> {
     /// For a walk that may be kept, of the thread `plan` is of. A stack with more frames
@@ -432,10 +434,12 @@ impl<'a> CopyThenProcess<'a> {
         CopyThenProcess { copy, process, reads_left: std::cell::Cell::new(budget) }
     }
 
-    /// For a walk that learns where a thread's frames are: as many as a plan can name, so
-    /// that one learning walk plans a deep stack the copy lacked.
+    /// For a walk that learns where a thread's frames are. Pylint's chains alternate
+    /// data-stack frames, generator frames on the heap and C-stack entry frames: its
+    /// learning walks read 100-220 frames from the process. A deeper stack outside the
+    /// copy is planned over several rounds.
     fn for_learning(copy: &'a Prefetch, process: &'a dyn ReadMem) -> Self {
-        CopyThenProcess { copy, process, reads_left: std::cell::Cell::new(MAX_PLANNED_FRAMES as u32) }
+        CopyThenProcess { copy, process, reads_left: std::cell::Cell::new(LEARNING_READS) }
     }
 }
 
