@@ -430,7 +430,7 @@ impl<'a> CopyThenProcess<'a> {
     /// has the rest read from the process at every tick: that walk is not cut short.
     fn for_sample(copy: &'a Prefetch, process: &'a dyn ReadMem, plan: &Plan) -> Self {
         let full = plan.frames.len() >= MAX_PLANNED_FRAMES;
-        let budget = if full { stack::MAX_DEPTH as u32 } else { PROCESS_READS };
+        let budget = if full { stack::MAX_DEPTH as u32 } else { PROCESS_READS + planned_reads(plan) };
         CopyThenProcess { copy, process, reads_left: std::cell::Cell::new(budget) }
     }
 
@@ -438,9 +438,18 @@ impl<'a> CopyThenProcess<'a> {
     /// data-stack frames, generator frames on the heap and C-stack entry frames: its
     /// learning walks read 100-220 frames from the process. A deeper stack outside the
     /// copy is planned over several rounds.
-    fn for_learning(copy: &'a Prefetch, process: &'a dyn ReadMem) -> Self {
-        CopyThenProcess { copy, process, reads_left: std::cell::Cell::new(LEARNING_READS) }
+    fn for_learning(copy: &'a Prefetch, process: &'a dyn ReadMem, plan: &Plan) -> Self {
+        let budget = LEARNING_READS + planned_reads(plan);
+        CopyThenProcess { copy, process, reads_left: std::cell::Cell::new(budget) }
     }
+}
+
+/// Frames a plan names can still be missing from the copy: Debian 3.11 recursing 1000
+/// deep had ~130 of its older chunks' planned frames read from the process at every walk
+/// (why the copy lacked them is not established), and with the bare budgets lost every
+/// sample of that thread. Each may cost a read of its head and one of its slots.
+fn planned_reads(plan: &Plan) -> u32 {
+    2 * plan.frames.len().min(MAX_PLANNED_FRAMES) as u32
 }
 
 impl ReadMem for CopyThenProcess<'_> {
@@ -973,7 +982,7 @@ impl<M: ReadMem> Sampler<M> {
             return;
         };
         let (chunk, stack_top) = plan_state(&mut live.plan, l, ts);
-        let behind = CopyThenProcess::for_learning(pf, mem);
+        let behind = CopyThenProcess::for_learning(pf, mem, &live.plan);
         walk.visited.clear();
         // A data-stack chunk the copy did not hold (the thread moved to a new one): the
         // thread state says where its frames end, so the next read copies it whole; a
