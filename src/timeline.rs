@@ -639,12 +639,9 @@ mod tests {
         assert_eq!(tl.told_apart.by_locals, 2);
     }
 
-    #[test]
-    fn a_generator_seen_past_a_yield_and_the_generators_delegating_to_it_are_resumed_anew() {
-        let mut tl = Timeline::default();
-        let mut r = Recorder::default();
-        // 3.12: `def gen(xs, out): for x in xs: yield x; out(x)` and
-        // `def outer(xs, out): yield from gen(xs, out)`
+    /// 3.12: `def gen(xs, out): for x in xs: yield x; out(x)` (code 2) and
+    /// `def outer(xs, out): yield from gen(xs, out)` (code 1, its SEND at 32).
+    fn outer_and_gen() -> (CodeInfo, CodeInfo) {
         let gen = analysed(
             2,
             "gen",
@@ -659,6 +656,14 @@ mod tests {
             "82101a019201180493061a01",
             true,
         );
+        (outer, gen)
+    }
+
+    #[test]
+    fn a_generator_seen_past_a_yield_and_the_generators_delegating_to_it_are_resumed_anew() {
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        let (outer, gen) = outer_and_gen();
         assert!(gen.proofs.paths.is_some() && outer.proofs.delegating(32));
         let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(outer), Arc::new(gen)]);
         tl.handle(&msg, &mut r).unwrap();
@@ -684,20 +689,7 @@ mod tests {
     fn a_delegate_replaced_by_a_new_generator_at_its_address_does_not_split_the_delegator() {
         let mut tl = Timeline::default();
         let mut r = Recorder::default();
-        let gen = analysed(
-            2,
-            "gen",
-            "4b00010097007c0044005d0e00007d027c0296019701010002007c017c02ab0100000000000001008c1004007900ad037701",
-            "82151701",
-            true,
-        );
-        let outer = analysed(
-            1,
-            "outer",
-            "4b0001009700740100000000000000007c007c01ab02000000000000450064007b03000096029702860505000100790037008c05ad037701",
-            "82101a019201180493061a01",
-            true,
-        );
+        let (outer, gen) = outer_and_gen();
         let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(outer), Arc::new(gen)]);
         tl.handle(&msg, &mut r).unwrap();
         for (i, (offset, object)) in [(16, 5), (16, 5), (30, 6), (30, 6)].into_iter().enumerate() {
