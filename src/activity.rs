@@ -219,6 +219,11 @@ struct StatFile {
     /// the count at which .../syscall was last read, and where the thread then slept
     /// (Runs::Asleep; None: not in a system call, or in a GIL wait)
     blocked_at: Option<(u64, Option<u64>)>,
+    /// the count at which .../syscall last said the thread was on a CPU: not read again
+    /// at that count while the thread is still taken for on CPU
+    running_at: Option<u64>,
+    #[cfg(test)]
+    syscall_reads: u32,
     /// .../syscall, opened the first time the count moved while the thread was off CPU
     syscall: Option<File>,
     /// the GIL as read by the last batch before this thread's last real schedstat read,
@@ -401,6 +406,9 @@ impl ActivityReader {
                 touch: Touch::Clear,
                 unknown: false,
                 blocked_at: None,
+                running_at: None,
+                #[cfg(test)]
+                syscall_reads: 0,
                 syscall: None,
                 gil_mark: None,
                 real_ns: 0,
@@ -444,13 +452,22 @@ impl ActivityReader {
             s.real_ns = now;
             let ran = cpu_ns.saturating_sub(s.cpu_ns);
             let running = s.at_ns != 0 && ran as f64 >= now.saturating_sub(s.at_ns) as f64 * SURELY_RUNNING;
-            if let Some(n) = s.now_switch_ins.filter(|&n| !running && s.blocked_at.is_none_or(|(at, _)| at != n)) {
+            // (a thread on a CPU at the last read at this count, and not found off it
+            // since, is not asked again: a computing thread would be asked every tick)
+            let still_running = s.running_at.is_some() && s.running_at == s.now_switch_ins && s.was_on == Some(true);
+            if let Some(n) =
+                s.now_switch_ins.filter(|&n| !running && !still_running && s.blocked_at.is_none_or(|(at, _)| at != n))
+            {
                 if s.syscall.is_none() {
                     // once per thread found not running
                     s.syscall = File::open(format!("/proc/{pid}/task/{tid}/syscall")).ok();
                 }
                 let len = s.syscall.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok()).unwrap_or(0);
                 let line = &buf[..len];
+                #[cfg(test)]
+                {
+                    s.syscall_reads += 1;
+                }
                 // ("running", or -1: not in a system call; a futex in a GIL: waiting for it)
                 let in_gil = |a: u64| spans.iter().any(|&(lo, hi)| (lo..hi).contains(&a));
                 let blocked = match syscall_head(line) {
@@ -461,8 +478,16 @@ impl ActivityReader {
                 // asleep in a call it made after that count (a stack read now would be
                 // taken for one that count describes). Then nothing is stored: the next
                 // tick reads again.
+                // And a thread on a CPU at the read says nothing of where this run ends:
+                // it may go to sleep without being switched in again, so under the same
+                // count. Stored, that "not asleep in a call" stood for the whole sleep
+                // that followed: waitress' main thread, running on its way into select
+                // at the read, then asleep there 30 ms in a new `poll` call taken for
+                // the one before (58 merged calls per 10 kHz capture).
+                let on_cpu = line.starts_with(b"running");
+                s.running_at = on_cpu.then_some(n);
                 let again = s.schedstat.read_at(&mut buf, 0).unwrap_or(0);
-                if third_number(&buf[..again]) == Some(n) {
+                if !on_cpu && third_number(&buf[..again]) == Some(n) {
                     s.blocked_at = Some((n, blocked));
                 }
             }
@@ -840,6 +865,48 @@ mod tests {
         r.end_tick();
         assert_eq!(r.on_cpu(tid, now()), Some(false), "asleep, whatever the reads before said");
         wake_tx.send(()).unwrap();
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn a_thread_read_while_running_is_asleep_where_its_run_ends() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use std::time::Duration;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop2 = stop.clone();
+        let worker = std::thread::spawn(move || {
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            while !stop2.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+            // Straight from running into a sleep: no switch-in, so the count its reads
+            // while running saw is the count of this sleep.
+            unsafe { libc::poll(std::ptr::null_mut(), 0, 300) };
+        });
+        let tid = rx.recv().unwrap();
+        let mut r = ActivityReader::new(std::process::id() as i32);
+        let now = crate::clock::now_ns;
+        // Reads 1 ms apart: schedstat grows at the kernel's timer tick only, so most find
+        // the spinning thread not surely running, and read .../syscall ("running").
+        for _ in 0..100 {
+            r.end_tick();
+            std::thread::sleep(Duration::from_millis(1));
+            r.on_cpu(tid, now());
+        }
+        let asked = r.stats.get(&tid).map(|s| s.syscall_reads).unwrap();
+        assert!(asked <= 50, "asked where it sleeps {asked} times in 100 reads while it ran");
+        stop.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(30));
+        // (the first read finds it off CPU; the next asks where it sleeps)
+        for _ in 0..2 {
+            r.end_tick();
+            assert_eq!(r.on_cpu(tid, now()), Some(false));
+        }
+        let runs = r.runs(tid, true);
+        let poll = sleep_place(libc::SYS_poll as u64, 0).unwrap();
+        assert!(matches!(runs, Runs::Asleep(_, place) if place == poll), "asleep in poll, not {runs:?}");
         worker.join().unwrap();
     }
 
