@@ -1,7 +1,8 @@
 //! The sampling thread's priority (src/sampling_thread.rs): raised to nice -10 by default, to
 //! what `--sampler-nice` says, never for the timeline thread; refused without
-//! CAP_SYS_NICE, which the summary and the metadata say. Read from the kernel
-//! (/proc/PID/task/TID/stat) while a real capture runs.
+//! CAP_SYS_NICE, which the summary and the metadata say; with its timer slack and (Linux
+//! 6.12+) scheduler slice. Read from the kernel (/proc/PID/task/TID/stat, sched) while a
+//! real capture runs.
 //!
 //!     cargo test --release --test record_priority -- --nocapture
 //!
@@ -12,10 +13,21 @@ mod common;
 use common::recording::start_until_ready;
 use common::*;
 
-/// Runs `prefix... vizattach record --pid PID -d 3s -o OUT extra...`; while it records,
-/// reads the nice value of each of its threads by name. Returns them, the summary line
-/// and the trace's `sampler_priority`.
-fn record(dir: &Path, prefix: &[&str], pid: u32, extra: &[&str]) -> (BTreeMap<String, i64>, String, String) {
+/// What the kernel says of a capture's threads while it records: each thread's nice value
+/// by name (the sampler is the main thread, named after the executable), the sampler's
+/// timer slack (/proc/PID/timerslack_ns is the main thread's), and each thread's slice
+/// (se.slice in /proc/PID/task/TID/sched; None on kernels that do not show it).
+#[derive(Debug, Default)]
+struct Seen {
+    nice: BTreeMap<String, i64>,
+    sampler_slack_ns: Option<u64>,
+    slice_ns: BTreeMap<String, u64>,
+}
+
+/// Runs `prefix... vizattach record --pid PID -d 3s -o OUT extra...` and reads what the
+/// kernel says of its threads while it records. Returns that, the summary line and the
+/// trace's `sampler_priority`.
+fn record(dir: &Path, prefix: &[&str], pid: u32, extra: &[&str]) -> (Seen, String, String) {
     let out = dir.join("trace.json");
     let _ = fs::remove_file(&out);
     let mut cmd = Command::new(prefix.first().copied().unwrap_or(VIZATTACH));
@@ -27,13 +39,13 @@ fn record(dir: &Path, prefix: &[&str], pid: u32, extra: &[&str]) -> (BTreeMap<St
     // The sampler starts once the target is read (well within a second here); its
     // priority is set before the first tick.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut nice = BTreeMap::new();
+    let mut seen = Seen::default();
     while Instant::now() < deadline && va.exited().is_none() {
         std::thread::sleep(Duration::from_millis(300));
-        nice = threads_nice(va.pid());
-        if nice.contains_key("timeline") && nice.contains_key("sampler") {
+        seen = threads_seen(va.pid());
+        if seen.nice.contains_key("timeline") && seen.nice.contains_key("sampler") {
             std::thread::sleep(Duration::from_millis(300));
-            nice = threads_nice(va.pid());
+            seen = threads_seen(va.pid());
             break;
         }
     }
@@ -44,18 +56,17 @@ fn record(dir: &Path, prefix: &[&str], pid: u32, extra: &[&str]) -> (BTreeMap<St
     let summary = stderr.lines().find(|l| l.contains("stopped after")).unwrap_or_default().to_string();
     let trace: Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
     let said = trace["viztracer_metadata"]["sampler_priority"].as_str().unwrap_or_default().to_string();
-    (nice, summary, said)
+    (seen, summary, said)
 }
 
-/// Thread name -> nice value (field 19 of /proc/PID/task/TID/stat). The sampler is the
-/// main thread, named after the executable. With it, under "sampler slack", its timer
-/// slack in ns (/proc/PID/timerslack_ns is the main thread's).
-fn threads_nice(pid: u32) -> BTreeMap<String, i64> {
-    let mut out = BTreeMap::new();
-    if let Ok(slack) = fs::read_to_string(format!("/proc/{pid}/timerslack_ns")) {
-        out.insert("sampler slack".to_string(), slack.trim().parse().unwrap());
-    }
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+fn threads_seen(pid: u32) -> Seen {
+    let mut seen = Seen {
+        sampler_slack_ns: fs::read_to_string(format!("/proc/{pid}/timerslack_ns"))
+            .ok()
+            .map(|s| s.trim().parse().unwrap()),
+        ..Seen::default()
+    };
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return seen };
     for t in tasks.flatten() {
         let tid: u32 = t.file_name().to_string_lossy().parse().unwrap();
         let (Ok(stat), Ok(comm)) =
@@ -65,9 +76,21 @@ fn threads_nice(pid: u32) -> BTreeMap<String, i64> {
         };
         let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
         let name = if tid == pid { "sampler".to_string() } else { comm.trim().to_string() };
-        out.insert(name, fields[16].parse().unwrap());
+        let sched = fs::read_to_string(t.path().join("sched")).unwrap_or_default();
+        let slice = sched.lines().find(|l| l.starts_with("se.slice")).and_then(|l| l.split(':').nth(1));
+        if let Some(ns) = slice.and_then(|v| v.trim().parse().ok()) {
+            seen.slice_ns.insert(name.clone(), ns);
+        }
+        seen.nice.insert(name, fields[16].parse().unwrap());
     }
-    out
+    seen
+}
+
+/// Whether this kernel gives a thread the slice it asks for (Linux 6.12+).
+fn custom_slices() -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
+    (v.next().unwrap(), v.next().unwrap()) >= (6, 12)
 }
 
 #[test]
@@ -82,34 +105,47 @@ fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
     let (pid, other) = (target.pid(), other_target.pid());
     let dir = work.host_path("");
 
-    let (nice, _, said) = record(&dir, &[], pid, &[]);
-    assert_eq!(nice.get("sampler"), Some(&-10), "threads' nice values: {nice:?}");
-    assert_eq!(nice.get("timeline"), Some(&0), "threads' nice values: {nice:?}");
-    assert_eq!(said, "nice -10");
-    // and it wakes on time: no timer slack (src/sampling_thread.rs)
-    assert_eq!(nice.get("sampler slack"), Some(&1), "{nice:?}");
+    // The slice the sampler asks for, as the metadata says it (src/sampling_thread.rs).
+    let slice = if custom_slices() { ", slice 0.1 ms" } else { "" };
 
-    let (nice, _, said) = record(&dir, &[], pid, &["--sampler-nice", "-3"]);
-    assert_eq!((nice.get("sampler"), nice.get("timeline")), (Some(&-3), Some(&0)), "{nice:?}");
-    assert_eq!(said, "nice -3");
+    let (seen, _, said) = record(&dir, &[], pid, &[]);
+    let nice = &seen.nice;
+    assert_eq!(nice.get("sampler"), Some(&-10), "{seen:?}");
+    assert_eq!(nice.get("timeline"), Some(&0), "{seen:?}");
+    assert_eq!(said, format!("nice -10{slice}"));
+    // and it wakes on time: no timer slack, and (Linux 6.12+) a slice short enough to
+    // take the CPU from the target's threads when it wakes; the timeline keeps the default
+    assert_eq!(seen.sampler_slack_ns, Some(1), "{seen:?}");
+    if custom_slices() {
+        assert_eq!(seen.slice_ns.get("sampler"), Some(&100_000), "{seen:?}");
+        assert_ne!(seen.slice_ns.get("timeline"), Some(&100_000), "{seen:?}");
+    }
+
+    let (seen, _, said) = record(&dir, &[], pid, &["--sampler-nice", "-3"]);
+    assert_eq!((seen.nice.get("sampler"), seen.nice.get("timeline")), (Some(&-3), Some(&0)), "{seen:?}");
+    assert_eq!(said, format!("nice -3{slice}"));
 
     // Several processes: one clock samples them all (src/fleet/), on the main thread.
-    let (nice, _, said) = record(&dir, &[], pid, &["--pid", &other.to_string()]);
-    assert_eq!((nice.get("sampler"), said.as_str()), (Some(&-10), "nice -10"), "{nice:?}");
-    assert_eq!(nice.get("sampler slack"), Some(&1), "{nice:?}");
-    assert!(nice.iter().filter(|(name, _)| !name.starts_with("sampler")).all(|(_, &n)| n == 0), "{nice:?}");
+    let (seen, _, said) = record(&dir, &[], pid, &["--pid", &other.to_string()]);
+    assert_eq!((seen.nice.get("sampler"), said), (Some(&-10), format!("nice -10{slice}")), "{seen:?}");
+    assert_eq!(seen.sampler_slack_ns, Some(1), "{seen:?}");
+    if custom_slices() {
+        assert_eq!(seen.slice_ns.get("sampler"), Some(&100_000), "{seen:?}");
+    }
+    assert!(seen.nice.iter().filter(|(name, _)| *name != "sampler").all(|(_, &n)| n == 0), "{seen:?}");
 
     // Started under `nice`, vizattach keeps what it was given unless told.
-    let (nice, _, said) = record(&dir, &["nice", "-n", "4"], pid, &[]);
-    assert_eq!((nice.get("sampler"), nice.get("timeline")), (Some(&4), Some(&4)), "{nice:?}");
-    assert_eq!(said, "nice 4");
+    let (seen, _, said) = record(&dir, &["nice", "-n", "4"], pid, &[]);
+    assert_eq!((seen.nice.get("sampler"), seen.nice.get("timeline")), (Some(&4), Some(&4)), "{seen:?}");
+    assert_eq!(said, format!("nice 4{slice}"));
 
-    // Without CAP_SYS_NICE the kernel refuses: the capture goes on, and says so.
-    let (nice, summary, said) =
+    // Without CAP_SYS_NICE the kernel refuses: the capture goes on, and says so. (A
+    // shorter slice needs no privilege.)
+    let (seen, summary, said) =
         record(&dir, &["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice"], pid, &[]);
-    assert_eq!(nice.get("sampler"), Some(&0), "{nice:?}");
-    assert_eq!(said, "nice 0, not -10: raising priority needs root or CAP_SYS_NICE");
-    assert!(summary.contains("sampler at nice 0, not -10"), "summary: {summary}");
+    assert_eq!(seen.nice.get("sampler"), Some(&0), "{seen:?}");
+    assert_eq!(said, format!("nice 0{slice}, not -10: raising priority needs root or CAP_SYS_NICE"));
+    assert!(summary.contains(&format!("sampler at nice 0{slice}, not -10")), "summary: {summary}");
 
     let out = run_vizattach(&["record", "--pid", &pid.to_string(), "--sampler-nice", "-21"]).unwrap();
     assert!(!out.status.success());
