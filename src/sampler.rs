@@ -421,35 +421,28 @@ struct CopyThenProcess<'a> {
 
 /// Reads of the process one walk may make for frames its copy lacks.
 const PROCESS_READS: u32 = 64;
-/// ... and one walk that only learns where they are.
+/// ... and one walk that only learns where they are. Pylint's chains alternate data-stack
+/// frames, generator frames on the heap and C-stack entry frames: its learning walks read
+/// 100-220 frames from the process. A deeper stack outside the copy is planned over
+/// several rounds.
 const LEARNING_READS: u32 = 256;
 
 impl<'a> CopyThenProcess<'a> {
-    /// For a walk that may be kept, of the thread `plan` is of. A stack with more frames
-    /// outside its data-stack chunk than a plan names (older chunks of a deep recursion)
-    /// has the rest read from the process at every tick: that walk is not cut short.
-    fn for_sample(copy: &'a Prefetch, process: &'a dyn ReadMem, plan: &Plan) -> Self {
-        let full = plan.frames.len() >= MAX_PLANNED_FRAMES;
-        let budget = if full { stack::MAX_DEPTH as u32 } else { PROCESS_READS + planned_reads(plan) };
-        CopyThenProcess { copy, process, reads_left: std::cell::Cell::new(budget) }
-    }
-
-    /// For a walk that learns where a thread's frames are. Pylint's chains alternate
-    /// data-stack frames, generator frames on the heap and C-stack entry frames: its
-    /// learning walks read 100-220 frames from the process. A deeper stack outside the
-    /// copy is planned over several rounds.
-    fn for_learning(copy: &'a Prefetch, process: &'a dyn ReadMem, plan: &Plan) -> Self {
-        let budget = LEARNING_READS + planned_reads(plan);
-        CopyThenProcess { copy, process, reads_left: std::cell::Cell::new(budget) }
+    fn new(copy: &'a Prefetch, process: &'a dyn ReadMem, reads: u32) -> Self {
+        CopyThenProcess { copy, process, reads_left: std::cell::Cell::new(reads) }
     }
 }
 
-/// Frames a plan names can still be missing from the copy: Debian 3.11 recursing 1000
-/// deep had ~130 of its older chunks' planned frames read from the process at every walk
-/// (why the copy lacked them is not established), and with the bare budgets lost every
-/// sample of that thread. Each may cost a read of its head and one of its slots.
-fn planned_reads(plan: &Plan) -> u32 {
-    2 * plan.frames.len().min(MAX_PLANNED_FRAMES) as u32
+/// The reads a walk that may be kept makes, of the thread `plan` is of. A stack with more
+/// frames outside its data-stack chunk than a plan names (older chunks of a deep
+/// recursion) has the rest read from the process at every tick: that walk is not cut short.
+fn sample_budget(plan: &Plan) -> u32 {
+    let full = plan.frames.len() >= MAX_PLANNED_FRAMES;
+    if full {
+        stack::MAX_DEPTH as u32
+    } else {
+        PROCESS_READS
+    }
 }
 
 impl ReadMem for CopyThenProcess<'_> {
@@ -982,7 +975,7 @@ impl<M: ReadMem> Sampler<M> {
             return;
         };
         let (chunk, stack_top) = plan_state(&mut live.plan, l, ts);
-        let behind = CopyThenProcess::for_learning(pf, mem, &live.plan);
+        let behind = CopyThenProcess::new(pf, mem, LEARNING_READS);
         walk.visited.clear();
         // A data-stack chunk the copy did not hold (the thread moved to a new one): the
         // thread state says where its frames end, so the next read copies it whole; a
@@ -1225,7 +1218,7 @@ impl<M: ReadMem> Sampler<M> {
         }
         // The walk takes frames from the copy and, where a frame is not in it (a generator
         // started since the plan was made, most often), from the process itself.
-        let behind = CopyThenProcess::for_sample(pf, mem, &live.plan);
+        let behind = CopyThenProcess::new(pf, mem, sample_budget(&live.plan));
         // (the chunk's extent is known once its header was copied, i.e. a tick after a
         // thread moved to a new chunk)
         let size = if live.plan.chunk == chunk { live.plan.chunk_size as u64 } else { 0 };

@@ -113,14 +113,27 @@ impl Prefetch {
 
     /// Reads every span, in the order asked. A span the target does not map is skipped
     /// (the read goes on after it), so one thread's stale plan costs the others nothing.
+    /// One that fails on its last page only is read again without that page: a piece of
+    /// frames ends a frame's length past the last frame's start, which for the last frame
+    /// of a data-stack chunk can be past the chunk's mapping, and the whole piece (a
+    /// chunk's worth of frames) was lost with it.
     pub fn fetch(&mut self, mem: &dyn ReadMem) -> ReadResult<()> {
         self.ok.clear();
         self.ok.resize(self.spans.len(), false);
         let mut from = 0;
+        let mut cut_at = usize::MAX;
         while from < self.spans.len() {
             let n = mem.read_spans(&self.spans[from..], &mut self.buf)?;
             self.ok[from..from + n].iter_mut().for_each(|o| *o = true);
-            from += n + 1;
+            from += n;
+            let Some(s) = self.spans.get_mut(from) else { break };
+            let last_page = (s.addr + s.len as u64 - 1) / PAGE * PAGE;
+            if cut_at != from && !self.check[from] && last_page > s.addr {
+                s.len = (last_page - s.addr) as usize;
+                cut_at = from;
+                continue;
+            }
+            from += 1;
         }
         self.index.clear();
         self.index.extend((0..self.spans.len() as u32).filter(|&i| self.ok[i as usize] && !self.check[i as usize]));
@@ -210,6 +223,23 @@ mod tests {
         assert_eq!(p.checked(c).map(|b| b[1]), Some(0x01));
         let mut b = [0u8; 2];
         assert_eq!(p.read(0x1800, &mut b), Err(ReadError::Missing));
+    }
+
+    #[test]
+    fn a_piece_that_runs_onto_an_unmapped_page_keeps_the_pages_before() {
+        let mut p = Prefetch::default();
+        p.want(0x1000, 0x100);
+        p.want(0x2800, 0x1000); // 0x3000.. is not mapped
+        p.want(0x2000, 0x10);
+        p.want(0x4000, 0x10); // not mapped at all
+        p.want(0x1800, 0x10);
+        p.fetch(&Flat).unwrap();
+        assert_eq!(p.get(0x2800, 0x800).map(|b| b[0x7ff]), Some(0xff));
+        assert_eq!(p.get(0x2f00, 0x200), None);
+        assert_eq!(p.get(0x2000, 0x10).map(|b| b[1]), Some(0x01));
+        assert_eq!(p.get(0x4000, 0x10), None);
+        assert_eq!(p.get(0x1800, 0x10).map(|b| b[2]), Some(0x02));
+        assert_eq!(p.get(0x1000, 0x100).map(|b| b[3]), Some(0x03));
     }
 
     #[test]
