@@ -1,23 +1,9 @@
 //! What the thread that samples asks of the scheduler before its first tick: wake-ups on
-//! time (timer slack) and a priority that gets it the CPU when it wakes.
+//! time (timer slack), and a priority and a slice that get it the CPU when it wakes.
 //!
 //! Timer slack: the kernel may delay a sleeper's wake-up by up to its slack (50 us by
 //! default) to batch timers; a sampler's deadlines are its samples' timestamps, so its
 //! slack is 1 ns.
-//!
-//! Slice: since Linux 6.6 the fair scheduler (EEVDF) lets a waking task preempt the one
-//! running only if its virtual deadline comes first, and a task keeps the CPU for its
-//! whole slice (about 3 ms here) once picked. A sampler at nice -10 still woke up to 5 ms
-//! late behind the target's own threads: flask under load on 2 CPUs at 10 kHz, a bare C
-//! sleep loop at nice -10 beside it woke more than 0.4 ms late 300 times in 6 s (650 ms in
-//! all), and vizattach's flask cells came out bimodal (in 3 of 8: 15 % of ticks missed,
-//! p90 slice error 3.5-7.4 intervals, 95 % of calls found). Linux 6.12 lets a thread ask
-//! for a shorter slice (sched_setattr's sched_runtime, no privilege needed): a waking task
-//! with a shorter slice than the running one preempts it. With 0.1 ms the same loop woke
-//! late 50 times (87 ms), and the 8 flask cells found 98.1-99.3 %, p90 1.5-1.8 intervals.
-//! (SCHED_FIFO did better still, 3 late wake-ups, but a real-time thread that spins
-//! starves the target on its CPU: not for a tool attached to production processes.)
-//! Older kernels ignore the request; the metadata says what the thread got.
 //!
 //! Priority:
 //! A sample is stamped when it is read, so a tick that comes late moves every slice edge
@@ -28,17 +14,34 @@
 //! (nice -10) it runs when it wakes (the same cell: 0.17 ms, 1.7 intervals), and takes no
 //! more CPU per tick than before: it only gets the CPU on time. Only the thread that
 //! samples is raised; the timeline and the writers keep vizattach's own priority.
+//!
+//! Slice: since Linux 6.6 the fair scheduler (EEVDF) lets a waking task preempt the one
+//! running only if its virtual deadline comes first, and a task keeps the CPU for its
+//! whole slice once picked (1.4 ms on this 2-CPU VM: 0.7 ms times 1 + log2 of the CPUs). A
+//! sampler at nice -10 still woke up to 5 ms late behind the target's own threads: flask
+//! under load on 2 CPUs, a bare C sleep loop at nice -10 beside it woke more than 0.4 ms
+//! late 220-300 times in 5-6 s (450-650 ms in all), and vizattach's flask cells at 10 kHz
+//! came out bimodal (3 of 8: 15 % of ticks missed, p90 slice error 3.5-7.4 intervals,
+//! 95 % of calls found). Linux 6.12 lets a thread ask for its own slice (sched_setattr's
+//! sched_runtime, no privilege needed), and a waking task whose slice is shorter than the
+//! running one's preempts it. The same loop with 0.5 ms: 29 late wake-ups (45 ms); 0.1 ms
+//! did no better (47), and cost 1-1.3 points of CPU on the 32-thread benchmarks at 1 kHz:
+//! a tick over 0.1 ms was preempted in its middle. 0.5 ms covers nearly every tick.
+//! (SCHED_FIFO did better still, 3 late wake-ups, but a real-time thread that spins
+//! starves the target on its CPU: not for a tool attached to production processes.)
+//! Older kernels ignore the request; the metadata says what the thread got.
 
 /// The nice value the sampling thread asks for when vizattach runs at nice 0.
 pub const DEFAULT_NICE: i32 = -10;
 
-/// The scheduler slice the sampling thread asks for: the kernel's shortest (0.1 ms). A
-/// tick's work is tens of microseconds; the slice only decides who yields when it wakes.
-pub const SLICE_NS: u64 = 100_000;
+/// The scheduler slice the sampling thread asks for: shorter than the default (so that it
+/// preempts when it wakes), longer than nearly every tick (so that it is not preempted in
+/// one).
+pub const SLICE_NS: u64 = 500_000;
 
 /// Prepares the calling thread to sample: its timer slack, its nice value (see
 /// `set_sampling_thread`), then its slice. Returns what it got, for the metadata: "nice
-/// -10, slice 0.1 ms". Call it on the thread that samples once the other threads have
+/// -10, slice 0.5 ms". Call it on the thread that samples once the other threads have
 /// started: threads started later would inherit all three.
 pub fn prepare(wanted_nice: Option<i32>) -> String {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
@@ -109,8 +112,8 @@ fn set_sampling_thread(wanted: Option<i32>) -> (Option<i32>, Option<(i32, String
     (current(tid), Some((target, why)))
 }
 
-/// "nice -10, slice 0.1 ms", "nice -10" (the kernel's default slice), or "nice 0, slice
-/// 0.1 ms, not -10: why" when the priority asked for was refused.
+/// "nice -10, slice 0.5 ms", "nice -10" (the kernel's default slice), or "nice 0, slice
+/// 0.5 ms, not -10: why" when the priority asked for was refused.
 fn describe(now: Option<i32>, slice_ns: Option<u64>, refused: Option<(i32, String)>) -> String {
     let mut s = format!("nice {}", now.map_or("unknown".to_string(), |n| n.to_string()));
     if let Some(ns) = slice_ns {
@@ -162,7 +165,7 @@ mod tests {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
         let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
         let (major, minor) = (v.next().unwrap(), v.next().unwrap());
-        let expected = if (major, minor) >= (6, 12) { "nice 6, slice 0.1 ms" } else { "nice 6" };
+        let expected = if (major, minor) >= (6, 12) { "nice 6, slice 0.5 ms" } else { "nice 6" };
         assert_eq!(said, expected);
     }
 
@@ -178,7 +181,7 @@ mod tests {
     #[test]
     fn a_refused_priority_is_said_after_what_the_thread_got() {
         let said = describe(Some(0), Some(SLICE_NS), Some((-10, "raising priority needs root".into())));
-        assert_eq!(said, "nice 0, slice 0.1 ms, not -10: raising priority needs root");
+        assert_eq!(said, "nice 0, slice 0.5 ms, not -10: raising priority needs root");
         assert!(was_refused(&said));
         assert!(!was_refused(&describe(Some(-10), Some(SLICE_NS), None)));
     }
