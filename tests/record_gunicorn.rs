@@ -46,18 +46,10 @@ fn gunicorn() -> Option<PathBuf> {
 /// How long a worker has lived before the test may kill it as one vizattach follows.
 const OLD_ENOUGH: Duration = Duration::from_millis(600);
 
-/// How long process `pid` has been running (None: gone), to the kernel's 10 ms tick.
+/// How long process `pid` has been running (None: gone, or a zombie), to the kernel's
+/// clock tick.
 fn age(pid: i64) -> Option<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let (state, started) = (fields.first()?, fields.get(19)?.parse::<f64>().ok()?);
-    if *state == "Z" {
-        return None;
-    }
-    // SAFETY: sysconf has no preconditions
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let uptime: f64 = fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_secs_f64((uptime - started / hz).max(0.0)))
+    vizattach::process::identity::of(pid as i32).map(|id| id.age())
 }
 
 /// CLOCK_MONOTONIC in microseconds: the trace's clock.

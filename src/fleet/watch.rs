@@ -128,15 +128,7 @@ fn look_at(pid: i32, seen_for: Duration) -> Verdict {
     }
 }
 
-/// Whether the process started at least MIN_AGE ago (its start time is in clock ticks
-/// since boot, CLOCK_BOOTTIME's origin).
+/// Whether the process started at least MIN_AGE ago.
 fn old_enough(id: Identity) -> bool {
-    // SAFETY: sysconf reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes only into ts.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    let now_ms = ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000;
-    let started_ms = id.start.saturating_mul(1000) / hz;
-    now_ms.saturating_sub(started_ms) >= MIN_AGE.as_millis() as u64
+    id.age() >= MIN_AGE
 }

@@ -14,6 +14,21 @@ pub struct Identity {
     pub image: (u64, u64),
 }
 
+impl Identity {
+    /// How long ago the process started, to the kernel's clock tick (its start time counts
+    /// ticks since boot, CLOCK_BOOTTIME's origin).
+    pub fn age(&self) -> std::time::Duration {
+        // SAFETY: sysconf reads a constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes only into ts.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let now_ms = ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000;
+        let started_ms = self.start.saturating_mul(1000) / hz;
+        std::time::Duration::from_millis(now_ms.saturating_sub(started_ms))
+    }
+}
+
 /// The identity in a stat line, "pid (comm) S ppid ...", if the process is not a zombie.
 pub fn parse(stat: &str) -> Option<Identity> {
     // fields after the command name, which may itself hold parentheses; field 3 first
@@ -43,6 +58,16 @@ mod tests {
         f[26 - 3] = code.to_string();
         f[48 - 3] = args.to_string();
         format!("4242 ({comm}) {}", f.join(" "))
+    }
+
+    #[test]
+    fn this_process_is_as_old_as_it_has_run() {
+        let before = of(std::process::id() as i32).unwrap().age();
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        let after = of(std::process::id() as i32).unwrap().age();
+        // (to the kernel's clock tick, 10 ms at most)
+        assert!(after >= before + std::time::Duration::from_millis(90), "{before:?} then {after:?}");
+        assert!(after < std::time::Duration::from_secs(3600), "{after:?}");
     }
 
     #[test]
