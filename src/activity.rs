@@ -882,8 +882,9 @@ mod tests {
                 std::hint::spin_loop();
             }
             // Straight from running into a sleep: no switch-in, so the count its reads
-            // while running saw is the count of this sleep.
-            unsafe { libc::poll(std::ptr::null_mut(), 0, 300) };
+            // while running saw is the count of this sleep (ppoll: one on every arch).
+            let wait = libc::timespec { tv_sec: 0, tv_nsec: 300_000_000 };
+            unsafe { libc::ppoll(std::ptr::null_mut(), 0, &wait, std::ptr::null()) };
         });
         let tid = rx.recv().unwrap();
         let mut r = ActivityReader::new(std::process::id() as i32);
@@ -905,8 +906,8 @@ mod tests {
             assert_eq!(r.on_cpu(tid, now()), Some(false));
         }
         let runs = r.runs(tid, true);
-        let poll = sleep_place(libc::SYS_poll as u64, 0).unwrap();
-        assert!(matches!(runs, Runs::Asleep(_, place) if place == poll), "asleep in poll, not {runs:?}");
+        let ppoll = sleep_place(libc::SYS_ppoll as u64, 0).unwrap();
+        assert!(matches!(runs, Runs::Asleep(_, place) if place == ppoll), "asleep in ppoll, not {runs:?}");
         worker.join().unwrap();
     }
 
