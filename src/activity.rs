@@ -454,7 +454,7 @@ impl ActivityReader {
             let running = s.at_ns != 0 && ran as f64 >= now.saturating_sub(s.at_ns) as f64 * SURELY_RUNNING;
             // (a thread on a CPU at the last read at this count, and not found off it
             // since, is not asked again: a computing thread would be asked every tick)
-            let still_running = s.running_at.is_some() && s.running_at == s.now_switch_ins && s.was_on == Some(true);
+            let still_running = s.running_at.is_some_and(|n| Some(n) == s.now_switch_ins) && s.was_on == Some(true);
             if let Some(n) =
                 s.now_switch_ins.filter(|&n| !running && !still_running && s.blocked_at.is_none_or(|(at, _)| at != n))
             {

@@ -39,6 +39,16 @@ pub const DEFAULT_NICE: i32 = -10;
 /// one).
 pub const SLICE_NS: u64 = 500_000;
 
+/// Whether this kernel takes a custom slice (Linux 6.12+); an older one keeps its own,
+/// which is no error (the metadata then names no slice).
+pub fn kernel_takes_custom_slices() -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 12)
+}
+
 /// Prepares the calling thread to sample: its timer slack, its nice value (see
 /// `set_sampling_thread`), then its slice. Returns what it got, for the metadata: "nice
 /// -10, slice 0.5 ms". Call it on the thread that samples once the other threads have
@@ -161,11 +171,7 @@ mod tests {
     fn the_sampling_thread_asks_for_a_short_slice_and_keeps_its_nice() {
         let (said, got) = on_a_thread(|| prepare(Some(6)));
         assert_eq!(got, Some(6), "{said}");
-        // Custom slices came with Linux 6.12; before, the kernel keeps its own.
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-        let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
-        let (major, minor) = (v.next().unwrap(), v.next().unwrap());
-        let expected = if (major, minor) >= (6, 12) { "nice 6, slice 0.5 ms" } else { "nice 6" };
+        let expected = if kernel_takes_custom_slices() { "nice 6, slice 0.5 ms" } else { "nice 6" };
         assert_eq!(said, expected);
     }
 

@@ -87,12 +87,6 @@ fn threads_seen(pid: u32) -> Seen {
 }
 
 /// Whether this kernel gives a thread the slice it asks for (Linux 6.12+).
-fn custom_slices() -> bool {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|x| x.parse::<u32>().ok());
-    (v.next().unwrap(), v.next().unwrap()) >= (6, 12)
-}
-
 #[test]
 fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
     let Some(interp) = load_manifest().and_then(|all| all.into_iter().find(|i| i.name == "host-python3.11")) else {
@@ -106,7 +100,7 @@ fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
     let dir = work.host_path("");
 
     // The slice the sampler asks for, as the metadata says it (src/sampling_thread.rs).
-    let slice = if custom_slices() { ", slice 0.5 ms" } else { "" };
+    let slice = if vizattach::sampling_thread::kernel_takes_custom_slices() { ", slice 0.5 ms" } else { "" };
 
     let (seen, _, said) = record(&dir, &[], pid, &[]);
     let nice = &seen.nice;
@@ -116,7 +110,7 @@ fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
     // and it wakes on time: no timer slack, and (Linux 6.12+) a slice short enough to
     // take the CPU from the target's threads when it wakes; the timeline keeps the default
     assert_eq!(seen.sampler_slack_ns, Some(1), "{seen:?}");
-    if custom_slices() {
+    if vizattach::sampling_thread::kernel_takes_custom_slices() {
         assert_eq!(seen.slice_ns.get("sampler"), Some(&500_000), "{seen:?}");
         assert_ne!(seen.slice_ns.get("timeline"), Some(&500_000), "{seen:?}");
     }
@@ -129,7 +123,7 @@ fn the_sampling_thread_alone_runs_at_the_priority_asked_for() {
     let (seen, _, said) = record(&dir, &[], pid, &["--pid", &other.to_string()]);
     assert_eq!((seen.nice.get("sampler"), said), (Some(&-10), format!("nice -10{slice}")), "{seen:?}");
     assert_eq!(seen.sampler_slack_ns, Some(1), "{seen:?}");
-    if custom_slices() {
+    if vizattach::sampling_thread::kernel_takes_custom_slices() {
         assert_eq!(seen.slice_ns.get("sampler"), Some(&500_000), "{seen:?}");
     }
     assert!(seen.nice.iter().filter(|(name, _)| *name != "sampler").all(|(_, &n)| n == 0), "{seen:?}");
