@@ -23,7 +23,8 @@ use crate::python::discover::Target;
 use crate::python::layout::{FrameModel, Layout, FRAME_LEAD};
 use crate::python::stack::{self, CodeFacts, Locals, Top, Walk};
 use crate::python::thread_ids::ThreadIds;
-use crate::python::{resume, thread_names, threads};
+use crate::python::thread_names::ActiveDict;
+use crate::python::{resume, threads};
 use crate::subinterpreters::{Joiner, Rank};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::collections::HashMap;
@@ -340,6 +341,10 @@ pub struct Sampler<M: ReadMem = Memory> {
     /// scratch for the walk from the second top pointer
     walk_after: Walk,
     last_name_scan_ns: u64,
+    /// each interpreter's `threading._active`, once found, and scratch for the idents of
+    /// threads without a name yet
+    active_dicts: Vec<(u64, ActiveDict)>,
+    unnamed_idents: Vec<u64>,
     /// set when a thread's ids changed: the lists are read afresh next tick
     stale_list: bool,
     /// when the lists were last read afresh (threads not resolved yet are tried again
@@ -504,6 +509,8 @@ impl<M: ReadMem> Sampler<M> {
             kept_frames: Vec::new(),
             walk_after: Walk::default(),
             last_name_scan_ns: 0,
+            active_dicts: Vec::new(),
+            unnamed_idents: Vec::new(),
             stale_list: true,
             last_list_ns: 0,
             new_threads: false,
@@ -1403,8 +1410,31 @@ impl<M: ReadMem> Sampler<M> {
             return;
         }
         self.last_name_scan_ns = now;
+        let (mem, t): (&dyn ReadMem, _) = (&self.mem, &self.target);
         for li in &self.interps {
-            let names = thread_names::read(&self.mem, &self.target, li.interp).unwrap_or_default();
+            let mut wanted = std::mem::take(&mut self.unnamed_idents);
+            wanted.clear();
+            wanted.extend(li.states.iter().filter_map(|s| match self.threads.get(s) {
+                Some(Thread::Live(l)) if !l.named => Some(l.ids.0),
+                _ => None,
+            }));
+            // (where `_active` is, found once per interpreter: thread_names.rs)
+            let known = self.active_dicts.iter().position(|(i, _)| *i == li.interp);
+            let active = match known.map(|k| self.active_dicts[k].1) {
+                Some(a) if a.still_there(mem, t) => Some(a),
+                _ if wanted.is_empty() => None,
+                _ => {
+                    let found = ActiveDict::find(mem, t, li.interp).ok().flatten();
+                    self.active_dicts.retain(|(i, _)| *i != li.interp);
+                    self.active_dicts.extend(found.map(|a| (li.interp, a)));
+                    found
+                }
+            };
+            let names = match active {
+                Some(a) if !wanted.is_empty() => a.names(mem, t, Some(&wanted)).unwrap_or_default(),
+                _ => Default::default(),
+            };
+            self.unnamed_idents = wanted;
             for s in &li.states {
                 let Some(Thread::Live(l)) = self.threads.get_mut(s) else {
                     continue;
