@@ -296,6 +296,10 @@ const CALLED_HOPS: usize = 6;
 /// The most frames outside the chunk a plan names (a walk cut short adds what it
 /// learnt to what the plan held).
 const MAX_PLANNED_FRAMES: usize = 1024;
+/// Threads without a name are looked up again this long after a lookup that named some
+/// (or after a new thread), doubling up to the maximum while none gets named.
+const NAME_RETRY_MIN_NS: u64 = 1_000_000;
+const NAME_RETRY_MAX_NS: u64 = 100_000_000;
 /// How often threads listed but not yet matched to an OS thread are looked up again.
 const RESOLVE_EVERY_NS: u64 = 10_000_000;
 /// The most C stack read to catch a thread's CFrame wherever it is next.
@@ -340,7 +344,10 @@ pub struct Sampler<M: ReadMem = Memory> {
     kept_frames: Vec<u64>,
     /// scratch for the walk from the second top pointer
     walk_after: Walk,
-    last_name_scan_ns: u64,
+    /// when threads still without a name are looked up again, and how long after the
+    /// last lookup that found none
+    next_name_scan_ns: u64,
+    name_retry_ns: u64,
     /// each interpreter's `threading._active`, once found, and scratch for the idents of
     /// threads without a name yet
     active_dicts: Vec<(u64, ActiveDict)>,
@@ -508,7 +515,8 @@ impl<M: ReadMem> Sampler<M> {
             read_span: (0, 0),
             kept_frames: Vec::new(),
             walk_after: Walk::default(),
-            last_name_scan_ns: 0,
+            next_name_scan_ns: 0,
+            name_retry_ns: NAME_RETRY_MIN_NS,
             active_dicts: Vec::new(),
             unnamed_idents: Vec::new(),
             stale_list: true,
@@ -1406,10 +1414,10 @@ impl<M: ReadMem> Sampler<M> {
     /// threads still unnamed (not yet registered by threading), every 100 ms.
     fn scan_names(&mut self, tx: &Sender<Message>, now: u64) {
         let unnamed = self.threads.values().any(|c| matches!(c, Thread::Live(l) if !l.named));
-        if !(self.new_threads || (unnamed && now.saturating_sub(self.last_name_scan_ns) > 100_000_000)) {
+        if !(self.new_threads || (unnamed && now >= self.next_name_scan_ns)) {
             return;
         }
-        self.last_name_scan_ns = now;
+        let mut named = false;
         let (mem, t): (&dyn ReadMem, _) = (&self.mem, &self.target);
         for li in &self.interps {
             let mut wanted = std::mem::take(&mut self.unnamed_idents);
@@ -1444,10 +1452,18 @@ impl<M: ReadMem> Sampler<M> {
                 }
                 if let Some(name) = names.get(&l.ids.0) {
                     l.named = true;
+                    named = true;
                     let _ = tx.send(Message::ThreadName { key: *s, tid: l.tid, name: name.clone() });
                 }
             }
         }
+        // A thread runs Python before it enters `_active` (Thread._bootstrap_inner adds
+        // it): a lookup right after its first sample often misses it, and a short-lived
+        // thread is gone by the next one. Look again soon, then less and less often while
+        // nothing new is named (threads made outside `threading` never are).
+        self.name_retry_ns =
+            if self.new_threads || named { NAME_RETRY_MIN_NS } else { (self.name_retry_ns * 2).min(NAME_RETRY_MAX_NS) };
+        self.next_name_scan_ns = now + self.name_retry_ns;
     }
 }
 
