@@ -1410,8 +1410,9 @@ impl<M: ReadMem> Sampler<M> {
         Ok(())
     }
 
-    /// Thread names come from Python objects; read them when threads appear and, for
-    /// threads still unnamed (not yet registered by threading), every 100 ms.
+    /// Thread names come from Python objects (`threading._active`); read them when threads
+    /// appear and, for threads still unnamed (not yet registered by threading), again 1 ms
+    /// later, backing off to every 100 ms.
     fn scan_names(&mut self, tx: &Sender<Message>, now: u64) {
         let unnamed = self.threads.values().any(|c| matches!(c, Thread::Live(l) if !l.named));
         if !(self.new_threads || (unnamed && now >= self.next_name_scan_ns)) {
