@@ -16,7 +16,7 @@ use crate::activity::{Activity, ActivityReader, Runs};
 use crate::addr_map::AddrMap;
 use crate::clock::{now_ns, sleep_until_ns};
 use crate::pausing::Pauser;
-use crate::process::memory::{Fields, Memory, ReadError, ReadMem, ReadResult, Span};
+use crate::process::memory::{Fields, Memory, ReadBudget, ReadError, ReadMem, ReadResult, Span};
 use crate::process::prefetch::Prefetch;
 use crate::python::code::{CodeCache, CodeInfo};
 use crate::python::discover::Target;
@@ -300,6 +300,9 @@ const MAX_PLANNED_FRAMES: usize = 1024;
 /// (or after a new thread), doubling up to the maximum while none gets named.
 const NAME_RETRY_MIN_NS: u64 = 1_000_000;
 const NAME_RETRY_MAX_NS: u64 = 100_000_000;
+/// Reads one name lookup may make (finding `_active` in a program of ~3000 modules takes
+/// about as many; a torn table claiming a million entries would take a read each).
+const NAME_READS: u32 = 8192;
 /// How often threads listed but not yet matched to an OS thread are looked up again.
 const RESOLVE_EVERY_NS: u64 = 10_000_000;
 /// The most C stack read to catch a thread's CFrame wherever it is next.
@@ -1419,7 +1422,8 @@ impl<M: ReadMem> Sampler<M> {
             return;
         }
         let mut named = false;
-        let (mem, t): (&dyn ReadMem, _) = (&self.mem, &self.target);
+        let budget = ReadBudget::new(&self.mem, NAME_READS);
+        let (mem, t): (&dyn ReadMem, _) = (&budget, &self.target);
         for li in &self.interps {
             let mut wanted = std::mem::take(&mut self.unnamed_idents);
             wanted.clear();

@@ -109,6 +109,31 @@ pub trait ReadMem {
     }
 }
 
+/// Another `ReadMem` for at most `reads` calls, then `Missing`: a lookup on the
+/// sampler's thread walks objects whose headers may be torn or freed, and must not stall
+/// the sampling however many entries they claim.
+pub struct ReadBudget<'a> {
+    inner: &'a dyn ReadMem,
+    left: std::cell::Cell<u32>,
+}
+
+impl<'a> ReadBudget<'a> {
+    pub fn new(inner: &'a dyn ReadMem, reads: u32) -> Self {
+        ReadBudget { inner, left: std::cell::Cell::new(reads) }
+    }
+}
+
+impl ReadMem for ReadBudget<'_> {
+    fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
+        let left = self.left.get();
+        if left == 0 {
+            return Err(ReadError::Missing);
+        }
+        self.left.set(left - 1);
+        self.inner.read_spans(spans, buf)
+    }
+}
+
 impl ReadMem for Memory {
     /// One process_vm_readv per 64 spans (the kernel copies them in order, so pieces
     /// next to each other in the list are read microseconds apart at most).

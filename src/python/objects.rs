@@ -36,9 +36,15 @@ fn keys_entries(mem: &dyn ReadMem, l: &Layout, keys: u64) -> ReadResult<Vec<(u64
     let mut head = [0u8; 64];
     mem.read(keys, &mut head[..(k.indices as usize).min(64)])?;
     let nentries = head.u64_at(k.nentries);
+    // (a table read while it is replaced, or freed, says anything: the entries must fit
+    // the table its header describes, or a garbage count of up to MAX_ENTRIES entries has
+    // each key read, one system call apiece, stalling the sampler)
     let (index_bytes, entry_size, key_at) = match l.model.dict {
         DictModel::Legacy => {
             let size = head.u64_at(k.size.unwrap_or(0));
+            if !size.is_power_of_two() || nentries > usable(size) {
+                return Err(ReadError::Fault);
+            }
             let width = if size <= 0xff {
                 1
             } else if size <= 0xffff {
@@ -52,6 +58,19 @@ fn keys_entries(mem: &dyn ReadMem, l: &Layout, keys: u64) -> ReadResult<Vec<(u64
         }
         DictModel::Compact => {
             let log2_index_bytes = head.u8_at(k.log2_index_bytes.unwrap_or(0)) as u32;
+            if let Some(at) = k.log2_size {
+                let log2_size = head.u8_at(at) as u32;
+                let size = 1u64.checked_shl(log2_size).unwrap_or(u64::MAX);
+                let width = match size {
+                    0..=0xff => 0,
+                    0x100..=0xffff => 1,
+                    0x1_0000..=0xffff_ffff => 2,
+                    _ => 3,
+                };
+                if log2_size > 40 || log2_index_bytes != log2_size + width || nentries > usable(size) {
+                    return Err(ReadError::Fault);
+                }
+            }
             // kind 0 (general) entries carry the hash; unicode and split ones do not
             let general = head.u8_at(k.kind.unwrap_or(0)) == 0;
             (
@@ -66,6 +85,11 @@ fn keys_entries(mem: &dyn ReadMem, l: &Layout, keys: u64) -> ReadResult<Vec<(u64
     }
     let raw = mem.read_vec(keys + k.indices + index_bytes, (nentries * entry_size) as usize)?;
     Ok(raw.chunks_exact(entry_size as usize).map(|e| (e.u64_at(key_at), e.u64_at(key_at + 8))).collect())
+}
+
+/// Entries a keys table of `size` slots holds at most (CPython's USABLE_FRACTION).
+fn usable(size: u64) -> u64 {
+    size.saturating_mul(2) / 3
 }
 
 fn split_value(mem: &dyn ReadMem, l: &Layout, values: u64, index: usize) -> ReadResult<u64> {
@@ -200,5 +224,45 @@ pub fn instance_attr_items(mem: &dyn ReadMem, l: &Layout, obj: u64) -> ReadResul
             }
             Ok(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::simmem::SimMem;
+
+    /// A 3.12 unicode-keyed table of 8 slots at 0x1000 holding `n` entries that point
+    /// at mapped memory, with its header saying `log2_size` and `log2_index_bytes`.
+    fn table(n: u64, log2_size: u8, log2_index_bytes: u8) -> (SimMem, Layout) {
+        let l = Layout::for_minor(3, 12).unwrap();
+        let k = &l.dictkeys;
+        let mem = SimMem::default();
+        mem.with(|r| {
+            r.map(0x1000, 0x10_0000);
+            r.u8(0x1000 + k.log2_size.unwrap(), log2_size);
+            r.u8(0x1000 + k.log2_index_bytes.unwrap(), log2_index_bytes);
+            r.u8(0x1000 + k.kind.unwrap(), 1);
+            r.u64(0x1000 + k.nentries, n);
+        });
+        (mem, l)
+    }
+
+    #[test]
+    fn a_keys_table_is_read_only_when_its_entries_fit_its_size() {
+        let (mem, l) = table(5, 3, 3);
+        assert_eq!(keys_entries(&mem, &l, 0x1000).map(|e| e.len()), Ok(5));
+        // 8 slots hold 5 entries at most (2/3): a count past that is a torn or freed
+        // header, whose entries' keys would each cost a read
+        let (mem, l) = table(6, 3, 3);
+        assert_eq!(keys_entries(&mem, &l, 0x1000), Err(ReadError::Fault));
+        let (mem, l) = table(30_000, 3, 3);
+        assert_eq!(keys_entries(&mem, &l, 0x1000), Err(ReadError::Fault));
+        // indices wider than the size calls for
+        let (mem, l) = table(5, 3, 4);
+        assert_eq!(keys_entries(&mem, &l, 0x1000), Err(ReadError::Fault));
+        // 256 slots take 2-byte indices
+        let (mem, l) = table(170, 8, 9);
+        assert_eq!(keys_entries(&mem, &l, 0x1000).map(|e| e.len()), Ok(170));
     }
 }
