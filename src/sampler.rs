@@ -430,8 +430,7 @@ pub enum StopReason {
 /// was sampled.)
 struct CopyThenProcess<'a> {
     copy: &'a Prefetch,
-    process: &'a dyn ReadMem,
-    reads_left: std::cell::Cell<u32>,
+    process: ReadBudget<'a>,
 }
 
 /// Reads of the process one walk may make for frames its copy lacks.
@@ -444,7 +443,7 @@ const LEARNING_READS: u32 = 256;
 
 impl<'a> CopyThenProcess<'a> {
     fn new(copy: &'a Prefetch, process: &'a dyn ReadMem, reads: u32) -> Self {
-        CopyThenProcess { copy, process, reads_left: std::cell::Cell::new(reads) }
+        CopyThenProcess { copy, process: ReadBudget::new(process, reads) }
     }
 }
 
@@ -466,18 +465,12 @@ impl ReadMem for CopyThenProcess<'_> {
             let dst = buf.get_mut(s.at..s.at + s.len).ok_or(ReadError::Fault)?;
             match self.copy.get(s.addr, s.len) {
                 Some(b) => dst.copy_from_slice(b),
-                None => {
-                    let left = self.reads_left.get();
-                    if left == 0 {
-                        return Err(ReadError::Missing);
-                    }
-                    self.reads_left.set(left - 1);
-                    match self.process.read(s.addr, dst) {
-                        Ok(()) => {}
-                        Err(ReadError::Fault) => return Ok(n),
-                        Err(e) => return Err(e),
-                    }
-                }
+                // (past the budget: Missing)
+                None => match self.process.read(s.addr, dst) {
+                    Ok(()) => {}
+                    Err(ReadError::Fault) => return Ok(n),
+                    Err(e) => return Err(e),
+                },
             }
         }
         Ok(spans.len())
@@ -1431,11 +1424,14 @@ impl<M: ReadMem> Sampler<M> {
                 Some(Thread::Live(l)) if !l.named => Some(l.ids.0),
                 _ => None,
             }));
+            if wanted.is_empty() {
+                self.unnamed_idents = wanted;
+                continue;
+            }
             // (where `_active` is, found once per interpreter: thread_names.rs)
-            let known = self.active_dicts.iter().position(|(i, _)| *i == li.interp);
-            let active = match known.map(|k| self.active_dicts[k].1) {
+            let known = self.active_dicts.iter().find(|(i, _)| *i == li.interp).map(|&(_, a)| a);
+            let active = match known {
                 Some(a) if a.still_there(mem, t) => Some(a),
-                _ if wanted.is_empty() => None,
                 _ => {
                     let found = ActiveDict::find(mem, t, li.interp).ok().flatten();
                     self.active_dicts.retain(|(i, _)| *i != li.interp);
@@ -1443,10 +1439,7 @@ impl<M: ReadMem> Sampler<M> {
                     found
                 }
             };
-            let names = match active {
-                Some(a) if !wanted.is_empty() => a.names(mem, t, Some(&wanted)).unwrap_or_default(),
-                _ => Default::default(),
-            };
+            let names = active.and_then(|a| a.names(mem, t, Some(&wanted)).ok()).unwrap_or_default();
             self.unnamed_idents = wanted;
             for s in &li.states {
                 let Some(Thread::Live(l)) = self.threads.get_mut(s) else {

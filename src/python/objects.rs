@@ -45,29 +45,14 @@ fn keys_entries(mem: &dyn ReadMem, l: &Layout, keys: u64) -> ReadResult<Vec<(u64
             if !size.is_power_of_two() || nentries > usable(size) {
                 return Err(ReadError::Fault);
             }
-            let width = if size <= 0xff {
-                1
-            } else if size <= 0xffff {
-                2
-            } else if size <= 0xffff_ffff {
-                4
-            } else {
-                8
-            };
-            (size.saturating_mul(width), 24, 8)
+            (size.saturating_mul(1 << log2_index_width(size)), 24, 8)
         }
         DictModel::Compact => {
             let log2_index_bytes = head.u8_at(k.log2_index_bytes.unwrap_or(0)) as u32;
             if let Some(at) = k.log2_size {
                 let log2_size = head.u8_at(at) as u32;
                 let size = 1u64.checked_shl(log2_size).unwrap_or(u64::MAX);
-                let width = match size {
-                    0..=0xff => 0,
-                    0x100..=0xffff => 1,
-                    0x1_0000..=0xffff_ffff => 2,
-                    _ => 3,
-                };
-                if log2_size > 40 || log2_index_bytes != log2_size + width || nentries > usable(size) {
+                if log2_size > 40 || log2_index_bytes != log2_size + log2_index_width(size) || nentries > usable(size) {
                     return Err(ReadError::Fault);
                 }
             }
@@ -85,6 +70,17 @@ fn keys_entries(mem: &dyn ReadMem, l: &Layout, keys: u64) -> ReadResult<Vec<(u64
     }
     let raw = mem.read_vec(keys + k.indices + index_bytes, (nentries * entry_size) as usize)?;
     Ok(raw.chunks_exact(entry_size as usize).map(|e| (e.u64_at(key_at), e.u64_at(key_at + 8))).collect())
+}
+
+/// The width of a keys table's indices for `size` slots, as a power of two: 1 byte up to
+/// 255 slots, then 2, 4 and 8 (CPython's DK_IXSIZE).
+fn log2_index_width(size: u64) -> u32 {
+    match size {
+        0..=0xff => 0,
+        0x100..=0xffff => 1,
+        0x1_0000..=0xffff_ffff => 2,
+        _ => 3,
+    }
 }
 
 /// Entries a keys table of `size` slots holds at most (CPython's USABLE_FRACTION).
