@@ -1312,14 +1312,17 @@ impl<M: ReadMem> Sampler<M> {
         live.new_root = 0;
         // The innermost frame at a RESUME instruction was entered or resumed but runs
         // none of its own code yet (it waits for the GIL, most often, for up to the
-        // switch interval): not shown, as a frame still in its prologue is not, and as
-        // VizTracer logs no call for such a wait (docs/ARCHITECTURE.md, "Frames that
-        // have not started"). Nor one at a return instruction: its code is done, and a
-        // frame that stays there was read after it returned, from a slot whose next
-        // call was not written yet while the top pointer named that slot at both ends
-        // of the read ("Frames that have finished").
+        // switch interval): not shown, as a frame still in its prologue is not, where
+        // tracers are told of the call only after that wait (all but 3.12:
+        // docs/ARCHITECTURE.md, "Frames that have not started"). Nor one at a return
+        // instruction: its code is done, and a frame that stays there was read after it
+        // returned, from a slot whose next call was not written yet while the top
+        // pointer named that slot at both ends of the read ("Frames that have finished").
+        let resume_shown = l.model.resume_wait_in_call;
         let idle = walk.frames.first().is_some_and(|f| {
-            codes.cached(f.code).is_some_and(|c| c.proofs.at_resume(f.offset) || c.proofs.at_return(f.offset))
+            codes
+                .cached(f.code)
+                .is_some_and(|c| (c.proofs.at_resume(f.offset) && !resume_shown) || c.proofs.at_return(f.offset))
         });
         let shown = &walk.frames[idle as usize..];
         let start = batch.frames.len();

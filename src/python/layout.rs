@@ -81,6 +81,12 @@ pub struct Model {
     pub dict: DictModel,
     pub long: LongModel,
     pub instance_attrs: InstanceAttrs,
+    /// A frame waiting at a RESUME has already been reported to tracers as called or
+    /// resumed (3.12 only: its instrumented RESUME fires the event before the eval
+    /// breaker's GIL wait), so it is shown (docs/ARCHITECTURE.md, "Frames that have not
+    /// started")
+    #[serde(default)]
+    pub resume_wait_in_call: bool,
     #[serde(default)]
     pub owner_generator: Option<u8>,
     /// gi_frame_state of a running generator, and of one not started yet (3.11+;
