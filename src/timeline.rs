@@ -280,7 +280,7 @@ fn midpoint(a: u64, b: u64) -> u64 {
 pub struct ToldApart {
     /// an argument or cell slot holds another object, or a local became unbound
     pub by_locals: u64,
-    /// the instruction offset went back where no jump of the function goes back
+    /// the instruction offset moved where no path of the function's code leads
     pub by_offset: u64,
     /// the caller's slots changed: it ran, so what it had called returned (or yielded)
     pub by_caller: u64,
@@ -344,10 +344,12 @@ pub fn common_calls(
             told.by_locals += 1;
             break;
         }
-        if b.offset < a.offset
+        // Or its offset moved where no path of its code goes (python/paths.rs; before
+        // 3.11, or where the paths cannot tell: down where no jump goes down).
+        if b.offset != a.offset
             && a.offset != UNKNOWN_OFFSET
             && b.offset != UNKNOWN_OFFSET
-            && codes.get(b.code_id).is_some_and(|c| !c.proofs.offset_can_go_back(a.offset, b.offset))
+            && codes.get(b.code_id).is_some_and(|c| !c.proofs.one_call(a.offset, b.offset))
         {
             told.by_offset += 1;
             break;

@@ -71,8 +71,8 @@ pub struct CaptureInfo {
     /// ticks whose read failed as a whole (the target exec'ing or exiting)
     pub failed_ticks: u64,
     /// samples of one frame taken for two calls because the frame proved it: "locals"
-    /// (an argument or cell changed, a local became unbound), "offset" (moved back where
-    /// no jump goes back), "caller" (the caller's slots changed: it ran in between)
+    /// (an argument or cell changed, a local became unbound), "offset" (moved where no
+    /// path of the code leads), "caller" (the caller's slots changed: it ran in between)
     pub calls_told_apart: std::collections::BTreeMap<&'static str, u64>,
     pub longest_lag_us: f64,
     pub duration_s: f64,

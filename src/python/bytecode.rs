@@ -116,6 +116,18 @@ impl CallProofs {
         to >= from || self.back_jumps.iter().any(|&(t, s)| t <= to && to < s)
     }
 
+    /// Whether one call can report offset `from` and later offset `to`: along the paths
+    /// of the code (3.11+, python/paths.rs) where they tell, else by the backward jumps
+    /// (`offset_can_go_back`). A forward move across branches that exclude each other,
+    /// or a move back into a loop the frame had left (poll's first loop, seen again
+    /// after its select), is as much a new call as a move back no jump makes.
+    pub fn one_call(&self, from: i64, to: i64) -> bool {
+        match self.paths.as_ref().and_then(|p| p.one_call(from, to)) {
+            Some(can) => can,
+            None => self.offset_can_go_back(from, to),
+        }
+    }
+
     /// Whether a generator frame seen at `from` and later at `to` can be in one
     /// resumption (always, for code that is not a generator's or was not analysed).
     pub fn one_resumption(&self, from: i64, to: i64, ran: bool) -> bool {

@@ -48,6 +48,9 @@ use super::bytecode::{slots_written, Handler, Instr, Opcodes};
 /// a generator's keeps one bit per block, and is given fewer.
 const MAX_BLOCKS: usize = 2048;
 const MAX_BLOCKS_PLAIN: usize = 512;
+/// Code that is not a generator's keeps its rows (blocks² bits) only up to this many
+/// blocks: 8 KiB at most per code object, a few hundred bytes for most.
+const MAX_BLOCKS_ROWS: usize = 256;
 /// Edges at most (exception ranges multiply them).
 const MAX_EDGES: usize = 1 << 15;
 const NONE: u32 = u32::MAX;
@@ -64,7 +67,8 @@ pub struct Paths {
     /// words per row
     words: usize,
     /// row b: the blocks reachable from the start of block b by a non-empty path that
-    /// executes no yield; kept for generators only (empty otherwise)
+    /// executes no yield; for code that is not a generator's, kept only up to
+    /// `MAX_BLOCKS_ROWS` blocks (empty otherwise)
     reach: Vec<u64>,
     /// the blocks on such a path back to themselves
     cyclic: Vec<u64>,
@@ -259,7 +263,7 @@ impl Paths {
             }
         }
         let kept = if resumable { Vec::new() } else { kept_slots(ops, instrs, &starts, &edges, moves, &in_handler) };
-        if !resumable {
+        if !resumable && n > MAX_BLOCKS_ROWS {
             reach = Vec::new();
         }
         Some(Paths {
@@ -320,6 +324,22 @@ impl Paths {
             return next == b || self.reaches(next, b);
         }
         false
+    }
+
+    /// Whether one call of code that is not a generator's can show offset `from` and
+    /// later `to`: some path of the code leads from the one to the other (the offset moves
+    /// only along the graph's edges). None where the graph cannot tell: a generator's code
+    /// (its rows stop at yields), an offset outside the code, a handler that may restore
+    /// an earlier raise's offset, code too large to keep rows for.
+    pub fn one_call(&self, from: i64, to: i64) -> Option<bool> {
+        if self.resumable || self.reach.is_empty() {
+            return None;
+        }
+        let (a, b) = (self.block(from)?, self.block(to)?);
+        if Paths::is_set(&self.in_handler, a) {
+            return None;
+        }
+        Some((a == b && to >= from) || self.reaches(a, b))
     }
 
     /// Whether one invocation (one resumption, for a generator) can leave `offset` and
