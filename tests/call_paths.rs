@@ -22,8 +22,8 @@
 
 mod common;
 
+use common::traced::*;
 use common::*;
-use vizattach::python::bytecode::{analyze, CallProofs, CodeShape, Opcodes};
 
 const SCRIPT: &str = r#####"
 import ast, configparser, difflib, email, io, json, json.decoder, json.encoder, os, pprint, re, select
@@ -147,61 +147,17 @@ else:
     sys.settrace(tracer)
     work()
     sys.settrace(None)
-out = []
-for co, calls in RES.items():
-    out.append({
-        "name": co.co_qualname if hasattr(co, "co_qualname") else co.co_name,
-        "file": os.path.basename(co.co_filename),
-        "code": co.co_code.hex(),
-        "table": co.co_exceptiontable.hex(),
-        "calls": calls,
-    })
-print(json.dumps({"minor": "%d.%d" % sys.version_info[:2], "codes": out}))
 "#####;
 
-/// Index pairs (i < j) of a sequence of `n`: all of them for short ones, a grid of
-/// about 80 x 80 for long ones.
-fn pairs(n: usize) -> Vec<(usize, usize)> {
-    let step = n.div_ceil(80).max(1);
-    let mut v = Vec::new();
-    for i in (0..n).step_by(step) {
-        for j in (i + 1..n).step_by(step) {
-            v.push((i, j));
-        }
-        if i + 1 < n {
-            v.push((i, i + 1));
-        }
-    }
-    v
-}
-
 fn check(interp: &Interpreter) -> Result<(), String> {
-    let mut cmd = python_command(interp);
-    let out = cmd.args(["-I", "-c", SCRIPT]).output().map_err(|e| format!("spawn: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("script failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let doc: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON: {e}"))?;
-    let minor = doc["minor"].as_str().ok_or("no minor")?;
-    let ops = Opcodes::for_minor(minor).ok_or("no opcode table")?;
+    let (minor, traced) = traced_codes(interp, SCRIPT, false)?;
     let mut errors = Vec::new();
     let (mut codes, mut with_paths, mut checked) = (0usize, 0usize, 0usize);
     let (mut poll_pairs, mut poll_proved, mut poll_by_jumps) = (0usize, 0usize, 0usize);
-    for c in doc["codes"].as_array().ok_or("no codes")? {
-        let name = format!("{}:{}", c["file"].as_str().unwrap_or("?"), c["name"].as_str().unwrap_or("?"));
-        let code = hex(c["code"].as_str().unwrap_or(""));
-        let table = hex(c["table"].as_str().unwrap_or(""));
-        let shape = CodeShape { bytecode: &code, exception_table: &table, ..Default::default() };
-        let proofs: CallProofs = analyze(ops, &shape);
+    for Traced { name, qualname, proofs, runs } in &traced {
         codes += 1;
         with_paths += proofs.paths.is_some() as usize;
-        let calls: Vec<Vec<i64>> = c["calls"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r[1].as_array().unwrap().iter().map(|o| o.as_i64().unwrap()).collect())
-            .collect();
-        for offsets in &calls {
+        for (_, offsets) in runs {
             for (i, j) in pairs(offsets.len()) {
                 checked += 1;
                 if !proofs.one_call(offsets[i], offsets[j]) {
@@ -215,10 +171,10 @@ fn check(interp: &Interpreter) -> Result<(), String> {
                 }
             }
         }
-        if name.ends_with(":poll_like") {
-            for w in calls.windows(2) {
-                for &x in &w[0] {
-                    for &y in &w[1] {
+        if qualname == "poll_like" {
+            for w in runs.windows(2) {
+                for &x in &w[0].1 {
+                    for &y in &w[1].1 {
                         poll_pairs += 1;
                         poll_proved += !proofs.one_call(x, y) as usize;
                         poll_by_jumps += !proofs.offset_can_go_back(x, y) as usize;
@@ -251,10 +207,6 @@ fn check(interp: &Interpreter) -> Result<(), String> {
     } else {
         Err(errors.join("\n"))
     }
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0)).collect()
 }
 
 #[test]

@@ -18,8 +18,8 @@
 
 mod common;
 
+use common::traced::*;
 use common::*;
-use vizattach::python::bytecode::{analyze, CallProofs, CodeShape, Opcodes};
 
 const SCRIPT: &str = r#####"
 import asyncio, ast, difflib, io, json, os, sys, tokenize
@@ -172,68 +172,24 @@ else:
     sys.settrace(tracer)
     work()
     sys.settrace(None)
-out = []
-for co, runs in RES.items():
-    out.append({
-        "name": co.co_qualname if hasattr(co, "co_qualname") else co.co_name,
-        "file": os.path.basename(co.co_filename),
-        "code": co.co_code.hex(),
-        "table": co.co_exceptiontable.hex(),
-        "runs": runs,
-    })
-print(json.dumps({"minor": "%d.%d" % sys.version_info[:2], "codes": out}))
 "#####;
 
 /// Share of cross-resumption pairs proved apart, at least, for the generators built so
 /// that most of their pairs are on no path between yields.
 const FLOORS: &[(&str, f64)] = &[("template", 0.5), ("inner", 0.2)];
 
-/// Index pairs (i < j) of a sequence of `n`: all of them for short ones, a grid of
-/// about 80 x 80 for long ones.
-fn pairs(n: usize) -> Vec<(usize, usize)> {
-    let step = n.div_ceil(80).max(1);
-    let mut v = Vec::new();
-    for i in (0..n).step_by(step) {
-        for j in (i + 1..n).step_by(step) {
-            v.push((i, j));
-        }
-        if i + 1 < n {
-            v.push((i, i + 1));
-        }
-    }
-    v
-}
-
 fn check(interp: &Interpreter) -> Result<(), String> {
-    let mut cmd = python_command(interp);
-    let out = cmd.args(["-I", "-c", SCRIPT]).output().map_err(|e| format!("spawn: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("script failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let doc: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON: {e}"))?;
-    let minor = doc["minor"].as_str().ok_or("no minor")?;
-    let ops = Opcodes::for_minor(minor).ok_or("no opcode table")?;
+    let (minor, traced) = traced_codes(interp, SCRIPT, true)?;
     let mut errors = Vec::new();
     let (mut codes, mut checked, mut cross, mut proved) = (0, 0usize, 0usize, 0usize);
     let mut per_name: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for c in doc["codes"].as_array().ok_or("no codes")? {
-        let name = format!("{}:{}", c["file"].as_str().unwrap_or("?"), c["name"].as_str().unwrap_or("?"));
-        let code = hex(c["code"].as_str().unwrap_or(""));
-        let table = hex(c["table"].as_str().unwrap_or(""));
-        let shape = CodeShape { bytecode: &code, exception_table: &table, resumable: true, ..Default::default() };
-        let proofs: CallProofs = analyze(ops, &shape);
+    for Traced { name, qualname, proofs, runs } in &traced {
         let Some(_) = proofs.paths.as_ref() else {
             errors.push(format!("{name}: no paths between yields were computed"));
             continue;
         };
         codes += 1;
-        let runs: Vec<(u64, Vec<i64>)> = c["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| (r[0].as_u64().unwrap(), r[1].as_array().unwrap().iter().map(|o| o.as_i64().unwrap()).collect()))
-            .collect();
-        for (_, offsets) in &runs {
+        for (_, offsets) in runs {
             for (i, j) in pairs(offsets.len()) {
                 checked += 1;
                 if !proofs.one_resumption(offsets[i], offsets[j], true) {
@@ -253,7 +209,7 @@ fn check(interp: &Interpreter) -> Result<(), String> {
             if f1 != f2 {
                 continue;
             }
-            let entry = per_name.entry(c["name"].as_str().unwrap_or("?").to_string()).or_default();
+            let entry = per_name.entry(qualname.clone()).or_default();
             for &x in a.iter().step_by(a.len().div_ceil(40).max(1)) {
                 for &y in b.iter().step_by(b.len().div_ceil(40).max(1)) {
                     cross += 1;
@@ -289,10 +245,6 @@ fn check(interp: &Interpreter) -> Result<(), String> {
     } else {
         Err(errors.join("\n"))
     }
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0)).collect()
 }
 
 #[test]

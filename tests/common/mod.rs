@@ -11,6 +11,7 @@ pub mod recording;
 pub mod run;
 pub mod ship;
 pub mod trace;
+pub mod traced;
 pub mod workdir;
 
 pub use dumps::*;
