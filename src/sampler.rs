@@ -23,7 +23,7 @@ use crate::python::discover::Target;
 use crate::python::layout::{FrameModel, Layout, FRAME_LEAD};
 use crate::python::stack::{self, CodeFacts, Locals, Top, Walk};
 use crate::python::thread_ids::ThreadIds;
-use crate::python::thread_names::ActiveDict;
+use crate::python::thread_names::{is_bootstrap, thread_object_name, ActiveDict};
 use crate::python::{resume, threads};
 use crate::subinterpreters::{Joiner, Rank};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -216,6 +216,10 @@ struct Live {
     /// thread has not run since: src/activity.rs, `replays`)
     state_copy: Vec<u8>,
     given: bool,
+    /// the Thread object `Thread._bootstrap` runs for, from the copy of its outermost
+    /// frame while it has no name (0: none seen), and the outermost frame looked at for it
+    bootstrap_self: u64,
+    bootstrap_root: u64,
 }
 
 /// One interpreter's thread list.
@@ -1083,6 +1087,8 @@ impl<M: ReadMem> Sampler<M> {
                                 asleep: false,
                                 state_copy: Vec::new(),
                                 given: false,
+                                bootstrap_self: 0,
+                                bootstrap_root: 0,
                             }))
                         }
                         None => Thread::Unresolved { ids },
@@ -1370,6 +1376,21 @@ impl<M: ReadMem> Sampler<M> {
             };
             batch.frames.push(StackFrame { code_id, code: f.code, frame: f.frame, offset: f.offset, locals: f.locals });
         }
+        // A thread `threading` started carries its Thread object in its outermost
+        // frame: kept from this copy, it names the thread at the end of the tick even if
+        // the thread has exited by then (`name_by_bootstrap`).
+        if !live.named && live.bootstrap_self == 0 {
+            if let (Some(root), Some(slots)) = (shown.last(), l.frame.localsplus) {
+                let unseen = std::mem::replace(&mut live.bootstrap_root, root.frame) != root.frame;
+                if unseen && codes.cached(root.code).is_some_and(|c| is_bootstrap(&c.name, &c.filename)) {
+                    // (before 3.11 the frame is an object the copy may not hold yet:
+                    // one read of the process, once per thread)
+                    let at = root.frame + slots;
+                    let word = pf.read_u64(at).or_else(|_| mem.read_u64(at)).unwrap_or(0);
+                    live.bootstrap_self = word & !l.model.stackref_tag_mask;
+                }
+            }
+        }
         plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
         live.read_ns = read_span.0;
         batch.push_stack(key, live.tid, time, start, after == top);
@@ -1412,7 +1433,30 @@ impl<M: ReadMem> Sampler<M> {
     /// Thread names come from Python objects (`threading._active`); read them when threads
     /// appear and, for threads still unnamed (not yet registered by threading), again 1 ms
     /// later, backing off to every 100 ms.
+    /// A thread `threading` started is named by its outermost frame, `Thread._bootstrap`,
+    /// whose `self` is its Thread object, at every tick that finds it unnamed with such a
+    /// root: a few reads, and no wait for `_active` (a thread that lives a millisecond is
+    /// gone before the lookup is retried). Threads without that root cost a cache lookup.
+    fn name_by_bootstrap(&mut self, tx: &Sender<Message>) {
+        let budget = ReadBudget::new(&self.mem, NAME_READS);
+        let (mem, t): (&dyn ReadMem, _) = (&budget, &self.target);
+        for (key, c) in self.threads.iter_mut() {
+            let Thread::Live(l) = c else {
+                continue;
+            };
+            if l.named || l.bootstrap_self == 0 {
+                continue;
+            }
+            if let Ok(Some(name)) = thread_object_name(mem, t, l.bootstrap_self) {
+                l.named = true;
+                let _ = tx.send(Message::ThreadName { key: *key, tid: l.tid, name });
+            }
+            l.bootstrap_self = 0;
+        }
+    }
+
     fn scan_names(&mut self, tx: &Sender<Message>, now: u64) {
+        self.name_by_bootstrap(tx);
         let unnamed = self.threads.values().any(|c| matches!(c, Thread::Live(l) if !l.named));
         if !(self.new_threads || (unnamed && now >= self.next_name_scan_ns)) {
             return;

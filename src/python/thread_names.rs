@@ -4,7 +4,11 @@
 //! Finding `_active` means looking `threading` up in sys.modules and `_active` in the
 //! module's dict, one read per key compared: hundreds of reads in a real program (a
 //! 3.12 http.server under VizTracer: 300-600 us). The sampler names every new thread, so
-//! it keeps where `_active` is (`ActiveDict`) and reads only the names it lacks.
+//! it keeps where `_active` is (`ActiveDict`) and reads only the names it lacks. Before
+//! that, a thread whose outermost frame is `Thread._bootstrap` is named from that frame's
+//! `self` (`is_bootstrap`, `thread_object_name`; the sampler takes `self` from its copy
+//! of the frame): it runs before `_active` holds the thread, so threads that live less
+//! than a lookup's retry get their names too.
 
 use super::discover::Target;
 use super::objects::{dict_get, dict_items, instance_attr, read_u64_int};
@@ -55,13 +59,26 @@ impl ActiveDict {
             if idents.is_some_and(|wanted| !wanted.contains(&ident)) {
                 continue;
             }
-            if let Some(name) = instance_attr(mem, l, thread, "_name")? {
-                if let Ok(s) = read_unicode(mem, l, name) {
-                    names.insert(ident, s);
-                }
+            if let Some(name) = thread_object_name(mem, t, thread)? {
+                names.insert(ident, name);
             }
         }
         Ok(names)
+    }
+}
+
+/// Whether a code object (its qualname on 3.11+, its name before, and its file) is
+/// `threading.Thread._bootstrap`, the outermost frame of every thread `threading` starts.
+pub fn is_bootstrap(name: &str, filename: &str) -> bool {
+    (name == "Thread._bootstrap" || name == "_bootstrap") && filename.ends_with("threading.py")
+}
+
+/// The `_name` of a Thread object.
+pub fn thread_object_name(mem: &dyn ReadMem, t: &Target, thread: u64) -> ReadResult<Option<String>> {
+    let l = &t.layout;
+    match instance_attr(mem, l, thread, "_name")? {
+        Some(name) => Ok(read_unicode(mem, l, name).ok()),
+        None => Ok(None),
     }
 }
 
