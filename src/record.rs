@@ -394,14 +394,28 @@ pub(crate) fn resolve_format(path: Option<&Path>, forced: Option<Format>) -> Res
 }
 
 pub(crate) fn check_writable(path: &Path) -> Result<()> {
-    let existed = path.exists();
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))?;
-    if !existed {
-        let _ = std::fs::remove_file(path);
+    let cannot = |e: std::io::Error| Error::Io(format!("cannot write {}: {e}", path.display()));
+    if path.exists() {
+        std::fs::OpenOptions::new().append(true).open(path).map_err(cannot)?;
+        return Ok(());
+    }
+    // Nothing is created to find out: a probe file made and removed again would be left
+    // empty where the capture belongs by a kill in between (tests/crash.rs caught one, 3
+    // ms after start), and no reader opens an empty file. The directory must let us
+    // create files in it (the journal, the partial file, then the output by rename).
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).map_err(cannot)?;
+    if !meta.is_dir() {
+        return Err(cannot(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+    }
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+        .map_err(|_| cannot(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: access(2) reads the NUL-terminated path we pass and nothing else.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(cannot(std::io::Error::last_os_error()));
     }
     Ok(())
 }
