@@ -359,6 +359,8 @@ pub struct Sampler<M: ReadMem = Memory> {
     /// threads without a name yet
     active_dicts: Vec<(u64, ActiveDict)>,
     unnamed_idents: Vec<u64>,
+    /// threads whose `Thread._bootstrap` frame gave their Thread object this tick
+    to_name: Vec<u64>,
     /// set when a thread's ids changed: the lists are read afresh next tick
     stale_list: bool,
     /// when the lists were last read afresh (threads not resolved yet are tried again
@@ -519,6 +521,7 @@ impl<M: ReadMem> Sampler<M> {
             name_retry_ns: NAME_RETRY_MIN_NS,
             active_dicts: Vec::new(),
             unnamed_idents: Vec::new(),
+            to_name: Vec::new(),
             stale_list: true,
             last_list_ns: 0,
             new_threads: false,
@@ -1151,6 +1154,7 @@ impl<M: ReadMem> Sampler<M> {
             tstate_len,
             read_span,
             send_same,
+            to_name,
             ..
         } = self;
         let mem: &dyn ReadMem = mem;
@@ -1388,6 +1392,7 @@ impl<M: ReadMem> Sampler<M> {
                     let at = root.frame + slots;
                     let word = pf.read_u64(at).or_else(|_| mem.read_u64(at)).unwrap_or(0);
                     live.bootstrap_self = word & !l.model.stackref_tag_mask;
+                    to_name.push(key);
                 }
             }
         }
@@ -1430,40 +1435,44 @@ impl<M: ReadMem> Sampler<M> {
         Ok(())
     }
 
-    /// Thread names come from Python objects (`threading._active`); read them when threads
-    /// appear and, for threads still unnamed (not yet registered by threading), again 1 ms
-    /// later, backing off to every 100 ms.
-    /// A thread `threading` started is named by its outermost frame, `Thread._bootstrap`,
-    /// whose `self` is its Thread object, at every tick that finds it unnamed with such a
-    /// root: a few reads, and no wait for `_active` (a thread that lives a millisecond is
-    /// gone before the lookup is retried). Threads without that root cost a cache lookup.
-    fn name_by_bootstrap(&mut self, tx: &Sender<Message>) {
-        let budget = ReadBudget::new(&self.mem, NAME_READS);
-        let (mem, t): (&dyn ReadMem, _) = (&budget, &self.target);
-        for (key, c) in self.threads.iter_mut() {
-            let Thread::Live(l) = c else {
+    /// Threads whose outermost frame is `Thread._bootstrap` are named by its `self`, their
+    /// Thread object, read at the end of the tick that kept that frame: a few reads, and
+    /// no wait for `_active` (a thread that lives a millisecond is gone before a lookup
+    /// there is retried).
+    fn name_by_bootstrap(
+        to_name: &mut Vec<u64>,
+        threads: &mut AddrMap<u64, Thread>,
+        mem: &dyn ReadMem,
+        t: &Target,
+        tx: &Sender<Message>,
+    ) {
+        for key in to_name.drain(..) {
+            let Some(Thread::Live(l)) = threads.get_mut(&key) else {
                 continue;
             };
-            if l.named || l.bootstrap_self == 0 {
-                continue;
-            }
-            if let Ok(Some(name)) = thread_object_name(mem, t, l.bootstrap_self) {
-                l.named = true;
-                let _ = tx.send(Message::ThreadName { key: *key, tid: l.tid, name });
+            if !l.named && l.bootstrap_self != 0 {
+                if let Ok(Some(name)) = thread_object_name(mem, t, l.bootstrap_self) {
+                    l.named = true;
+                    let _ = tx.send(Message::ThreadName { key, tid: l.tid, name });
+                }
             }
             l.bootstrap_self = 0;
         }
     }
 
+    /// Thread names come from Python objects: the Thread object a thread's first frame
+    /// holds (`name_by_bootstrap`), else `threading._active`, read when threads appear
+    /// and, for threads still unnamed (not yet registered by threading), again 1 ms
+    /// later, backing off to every 100 ms. One budget of reads bounds both.
     fn scan_names(&mut self, tx: &Sender<Message>, now: u64) {
-        self.name_by_bootstrap(tx);
+        let budget = ReadBudget::new(&self.mem, NAME_READS);
+        let (mem, t): (&dyn ReadMem, _) = (&budget, &self.target);
+        Self::name_by_bootstrap(&mut self.to_name, &mut self.threads, mem, t, tx);
         let unnamed = self.threads.values().any(|c| matches!(c, Thread::Live(l) if !l.named));
         if !(self.new_threads || (unnamed && now >= self.next_name_scan_ns)) {
             return;
         }
         let mut named = false;
-        let budget = ReadBudget::new(&self.mem, NAME_READS);
-        let (mem, t): (&dyn ReadMem, _) = (&budget, &self.target);
         for li in &self.interps {
             let mut wanted = std::mem::take(&mut self.unnamed_idents);
             wanted.clear();

@@ -201,16 +201,10 @@ fn check(interp: &Interpreter) -> Result<(), String> {
              backward jumps alone)"
         ));
     }
-    errors.truncate(20);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("\n"))
-    }
+    verdict(errors)
 }
 
 #[test]
 fn call_paths_hold_on_traced_calls() {
-    let all: Vec<Interpreter> = analysis_targets().into_iter().filter(|i| i.version_tuple() >= (3, 11, 0)).collect();
-    for_each_interpreter(&all, 4, check);
+    on_traceable_interpreters(check);
 }

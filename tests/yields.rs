@@ -239,16 +239,10 @@ fn check(interp: &Interpreter) -> Result<(), String> {
     if codes < 10 || checked < 10_000 {
         errors.push(format!("only {codes} generator code objects traced, {checked} pairs within resumptions"));
     }
-    errors.truncate(20);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("\n"))
-    }
+    verdict(errors)
 }
 
 #[test]
 fn resumption_paths_hold_on_traced_generators() {
-    let all: Vec<Interpreter> = analysis_targets().into_iter().filter(|i| i.version_tuple() >= (3, 11, 0)).collect();
-    for_each_interpreter(&all, 4, check);
+    on_traceable_interpreters(check);
 }

@@ -84,3 +84,20 @@ pub fn pairs(n: usize) -> Vec<(usize, usize)> {
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0)).collect()
 }
+
+/// Runs `check` on every 3.11+ interpreter of the manifest (the tracing scripts need
+/// opcode events or sys.monitoring, and the analysis the 3.11+ bytecode).
+pub fn on_traceable_interpreters(check: fn(&Interpreter) -> Result<(), String>) {
+    let all: Vec<Interpreter> = analysis_targets().into_iter().filter(|i| i.version_tuple() >= (3, 11, 0)).collect();
+    for_each_interpreter(&all, 4, check);
+}
+
+/// A check's verdict: the first 20 of its errors, if any.
+pub fn verdict(mut errors: Vec<String>) -> Result<(), String> {
+    errors.truncate(20);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
