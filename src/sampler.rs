@@ -548,6 +548,30 @@ impl<M: ReadMem> Sampler<M> {
         self.recycled = Some(rx);
     }
 
+    /// Reads every thread's code objects once, before the first tick. Cold, the first
+    /// tick's walks read each code object from the process as they meet it (4-6 ms for
+    /// a flask worker pool): the threads it then had to read again had moved on, and
+    /// their first samples came that much later than the others', so the calls they
+    /// were in seemed to begin there.
+    pub fn prime(&mut self) {
+        let mem: &dyn ReadMem = &self.mem;
+        let t = &self.target;
+        let Ok(interps) = threads::interpreters(mem, t) else {
+            return;
+        };
+        let mut walk = Walk::default();
+        for interp in interps {
+            let Ok(states) = threads::thread_states(mem, t, interp) else {
+                continue;
+            };
+            for s in states {
+                if let Ok(top) = stack::top_frame(mem, &t.layout, s.addr) {
+                    let _ = stack::walk(mem, &t.layout, top.frame, &mut lookup(&mut self.codes, mem, t), &mut walk);
+                }
+            }
+        }
+    }
+
     /// Samples until `stop` is set, the deadline passes or the target exits.
     /// `interval_ns` 0 means as fast as possible.
     pub fn run(
@@ -558,6 +582,7 @@ impl<M: ReadMem> Sampler<M> {
         stop: &AtomicBool,
         stats: &Stats,
     ) -> StopReason {
+        self.prime();
         let start = now_ns();
         stats.started_ns.store(start, Ordering::Relaxed);
         let mut deadline = start;

@@ -978,3 +978,36 @@ fn a_code_object_made_again_where_one_was_freed_is_read_again() {
     assert_eq!(s.codes.cached(code(1)).map(|c| c.first_line), Some(500));
     assert_eq!(lost(&stats), 0);
 }
+
+#[test]
+fn primed_the_first_tick_reads_no_code_object_of_its_own() {
+    // Cold, the first tick's walks read each code object as they meet it (4-6 ms on a
+    // flask worker pool), and a thread read again after that round is stamped as much
+    // later than the others. `prime` reads them before the capture's clock starts.
+    for primed in [false, true] {
+        let sim = Sim::new();
+        let l = sim.l.clone();
+        sim.add_thread(TSTATE2, CFRAME2, 0x2222, my_tid() + 1, TSTATE);
+        sim.mem.with(|r| {
+            stack(r, &l, CFRAME, 0, &[0, 1, 2, 3]);
+            stack(r, &l, CFRAME2, 20, &[4, 5, 6]);
+        });
+        let mut s = sim.sampler();
+        if primed {
+            s.prime();
+        }
+        // (a code object read afresh reads its name)
+        for n in 0..7 {
+            sim.mem.when_reading(STRINGS + n * 0x100, |_| {});
+        }
+        let stats = Stats::default();
+        let (_, b) = tick(&mut s, &stats);
+        assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 2, 3])), (TSTATE2, Some(vec![4, 5, 6]))]);
+        let names_read = 7 - sim.mem.pending_changes();
+        if primed {
+            assert_eq!(names_read, 0, "the first tick read code objects prime had read");
+        } else {
+            assert_eq!(names_read, 7, "cold, the first tick reads every code object");
+        }
+    }
+}

@@ -73,6 +73,7 @@ impl Clock {
         let codes = crate::python::code::CodeCache::sharing_ids(self.code_ids.clone());
         let mut sampler = Sampler::new(j.pid, process.memory, target, codes, ids);
         sampler.recycle_from(recycle_rx);
+        sampler.prime();
         if self.pausing.budget > 0.0 && self.pausing.not != Some(j.pid) {
             sampler.pause_with(crate::pausing::Pauser::new(self.pausing.budget));
         }
