@@ -318,6 +318,9 @@ const CFRAME_WINDOW: u64 = 12 << 10;
 /// samples tore 4 times, lost 5.7-7.0 % of them with the stop budget spent; with all 8,
 /// 0.1-0.2 %, in half the time stopped, for 5-8 % more ticks missed.)
 const ATTEMPTS: usize = 8;
+/// Reads `prime` may make before the first tick (a few ms; a stack it cannot finish
+/// within them, 1000 threads or a recursion 50,000 deep, is read as before, by the ticks).
+const PRIME_READS: u32 = 20_000;
 /// A thread asleep since its stack was read is read anyway this often (its stack cannot
 /// have changed; the read is a check that costs nothing at this rate).
 const ASLEEP_REREAD_NS: u64 = 100_000_000;
@@ -554,7 +557,8 @@ impl<M: ReadMem> Sampler<M> {
     /// their first samples came that much later than the others', so the calls they
     /// were in seemed to begin there.
     pub fn prime(&mut self) {
-        let mem: &dyn ReadMem = &self.mem;
+        let budget = ReadBudget::new(&self.mem, PRIME_READS);
+        let mem: &dyn ReadMem = &budget;
         let t = &self.target;
         let Ok(interps) = threads::interpreters(mem, t) else {
             return;
