@@ -264,6 +264,12 @@ struct Plan {
     /// frames outside that window: older chunks, generators, C-stack entry frames,
     /// frame objects (before 3.11)
     frames: Vec<u64>,
+    /// the frame under the top at the last walk, and this tick's second read of what
+    /// only its own code writes (`stack::own_state_span`): a caller that ran while the
+    /// group was copied, with the top pointer back where it was, is a stack torn across
+    /// two calls at one address
+    caller: u64,
+    check_caller: Option<usize>,
     /// this tick's second reads of the top frame pointer (Prefetch checks)
     check_top: Option<usize>,
     check_cframe: Option<usize>,
@@ -1006,6 +1012,10 @@ impl<M: ReadMem> Sampler<M> {
             }
             self.pf.want(start - lead, (end - start + lead) as usize);
         }
+        plan.check_caller = match stack::own_state_span(l) {
+            Some((at, len)) if plan.caller != 0 => self.pf.want_check(plan.caller + at, len),
+            _ => None,
+        };
         plan.check_top = self.pf.want_check(key + l.tstate.frame, 8);
         plan.check_cframe = match cframe_field {
             Some(_) => self.pf.want_check(lo, cframes_len),
@@ -1041,6 +1051,7 @@ impl<M: ReadMem> Sampler<M> {
             kept_frames.extend_from_slice(&live.plan.frames);
         }
         plan_from(&mut live.plan, l, &behind, chunk, stack_top, &walk.visited);
+        live.plan.caller = walk.frames.get(1).map_or(0, |f| f.frame);
         if walked.is_err() {
             let plan = &mut live.plan;
             plan.frames.extend_from_slice(kept_frames);
@@ -1298,6 +1309,14 @@ impl<M: ReadMem> Sampler<M> {
         let whole_copy = copied_from(0, walk);
         if !whole_copy {
             plan_from(&mut live.plan, l, &behind, chunk, stack_top, &walk.visited);
+            live.plan.caller = walk.frames.get(1).map_or(0, |f| f.frame);
+        }
+        // The top pointer names the same frame at both ends, but its caller ran in
+        // between: the callee returned and a new call took its slot while the group was
+        // copied, and the copy may hold the caller as it was before (an older call site
+        // and locals, under the new callee: a phantom split at the next sample).
+        if after == top && !stopped && caller_ran(pf, l, codes, &live.plan, top, walk) {
+            return Ok(Attempt::Retry(Loss::Moved));
         }
         // Which moment the stack describes, if any (docs/ARCHITECTURE.md, "Torn reads").
         let mut time = time;
@@ -1426,6 +1445,7 @@ impl<M: ReadMem> Sampler<M> {
             }
         }
         plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
+        live.plan.caller = walk.frames.get(1).map_or(0, |f| f.frame);
         live.read_ns = read_span.0;
         batch.push_stack(key, live.tid, time, start, after == top);
         Ok(Attempt::Kept { inferred: !walk.inferred.is_empty() })
@@ -1455,8 +1475,15 @@ impl<M: ReadMem> Sampler<M> {
                     Err(ReadError::Fault | ReadError::NotCode) => continue, // gone again: keep what we had
                     Err(e) => return Err(e),
                 };
+                // The walk took this frame's slots with the facts of the code object
+                // that was at this address before (which slots are arguments, which
+                // are never unbound): compared with the next sample's, they would prove
+                // a new call that never was (record_timeline on 3.15 in launch mode: a
+                // start-up function's entry at the address of `same_line_burst`'s code,
+                // once in 150 runs). Its slots prove nothing this once.
                 if let Some(f) = batch.frames.get_mut(i) {
                     f.code_id = id;
+                    f.locals = Locals::default();
                 }
             }
         }
@@ -1590,6 +1617,24 @@ fn plan_state(plan: &mut Plan, l: &Layout, ts: &[u8]) -> (u64, u64) {
 /// What to copy next time for a thread whose walk read `visited`: the newest chunk
 /// as far as its frames reach (and a little more: calls push frames above), and every
 /// frame outside it.
+/// Whether the frame under `top`, as the walk found it, differs where only its own code
+/// writes between the copy and the second read of it after the copy.
+fn caller_ran(pf: &Prefetch, l: &Layout, codes: &CodeCache, plan: &Plan, top: Top, walk: &Walk) -> bool {
+    let (Some(id), Some((at, len))) = (plan.check_caller, stack::own_state_span(l)) else {
+        return false;
+    };
+    let (Some(callee), Some(caller)) = (walk.frames.first(), walk.frames.get(1)) else {
+        return false;
+    };
+    if callee.frame != top.frame || caller.frame != plan.caller {
+        return false;
+    }
+    let (Some(again), Some(copy)) = (pf.checked(id), pf.get(caller.frame + at, len)) else {
+        return false;
+    };
+    codes.cached(caller.code).is_some_and(|c| stack::own_state_differs(l, &c.facts(), copy, again))
+}
+
 fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_top: u64, visited: &[u64]) {
     let frame_len = l.frame.size;
     if l.model.frames == FrameModel::InterpreterFrame && chunk != 0 {

@@ -289,6 +289,80 @@ fn a_stale_copy_whose_top_now_runs_other_code_is_not_believed() {
 }
 
 #[test]
+fn a_caller_that_ran_while_its_callee_slot_was_reused_is_read_again() {
+    // f2 (slot 2) returns to f1 while the chunk is copied, after f1's bytes were copied
+    // and before slot 2's: f1 moves on and calls f7 into slot 2. The top pointer names
+    // slot 2 at both ends of the read, and the copy holds f1 as it was under f7 as it is:
+    // f1's older call site or locals would split f7 at the next sample. Either f1 calls
+    // from another site, or from the same one with a new loop variable.
+    for moves_on in [true, false] {
+        let sim = Sim::new();
+        let l = sim.l.clone();
+        let (instr, slots) = (l.frame.instr.unwrap(), l.frame.localsplus.unwrap());
+        sim.mem.with(|r| {
+            r.u32(code(1) + l.code.nlocalsplus.unwrap(), 2);
+            stack(r, &l, CFRAME, 0, &[0, 1, 2]);
+            r.u64(slot(1) + slots, HEAP + 0x10);
+        });
+        let mut s = sim.sampler();
+        let stats = Stats::default();
+        tick(&mut s, &stats);
+        let l2 = l.clone();
+        sim.mem.when_copying(slot(2), move |r| {
+            let site = if moves_on { 30 } else { 4 };
+            r.u64(slot(1) + instr, code(1) + l2.code.code_adaptive.unwrap() + site);
+            r.u64(slot(1) + slots, HEAP + 0x20);
+            frame(r, &l2, slot(2), 7, slot(1), 2);
+        });
+        let retried = stats.retried.load(Ordering::Relaxed);
+        let (_, torn) = tick(&mut s, &stats);
+        assert_eq!(sim.mem.pending_changes(), 0);
+        assert_eq!(stacks(&torn), vec![(TSTATE, Some(vec![0, 1, 7]))]);
+        assert!(stats.retried.load(Ordering::Relaxed) > retried, "read again (moves on: {moves_on})");
+        let (_, steady) = tick(&mut s, &stats);
+        let caller = |b: &SampleBatch| {
+            let f = &b.stack(&b.threads[0]).unwrap()[1];
+            (f.offset, f.locals)
+        };
+        assert!(caller(&torn) == caller(&steady), "f1 as it is under f7 (moves on: {moves_on})");
+        assert_eq!(lost(&stats), 0);
+    }
+}
+
+#[test]
+fn a_frame_whose_code_object_replaced_a_cached_one_proves_nothing_by_its_slots() {
+    // f2's code object is freed and another one made at its address (other arguments,
+    // other stores): the walk reads the new frame with the cached entry's facts, and only
+    // the check at the end of the tick finds the entry stale. The sample names the new
+    // code, and its slots, hashed with the old facts, must not be compared.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    sim.mem.with(|r| {
+        for n in [1, 2, 3] {
+            r.u32(code(n) + l.code.nlocalsplus.unwrap(), 2);
+        }
+        stack(r, &l, CFRAME, 0, &[0, 1, 2]);
+    });
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    let (_, before) = tick(&mut s, &stats);
+    let old_id = before.stack(&before.threads[0]).unwrap()[2].code_id;
+    // f2 returned; a new code object at its address (another first line) runs in a new
+    // frame one deeper, called by f3
+    sim.mem.with(|r| {
+        r.u32(code(2) + l.code.firstlineno, 777);
+        stack(r, &l, CFRAME, 0, &[0, 1, 3, 2]);
+        r.u64(slot(3) + l.frame.localsplus.unwrap(), HEAP + 0x40);
+    });
+    let (_, b) = tick(&mut s, &stats);
+    let frames = b.stack(&b.threads[0]).unwrap();
+    assert_eq!(frames.len(), 4);
+    assert_ne!(frames[3].code_id, old_id, "the new code object has an id of its own");
+    assert!(frames[2].locals.read, "f3's slots were read");
+    assert!(!frames[3].locals.read, "slots hashed with the stale entry's facts are dropped");
+}
+
+#[test]
 fn a_thread_that_never_holds_still_is_lost_and_counted_as_moved() {
     // Between the two reads of its top pointer the thread leaves f3 (slot 3) for a
     // generator f9 resumed by f1, and back, every time: neither top lies on the other's

@@ -54,6 +54,9 @@ pub struct SimMem {
     pub regions: RefCell<Regions>,
     /// (span address, changes), run just before the next span at that address is read
     script: RefCell<Vec<(u64, Change)>>,
+    /// (address, changes), run when a read has copied the bytes below that address of
+    /// the span that holds it, and not the rest: one copy, two moments
+    midway: RefCell<Vec<(u64, Change)>>,
     pub spans_read: RefCell<usize>,
     /// calls of `read_spans`: what a process would pay one system call each for
     pub reads: RefCell<usize>,
@@ -69,13 +72,20 @@ impl SimMem {
         self.script.borrow_mut().push((addr, Box::new(change)));
     }
 
+    /// Runs `change` in the middle of the next read of a span holding `addr`, once the
+    /// span's bytes below `addr` are copied.
+    pub fn when_copying(&self, addr: u64, change: impl FnOnce(&mut Regions) + 'static) {
+        self.midway.borrow_mut().push((addr, Box::new(change)));
+    }
+
     pub fn pending_changes(&self) -> usize {
-        self.script.borrow().len()
+        self.script.borrow().len() + self.midway.borrow().len()
     }
 
     /// Drops the changes not made yet.
     pub fn forget_changes(&self) {
         self.script.borrow_mut().clear();
+        self.midway.borrow_mut().clear();
     }
 }
 
@@ -91,12 +101,28 @@ impl ReadMem for SimMem {
                 change(&mut self.regions.borrow_mut());
             }
             *self.spans_read.borrow_mut() += 1;
-            let regions = self.regions.borrow();
-            let Some((start, bytes)) = regions.find(s.addr, s.len) else {
+            if self.regions.borrow().find(s.addr, s.len).is_none() {
                 return Ok(n);
-            };
-            let o = (s.addr - start) as usize;
-            buf[s.at..s.at + s.len].copy_from_slice(&bytes[o..o + s.len]);
+            }
+            let end = s.addr + s.len as u64;
+            let mut from = s.addr;
+            loop {
+                let split = {
+                    let mut midway = self.midway.borrow_mut();
+                    let due = midway.iter().enumerate().filter(|(_, (a, _))| *a > from && *a < end);
+                    due.min_by_key(|(_, (a, _))| *a).map(|(i, _)| i).map(|i| midway.remove(i))
+                };
+                let until = split.as_ref().map_or(end, |(a, _)| *a);
+                let regions = self.regions.borrow();
+                let (start, bytes) = regions.find(from, (until - from) as usize).expect("mapped above");
+                let (o, at) = ((from - start) as usize, s.at + (from - s.addr) as usize);
+                let len = (until - from) as usize;
+                buf[at..at + len].copy_from_slice(&bytes[o..o + len]);
+                drop(regions);
+                let Some((_, change)) = split else { break };
+                change(&mut self.regions.borrow_mut());
+                from = until;
+            }
         }
         Ok(spans.len())
     }

@@ -384,12 +384,11 @@ pub fn reaches(mem: &dyn ReadMem, l: &Layout, from: u64, to: u64, code: u64, hop
 /// `mem` (a frame outside a tick's copy keeps no proof, it is never a reason to re-read).
 fn read_locals(mem: &dyn ReadMem, l: &Layout, frame: u64, c: &CodeFacts) -> Locals {
     let Some(at) = l.frame.localsplus else { return Locals::default() };
-    let wanted = c.fixed_slots | c.undeletable;
     // Its locals, cells and free variables (at most SLOTS_HASHED), not its value stack:
     // 3.15 once showed a caller's stack change under a callee that ran on
     // (tests/record_timeline.rs), and only the frame's own stores write its locals.
     let all = c.stack_base / 8;
-    let n = (64 - wanted.leading_zeros() as usize).max((all as usize).min(SLOTS_HASHED));
+    let n = hashed_slots(c);
     if n == 0 {
         return Locals::default();
     }
@@ -431,6 +430,51 @@ fn nibbles(mask: u64) -> u64 {
 
 /// Local slots of a frame hashed for `Locals::slots` (loop variables are locals).
 const SLOTS_HASHED: usize = 32;
+
+/// Where a frame keeps its instruction (its offset, width in bytes).
+fn instr_field(l: &Layout) -> Option<(u64, usize)> {
+    match l.model.frames {
+        FrameModel::FrameObject => l.frame.lasti.map(|o| (o, 4)),
+        FrameModel::InterpreterFrame => l.frame.instr.map(|o| (o, 8)),
+    }
+}
+
+/// The bytes of a frame that only its own code writes, its instruction and the local
+/// slots `Locals` hashes, as one span (offset from the frame, length): while a frame
+/// has a callee those bytes hold still, so two reads that differ there prove it ran in
+/// between (sampler.rs: a caller copied before its callee returned and a new call took
+/// the callee's slot).
+pub fn own_state_span(l: &Layout) -> Option<(u64, usize)> {
+    let (instr, width) = instr_field(l)?;
+    let slots = l.frame.localsplus?;
+    let start = instr.min(slots);
+    let end = (instr + width as u64).max(slots + SLOTS_HASHED as u64 * 8);
+    Some((start, (end - start) as usize))
+}
+
+/// Whether two reads of one frame's `own_state_span`, running code `c`, show another
+/// instruction or other local slots (its value stack and header are left out: the
+/// callee may write those, a frame object say).
+pub fn own_state_differs(l: &Layout, c: &CodeFacts, a: &[u8], b: &[u8]) -> bool {
+    let (Some((start, len)), Some((instr, width)), Some(slots)) =
+        (own_state_span(l), instr_field(l), l.frame.localsplus)
+    else {
+        return false;
+    };
+    if a.len() < len || b.len() < len {
+        return false;
+    }
+    let i = (instr - start) as usize;
+    let s = (slots - start) as usize;
+    let n = hashed_slots(c).min(SLOTS_HASHED) * 8;
+    a[i..i + width] != b[i..i + width] || a[s..s + n] != b[s..s + n]
+}
+
+/// How many of a frame's first slots `read_locals` looks at.
+fn hashed_slots(c: &CodeFacts) -> usize {
+    let wanted = c.fixed_slots | c.undeletable;
+    (64 - wanted.leading_zeros() as usize).max(((c.stack_base / 8) as usize).min(SLOTS_HASHED))
+}
 
 /// The thread's stack read directly, frame by frame, believed only if the thread state
 /// still points at the same innermost frame afterwards (Fault if it moved). For dumps,
