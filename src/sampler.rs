@@ -1240,6 +1240,8 @@ impl<M: ReadMem> Sampler<M> {
             }
             return Ok(Attempt::Asleep);
         }
+        // (what this tick's group read again of the caller; the walk may replan it)
+        let (check_caller, planned_caller) = (live.plan.check_caller, live.plan.caller);
         let top = match stack::top_frame(pf, l, key) {
             Ok(top) => top,
             Err(ReadError::Missing) => {
@@ -1315,7 +1317,7 @@ impl<M: ReadMem> Sampler<M> {
         // between: the callee returned and a new call took its slot while the group was
         // copied, and the copy may hold the caller as it was before (an older call site
         // and locals, under the new callee: a phantom split at the next sample).
-        if after == top && !stopped && caller_ran(pf, l, codes, &live.plan, top, walk) {
+        if after == top && !stopped && caller_ran(pf, l, codes, check_caller, planned_caller, top, walk) {
             return Ok(Attempt::Retry(Loss::Moved));
         }
         // Which moment the stack describes, if any (docs/ARCHITECTURE.md, "Torn reads").
@@ -1614,19 +1616,25 @@ fn plan_state(plan: &mut Plan, l: &Layout, ts: &[u8]) -> (u64, u64) {
     data_stack(l, ts)
 }
 
-/// What to copy next time for a thread whose walk read `visited`: the newest chunk
-/// as far as its frames reach (and a little more: calls push frames above), and every
-/// frame outside it.
-/// Whether the frame under `top`, as the walk found it, differs where only its own code
-/// writes between the copy and the second read of it after the copy.
-fn caller_ran(pf: &Prefetch, l: &Layout, codes: &CodeCache, plan: &Plan, top: Top, walk: &Walk) -> bool {
-    let (Some(id), Some((at, len))) = (plan.check_caller, stack::own_state_span(l)) else {
+/// Whether the frame under `top`, as the walk found it, is the frame planned as its
+/// caller (`planned`, read again after the copy by `check`) and differs where only its
+/// own code writes between the copy and that second read.
+fn caller_ran(
+    pf: &Prefetch,
+    l: &Layout,
+    codes: &CodeCache,
+    check: Option<usize>,
+    planned: u64,
+    top: Top,
+    walk: &Walk,
+) -> bool {
+    let (Some(id), Some((at, len))) = (check, stack::own_state_span(l)) else {
         return false;
     };
     let (Some(callee), Some(caller)) = (walk.frames.first(), walk.frames.get(1)) else {
         return false;
     };
-    if callee.frame != top.frame || caller.frame != plan.caller {
+    if callee.frame != top.frame || caller.frame != planned {
         return false;
     }
     let (Some(again), Some(copy)) = (pf.checked(id), pf.get(caller.frame + at, len)) else {
@@ -1635,6 +1643,9 @@ fn caller_ran(pf: &Prefetch, l: &Layout, codes: &CodeCache, plan: &Plan, top: To
     codes.cached(caller.code).is_some_and(|c| stack::own_state_differs(l, &c.facts(), copy, again))
 }
 
+/// What to copy next time for a thread whose walk read `visited`: the newest chunk
+/// as far as its frames reach (and a little more: calls push frames above), and every
+/// frame outside it.
 fn plan_from(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_top: u64, visited: &[u64]) {
     let frame_len = l.frame.size;
     if l.model.frames == FrameModel::InterpreterFrame && chunk != 0 {
