@@ -1050,8 +1050,7 @@ impl<M: ReadMem> Sampler<M> {
         if walked.is_err() {
             kept_frames.extend_from_slice(&live.plan.frames);
         }
-        plan_from(&mut live.plan, l, &behind, chunk, stack_top, &walk.visited);
-        live.plan.caller = walk.frames.get(1).map_or(0, |f| f.frame);
+        replan(&mut live.plan, l, &behind, chunk, stack_top, walk);
         if walked.is_err() {
             let plan = &mut live.plan;
             plan.frames.extend_from_slice(kept_frames);
@@ -1310,8 +1309,7 @@ impl<M: ReadMem> Sampler<M> {
         }
         let whole_copy = copied_from(0, walk);
         if !whole_copy {
-            plan_from(&mut live.plan, l, &behind, chunk, stack_top, &walk.visited);
-            live.plan.caller = walk.frames.get(1).map_or(0, |f| f.frame);
+            replan(&mut live.plan, l, &behind, chunk, stack_top, walk);
         }
         // The top pointer names the same frame at both ends, but its caller ran in
         // between: the callee returned and a new call took its slot while the group was
@@ -1446,8 +1444,7 @@ impl<M: ReadMem> Sampler<M> {
                 }
             }
         }
-        plan_from(&mut live.plan, l, pf, chunk, stack_top, &walk.visited);
-        live.plan.caller = walk.frames.get(1).map_or(0, |f| f.frame);
+        replan(&mut live.plan, l, pf, chunk, stack_top, walk);
         live.read_ns = read_span.0;
         batch.push_stack(key, live.tid, time, start, after == top);
         Ok(Attempt::Kept { inferred: !walk.inferred.is_empty() })
@@ -1641,6 +1638,13 @@ fn caller_ran(
         return false;
     };
     codes.cached(caller.code).is_some_and(|c| stack::own_state_differs(l, &c.facts(), copy, again))
+}
+
+/// `plan_from` a walk, which also names the frame under its top as the caller to read
+/// again after the next copy.
+fn replan(plan: &mut Plan, l: &Layout, mem: &dyn ReadMem, chunk: u64, stack_top: u64, walk: &Walk) {
+    plan_from(plan, l, mem, chunk, stack_top, &walk.visited);
+    plan.caller = walk.frames.get(1).map_or(0, |f| f.frame);
 }
 
 /// What to copy next time for a thread whose walk read `visited`: the newest chunk
