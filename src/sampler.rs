@@ -16,7 +16,8 @@ use crate::activity::{Activity, ActivityReader, Runs};
 use crate::addr_map::AddrMap;
 use crate::clock::{now_ns, sleep_until_ns};
 use crate::pausing::Pauser;
-use crate::process::memory::{Fields, Memory, ReadBudget, ReadError, ReadMem, ReadResult, Span};
+use crate::process::copy_then_process::{CopyThenProcess, LateBlocks};
+use crate::process::memory::{Fields, Memory, ReadBudget, ReadError, ReadMem, ReadResult};
 use crate::process::prefetch::Prefetch;
 use crate::python::code::{CodeCache, CodeInfo};
 use crate::python::discover::Target;
@@ -27,6 +28,7 @@ use crate::python::thread_names::{is_bootstrap, thread_object_name, ActiveDict};
 use crate::python::{resume, threads};
 use crate::subinterpreters::{Joiner, Rank};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -358,6 +360,8 @@ pub struct Sampler<M: ReadMem = Memory> {
     read_span: (u64, u64),
     /// a plan's frames while `learn` makes the next one
     kept_frames: Vec<u64>,
+    /// blocks of the target the current walk read beside its copy
+    late_blocks: RefCell<LateBlocks>,
     /// scratch for the walk from the second top pointer
     walk_after: Walk,
     /// when threads still without a name are looked up again, and how long after the
@@ -436,18 +440,6 @@ pub enum StopReason {
     Failed(String),
 }
 
-/// The tick's copy first, the process behind it, for a budget of reads: for the frames a
-/// walk finds missing from the copy (a generator started since the plan was made, a stack
-/// deeper than planned), and for learning where a thread's frames are. Past the budget a
-/// read is `Missing`: the walk gives up, and the next read copies what was learnt.
-/// (Unbounded, walks read frame after frame of a running thread: pylint under VizTracer
-/// at 10 kHz had single ticks of 7,600 to 100,000 reads, 19-184 ms in which nothing else
-/// was sampled.)
-struct CopyThenProcess<'a> {
-    copy: &'a Prefetch,
-    process: ReadBudget<'a>,
-}
-
 /// Reads of the process one walk may make for frames its copy lacks.
 const PROCESS_READS: u32 = 64;
 /// ... and one walk that only learns where they are. Pylint's chains alternate data-stack
@@ -455,12 +447,6 @@ const PROCESS_READS: u32 = 64;
 /// 100-220 frames from the process. A deeper stack outside the copy is planned over
 /// several rounds.
 const LEARNING_READS: u32 = 256;
-
-impl<'a> CopyThenProcess<'a> {
-    fn new(copy: &'a Prefetch, process: &'a dyn ReadMem, reads: u32) -> Self {
-        CopyThenProcess { copy, process: ReadBudget::new(process, reads) }
-    }
-}
 
 /// The reads a walk that may be kept makes, of the thread `plan` is of. A stack with more
 /// frames outside its data-stack chunk than a plan names (older chunks of a deep
@@ -471,24 +457,6 @@ fn sample_budget(plan: &Plan) -> u32 {
         stack::MAX_DEPTH as u32
     } else {
         PROCESS_READS
-    }
-}
-
-impl ReadMem for CopyThenProcess<'_> {
-    fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
-        for (n, s) in spans.iter().enumerate() {
-            let dst = buf.get_mut(s.at..s.at + s.len).ok_or(ReadError::Fault)?;
-            match self.copy.get(s.addr, s.len) {
-                Some(b) => dst.copy_from_slice(b),
-                // (past the budget: Missing)
-                None => match self.process.read(s.addr, dst) {
-                    Ok(()) => {}
-                    Err(ReadError::Fault) => return Ok(n),
-                    Err(e) => return Err(e),
-                },
-            }
-        }
-        Ok(spans.len())
     }
 }
 
@@ -525,6 +493,7 @@ impl<M: ReadMem> Sampler<M> {
             pf_codes: Prefetch::default(),
             read_span: (0, 0),
             kept_frames: Vec::new(),
+            late_blocks: RefCell::default(),
             walk_after: Walk::default(),
             next_name_scan_ns: 0,
             name_retry_ns: NAME_RETRY_MIN_NS,
@@ -1026,13 +995,13 @@ impl<M: ReadMem> Sampler<M> {
     /// Learns where a thread's stack is now from a fresh copy of its group, reading what
     /// the copy lacks directly (the result is not kept: it only plans the next read).
     fn learn(&mut self, key: u64) {
-        let Sampler { pf, threads, target: t, codes, walk, mem, tstate_len, kept_frames, .. } = self;
+        let Sampler { pf, threads, target: t, codes, walk, mem, tstate_len, kept_frames, late_blocks, .. } = self;
         let (mem, l): (&dyn ReadMem, _) = (mem, &t.layout);
         let (Some(ts), Some(Thread::Live(live))) = (pf.get(key, *tstate_len), threads.get_mut(&key)) else {
             return;
         };
         let (chunk, stack_top) = plan_state(&mut live.plan, l, ts);
-        let behind = CopyThenProcess::new(pf, mem, LEARNING_READS);
+        let behind = CopyThenProcess::new(pf, mem, LEARNING_READS, late_blocks);
         walk.visited.clear();
         // A data-stack chunk the copy did not hold (the thread moved to a new one): the
         // thread state says where its frames end, so the next read copies it whole; a
@@ -1194,6 +1163,7 @@ impl<M: ReadMem> Sampler<M> {
             read_span,
             send_same,
             to_name,
+            late_blocks,
             ..
         } = self;
         let mem: &dyn ReadMem = mem;
@@ -1280,7 +1250,7 @@ impl<M: ReadMem> Sampler<M> {
         }
         // The walk takes frames from the copy and, where a frame is not in it (a generator
         // started since the plan was made, most often), from the process itself.
-        let behind = CopyThenProcess::new(pf, mem, sample_budget(&live.plan));
+        let behind = CopyThenProcess::new(pf, mem, sample_budget(&live.plan), late_blocks);
         // (the chunk's extent is known once its header was copied, i.e. a tick after a
         // thread moved to a new chunk)
         let size = if live.plan.chunk == chunk { live.plan.chunk_size as u64 } else { 0 };

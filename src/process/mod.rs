@@ -1,5 +1,6 @@
 //! The target process as the OS shows it: its maps, files, threads and memory.
 
+pub mod copy_then_process;
 pub mod core;
 pub mod elf;
 pub mod identity;

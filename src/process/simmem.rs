@@ -52,8 +52,9 @@ impl Regions {
 #[derive(Default)]
 pub struct SimMem {
     pub regions: RefCell<Regions>,
-    /// (span address, changes), run just before the next span at that address is read
-    script: RefCell<Vec<(u64, Change)>>,
+    /// (address, whether a span holding it counts or only one starting there, changes),
+    /// run just before the next such span is read
+    script: RefCell<Vec<(u64, bool, Change)>>,
     /// (address, changes), run when a read has copied the bytes below that address of
     /// the span that holds it, and not the rest: one copy, two moments
     midway: RefCell<Vec<(u64, Change)>>,
@@ -69,7 +70,13 @@ impl SimMem {
 
     /// Runs `change` just before a span starting at `addr` is next read.
     pub fn when_reading(&self, addr: u64, change: impl FnOnce(&mut Regions) + 'static) {
-        self.script.borrow_mut().push((addr, Box::new(change)));
+        self.script.borrow_mut().push((addr, false, Box::new(change)));
+    }
+
+    /// Runs `change` just before a span holding `addr` is next read (the page a walk
+    /// reads around a frame its copy lacks, say).
+    pub fn when_reading_over(&self, addr: u64, change: impl FnOnce(&mut Regions) + 'static) {
+        self.script.borrow_mut().push((addr, true, Box::new(change)));
     }
 
     /// Runs `change` in the middle of the next read of a span holding `addr`, once the
@@ -93,18 +100,25 @@ impl ReadMem for SimMem {
     fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
         *self.reads.borrow_mut() += 1;
         for (n, s) in spans.iter().enumerate() {
-            let due = {
-                let mut script = self.script.borrow_mut();
-                script.iter().position(|(a, _)| *a == s.addr).map(|i| script.remove(i).1)
-            };
-            if let Some(change) = due {
+            // (one change per read of an address; every change over a span)
+            let end = s.addr + s.len as u64;
+            let mut exact = true;
+            loop {
+                let change = {
+                    let mut script = self.script.borrow_mut();
+                    let due = |(a, over, _): &(u64, bool, Change)| {
+                        (*over && (s.addr..end).contains(a)) || (exact && !*over && *a == s.addr)
+                    };
+                    script.iter().position(due).map(|i| script.remove(i))
+                };
+                let Some((_, over, change)) = change else { break };
+                exact &= over;
                 change(&mut self.regions.borrow_mut());
             }
             *self.spans_read.borrow_mut() += 1;
             if self.regions.borrow().find(s.addr, s.len).is_none() {
                 return Ok(n);
             }
-            let end = s.addr + s.len as u64;
             let mut from = s.addr;
             loop {
                 let split = {
