@@ -313,6 +313,7 @@ pub(crate) fn capture_info_of(
             ("caller", told_apart.by_caller),
             ("yield", told_apart.by_yield),
             ("wake", told_apart.by_wake),
+            ("stack_end", told_apart.by_stack_end),
         ]
         .into_iter()
         .collect(),

@@ -63,13 +63,50 @@ pub struct ThreadSample {
     /// threads every tick, and comparing them again, was a quarter of vizattach's CPU
     /// on an idle pool (docs/ARCHITECTURE.md, "Sleeping threads").
     pub same_as_last: bool,
+    /// where the thread's data stack ended at the first and the last read of this tick
+    /// that kept no stack of it (unset: none)
+    pub ends: [StackEnd; 2],
+}
+
+/// Where a thread's data stack ended (3.11+), from a copy of its state made between
+/// `from_ns` and `to_ns`: no frame in the chunk `lo..hi` at or above `top` was live then.
+/// A frame is pushed above the top after the top moves past it, and popped (the top
+/// moved down to it) after its call ended, so such a frame's call had ended by `to_ns`
+/// and one there later began after `from_ns`. Reads that tore say this much.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StackEnd {
+    pub from_ns: u64,
+    pub to_ns: u64,
+    pub lo: u64,
+    pub hi: u64,
+    pub top: u64,
+}
+
+impl StackEnd {
+    pub fn is_set(&self) -> bool {
+        self.to_ns != 0
+    }
+
+    /// The frame at `frame` was not on the stack then.
+    pub fn excludes(&self, frame: u64) -> bool {
+        self.is_set() && self.lo <= self.top && self.top <= frame && frame < self.hi
+    }
 }
 
 impl ThreadSample {
     /// A thread's sample, its stack at `frames` of the batch (None: no consistent read),
     /// its run count not read yet.
     pub fn new(key: u64, tid: i32, time_ns: u64, frames: Option<(u32, u32)>, settled: bool) -> ThreadSample {
-        ThreadSample { key, tid, time_ns, frames, settled, runs: Runs::Unknown, same_as_last: false }
+        ThreadSample {
+            key,
+            tid,
+            time_ns,
+            frames,
+            settled,
+            runs: Runs::Unknown,
+            same_as_last: false,
+            ends: [StackEnd::default(); 2],
+        }
     }
 }
 
@@ -222,6 +259,8 @@ struct Live {
     /// frame while it has no name (0: none seen), and the outermost frame looked at for it
     bootstrap_self: u64,
     bootstrap_root: u64,
+    /// where its data stack ended at this tick's first and last read that failed
+    ends: [StackEnd; 2],
 }
 
 /// One interpreter's thread list.
@@ -676,7 +715,10 @@ impl<M: ReadMem> Sampler<M> {
                         stats.asleep.fetch_add(1, Ordering::Relaxed);
                     }
                     Attempt::Skipped => {}
-                    Attempt::Retry(why) => failed.push((key, why)),
+                    Attempt::Retry(why) => {
+                        self.note_stack_end(key);
+                        failed.push((key, why));
+                    }
                 }
             }
             if failed.is_empty() || attempt + 1 == ATTEMPTS {
@@ -711,6 +753,11 @@ impl<M: ReadMem> Sampler<M> {
         self.failed = failed;
 
         self.check_codes(&mut batch)?;
+        for t in batch.threads.iter_mut() {
+            if let Some(Thread::Live(l)) = self.threads.get_mut(&t.key) {
+                t.ends = std::mem::take(&mut l.ends);
+            }
+        }
         // What this tick saw is what the next one compares with.
         for t in &batch.threads {
             if let (Some(stack), Some(Thread::Live(l))) = (batch.stack(t), self.threads.get_mut(&t.key)) {
@@ -992,6 +1039,33 @@ impl<M: ReadMem> Sampler<M> {
         };
     }
 
+    /// Notes where a thread's data stack ended in the copy an attempt that kept nothing
+    /// read (its state is copied whole, so its chunk and top are of one moment).
+    fn note_stack_end(&mut self, key: u64) {
+        let l = &self.target.layout;
+        let (Some(ts), Some(Thread::Live(live))) = (self.pf.get(key, self.tstate_len), self.threads.get_mut(&key))
+        else {
+            return;
+        };
+        let (chunk, top) = data_stack(l, ts);
+        // (a state served from an earlier copy is of an earlier moment)
+        if live.asleep || chunk == 0 || chunk != live.plan.chunk || live.plan.chunk_size == 0 {
+            return;
+        }
+        let end = StackEnd {
+            from_ns: self.read_span.0,
+            to_ns: self.read_span.1.max(1),
+            lo: chunk,
+            hi: chunk + live.plan.chunk_size as u64,
+            top,
+        };
+        if !live.ends[0].is_set() {
+            live.ends[0] = end;
+        } else {
+            live.ends[1] = end;
+        }
+    }
+
     /// Learns where a thread's stack is now from a fresh copy of its group, reading what
     /// the copy lacks directly (the result is not kept: it only plans the next read).
     fn learn(&mut self, key: u64) {
@@ -1100,6 +1174,7 @@ impl<M: ReadMem> Sampler<M> {
                                 given: false,
                                 bootstrap_self: 0,
                                 bootstrap_root: 0,
+                                ends: Default::default(),
                             }))
                         }
                         None => Thread::Unresolved { ids },

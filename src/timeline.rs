@@ -10,7 +10,7 @@ use crate::addr_map::AddrMap;
 use crate::output::Sink;
 use crate::python::code::CodeInfo;
 use crate::python::stack::UNKNOWN_OFFSET;
-use crate::sampler::{Message, StackFrame, ThreadSample};
+use crate::sampler::{Message, StackEnd, StackFrame, ThreadSample};
 use std::collections::BTreeSet;
 use std::io;
 use std::sync::Arc;
@@ -29,6 +29,8 @@ struct Track {
     /// without the GIL) in the frames it shows, and what it slept in (src/activity.rs,
     /// Runs)
     runs: Option<(u64, u64)>,
+    /// where reads since the last sample that kept no stack found its data stack ending
+    ends: Vec<StackEnd>,
 }
 
 /// Code objects by id, as the sampler announced them.
@@ -61,6 +63,8 @@ pub struct Timeline {
     tids: BTreeSet<i32>,
     named: BTreeSet<i32>,
     pub told_apart: ToldApart,
+    /// scratch: when each slice `close_from` closes ends, outermost first
+    ends_at: Vec<u64>,
 }
 
 impl Timeline {
@@ -110,6 +114,9 @@ impl Timeline {
                         continue;
                     }
                     let Some(frames) = batch.stack(t) else {
+                        if let Some(track) = self.tracks.get_mut(&t.key) {
+                            track.ends.extend(t.ends.iter().filter(|e| e.is_set()));
+                        }
                         continue;
                     };
                     self.tids.insert(t.tid);
@@ -137,6 +144,7 @@ impl Timeline {
                                 opened: 0,
                                 settled: false,
                                 runs: None,
+                                ends: Vec::new(),
                             },
                             previous_tick.map_or(t.time_ns, |p| {
                                 midpoint(p.min(t.time_ns), t.time_ns).max(calls_opened_by.unwrap_or(0)).min(t.time_ns)
@@ -146,6 +154,14 @@ impl Timeline {
                     // (callees the caller proof may split: all in a settled sample)
                     let trusted = if track.settled { track.frames.len() } else { track.opened };
                     let mut keep = common_calls(&track.frames, frames, trusted, &self.codes, &mut self.told_apart);
+                    track.ends.extend(t.ends.iter().filter(|e| e.is_set()));
+                    // A call whose frame a read in between found off the data stack had
+                    // ended: one there now is another.
+                    let ended = |f: &StackFrame| track.ends.iter().any(|e| e.excludes(f.frame));
+                    if let Some(d) = track.frames[..keep].iter().position(ended) {
+                        self.told_apart.by_stack_end += 1;
+                        keep = d;
+                    }
                     let a = batch.activity_of(i);
                     let asleep = off_and_without_gil(a);
                     let same = keep == frames.len() && keep == track.frames.len();
@@ -163,12 +179,20 @@ impl Timeline {
                     }
                     track.runs = runs_to_compare(t.runs, asleep, same, track.runs);
                     self.close_from(&mut track, keep, at, sink)?;
+                    // A frame a read in between found above the data stack's end began
+                    // after that read (its callees with it).
+                    let mut start = at;
                     for f in &frames[keep..] {
-                        if let Some(code) = self.code(f.code_id) {
-                            sink.open(track.tid, &code, at)?;
+                        let unborn = track.ends.iter().filter(|e| e.excludes(f.frame)).map(|e| e.from_ns).max();
+                        if let Some(since) = unborn {
+                            start = start.max(midpoint(since.min(t.time_ns), t.time_ns));
                         }
-                        track.starts.push(at);
+                        if let Some(code) = self.code(f.code_id) {
+                            sink.open(track.tid, &code, start)?;
+                        }
+                        track.starts.push(start);
                     }
+                    track.ends.clear();
                     track.frames.clear();
                     track.frames.extend_from_slice(frames);
                     track.last_ns = t.time_ns;
@@ -221,10 +245,21 @@ impl Timeline {
         self.codes.get(id).cloned()
     }
 
-    /// Closes open slices from depth `keep` inward, innermost first, at `at`.
+    /// Closes open slices from depth `keep` inward, innermost first, at `at`, or halfway
+    /// to a read in between that found the frame (or its caller's) off the data stack.
     fn close_from(&mut self, track: &mut Track, keep: usize, at: u64, sink: &mut dyn Sink) -> io::Result<()> {
+        self.ends_at.clear();
+        let mut end = at;
+        for f in track.frames.iter().skip(keep) {
+            let gone = track.ends.iter().filter(|e| e.excludes(f.frame)).map(|e| e.to_ns).min();
+            if let Some(by) = gone {
+                end = end.min(midpoint(track.last_ns, by.max(track.last_ns)));
+            }
+            self.ends_at.push(end);
+        }
         while track.frames.len() > keep {
             let f = track.frames.pop().unwrap();
+            let at = self.ends_at.pop().unwrap_or(at);
             let start = track.starts.pop().unwrap_or(at);
             if let Some(code) = self.code(f.code_id) {
                 sink.close(track.tid, &code, start, at.max(start))?;
@@ -289,6 +324,8 @@ pub struct ToldApart {
     /// the thread woke in its C call, and the frames above the innermost one that can
     /// loop back to its call site cannot have called again (python/paths.rs)
     pub by_wake: u64,
+    /// a read in between (one that kept no stack) found the frame off the data stack
+    pub by_stack_end: u64,
 }
 
 impl std::ops::AddAssign for ToldApart {
@@ -298,6 +335,7 @@ impl std::ops::AddAssign for ToldApart {
         self.by_caller += o.by_caller;
         self.by_yield += o.by_yield;
         self.by_wake += o.by_wake;
+        self.by_stack_end += o.by_stack_end;
     }
 }
 
@@ -460,6 +498,37 @@ mod tests {
             b.threads.push(ThreadSample { same_as_last, ..ThreadSample::new(key, tid, t, None, same_as_last) });
         }
         Message::Sample(b)
+    }
+
+    #[test]
+    fn a_read_that_found_frames_off_the_data_stack_bounds_their_calls() {
+        // f1 at 0x200 and its callee f2 at 0x300, in the chunk 0x0..0x10000. A read at
+        // 1090-1100 that kept no stack found the data stack ending at 0x200: f1's call (and
+        // f2's) had ended by then; a read at 1780-1800 found it ending at 0x300: f3 there at
+        // 2000 began after 1780. The sample at 2000 shows f1 at 0x200 again, same call site:
+        // another call.
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        tl.handle(&codes(4), &mut r).unwrap();
+        let main = f(0, 0x100, 10);
+        tl.handle(&sample(1000, &[(1, 7, &[main, f(1, 0x200, 4), f(2, 0x300, 6)])]), &mut r).unwrap();
+        let end = |from_ns, to_ns, top| StackEnd { from_ns, to_ns, lo: 0, hi: 0x10000, top };
+        let Message::Sample(mut b) = frameless(1100, &[(1, 7)], false) else { unreachable!() };
+        b.threads[0].ends = [end(1090, 1100, 0x200), end(1780, 1800, 0x300)];
+        tl.handle(&Message::Sample(b), &mut r).unwrap();
+        tl.handle(&sample(2000, &[(1, 7, &[main, f(1, 0x200, 4), f(3, 0x300, 2)])]), &mut r).unwrap();
+        tl.finish(&mut r, &|t| format!("t{t}")).unwrap();
+        // f2 and f1 end halfway to 1100; the new f1 opens halfway from 1090 (1545), f3
+        // halfway from 1780 (1890); without the reads: one f1 from 1000 to the end, f2
+        // 1000-1500.
+        assert_eq!(
+            r.slices,
+            vec![(7, 2, 1000, 1050), (7, 1, 1000, 1050), (7, 3, 1890, 2000), (7, 1, 1545, 2000), (7, 0, 1000, 2000)]
+        );
+        assert_eq!(tl.told_apart.by_stack_end, 1);
+        // a top outside the chunk (a read between two chunks) proves nothing
+        assert!(!end(1, 2, 0x20000).excludes(0x300));
+        assert!(!StackEnd { lo: 0x1000, ..end(1, 2, 0x800) }.excludes(0x900));
     }
 
     #[test]

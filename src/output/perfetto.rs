@@ -489,6 +489,7 @@ impl Perfetto {
                 u("calls_told_apart_by_caller", info.calls_told_apart.get("caller").copied().unwrap_or(0)),
                 u("calls_told_apart_by_yield", info.calls_told_apart.get("yield").copied().unwrap_or(0)),
                 u("calls_told_apart_by_wake", info.calls_told_apart.get("wake").copied().unwrap_or(0)),
+                u("calls_told_apart_by_stack_end", info.calls_told_apart.get("stack_end").copied().unwrap_or(0)),
                 f("longest_lag_us", info.longest_lag_us),
                 f("duration_s", info.duration_s),
                 s("clock", info.clock),
