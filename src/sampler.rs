@@ -72,7 +72,9 @@ pub struct ThreadSample {
 /// `from_ns` and `to_ns`: no frame in the chunk `lo..hi` at or above `top` was live then.
 /// A frame is pushed above the top after the top moves past it, and popped (the top
 /// moved down to it) after its call ended, so such a frame's call had ended by `to_ns`
-/// and one there later began after `from_ns`. Reads that tore say this much.
+/// and one there later began after `from_ns`. Likewise the generator frame at `idle`
+/// (0: none), a frame of the thread's last stack, was not running. Reads that tore say
+/// this much.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StackEnd {
     pub from_ns: u64,
@@ -80,6 +82,7 @@ pub struct StackEnd {
     pub lo: u64,
     pub hi: u64,
     pub top: u64,
+    pub idle: u64,
 }
 
 impl StackEnd {
@@ -89,7 +92,7 @@ impl StackEnd {
 
     /// The frame at `frame` was not on the stack then.
     pub fn excludes(&self, frame: u64) -> bool {
-        self.is_set() && self.lo <= self.top && self.top <= frame && frame < self.hi
+        self.is_set() && ((self.lo <= self.top && self.top <= frame && frame < self.hi) || frame == self.idle)
     }
 }
 
@@ -1039,25 +1042,42 @@ impl<M: ReadMem> Sampler<M> {
         };
     }
 
-    /// Notes where a thread's data stack ended in the copy an attempt that kept nothing
-    /// read (its state is copied whole, so its chunk and top are of one moment).
+    /// Notes what the copy an attempt that kept nothing read says had ended: where the
+    /// thread's data stack ended (its state is copied whole, so its chunk and top are of
+    /// one moment), and the outermost generator of its last stack that was not running.
     fn note_stack_end(&mut self, key: u64) {
         let l = &self.target.layout;
         let (Some(ts), Some(Thread::Live(live))) = (self.pf.get(key, self.tstate_len), self.threads.get_mut(&key))
         else {
             return;
         };
-        let (chunk, top) = data_stack(l, ts);
         // (a state served from an earlier copy is of an earlier moment)
-        if live.asleep || chunk == 0 || chunk != live.plan.chunk || live.plan.chunk_size == 0 {
+        if live.asleep {
+            return;
+        }
+        let (chunk, top) = data_stack(l, ts);
+        let sized = chunk != 0 && chunk == live.plan.chunk && live.plan.chunk_size != 0;
+        let (lo, hi) = if sized { (chunk, chunk + live.plan.chunk_size as u64) } else { (0, 0) };
+        // A generator's frame on the stack is running: one the copy shows otherwise had
+        // ended that resumption (or the generator: its memory was reused), and its
+        // callees with it.
+        let executing = l.model.frame_executing.unwrap_or(0);
+        let mut head: stack::HeadBuf = [0; 128 + FRAME_LEAD as usize];
+        let idle = live.prev.iter().filter(|f| f.frame < lo || f.frame >= hi).find_map(|f| {
+            let (b, state) = stack::read_head(&self.pf, l, f.frame, &mut head).ok()?;
+            let generator = Some(b.u8_at(l.frame.owner?)) == l.model.owner_generator;
+            (generator && state? != executing).then_some(f.frame)
+        });
+        if !sized && idle.is_none() {
             return;
         }
         let end = StackEnd {
             from_ns: self.read_span.0,
             to_ns: self.read_span.1.max(1),
-            lo: chunk,
-            hi: chunk + live.plan.chunk_size as u64,
-            top,
+            lo,
+            hi,
+            top: if sized { top } else { 0 },
+            idle: idle.unwrap_or(0),
         };
         if !live.ends[0].is_set() {
             live.ends[0] = end;

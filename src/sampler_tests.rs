@@ -392,6 +392,43 @@ fn a_thread_that_never_holds_still_is_lost_and_counted_as_moved() {
 }
 
 #[test]
+fn a_read_that_keeps_nothing_still_says_which_generator_stopped_running() {
+    // f0 -> f1 -> generator g (f7) -> f8, kept. Then g yields and the thread never holds
+    // still (between two tops on neither's chain): no stack is kept, but the copy showed
+    // g suspended, so the timeline can end g's resumption before that read.
+    let sim = Sim::new();
+    let l = sim.l.clone();
+    let (g, other) = (HEAP + 0x200, HEAP + 0x800);
+    sim.mem.with(|r| {
+        stack(r, &l, CFRAME, 0, &[0, 1]);
+        gen_frame(r, &l, g, 7, slot(1));
+        frame(r, &l, slot(2), 8, g, 4);
+        gen_frame(r, &l, other, 9, slot(1));
+        r.u64(CFRAME + l.tstate.cframe_current_frame.unwrap(), slot(2));
+    });
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, Some(vec![0, 1, 7, 8]))]);
+    sim.mem.with(|r| {
+        suspend(r, &l, g);
+        frame(r, &l, slot(2), 8, slot(1), 4);
+    });
+    for k in 0..2 * ATTEMPTS as u64 {
+        let l2 = l.clone();
+        sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| {
+            let top = if k % 2 == 0 { other } else { slot(2) };
+            r.u64(CFRAME + l2.tstate.cframe_current_frame.unwrap(), top);
+        });
+    }
+    let (_, b) = tick(&mut s, &stats);
+    assert_eq!(stacks(&b), vec![(TSTATE, None)]);
+    let ends = b.threads[0].ends;
+    assert!(ends[0].is_set() && ends[0].idle == g, "{ends:?}");
+    assert!(ends[0].excludes(g) && !ends[0].excludes(slot(1)));
+}
+
+#[test]
 fn a_stack_deeper_than_last_tick_is_read_whole() {
     // 40 more frames than the last walk saw: past the part of the chunk that was copied.
     let (sim, l, mut s, stats) = warm(&[0, 1]);

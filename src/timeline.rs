@@ -2,8 +2,9 @@
 //!
 //! Two consecutive samples share the frames that are the same call: same code object,
 //! same frame address, same call site in the parent. Frames that left are closed and
-//! frames that appeared are opened at the midpoint between the two samples. Slices nest
-//! strictly by construction: a thread's open slices are a stack.
+//! frames that appeared are opened at the midpoint between the two samples (or of a read
+//! in between that kept no stack but found them gone, or not there yet: `StackEnd`).
+//! Slices nest strictly by construction: a thread's open slices are a stack.
 
 use crate::activity::{Activity, Runs};
 use crate::addr_map::AddrMap;
@@ -512,7 +513,7 @@ mod tests {
         tl.handle(&codes(4), &mut r).unwrap();
         let main = f(0, 0x100, 10);
         tl.handle(&sample(1000, &[(1, 7, &[main, f(1, 0x200, 4), f(2, 0x300, 6)])]), &mut r).unwrap();
-        let end = |from_ns, to_ns, top| StackEnd { from_ns, to_ns, lo: 0, hi: 0x10000, top };
+        let end = |from_ns, to_ns, top| StackEnd { from_ns, to_ns, lo: 0, hi: 0x10000, top, idle: 0 };
         let Message::Sample(mut b) = frameless(1100, &[(1, 7)], false) else { unreachable!() };
         b.threads[0].ends = [end(1090, 1100, 0x200), end(1780, 1800, 0x300)];
         tl.handle(&Message::Sample(b), &mut r).unwrap();
