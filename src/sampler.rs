@@ -63,8 +63,8 @@ pub struct ThreadSample {
     /// threads every tick, and comparing them again, was a quarter of vizattach's CPU
     /// on an idle pool (docs/ARCHITECTURE.md, "Sleeping threads").
     pub same_as_last: bool,
-    /// where the thread's data stack ended at the first and the last read of this tick
-    /// that kept no stack of it (unset: none)
+    /// what the first and the last read of this tick that kept no stack of it found had
+    /// ended (unset: none)
     pub ends: [StackEnd; 2],
 }
 
@@ -262,7 +262,7 @@ struct Live {
     /// frame while it has no name (0: none seen), and the outermost frame looked at for it
     bootstrap_self: u64,
     bootstrap_root: u64,
-    /// where its data stack ended at this tick's first and last read that failed
+    /// what this tick's first and last read that failed found had ended
     ends: [StackEnd; 2],
 }
 

@@ -363,6 +363,18 @@ fn a_frame_whose_code_object_replaced_a_cached_one_proves_nothing_by_its_slots()
     assert!(!frames[3].locals.read, "slots hashed with the stale entry's facts are dropped");
 }
 
+/// Between the two reads of its top pointer in every attempt of the next tick, the
+/// thread moves from frame `a` to frame `b` and back.
+fn never_holds_still(sim: &Sim, l: &Layout, a: u64, b: u64) {
+    for k in 0..2 * ATTEMPTS as u64 {
+        let l2 = l.clone();
+        sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| {
+            let top = if k % 2 == 0 { a } else { b };
+            r.u64(CFRAME + l2.tstate.cframe_current_frame.unwrap(), top);
+        });
+    }
+}
+
 #[test]
 fn a_thread_that_never_holds_still_is_lost_and_counted_as_moved() {
     // Between the two reads of its top pointer the thread leaves f3 (slot 3) for a
@@ -379,13 +391,7 @@ fn a_thread_that_never_holds_still_is_lost_and_counted_as_moved() {
     let mut s = sim.sampler();
     let stats = Stats::default();
     tick(&mut s, &stats);
-    for k in 0..2 * ATTEMPTS as u64 {
-        let l2 = l.clone();
-        sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| {
-            let top = if k % 2 == 0 { gen_frame } else { slot(3) };
-            r.u64(CFRAME + l2.tstate.cframe_current_frame.unwrap(), top);
-        });
-    }
+    never_holds_still(&sim, &l, gen_frame, slot(3));
     let (_, b) = tick(&mut s, &stats);
     assert_eq!(stacks(&b), vec![(TSTATE, None)]);
     assert_eq!(stats.lost[Loss::Moved as usize].load(Ordering::Relaxed), 1);
@@ -414,13 +420,7 @@ fn a_read_that_keeps_nothing_still_says_which_generator_stopped_running() {
         suspend(r, &l, g);
         frame(r, &l, slot(2), 8, slot(1), 4);
     });
-    for k in 0..2 * ATTEMPTS as u64 {
-        let l2 = l.clone();
-        sim.mem.when_reading(TSTATE + l.tstate.frame, move |r| {
-            let top = if k % 2 == 0 { other } else { slot(2) };
-            r.u64(CFRAME + l2.tstate.cframe_current_frame.unwrap(), top);
-        });
-    }
+    never_holds_still(&sim, &l, other, slot(2));
     let (_, b) = tick(&mut s, &stats);
     assert_eq!(stacks(&b), vec![(TSTATE, None)]);
     let ends = b.threads[0].ends;

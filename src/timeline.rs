@@ -30,8 +30,26 @@ struct Track {
     /// without the GIL) in the frames it shows, and what it slept in (src/activity.rs,
     /// Runs)
     runs: Option<(u64, u64)>,
-    /// where reads since the last sample that kept no stack found its data stack ending
+    /// what reads since the last sample that kept no stack found had ended (data-stack
+    /// ends, generators not running)
     ends: Vec<StackEnd>,
+}
+
+impl Track {
+    /// The first read since the last sample that found `frame` gone: its call had ended
+    /// by then.
+    fn gone_by(&self, frame: u64) -> Option<u64> {
+        self.ends.iter().filter(|e| e.excludes(frame)).map(|e| e.to_ns).min()
+    }
+
+    /// The last such read: a frame there now began after it.
+    fn absent_since(&self, frame: u64) -> Option<u64> {
+        self.ends.iter().filter(|e| e.excludes(frame)).map(|e| e.from_ns).max()
+    }
+
+    fn note_ends(&mut self, t: &ThreadSample) {
+        self.ends.extend(t.ends.iter().filter(|e| e.is_set()));
+    }
 }
 
 /// Code objects by id, as the sampler announced them.
@@ -116,7 +134,7 @@ impl Timeline {
                     }
                     let Some(frames) = batch.stack(t) else {
                         if let Some(track) = self.tracks.get_mut(&t.key) {
-                            track.ends.extend(t.ends.iter().filter(|e| e.is_set()));
+                            track.note_ends(t);
                         }
                         continue;
                     };
@@ -155,11 +173,10 @@ impl Timeline {
                     // (callees the caller proof may split: all in a settled sample)
                     let trusted = if track.settled { track.frames.len() } else { track.opened };
                     let mut keep = common_calls(&track.frames, frames, trusted, &self.codes, &mut self.told_apart);
-                    track.ends.extend(t.ends.iter().filter(|e| e.is_set()));
-                    // A call whose frame a read in between found off the data stack had
-                    // ended: one there now is another.
-                    let ended = |f: &StackFrame| track.ends.iter().any(|e| e.excludes(f.frame));
-                    if let Some(d) = track.frames[..keep].iter().position(ended) {
+                    track.note_ends(t);
+                    // A call whose frame a read in between found gone had ended: one
+                    // there now is another.
+                    if let Some(d) = track.frames[..keep].iter().position(|f| track.gone_by(f.frame).is_some()) {
                         self.told_apart.by_stack_end += 1;
                         keep = d;
                     }
@@ -180,12 +197,11 @@ impl Timeline {
                     }
                     track.runs = runs_to_compare(t.runs, asleep, same, track.runs);
                     self.close_from(&mut track, keep, at, sink)?;
-                    // A frame a read in between found above the data stack's end began
-                    // after that read (its callees with it).
+                    // A frame a read in between found absent began after that read (its
+                    // callees with it).
                     let mut start = at;
                     for f in &frames[keep..] {
-                        let unborn = track.ends.iter().filter(|e| e.excludes(f.frame)).map(|e| e.from_ns).max();
-                        if let Some(since) = unborn {
+                        if let Some(since) = track.absent_since(f.frame) {
                             start = start.max(midpoint(since.min(t.time_ns), t.time_ns));
                         }
                         if let Some(code) = self.code(f.code_id) {
@@ -247,13 +263,12 @@ impl Timeline {
     }
 
     /// Closes open slices from depth `keep` inward, innermost first, at `at`, or halfway
-    /// to a read in between that found the frame (or its caller's) off the data stack.
+    /// to a read in between that found the frame (or its caller's) gone.
     fn close_from(&mut self, track: &mut Track, keep: usize, at: u64, sink: &mut dyn Sink) -> io::Result<()> {
         self.ends_at.clear();
         let mut end = at;
         for f in track.frames.iter().skip(keep) {
-            let gone = track.ends.iter().filter(|e| e.excludes(f.frame)).map(|e| e.to_ns).min();
-            if let Some(by) = gone {
+            if let Some(by) = track.gone_by(f.frame) {
                 end = end.min(midpoint(track.last_ns, by.max(track.last_ns)));
             }
             self.ends_at.push(end);
@@ -325,7 +340,8 @@ pub struct ToldApart {
     /// the thread woke in its C call, and the frames above the innermost one that can
     /// loop back to its call site cannot have called again (python/paths.rs)
     pub by_wake: u64,
-    /// a read in between (one that kept no stack) found the frame off the data stack
+    /// a read in between (one that kept no stack) found the frame gone: off the data
+    /// stack, or a generator not running
     pub by_stack_end: u64,
 }
 

@@ -89,6 +89,14 @@ impl SimMem {
         self.script.borrow().len() + self.midway.borrow().len()
     }
 
+    /// The first scripted change `due` picks (by address, and whether it is due over a
+    /// span), taken out of the script.
+    fn take_change(&self, due: impl Fn(u64, bool) -> bool) -> Option<Change> {
+        let mut script = self.script.borrow_mut();
+        let i = script.iter().position(|(a, over, _)| due(*a, *over))?;
+        Some(script.remove(i).2)
+    }
+
     /// Drops the changes not made yet.
     pub fn forget_changes(&self) {
         self.script.borrow_mut().clear();
@@ -100,19 +108,12 @@ impl ReadMem for SimMem {
     fn read_spans(&self, spans: &[Span], buf: &mut [u8]) -> ReadResult<usize> {
         *self.reads.borrow_mut() += 1;
         for (n, s) in spans.iter().enumerate() {
-            // (one change per read of an address; every change over a span)
+            // every change due over the span, then one due at its address
             let end = s.addr + s.len as u64;
-            let mut exact = true;
-            loop {
-                let change = {
-                    let mut script = self.script.borrow_mut();
-                    let due = |(a, over, _): &(u64, bool, Change)| {
-                        (*over && (s.addr..end).contains(a)) || (exact && !*over && *a == s.addr)
-                    };
-                    script.iter().position(due).map(|i| script.remove(i))
-                };
-                let Some((_, over, change)) = change else { break };
-                exact &= over;
+            while let Some(change) = self.take_change(|a, over| over && (s.addr..end).contains(&a)) {
+                change(&mut self.regions.borrow_mut());
+            }
+            if let Some(change) = self.take_change(|a, over| !over && a == s.addr) {
                 change(&mut self.regions.borrow_mut());
             }
             *self.spans_read.borrow_mut() += 1;
