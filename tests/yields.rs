@@ -98,6 +98,12 @@ def outer(n):
     yield total
     yield from inner(2)
 
+def visit_like(node):
+    if node % 2:
+        yield from inner(node)
+    else:
+        yield from inner(node + 1)
+
 async def leaf(i):
     await asyncio.sleep(0)
     return i
@@ -123,6 +129,8 @@ def work():
     g.throw(ValueError("in"))
     g.close()
     list(outer(5))
+    for node in range(8):
+        list(visit_like(node))
     src = open(tokenize.__file__).read()
     list(tokenize.generate_tokens(io.StringIO(src).readline))
     json.dumps({"a": [1, 2, {"b": [3, 4, None, True]}], "c": {"d": "e" * 5}} , indent=1)
@@ -182,6 +190,7 @@ fn check(interp: &Interpreter) -> Result<(), String> {
     let (minor, traced) = traced_codes(interp, SCRIPT, true)?;
     let mut errors = Vec::new();
     let (mut codes, mut checked, mut cross, mut proved) = (0, 0usize, 0usize, 0usize);
+    let (mut whole_checked, mut visit_pairs, mut visit_proved) = (0usize, 0usize, 0usize);
     let mut per_name: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for Traced { name, qualname, proofs, runs } in &traced {
         let Some(_) = proofs.paths.as_ref() else {
@@ -200,6 +209,40 @@ fn check(interp: &Interpreter) -> Result<(), String> {
                         &offsets[..offsets.len().min(60)]
                     ));
                     break;
+                }
+            }
+        }
+        // One generator's whole call, its resumptions in order (`CUR` keeps every frame
+        // alive, so a frame's id names one generator): any two offsets are on one path
+        // through its yields (`one_call`), or the timeline would split a delegator that
+        // only moved on.
+        let mut whole: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+        for (frame, offsets) in runs {
+            whole.entry(*frame).or_default().extend(offsets);
+        }
+        for offsets in whole.values() {
+            for (i, j) in pairs(offsets.len()) {
+                whole_checked += 1;
+                if !proofs.one_call(offsets[i], offsets[j]) {
+                    errors.push(format!(
+                        "{name}: offsets {} then {} of one generator's call proved apart (call {:?})",
+                        offsets[i],
+                        offsets[j],
+                        &offsets[..offsets.len().min(60)]
+                    ));
+                    break;
+                }
+            }
+        }
+        // two generators of `visit_like` one after the other, across its branches
+        if qualname == "visit_like" {
+            let gens: Vec<&Vec<i64>> = whole.values().collect();
+            for w in gens.windows(2) {
+                for &x in w[0].iter() {
+                    for &y in w[1].iter() {
+                        visit_pairs += 1;
+                        visit_proved += !proofs.one_call(x, y) as usize;
+                    }
                 }
             }
         }
@@ -224,9 +267,16 @@ fn check(interp: &Interpreter) -> Result<(), String> {
     }
     eprintln!(
         "{} ({minor}): {codes} generator code objects, {checked} pairs within resumptions, \
-         {proved} of {cross} pairs across resumptions proved apart",
+         {proved} of {cross} pairs across resumptions proved apart, {whole_checked} pairs within \
+         generators' calls, visit_like: {visit_proved} of {visit_pairs} pairs across two generators \
+         proved apart",
         interp.name
     );
+    // a generator whose two `yield from` exclude each other, made again where the last
+    // one lay: its offsets across the branches are two calls
+    if visit_pairs == 0 || (visit_proved as f64) < 0.2 * visit_pairs as f64 {
+        errors.push(format!("visit_like: only {visit_proved} of {visit_pairs} pairs across generators proved apart"));
+    }
     for (name, floor) in FLOORS {
         match per_name.get(*name) {
             Some(&(n, p)) if n > 0 && p as f64 >= floor * n as f64 => {

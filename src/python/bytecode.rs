@@ -116,8 +116,9 @@ impl CallProofs {
         to >= from || self.back_jumps.iter().any(|&(t, s)| t <= to && to < s)
     }
 
-    /// Whether one call can report offset `from` and later offset `to`: along the paths
-    /// of the code (3.11+, python/paths.rs) where they tell, else by the backward jumps
+    /// Whether one call can report offset `from` and later offset `to` (a generator's:
+    /// over all its resumptions): along the paths of the code (3.11+, python/paths.rs)
+    /// where they tell, else by the backward jumps
     /// (`offset_can_go_back`). A forward move across branches that exclude each other,
     /// or a move back into a loop the frame had left (poll's first loop, seen again
     /// after its select), is as much a new call as a move back no jump makes.

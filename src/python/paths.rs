@@ -54,6 +54,9 @@ const MAX_BLOCKS_ROWS: usize = 256;
 /// Edges at most (exception ranges multiply them).
 const MAX_EDGES: usize = 1 << 15;
 const NONE: u32 = u32::MAX;
+/// A generator's whole call (through its yields) is worked out for code of at most this
+/// many words of blocks (256 blocks), on the stack; larger code proves nothing that way.
+const GENERATOR_CALL_WORDS: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
@@ -326,20 +329,55 @@ impl Paths {
         false
     }
 
-    /// Whether one call of code that is not a generator's can show offset `from` and
-    /// later `to`: some path of the code leads from the one to the other (the offset moves
-    /// only along the graph's edges). None where the graph cannot tell: a generator's code
-    /// (its rows stop at yields), an offset outside the code, a handler that may restore
-    /// an earlier raise's offset, code too large to keep rows for.
+    /// Whether one call can show offset `from` and later `to`: some path of the code
+    /// leads from the one to the other (the offset moves only along the graph's edges;
+    /// a generator's also from each yield to where it resumes, across resumptions).
+    /// None where the graph cannot tell: an offset outside the code, a handler that may
+    /// restore an earlier raise's offset, code too large to keep rows for.
     pub fn one_call(&self, from: i64, to: i64) -> Option<bool> {
-        if self.resumable || self.reach.is_empty() {
+        if self.reach.is_empty() {
             return None;
         }
         let (a, b) = (self.block(from)?, self.block(to)?);
         if Paths::is_set(&self.in_handler, a) {
             return None;
         }
-        Some((a == b && to >= from) || self.reaches(a, b))
+        if a == b && to >= from {
+            return Some(true);
+        }
+        if !self.resumable {
+            return Some(self.reaches(a, b));
+        }
+        // A generator's rows stop at its yields: follow each yield reached to the block
+        // that resumes after it, until no new yield is reached (a few rounds: one per
+        // yield at most, on at most `GENERATOR_CALL_WORDS` words of blocks).
+        if self.words > GENERATOR_CALL_WORDS {
+            return None;
+        }
+        let words = self.words;
+        let mut seen = [0u64; GENERATOR_CALL_WORDS];
+        seen[..words].copy_from_slice(&self.reach[a * words..(a + 1) * words]);
+        let mut resumed = [0u64; GENERATOR_CALL_WORDS];
+        loop {
+            let mut grew = false;
+            for x in 0..self.starts.len() {
+                let next = self.after_yield[x];
+                if next == NONE || Paths::is_set(&resumed, x) || !(x == a || Paths::is_set(&seen, x)) {
+                    continue;
+                }
+                resumed[x / 64] |= 1 << (x % 64);
+                let next = next as usize;
+                seen[next / 64] |= 1 << (next % 64);
+                for (w, r) in seen[..words].iter_mut().zip(&self.reach[next * words..(next + 1) * words]) {
+                    *w |= r;
+                }
+                grew = true;
+            }
+            if !grew {
+                break;
+            }
+        }
+        Some(Paths::is_set(&seen, b))
     }
 
     /// Whether one invocation (one resumption, for a generator) can leave `offset` and
