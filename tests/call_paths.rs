@@ -158,17 +158,9 @@ fn check(interp: &Interpreter) -> Result<(), String> {
         codes += 1;
         with_paths += proofs.paths.is_some() as usize;
         for (_, offsets) in runs {
-            for (i, j) in pairs(offsets.len()) {
-                checked += 1;
-                if !proofs.one_call(offsets[i], offsets[j]) {
-                    errors.push(format!(
-                        "{name}: offsets {} then {} of one call proved apart (call {:?})",
-                        offsets[i],
-                        offsets[j],
-                        &offsets[..offsets.len().min(60)]
-                    ));
-                    break;
-                }
+            if let Some((a, b)) = first_refused(offsets, &mut checked, |x, y| proofs.one_call(x, y)) {
+                let call = &offsets[..offsets.len().min(60)];
+                errors.push(format!("{name}: offsets {a} then {b} of one call proved apart (call {call:?})"));
             }
         }
         if qualname == "poll_like" {

@@ -199,17 +199,10 @@ fn check(interp: &Interpreter) -> Result<(), String> {
         };
         codes += 1;
         for (_, offsets) in runs {
-            for (i, j) in pairs(offsets.len()) {
-                checked += 1;
-                if !proofs.one_resumption(offsets[i], offsets[j], true) {
-                    errors.push(format!(
-                        "{name}: offsets {} then {} of one resumption proved apart (resumption {:?})",
-                        offsets[i],
-                        offsets[j],
-                        &offsets[..offsets.len().min(60)]
-                    ));
-                    break;
-                }
+            if let Some((a, b)) = first_refused(offsets, &mut checked, |x, y| proofs.one_resumption(x, y, true)) {
+                let run = &offsets[..offsets.len().min(60)];
+                errors
+                    .push(format!("{name}: offsets {a} then {b} of one resumption proved apart (resumption {run:?})"));
             }
         }
         // One generator's whole call, its resumptions in order (`CUR` keeps every frame
@@ -221,17 +214,10 @@ fn check(interp: &Interpreter) -> Result<(), String> {
             whole.entry(*frame).or_default().extend(offsets);
         }
         for offsets in whole.values() {
-            for (i, j) in pairs(offsets.len()) {
-                whole_checked += 1;
-                if !proofs.one_call(offsets[i], offsets[j]) {
-                    errors.push(format!(
-                        "{name}: offsets {} then {} of one generator's call proved apart (call {:?})",
-                        offsets[i],
-                        offsets[j],
-                        &offsets[..offsets.len().min(60)]
-                    ));
-                    break;
-                }
+            if let Some((a, b)) = first_refused(offsets, &mut whole_checked, |x, y| proofs.one_call(x, y)) {
+                let call = &offsets[..offsets.len().min(60)];
+                errors
+                    .push(format!("{name}: offsets {a} then {b} of one generator's call proved apart (call {call:?})"));
             }
         }
         // two generators of `visit_like` one after the other, across its branches

@@ -65,6 +65,19 @@ pub fn traced_codes(interp: &Interpreter, script: &str, resumable: bool) -> Resu
     Ok((minor, codes))
 }
 
+/// The first pair of `offsets` (in order, over `pairs`) that `holds` refuses, if any:
+/// one traced run's offsets that a proof would have taken for two runs. Counts the pairs
+/// tried into `checked`.
+pub fn first_refused(offsets: &[i64], checked: &mut usize, holds: impl Fn(i64, i64) -> bool) -> Option<(i64, i64)> {
+    for (i, j) in pairs(offsets.len()) {
+        *checked += 1;
+        if !holds(offsets[i], offsets[j]) {
+            return Some((offsets[i], offsets[j]));
+        }
+    }
+    None
+}
+
 /// Index pairs (i < j) of a sequence of `n`: all of them for short ones, a grid of
 /// about 80 x 80 for long ones.
 pub fn pairs(n: usize) -> Vec<(usize, usize)> {
