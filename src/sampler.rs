@@ -1061,12 +1061,10 @@ impl<M: ReadMem> Sampler<M> {
         // A generator's frame on the stack is running: one the copy shows otherwise had
         // ended that resumption (or the generator: its memory was reused), and its
         // callees with it.
-        let executing = l.model.frame_executing.unwrap_or(0);
         let mut head: stack::HeadBuf = [0; 128 + FRAME_LEAD as usize];
         let idle = live.prev.iter().filter(|f| f.frame < lo || f.frame >= hi).find_map(|f| {
             let (b, state) = stack::read_head(&self.pf, l, f.frame, &mut head).ok()?;
-            let generator = Some(b.u8_at(l.frame.owner?)) == l.model.owner_generator;
-            (generator && state? != executing).then_some(f.frame)
+            stack::generator_not_running(l, l.frame.owner.map(|o| b.u8_at(o)), state).then_some(f.frame)
         });
         if !sized && idle.is_none() {
             return;

@@ -427,26 +427,22 @@ fn yielded_between(old: &[StackFrame], new: &[StackFrame], n: usize, codes: &Cod
     let mut k = n;
     loop {
         let (a, b) = (&old[k], &new[k]);
-        // A delegate whose own slots prove a new call is another generator made where a
-        // finished one lay (its memory reused): the delegator moved on to it, which is no
-        // proof that the delegator yielded (pylint's recursive `nodes_of_class`, whose
-        // `for child in ...: yield from child.nodes_of_class(...)` was split at its
-        // outermost frame 6-7 times per 10 kHz capture). The delegate itself is split by
-        // its slots.
-        if k > n && a.locals.proves_new_call(&b.locals) {
-            return false;
-        }
         let Some(code) = codes.get(b.code_id) else {
             return false;
         };
         if a.offset == UNKNOWN_OFFSET || b.offset == UNKNOWN_OFFSET {
             return false;
         }
-        // So is one whose offsets no path of its code joins, through yields too (black's
-        // `Visitor.visit` seen at its second `yield from` and then at its first, whose
-        // branches exclude each other: a new visit of the same node where the last one
-        // lay: before this, 40-300 false splits of its whole chain per 10 kHz capture).
-        if k > n && !code.proofs.one_call(a.offset, b.offset) {
+        // A delegate that is another call is another generator made where a finished one
+        // lay (its memory reused): the delegator moved on to it, which is no proof that
+        // the delegator yielded. Its own slots prove it (pylint's recursive
+        // `nodes_of_class`, whose `for child in ...: yield from child.nodes_of_class(...)`
+        // was split at its outermost frame 6-7 times per 10 kHz capture), or its offsets,
+        // which no path of its code joins, through yields too (black's `Visitor.visit`
+        // seen at its second `yield from` and then at its first, whose branches exclude
+        // each other: a new visit of the same node; before, 40-300 false splits of its
+        // whole chain per 10 kHz capture). The delegate itself is split at its own depth.
+        if k > n && (a.locals.proves_new_call(&b.locals) || !code.proofs.one_call(a.offset, b.offset)) {
             return false;
         }
         if !code.proofs.one_resumption(a.offset, b.offset, a.locals.proves_it_ran(&b.locals)) {
@@ -646,13 +642,10 @@ mod tests {
 
     #[test]
     fn back_to_back_calls_from_one_site_are_told_apart_when_the_frame_proves_it() {
-        let mut tl = Timeline::default();
-        let mut r = Recorder::default();
         // f1 loops from offset 40 back to 10 (and nowhere else)
         let mut looping = CodeInfo::for_test(1, "f1");
         looping.proofs.back_jumps = vec![(10, 40)];
-        let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(looping)]);
-        tl.handle(&msg, &mut r).unwrap();
+        let (mut tl, mut r) = timeline_with(vec![looping]);
         let main = f(0, 100, 10);
         let with = |offset, fixed, bound| {
             let mut c = f(1, 200, offset);
@@ -704,8 +697,6 @@ mod tests {
     /// calls of `step`, one call of `looper`.
     #[test]
     fn a_slot_no_way_back_to_the_offset_writes_tells_calls_apart_where_it_changed() {
-        let mut tl = Timeline::default();
-        let mut r = Recorder::default();
         let step = analysed(1, "step", "97007c0067017d02740100000000000000007c02ab0100000000000001007900", "", false);
         let looper = analysed(
             2,
@@ -715,8 +706,7 @@ mod tests {
             false,
         );
         assert_eq!((step.proofs.kept_at(20) & 0b111, looper.proofs.kept_at(42) & 0b111), (0b111, 0b011));
-        let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(step), Arc::new(looper)]);
-        tl.handle(&msg, &mut r).unwrap();
+        let (mut tl, mut r) = timeline_with(vec![step, looper]);
         // slot 2 (`y`) holds objects whose 4 bits are 1, 1, 2, 2, 3
         for (i, y) in [1u64, 1, 2, 2, 3].into_iter().enumerate() {
             let at = |code: u32, frame: u64, offset: i64| {
@@ -732,6 +722,15 @@ mod tests {
         assert_eq!(of(1), vec![(1000, 2500), (2500, 4500), (4500, 5000)]);
         assert_eq!(of(2), vec![(1000, 5000)]);
         assert_eq!(tl.told_apart.by_locals, 2);
+    }
+
+    /// A timeline that knows `main` (code 0) and `codes`.
+    fn timeline_with(codes: Vec<CodeInfo>) -> (Timeline, Recorder) {
+        let mut tl = Timeline::default();
+        let mut r = Recorder::default();
+        let all = std::iter::once(CodeInfo::for_test(0, "main")).chain(codes).map(Arc::new).collect();
+        tl.handle(&Message::Codes(all), &mut r).unwrap();
+        (tl, r)
     }
 
     /// 3.12: `def gen(xs, out): for x in xs: yield x; out(x)` (code 2) and
@@ -756,12 +755,9 @@ mod tests {
 
     #[test]
     fn a_generator_seen_past_a_yield_and_the_generators_delegating_to_it_are_resumed_anew() {
-        let mut tl = Timeline::default();
-        let mut r = Recorder::default();
         let (outer, gen) = outer_and_gen();
         assert!(gen.proofs.paths.is_some() && outer.proofs.delegating(32));
-        let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(outer), Arc::new(gen)]);
-        tl.handle(&msg, &mut r).unwrap();
+        let (mut tl, mut r) = timeline_with(vec![outer, gen]);
         // outer waits at its SEND (32) while gen runs: 16 is before gen's yield, 30
         // (the call of out) after it, and 16 again is around gen's loop.
         for (i, offset) in [16, 30, 30, 16].into_iter().enumerate() {
@@ -782,11 +778,8 @@ mod tests {
     /// resumed. `outer` is not proven to have yielded; `gen` is a new call.
     #[test]
     fn a_delegate_replaced_by_a_new_generator_at_its_address_does_not_split_the_delegator() {
-        let mut tl = Timeline::default();
-        let mut r = Recorder::default();
         let (outer, gen) = outer_and_gen();
-        let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(outer), Arc::new(gen)]);
-        tl.handle(&msg, &mut r).unwrap();
+        let (mut tl, mut r) = timeline_with(vec![outer, gen]);
         for (i, (offset, object)) in [(16, 5), (16, 5), (30, 6), (30, 6)].into_iter().enumerate() {
             let mut g = f(2, 300, offset);
             g.locals = crate::python::stack::Locals { read: true, fixed: object, bound: 0b11, slots: 0, sig: 0 };
@@ -806,12 +799,9 @@ mod tests {
     /// one before: `outer` keeps its call.
     #[test]
     fn a_delegate_that_moved_where_no_path_of_one_call_goes_does_not_split_the_delegator() {
-        let mut tl = Timeline::default();
-        let mut r = Recorder::default();
         let (outer, gen) = outer_and_gen();
         assert!(!gen.proofs.one_call(30, 6) && gen.proofs.one_call(6, 30) && gen.proofs.one_call(30, 16));
-        let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(outer), Arc::new(gen)]);
-        tl.handle(&msg, &mut r).unwrap();
+        let (mut tl, mut r) = timeline_with(vec![outer, gen]);
         for (i, offset) in [30, 30, 6, 6].into_iter().enumerate() {
             let stack = [f(0, 100, 10), f(1, 200, 32), f(2, 300, offset)];
             tl.handle(&sample(1000 * (i as u64 + 1), &[(1, 7, &stack)]), &mut r).unwrap();
@@ -829,8 +819,6 @@ mod tests {
     #[test]
     fn a_thread_that_woke_in_the_same_frames_made_new_calls_above_its_innermost_loop() {
         use crate::activity::Activity;
-        let mut tl = Timeline::default();
-        let mut r = Recorder::default();
         let wait = analysed(
             2,
             "wait",
@@ -840,8 +828,7 @@ mod tests {
         );
         let worker = analysed(1, "worker", "97000900740100000000000000007c00ab0100000000000001008c0c", "", false);
         assert!(!wait.proofs.may_come_back(24) && worker.proofs.may_come_back(16));
-        let msg = Message::Codes(vec![Arc::new(CodeInfo::for_test(0, "main")), Arc::new(worker), Arc::new(wait)]);
-        tl.handle(&msg, &mut r).unwrap();
+        let (mut tl, mut r) = timeline_with(vec![worker, wait]);
         let asleep = Activity::new(Some(false), Some(false));
         let running = Activity::new(Some(true), Some(true));
         let steps = [

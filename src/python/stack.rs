@@ -175,7 +175,6 @@ pub fn continue_walk(
     w.truncated = false;
     let f = &l.frame;
     let mut head: HeadBuf = [0; 128 + FRAME_LEAD as usize];
-    let executing = l.model.frame_executing.unwrap_or(0);
     let mut root_owner = None;
     // A chain read while frames are freed and reused can loop back on itself (3.8's
     // heap frame objects during start-up, seen once in 70 launches). Walking that to
@@ -216,7 +215,7 @@ pub fn continue_walk(
                 // A generator frame that links to a caller is running, or it is a stale
                 // copy: a generator freed and another made at its address, not started
                 // or suspended (one that links to nothing was read suspended: below).
-                if previous != 0 && Some(owner) == l.model.owner_generator && state.is_some_and(|s| s != executing) {
+                if previous != 0 && generator_not_running(l, Some(owner), state) {
                     return Err(ReadError::Fault);
                 }
                 let non_python = l.model.owner_first_non_python.is_some_and(|first| owner >= first);
@@ -259,6 +258,14 @@ pub fn continue_walk(
         return Err(ReadError::Fault);
     }
     Ok(())
+}
+
+/// Whether a frame whose owner byte is `owner` and whose state (`read_head`) is `state`
+/// is a generator's that is not executing: created, suspended or finished, so not on any
+/// thread's stack now.
+pub fn generator_not_running(l: &Layout, owner: Option<u8>, state: Option<i64>) -> bool {
+    let executing = l.model.frame_executing.unwrap_or(0);
+    owner.is_some() && owner == l.model.owner_generator && state.is_some_and(|s| s != executing)
 }
 
 /// Room for one frame header read with `read_head`.
