@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 pub const WATCHDOG: Duration = Duration::from_secs(3);
 /// Stop waiting for one thread to stop after this (it is left alone and reported).
 const STOP_WAIT: Duration = Duration::from_millis(500);
-/// Spin (not sleep) this long for a thread to stop.
-const STOP_SPIN: Duration = Duration::from_micros(200);
+/// Spin this long for a thread to stop before sleeping between looks (process/stop.rs).
+const STOP_SPIN: Duration = Duration::from_micros(60);
 /// Bytes of stack copied above the stack pointer: deep enough for hundreds of C frames.
 pub const STACK_COPY: u64 = 512 * 1024;
 /// The x86-64 red zone below the stack pointer, copied too.
