@@ -77,18 +77,20 @@ pub enum StopError {
     NotStopped(Pending),
 }
 
-/// Stops thread `tid`: seizes it, interrupts it and waits up to `wait` for the stop,
-/// spinning on the CPU for the first `spin` of it (a thread running on another CPU stops
-/// within tens of microseconds), then sleeping between looks.
+/// Stops thread `tid`: seizes it, interrupts it and waits up to `wait` for the stop:
+/// spinning on the CPU for the first `spin` of it if the thread runs on another CPU (it
+/// stops within tens of microseconds there), sleeping between looks otherwise (a thread
+/// asleep, or waiting for this very CPU, needs this CPU to get to its stop).
 ///
 /// Never `sched_yield` while waiting: under EEVDF a yield pushes the caller's deadline
 /// past the other runnable tasks of its CPU, and vizattach's timeline thread, busy at 10
 /// kHz, then ran 0.5-1.3 ms before the sampler got its CPU back, though the thread had
 /// stopped 20-30 µs after the interrupt (perf's sched_switch on black 3.13 at 10 kHz: 7 %
 /// of stops, 100-180 ms per 8 s capture without a sample). A short sleep leaves the CPU
-/// just as well to a thread the interrupt woke on this CPU, and the sampler's wake-up
+/// to a thread the interrupt woke here as a yield did, and the sampler's wake-up
 /// preempts whatever ran meanwhile.
 pub fn stop_thread(tid: i32, wait: Duration, spin: Duration) -> Result<Stopped, StopError> {
+    let spin = if runs_on_another_cpu(tid) { spin } else { Duration::ZERO };
     match ptrace(libc::PTRACE_SEIZE, tid, 0, 0) {
         Ok(_) => {}
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
@@ -122,6 +124,38 @@ pub fn stop_thread(tid: i32, wait: Duration, spin: Duration) -> Result<Stopped, 
 
 /// How long a stop's wait sleeps between looks once it is past its spin.
 const STOP_NAP: Duration = Duration::from_micros(20);
+
+/// Whether thread `tid` is running right now on a CPU other than the caller's, by its
+/// /proc stat (state `R` and the CPU it last ran on; about a microsecond to read, and
+/// nothing allocated: the sampler stops threads hundreds of times a second).
+/// Unknown counts as no: sleeping between looks is never wrong, only slower.
+fn runs_on_another_cpu(tid: i32) -> bool {
+    let mut path = [0u8; 32];
+    let _ = std::io::Write::write_fmt(&mut &mut path[..], format_args!("/proc/{tid}/stat\0"));
+    let mut buf = [0u8; 1024];
+    // SAFETY: a NUL-terminated path in a local buffer; read into a local buffer of its
+    // length; the descriptor is closed before returning.
+    let n = unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    let Ok(n) = usize::try_from(n) else { return false };
+    let stat = &buf[..n];
+    // (the command name may hold spaces and parentheses: fields count from the last ')')
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else { return false };
+    let mut fields = stat[close + 1..].split(|b| b.is_ascii_whitespace()).filter(|f| !f.is_empty());
+    let running = fields.next() == Some(&b"R"[..]);
+    // `processor` is field 39 of the whole line, the 37th after the name
+    let cpu = fields.nth(35).and_then(|c| std::str::from_utf8(c).ok()?.parse::<i32>().ok());
+    // SAFETY: no arguments; returns the caller's CPU or -1.
+    let mine = unsafe { libc::sched_getcpu() };
+    running && mine >= 0 && cpu.is_some_and(|c| c != mine)
+}
 
 /// The wait status of a stop of `tid`, if it has stopped (None: not yet).
 fn wait_status(tid: i32, nohang: bool) -> Result<Option<i32>, String> {
@@ -251,5 +285,74 @@ impl Drop for Watchdog {
             libc::waitpid(self.child, &mut status, 0);
             libc::munmap(self.since as *mut libc::c_void, 4096);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_on_another_cpu;
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    use std::sync::Arc;
+
+    fn pin_to(cpu: usize) {
+        // SAFETY: a zeroed cpu_set_t with one CPU set, for the calling thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+
+    fn gettid() -> i32 {
+        // SAFETY: no arguments.
+        unsafe { libc::gettid() }
+    }
+
+    #[test]
+    fn a_thread_is_running_elsewhere_only_when_it_spins_on_the_other_cpu() {
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            return;
+        }
+        pin_to(0);
+        // the caller itself runs, but here
+        assert!(!runs_on_another_cpu(gettid()));
+        let (stop, tid) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicI32::new(0)));
+        let spinner = {
+            let (stop, tid) = (stop.clone(), tid.clone());
+            std::thread::spawn(move || {
+                pin_to(1);
+                tid.store(gettid(), Ordering::SeqCst);
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        while tid.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(runs_on_another_cpu(tid.load(Ordering::SeqCst)));
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        // asleep, wherever it last ran
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let sleeper_tid = Arc::new(AtomicI32::new(0));
+        let sleeper = {
+            let t = sleeper_tid.clone();
+            std::thread::spawn(move || {
+                pin_to(1);
+                t.store(gettid(), Ordering::SeqCst);
+                let _ = rx.recv();
+            })
+        };
+        while sleeper_tid.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!runs_on_another_cpu(sleeper_tid.load(Ordering::SeqCst)));
+        tx.send(()).unwrap();
+        sleeper.join().unwrap();
+        // gone
+        assert!(!runs_on_another_cpu(i32::MAX));
     }
 }
