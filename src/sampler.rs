@@ -1439,11 +1439,11 @@ impl<M: ReadMem> Sampler<M> {
         // instruction: its code is done, and a frame that stays there was read after it
         // returned, from a slot whose next call was not written yet while the top
         // pointer named that slot at both ends of the read ("Frames that have finished").
-        let resume_shown = l.model.resume_wait_in_call;
         let idle = walk.frames.first().is_some_and(|f| {
-            codes
-                .cached(f.code)
-                .is_some_and(|c| (c.proofs.at_resume(f.offset) && !resume_shown) || c.proofs.at_return(f.offset))
+            codes.cached(f.code).is_some_and(|c| {
+                (c.proofs.at_resume(f.offset) && !stack::resume_wait_reported(l, pf, f, c.first_traceable))
+                    || c.proofs.at_return(f.offset)
+            })
         });
         let shown = &walk.frames[idle as usize..];
         let start = batch.frames.len();

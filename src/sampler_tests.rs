@@ -1085,6 +1085,43 @@ fn an_innermost_frame_at_its_return_or_resume_is_not_shown() {
 }
 
 #[test]
+fn on_3_11_a_frame_at_its_first_resume_with_a_frame_object_is_shown() {
+    // 3.11 checks the eval breaker at a RESUME, then reports the call to a tracer (which
+    // makes the frame's object), then RESUME checks again: a wait at the second check is
+    // inside the tracer's call. The frame object tells the two apart at the first RESUME;
+    // a later RESUME (a generator resumed) proves nothing by it.
+    const RESUME: u8 = 151;
+    const NOP: u8 = 9;
+    const RETURN_CONST: u8 = 121;
+    let mut sim = Sim::new();
+    sim.l.model.resume_wait_in_call = false;
+    sim.l.model.resume_call_between_checks = true;
+    // (the simulated header's f_locals word, unused by the sampler)
+    sim.l.frame.frame_object = Some(40);
+    let l = sim.l.clone();
+    sim.mem.with(|r| stack(r, &l, CFRAME, 0, &[0, 1, 2]));
+    let mut s = sim.sampler();
+    let stats = Stats::default();
+    tick(&mut s, &stats);
+    sim.mem.with(|r| bytecode(r, &l, 12, &[(RESUME, 0), (NOP, 0), (RESUME, 1), (RETURN_CONST, 0)]));
+    for (offset, object, shown) in [
+        (2, 0, vec![0, 1, 12]),
+        (0, 0, vec![0, 1]),
+        (0, 0x7f00_0000_1000, vec![0, 1, 12]),
+        (4, 0x7f00_0000_1000, vec![0, 1]),
+        (2, 0x7f00_0000_1000, vec![0, 1, 12]),
+    ] {
+        sim.mem.with(|r| {
+            frame(r, &l, slot(2), 12, slot(1), offset);
+            r.u64(slot(2) + 40, object);
+        });
+        let (_, b) = tick(&mut s, &stats);
+        assert_eq!(stacks(&b), vec![(TSTATE, Some(shown))], "f12 at offset {offset}, frame object {object:#x}");
+    }
+    assert_eq!(lost(&stats), 0);
+}
+
+#[test]
 fn a_new_thread_is_read_whole_in_the_first_copy() {
     // Its state is read directly when it is first listed, so the tick's one copy already
     // holds its CFrame and data stack: no round of re-reads for every new thread.

@@ -87,6 +87,11 @@ pub struct Model {
     /// started")
     #[serde(default)]
     pub resume_wait_in_call: bool,
+    /// 3.11: the tracer hears of a call between two eval-breaker checks at the frame's
+    /// first RESUME and makes the frame's object for it, so a frame there with a frame
+    /// object waits inside its call, and is shown; one without waits before it
+    #[serde(default)]
+    pub resume_call_between_checks: bool,
     #[serde(default)]
     pub owner_generator: Option<u8>,
     /// gi_frame_state of a running generator, and of one not started yet (3.11+;
@@ -190,6 +195,9 @@ pub struct FrameOffsets {
     /// 3.11: the first frame of an evaluation-loop call
     #[serde(default)]
     pub is_entry: Option<u64>,
+    /// 3.11: the frame's PyFrameObject, made on demand (by a tracer's call event, for one)
+    #[serde(default)]
+    pub frame_object: Option<u64>,
     /// a suspended caller's saved value stack: `stacktop` a slot index from localsplus
     /// (3.12-3.13), `stackpointer` an address (3.14+)
     #[serde(default)]

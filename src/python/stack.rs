@@ -268,6 +268,22 @@ pub fn generator_not_running(l: &Layout, owner: Option<u8>, state: Option<i64>) 
     owner.is_some() && owner == l.model.owner_generator && state.is_some_and(|s| s != executing)
 }
 
+/// Whether a frame sitting at a RESUME instruction has been reported to tracers as
+/// called, so that its wait there (for the GIL, mostly) belongs to the call: always on
+/// 3.12, never on 3.13+ (docs/ARCHITECTURE.md, "Frames that have not started"), and on
+/// 3.11 when it sits at its first RESUME with a frame object, which the tracer's call
+/// event made between the two checks. `mem` is the tick's copy: a frame it does not hold
+/// counts as not reported (nothing read from the process for a frame that is not shown).
+pub fn resume_wait_reported(l: &Layout, mem: &dyn ReadMem, f: &RawFrame, first_traceable: i64) -> bool {
+    if l.model.resume_wait_in_call {
+        return true;
+    }
+    let Some(at) = l.frame.frame_object.filter(|_| l.model.resume_call_between_checks) else {
+        return false;
+    };
+    f.offset == first_traceable && mem.read_u64(f.frame + at).is_ok_and(|obj| obj != 0)
+}
+
 /// Room for one frame header read with `read_head`.
 pub type HeadBuf = [u8; 128 + FRAME_LEAD as usize];
 
