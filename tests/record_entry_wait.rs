@@ -42,8 +42,8 @@ fn check(interp: &Interpreter) -> Result<(), String> {
         let entered: Vec<f64> = trace.slices.iter().filter(|s| s.qual == "entered").map(|s| s.dur).collect();
         let long = entered.iter().filter(|&&d| d >= 3e3).count();
         let total_ms = entered.iter().sum::<f64>() / 1e3;
-        let in_call = v >= (3, 12, 0) && v < (3, 13, 0);
-        let some_in_call = profiled && v >= (3, 11, 0) && v < (3, 12, 0);
+        let in_call = ((3, 12, 0)..(3, 13, 0)).contains(&v);
+        let some_in_call = profiled && ((3, 11, 0)..(3, 12, 0)).contains(&v);
         eprintln!(
             "     {}{}: {} entered slices, {long} of 3 ms or more, {total_ms:.0} ms in all (waits at its RESUME {})",
             interp.name,
