@@ -313,6 +313,11 @@ mod tests {
         if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
             return;
         }
+        // (on a thread of its own: the harness may run the next test on this one)
+        std::thread::spawn(running_elsewhere_by_cpu_and_state).join().unwrap();
+    }
+
+    fn running_elsewhere_by_cpu_and_state() {
         pin_to(0);
         // the caller itself runs, but here
         assert!(!runs_on_another_cpu(gettid()));
